@@ -1,0 +1,121 @@
+"""`GoldStandard`: the raw further-training losses and the views derived from them.
+
+Only raw losses are stored (DESIGN.md ◆ Gold standard):
+``loss_full[s, c, t]`` — seed s, checkpoint c, test instance t, run on the full data;
+``loss_without[s, c, t, i]`` — the same, run without left-out instance i.
+Everything else (paper eq. 17 adjustment, eq. 13 centring, seed means) is a view.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fimo.errors import InputError
+from fimo.io import read_npz, write_npz
+
+_ARRAYS = ("loss_full", "loss_without", "steps", "epochs", "left_out", "test", "seeds")
+
+
+@dataclass
+class GoldStandard:
+    """Further-training losses of paired runs, and the attribution they define.
+
+    >>> g = GoldStandard(
+    ...     loss_full=np.zeros((1, 1, 1)), loss_without=np.array([[[[1.0, 3.0]]]]),
+    ...     steps=[10], epochs=[1.0], left_out=[4, 9], test=[0], seeds=[0])
+    >>> g.adjusted()[0, 0, 0].tolist(), g.centred()[0, 0, 0].tolist()
+    ([1.0, 3.0], [-1.0, 1.0])
+    """
+
+    loss_full: np.ndarray  # (S, C, T)
+    loss_without: np.ndarray  # (S, C, T, L)
+    steps: np.ndarray  # (C,) optimizer steps taken at each checkpoint
+    epochs: np.ndarray  # (C,) epochs (fractional for mid-epoch checkpoints)
+    left_out: np.ndarray  # (L,) training indices left out
+    test: np.ndarray  # (T,) test indices
+    seeds: np.ndarray  # (S,)
+    settings: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.loss_full = np.asarray(self.loss_full)
+        self.loss_without = np.asarray(self.loss_without)
+        self.steps = np.asarray(self.steps, dtype=np.int64)
+        self.epochs = np.asarray(self.epochs, dtype=np.float64)
+        self.left_out = np.asarray(self.left_out, dtype=np.int64)
+        self.test = np.asarray(self.test, dtype=np.int64)
+        self.seeds = np.asarray(self.seeds, dtype=np.int64)
+        S, C, T, L = len(self.seeds), len(self.steps), len(self.test), len(self.left_out)
+        if self.loss_full.shape != (S, C, T) or self.loss_without.shape != (S, C, T, L):
+            raise InputError(
+                f"GoldStandard: loss_full {self.loss_full.shape} and loss_without "
+                f"{self.loss_without.shape} do not match (S, C, T)=({S}, {C}, {T}) and L={L}"
+            )
+
+    # -- views -----------------------------------------------------------------------------
+    def adjusted(self) -> np.ndarray:
+        """Paper eq. 17: loss without i minus loss of the full run, same seed and checkpoint.
+
+        Shape (S, C, T, L); positive = removing i raised the test loss (i was helpful).
+        """
+        return self.loss_without - self.loss_full[..., None]
+
+    def centred(self) -> np.ndarray:
+        """Paper eq. 13: the adjusted difference minus its mean over the left-out instances.
+
+        Centring removes the term common to every i (further training moves the model
+        even on the full data). Shape (S, C, T, L).
+        """
+        diff = self.adjusted()
+        return diff - diff.mean(axis=-1, keepdims=True)
+
+    def view(self, centred: bool = True) -> np.ndarray:
+        return self.centred() if centred else self.adjusted()
+
+    def mean(self, centred: bool = True) -> np.ndarray:
+        """The gold-standard attribution: the seed mean of the (centred) difference, (C, T, L)."""
+        return self.view(centred).mean(axis=0)
+
+    def sem(self, centred: bool = True) -> np.ndarray:
+        """Standard error of :meth:`mean` over seeds, (C, T, L); NaN with a single seed."""
+        S = len(self.seeds)
+        if S < 2:
+            return np.full(self.loss_without.shape[1:], np.nan)
+        return self.view(centred).std(axis=0, ddof=1) / np.sqrt(S)
+
+    def windows(self, k: int, centred: bool = True) -> np.ndarray:
+        """Means over non-overlapping windows of k seeds (paper Fig. 3), (S // k, C, T, L)."""
+        S = len(self.seeds)
+        if not 1 <= k <= S:
+            raise InputError(f"windows: k must be between 1 and the number of seeds {S}; got {k}")
+        v = self.view(centred)[: (S // k) * k]
+        return v.reshape(S // k, k, *v.shape[1:]).mean(axis=1)
+
+    def select(self, seeds=None, checkpoints=None) -> GoldStandard:
+        """A gold standard restricted to some seeds (by position) and checkpoints (by position)."""
+        s = np.arange(len(self.seeds)) if seeds is None else np.asarray(seeds)
+        c = np.arange(len(self.steps)) if checkpoints is None else np.asarray(checkpoints)
+        return GoldStandard(
+            self.loss_full[np.ix_(s, c)],
+            self.loss_without[np.ix_(s, c)],
+            self.steps[c],
+            self.epochs[c],
+            self.left_out,
+            self.test,
+            self.seeds[s],
+            dict(self.settings),
+        )
+
+    # -- files -----------------------------------------------------------------------------
+    def save(self, path) -> Path:
+        return write_npz(path, **{name: getattr(self, name) for name in _ARRAYS})
+
+    @classmethod
+    def load(cls, path, settings: dict | None = None) -> GoldStandard:
+        data = read_npz(path)
+        missing = [k for k in _ARRAYS if k not in data]
+        if missing:
+            raise InputError(f"{path}: not a fimo gold standard (missing arrays {missing})")
+        return cls(**{k: data[k] for k in _ARRAYS}, settings=settings or {})

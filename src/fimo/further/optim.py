@@ -1,0 +1,172 @@
+"""Pure optimizers over parameters stacked along a leading *run* axis.
+
+Each optimizer is a pair of pure functions in the style of optax:
+``init(params) -> state`` and ``update(grads, state, params) -> (updates, state)``;
+``apply_updates(params, updates)`` adds them. Every tensor has shape (R, ...): R runs
+advance together, each with its own state, and each run's arithmetic is the same, step for
+step, as ``torch.optim`` started fresh on that run alone (tests/test_optim.py checks it).
+
+``active`` (an (R,) bool tensor or None) lets some runs sit out a step (a left-out run whose
+epoch has one batch fewer): their parameters and state are left exactly as they were.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from fimo.errors import InputError
+
+Tree = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Transform:
+    init: Callable[[Tree], dict]
+    update: Callable[..., tuple[Tree, dict]]
+
+
+def _per_run(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reshape an (R,) tensor to broadcast against ``like`` (R, ...)."""
+    return x.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def _keep(active, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    return new if active is None else torch.where(_per_run(active, new), new, old)
+
+
+def apply_updates(params: Tree, updates: Tree) -> Tree:
+    return {k: params[k] + updates[k] for k in params}
+
+
+def clip_by_global_norm(max_norm: float) -> Transform:
+    """Scale each run's gradient to global norm at most ``max_norm`` (torch clip_grad_norm_)."""
+
+    def init(params):
+        return {}
+
+    def update(grads, state, params=None, active=None):
+        sq = sum(g.pow(2).reshape(g.shape[0], -1).sum(1) for g in grads.values())
+        coef = torch.clamp(max_norm / (sq.sqrt() + 1e-6), max=1.0)
+        return {k: g * _per_run(coef, g) for k, g in grads.items()}, state
+
+    return Transform(init, update)
+
+
+def sgd(lr: float, momentum: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False):
+    """torch.optim.SGD (dampening 0): L2 weight decay added to the gradient, heavy-ball momentum."""
+
+    def init(params):
+        state = {"count": torch.zeros(next(iter(params.values())).shape[0], dtype=torch.long)}
+        if momentum:
+            state["buf"] = {k: torch.zeros_like(p) for k, p in params.items()}
+        return state
+
+    def update(grads, state, params, active=None):
+        count = state["count"].to(next(iter(grads.values())).device)
+        updates, bufs = {}, {}
+        for k, g in grads.items():
+            if weight_decay:
+                g = g + weight_decay * params[k]
+            if momentum:
+                old = state["buf"][k]
+                first = _per_run(count == 0, g)
+                buf = torch.where(first, g, momentum * old + g)
+                bufs[k] = _keep(active, buf, old)
+                g = g + momentum * buf if nesterov else buf
+            step = -lr * g
+            updates[k] = step if active is None else step * _per_run(active, step)
+        new = {"count": count + (1 if active is None else active.long())}
+        if momentum:
+            new["buf"] = bufs
+        return updates, new
+
+    return Transform(init, update)
+
+
+def adam(
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    decoupled: bool = False,
+):
+    """torch.optim.Adam (L2 decay in the gradient) or, with ``decoupled``, torch.optim.AdamW."""
+    b1, b2 = betas
+
+    def init(params):
+        r = next(iter(params.values())).shape[0]
+        return {
+            "count": torch.zeros(r, dtype=torch.long),
+            "m": {k: torch.zeros_like(p) for k, p in params.items()},
+            "v": {k: torch.zeros_like(p) for k, p in params.items()},
+        }
+
+    def update(grads, state, params, active=None):
+        any_grad = next(iter(grads.values()))
+        count = state["count"].to(any_grad.device)
+        step = count + 1
+        bc1 = 1 - b1 ** step.to(any_grad.dtype)
+        bc2_sqrt = (1 - b2 ** step.to(any_grad.dtype)).sqrt()
+        updates, m_new, v_new = {}, {}, {}
+        for k, g in grads.items():
+            p = params[k]
+            if weight_decay and not decoupled:
+                g = g + weight_decay * p
+            m = state["m"][k].lerp(g, 1 - b1)
+            v = state["v"][k] * b2 + (1 - b2) * g * g
+            denom = v.sqrt() / _per_run(bc2_sqrt, v) + eps
+            u = -(lr / _per_run(bc1, m)) * m / denom
+            if weight_decay and decoupled:
+                # AdamW decays before the Adam step: p ← p(1 − lr·wd), then p ← p − lr·m̂/…
+                u = u - lr * weight_decay * p
+            m_new[k] = _keep(active, m, state["m"][k])
+            v_new[k] = _keep(active, v, state["v"][k])
+            updates[k] = u if active is None else u * _per_run(active, u)
+        new_count = count + (1 if active is None else active.long())
+        return updates, {"count": new_count, "m": m_new, "v": v_new}
+
+    return Transform(init, update)
+
+
+def chain(*transforms: Transform) -> Transform:
+    """Apply transforms in order (e.g. clipping, then an optimizer)."""
+
+    def init(params):
+        return {i: t.init(params) for i, t in enumerate(transforms)}
+
+    def update(grads, state, params, active=None):
+        new_state = {}
+        for i, t in enumerate(transforms):
+            grads, new_state[i] = t.update(grads, state[i], params, active=active)
+        return grads, new_state
+
+    return Transform(init, update)
+
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+def make_optimizer(
+    name: str,
+    lr: float,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    betas=(0.9, 0.999),
+    eps: float = 1e-8,
+    clip_norm: float = 0.0,
+    nesterov: bool = False,
+) -> Transform:
+    """The optimizer for further training, by name, with gradient clipping when clip_norm > 0."""
+    if name not in OPTIMIZERS:
+        raise InputError(f"optimizer: got {name!r}; allowed: {', '.join(OPTIMIZERS)}")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise InputError(f"lr: got {lr!r}; the learning rate must be a positive number")
+    if name == "sgd":
+        opt = sgd(lr, momentum, weight_decay, nesterov)
+    else:
+        opt = adam(lr, tuple(betas), eps, weight_decay, decoupled=name == "adamw")
+    return chain(clip_by_global_norm(clip_norm), opt) if clip_norm > 0 else chain(opt)

@@ -1,0 +1,158 @@
+"""`Task`: a model, its per-instance loss, its data and the parameters θ that are trained.
+
+Everything fimo does goes through the task's *functional view*: a dict of trainable
+parameters in, per-instance losses out (``torch.func.functional_call``), so that further
+training can stack many runs along a leading axis and methods can differentiate with
+``torch.func`` (DESIGN.md ◆ Parameters, ◆ The test function g).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from fimo.data.base import ArrayDataset
+from fimo.errors import InputError, closest
+
+Params = dict[str, torch.Tensor]
+
+
+def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-instance cross-entropy of logits (B, k) against class indices (B,)."""
+    return nn.functional.cross_entropy(outputs, targets, reduction="none")
+
+
+def squared_error(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-instance squared error, summed over output dimensions."""
+    diff = outputs.reshape(targets.shape[0], -1) - targets.reshape(targets.shape[0], -1)
+    return (diff**2).sum(dim=1)
+
+
+LOSSES: dict[str, Callable] = {"cross_entropy": cross_entropy, "mse": squared_error}
+
+
+class Task:
+    """What the user supplies: model, per-instance loss, train and test data, trainable θ.
+
+    ``loss`` is ``"cross_entropy"``, ``"mse"`` or a function ``(outputs, targets) -> (B,)``.
+    ``trainable`` names the parameters that further training updates and that every method
+    differentiates (all by default). ``measurement`` is the test function g
+    ``(outputs, targets) -> (B,)``; the per-instance loss by default.
+
+    >>> model = nn.Linear(3, 2)
+    >>> data = ArrayDataset(torch.randn(8, 3), torch.randint(0, 2, (8,)))
+    >>> task = Task(model, data, data)
+    >>> task.losses(task.params(), data.inputs, data.targets).shape
+    torch.Size([8])
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train: ArrayDataset,
+        test: ArrayDataset,
+        loss: str | Callable = "cross_entropy",
+        trainable: Sequence[str] | None = None,
+        measurement: Callable | None = None,
+        name: str = "task",
+    ):
+        if not isinstance(model, nn.Module):
+            raise InputError(f"Task: model must be a torch.nn.Module; got {type(model).__name__}")
+        for which, data in (("train", train), ("test", test)):
+            if not isinstance(data, ArrayDataset):
+                raise InputError(
+                    f"Task: {which} must be a fimo ArrayDataset; got {type(data).__name__}"
+                )
+        if isinstance(loss, str):
+            if loss not in LOSSES:
+                raise InputError(
+                    f"Task: loss {loss!r} is unknown{closest(loss, LOSSES)}; "
+                    f"allowed: {sorted(LOSSES)} or a function (outputs, targets) -> (B,)"
+                )
+            loss_name, loss = loss, LOSSES[loss]
+        else:
+            loss_name = getattr(loss, "__name__", "custom")
+        self.model, self.train, self.test, self.name = model, train, test, name
+        self.loss_fn, self.loss_name = loss, loss_name
+        self.measure_fn = measurement or loss
+        names = [n for n, _ in model.named_parameters()]
+        if trainable is None:
+            trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        unknown = [n for n in trainable if n not in names]
+        if unknown:
+            raise InputError(
+                f"Task: trainable parameter {unknown[0]!r} is not in the model"
+                f"{closest(unknown[0], names)}"
+            )
+        if not trainable:
+            raise InputError("Task: no trainable parameters; name at least one in `trainable`")
+        self.trainable = tuple(trainable)
+        self._check_output()
+
+    # -- the functional view ---------------------------------------------------------------
+    def params(self) -> Params:
+        """The trainable parameters θ (detached), keyed by name."""
+        named = dict(self.model.named_parameters())
+        return {n: named[n].detach() for n in self.trainable}
+
+    def frozen(self) -> Params:
+        """Everything else the model needs: frozen parameters and buffers."""
+        out = {n: p.detach() for n, p in self.model.named_parameters() if n not in self.trainable}
+        out.update({n: b for n, b in self.model.named_buffers()})
+        return out
+
+    def outputs(self, params: Params, inputs: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.model, {**self.frozen(), **params}, (inputs,))
+
+    def losses(self, params: Params, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-instance training losses (B,) at ``params``."""
+        return self.loss_fn(self.outputs(params, inputs), targets)
+
+    def measure(self, params: Params, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The test function g, per instance (B,) at ``params``."""
+        return self.measure_fn(self.outputs(params, inputs), targets)
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.params().values())
+
+    def load_params(self, params: Params) -> None:
+        """Copy ``params`` into the model's trainable parameters."""
+        named = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for n, value in params.items():
+                named[n].copy_(value)
+
+    def to(self, device=None, dtype=None) -> Task:
+        """Move the model and the data (in place for the model); returns self."""
+        self.model.to(device=device, dtype=dtype)
+        self.train = self.train.to(device, dtype)
+        self.test = self.test.to(device, dtype)
+        return self
+
+    def _check_output(self) -> None:
+        x, y = self.train.inputs[:2], self.train.targets[:2]
+        try:
+            with torch.no_grad():
+                out = self.losses(self.params(), x, y)
+        except Exception as exc:  # the model and the loss disagree: say so plainly
+            raise InputError(
+                f"Task: the model's output does not fit the loss {self.loss_name!r} "
+                f"(inputs {tuple(x.shape)}, targets {tuple(y.shape)}): {exc}"
+            ) from exc
+        if out.shape != (x.shape[0],):
+            raise InputError(
+                f"Task: the loss must return one value per instance, shape ({x.shape[0]},); "
+                f"got {tuple(out.shape)}"
+            )
+        if self.loss_name == "cross_entropy":
+            k = self.outputs(self.params(), x).shape[-1]
+            labels = self.train.targets
+            if labels.min() < 0 or labels.max() >= k:
+                raise InputError(
+                    f"Task: training labels range over [{int(labels.min())}, {int(labels.max())}] "
+                    f"but the model has {k} outputs; labels must be in [0, {k - 1}]"
+                )
