@@ -1,0 +1,49 @@
+"""First-order methods: Grad-Dot and Grad-Cos (paper §3, the λ → ∞ end of the unified view).
+
+Grad-Dot scores a pair by ∇g(z_test)·∇ℓ(z_i) at the final weights: one step of gradient
+descent of size η without z_i changes the test loss by about (η/n)·∇g·∇ℓ_i (plus a term common
+to every i, which centring removes), so positive = helpful, the gold standard's sign.
+Grad-Cos divides by both gradient norms.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fimo.methods.gradients import gradient_matrix, per_instance_grads
+from fimo.scores import Scores
+from fimo.task import Task
+
+
+def _scores(task: Task, test, train, normalise: bool, chunk_size=None, progress=None):
+    test = np.asarray(test, dtype=np.int64)
+    train = np.asarray(train, dtype=np.int64)
+    g_test = gradient_matrix(task, task.test, test, measure=True, chunk_size=chunk_size)
+    if normalise:
+        g_test = g_test / g_test.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    idx = torch.as_tensor(train)
+    x, y = task.train.inputs[idx], task.train.targets[idx]
+    out = np.empty((len(test), len(train)), dtype=np.float64)
+    for rows, g_train in per_instance_grads(task, x, y, chunk_size=chunk_size):
+        if normalise:
+            g_train = g_train / g_train.norm(dim=1, keepdim=True).clamp_min(1e-30)
+        out[:, rows] = (g_test @ g_train.T).double().cpu().numpy()
+        if progress is not None:
+            progress(rows.stop - rows.start)
+    return test, train, out
+
+
+def grad_dot(task: Task, test, train, chunk_size: int | None = None, progress=None) -> Scores:
+    """Grad-Dot: ∇g(z_test)ᵀ∇ℓ(z_i) at the final weights, for every (test, train) pair.
+
+    >>> # scores = grad_dot(task, test=range(10), train=range(100))  # (10, 100)
+    """
+    test, train, values = _scores(task, test, train, False, chunk_size, progress)
+    return Scores(values, test, train, "grad_dot", {}, units="loss gradient dot product")
+
+
+def grad_cos(task: Task, test, train, chunk_size: int | None = None, progress=None) -> Scores:
+    """Grad-Cos: the cosine of ∇g(z_test) and ∇ℓ(z_i) at the final weights."""
+    test, train, values = _scores(task, test, train, True, chunk_size, progress)
+    return Scores(values, test, train, "grad_cos", {}, units="cosine")
