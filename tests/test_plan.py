@@ -32,7 +32,7 @@ def test_drop_removes_exactly_one_instance_per_epoch(n, B):
         for r, i in enumerate(left_out, start=1):
             order = [j for j, _ in seen[r][e]]
             assert order == [j for j in perm if j != i]
-            assert sorted(order + [i]) == list(range(n))
+            assert sorted([*order, i]) == list(range(n))
 
 
 def test_drop_weights_are_batch_means():
@@ -71,5 +71,5 @@ def test_same_seed_same_stream_different_seed_different():
 
 
 def test_unknown_scheme_is_a_clear_error():
-    with pytest.raises(InputError, match="further.scheme.*'drop'"):
+    with pytest.raises(InputError, match=r"further\.scheme.*'drop'"):
         next(schedule(10, np.array([1]), 4, 1, 0, "dorp"))

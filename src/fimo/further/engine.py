@@ -183,3 +183,48 @@ def _to(tree, device):
     if isinstance(tree, dict):
         return {k: _to(v, device) for k, v in tree.items()}
     return tree
+
+
+def gold_standard(
+    task: Task,
+    settings: FurtherSettings,
+    seeds,
+    left_out,
+    test,
+    store=None,
+    on_step: Callable[[int], None] | None = None,
+    on_seed: Callable[[int, bool], None] | None = None,
+):
+    """Further-train every seed (skipping those already in ``store``) → GoldStandard.
+
+    >>> # gold = gold_standard(task, FurtherSettings(lr=1e-4), seeds=range(8),
+    >>> #                      left_out=[0, 5, 9], test=range(100))
+    """
+    from fimo.further.gold import GoldStandard
+
+    seeds = [int(s) for s in seeds]
+    left_out = np.asarray(left_out, dtype=np.int64)
+    test = np.asarray(test, dtype=np.int64)
+    results = []
+    for seed in seeds:
+        result = store.load(seed) if store is not None else None
+        reused = result is not None
+        if result is None:
+            result = further_train_seed(task, settings, seed, left_out, test, on_step=on_step)
+            if store is not None:
+                store.save(seed, result)
+        if on_seed is not None:
+            on_seed(seed, reused)
+        results.append(result)
+    if store is not None:
+        return store.assemble(seeds, left_out, test, settings.as_dict())
+    return GoldStandard(
+        np.stack([r.loss_full for r in results]),
+        np.stack([r.loss_without for r in results]),
+        results[0].steps,
+        results[0].epochs,
+        left_out,
+        test,
+        np.asarray(seeds),
+        settings.as_dict(),
+    )

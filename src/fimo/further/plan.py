@@ -93,7 +93,5 @@ def schedule(
                 idx = torch.cat([idx, extra_idx], 1)
                 w = torch.cat([w, extra_w], 1)
             active = counts.squeeze(1) > 0
-            yield Step(
-                idx, w, None if bool(active.all()) else active, epoch, b == n_batches - 1
-            )
+            yield Step(idx, w, None if bool(active.all()) else active, epoch, b == n_batches - 1)
             taken += 1

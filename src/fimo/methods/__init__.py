@@ -1,6 +1,6 @@
 """Attribution methods. Each returns `Scores` (n_test, n_train), positive = helpful."""
 
-from fimo.methods.first_order import grad_dot, grad_cos
+from fimo.methods.first_order import grad_cos, grad_dot
 
 #: Methods by their contract names (DESIGN.md ◆ Method names).
 METHODS = {"grad_dot": grad_dot, "grad_cos": grad_cos}

@@ -1,0 +1,128 @@
+"""The ``fimo`` command.
+
+Exit codes: 0 success; 2 bad input (a one-line message naming the setting, what came and
+what is allowed); 1 an internal or numerical error.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from fimo.errors import InputError, NumericalError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="fimo: final-model-only training data attribution (further training as the gold "
+    "standard, and the gradient-based methods it unifies).",
+)
+err = Console(stderr=True)
+
+
+@app.command("run")
+def run_command(
+    source: Annotated[
+        str, typer.Argument(help="A preset name (see `fimo presets`) or a path to a .toml file.")
+    ] = "adult",
+    out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<name>).")] = None,
+    seeds: Annotated[int | None, typer.Option(help="Number of further-training seeds.")] = None,
+    left_out: Annotated[
+        int | None, typer.Option("--left-out", help="Number of left-out training instances.")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Further-training epochs.")] = None,
+    optimizer: Annotated[
+        str | None, typer.Option(help="Further-training optimizer: sgd, adam or adamw.")
+    ] = None,
+    lr: Annotated[float | None, typer.Option(help="Further-training learning rate.")] = None,
+    methods: Annotated[
+        str | None, typer.Option(help="Comma-separated methods, e.g. grad_dot,grad_cos.")
+    ] = None,
+    n_test: Annotated[
+        int | None, typer.Option("--n-test", help="Number of test instances.")
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="Precision of further training: float32 or float64.")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N.")] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Discard results made under other settings and start afresh.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars or tables.")] = False,
+) -> None:
+    """Run an experiment: final model, gold standard, methods, metrics and report."""
+    from fimo.experiments.config import load_config, with_overrides
+    from fimo.experiments.pipeline import run
+
+    config = load_config(source)
+    names = None if methods is None else [m.strip() for m in methods.split(",") if m.strip()]
+    config = with_overrides(
+        config,
+        seeds=seeds,
+        left_out=left_out,
+        epochs=epochs,
+        optimizer=optimizer,
+        lr=lr,
+        methods=names,
+        n_test=n_test,
+        dtype=dtype,
+        device=device,
+    )
+    out = out or Path("runs") / config.name
+    result = run(config, out, overwrite=overwrite, quiet=quiet)
+    Console().print(f"Report: {result.report}")
+
+
+@app.command("presets")
+def presets_command() -> None:
+    """List the built-in experiments."""
+    from fimo.experiments.config import load_config, preset_names
+
+    for name in preset_names():
+        c = load_config(name)
+        g, f = c.gold, c.further
+        Console().print(
+            f"[bold]{name}[/bold]: {c.data.dataset}, MLP {c.model.hidden}; gold standard "
+            f"{g.seeds} seeds × {g.left_out} left out × {c.data.n_test} test, "
+            f"{f.optimizer} lr {f.lr:g} for {f.epochs} epochs; methods {', '.join(c.methods.names)}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app and map errors to exit codes."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except InputError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        return 2
+    except NumericalError as exc:
+        err.print(f"[red]numerical error:[/red] {exc}", highlight=False, soft_wrap=True)
+        return 1
+    except KeyboardInterrupt:
+        err.print("interrupted; finished shards are kept and a new run continues from them")
+        return 130
+    except Exception as exc:  # typer/click usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return 2
+        if isinstance(exc, click.exceptions.Exit):
+            return exc.exit_code
+        if isinstance(exc, click.exceptions.Abort):
+            return 130
+        raise
+    return 0
+
+
+def entry() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,271 @@
+"""Experiment configuration: presets and TOML files, validated in full before any work.
+
+A configuration is a TOML document with the tables below. Every key is checked: an unknown
+key names the closest valid one; a wrong type or an out-of-range value names the setting,
+the value received and what is allowed (:class:`fimo.errors.InputError`, exit code 2).
+
+.. code-block:: toml
+
+    name = "adult"
+    [data]      dataset = "adult", n_test = 100
+    [model]     hidden = [128, 128], seed = 0
+    [training]  optimizer = "sgd", lr = 0.01, epochs = 100, batch_size = 128, seed = 0
+    [further]   optimizer = "sgd", lr = 1e-4, epochs = 2, seeds = 8, left_out = 40, ...
+    [methods]   names = ["grad_dot", "grad_cos"], train = "all"
+    [run]       device = "cpu"
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+
+import tomli_w
+import tomllib
+
+from fimo.errors import InputError, check_choice, closest
+from fimo.further.engine import FurtherSettings
+from fimo.training import TrainingSettings
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "adult"
+    n_test: int = 100  # the first n_test test instances are scored and recorded
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "mlp"
+    hidden: list[int] = field(default_factory=lambda: [128, 128])
+    seed: int = 0
+
+
+@dataclass
+class GoldConfig:
+    """The gold standard's size and precision; the run settings are FurtherSettings."""
+
+    seeds: int = 16
+    first_seed: int = 0
+    left_out: int = 40
+    left_out_seed: int = 0
+    dtype: str = "float32"
+
+
+@dataclass
+class MethodsConfig:
+    names: list[str] = field(default_factory=lambda: ["grad_dot", "grad_cos"])
+    train: str = "all"  # score every training instance ("all") or only the left-out ones
+
+
+@dataclass
+class RunConfig:
+    device: str = "cpu"
+
+
+@dataclass
+class Config:
+    name: str = "adult"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    further: FurtherSettings = field(default_factory=FurtherSettings)
+    gold: GoldConfig = field(default_factory=GoldConfig)
+    methods: MethodsConfig = field(default_factory=MethodsConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict:
+        further = self.further.as_dict()
+        further.pop("extra")
+        further.update(_plain(self.gold))
+        if further.get("max_steps") is None:
+            further.pop("max_steps", None)
+        return {
+            "name": self.name,
+            "data": _plain(self.data),
+            "model": _plain(self.model),
+            "training": self.training.as_dict(),
+            "further": further,
+            "methods": _plain(self.methods),
+            "run": _plain(self.run),
+        }
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+
+SECTIONS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "training": TrainingSettings,
+    "further": (FurtherSettings, GoldConfig),
+    "methods": MethodsConfig,
+    "run": RunConfig,
+}
+
+
+def _plain(obj) -> dict:
+    return {f.name: copy.deepcopy(getattr(obj, f.name)) for f in fields(obj)}
+
+
+def _allowed(cls) -> dict:
+    return {f.name: getattr(cls(), f.name) for f in fields(cls) if f.name != "extra"}
+
+
+def _check_type(section: str, key: str, value, default):
+    where = f"{section}.{key}"
+    if default is None:  # optional integers (max_steps)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise InputError(f"{where}: got {value!r}; expected a whole number")
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise InputError(f"{where}: got {value!r}; expected true or false")
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(f"{where}: got {value!r}; expected a whole number")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InputError(f"{where}: got {value!r}; expected a number")
+        value = float(value)
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            raise InputError(f"{where}: got {value!r}; expected a string")
+    elif isinstance(default, list | tuple):
+        if not isinstance(value, list | tuple):
+            raise InputError(f"{where}: got {value!r}; expected a list")
+        value = list(value)
+    return value
+
+
+def from_dict(raw: dict) -> Config:
+    """Validate a configuration dict (as read from TOML) and build a Config."""
+    if not isinstance(raw, dict):
+        raise InputError(f"configuration: expected a table of settings; got {type(raw).__name__}")
+    top = {"name", *SECTIONS}
+    for key in raw:
+        if key not in top:
+            raise InputError(
+                f"configuration: unknown key {key!r}{closest(key, top)}; allowed: {sorted(top)}"
+            )
+    name = raw.get("name", "experiment")
+    if not isinstance(name, str) or not name:
+        raise InputError(f"name: got {name!r}; expected a non-empty string")
+    built = {}
+    for section, classes in SECTIONS.items():
+        table = raw.get(section, {})
+        if not isinstance(table, dict):
+            raise InputError(f"{section}: expected a table of settings; got {table!r}")
+        classes = classes if isinstance(classes, tuple) else (classes,)
+        allowed = {}
+        for cls in classes:
+            allowed.update({k: (cls, v) for k, v in _allowed(cls).items()})
+        values = {cls: {} for cls in classes}
+        for key, value in table.items():
+            if key not in allowed:
+                raise InputError(
+                    f"{section}: unknown key {key!r}{closest(key, allowed)}; "
+                    f"allowed: {', '.join(sorted(allowed))}"
+                )
+            cls, default = allowed[key]
+            values[cls][key] = _check_type(section, key, value, default)
+        for cls in classes:
+            built[cls] = cls(**values[cls])
+    config = Config(
+        name=name,
+        data=built[DataConfig],
+        model=built[ModelConfig],
+        training=built[TrainingSettings],
+        further=built[FurtherSettings],
+        gold=built[GoldConfig],
+        methods=built[MethodsConfig],
+        run=built[RunConfig],
+    )
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Range checks across the whole configuration (before any work starts)."""
+    from fimo.methods import ALL_METHOD_NAMES, METHODS
+
+    g = config.gold
+    if g.seeds < 1:
+        raise InputError(f"further.seeds: got {g.seeds}; need at least 1 seed")
+    if g.first_seed < 0:
+        raise InputError(f"further.first_seed: got {g.first_seed}; must be ≥ 0")
+    if g.left_out < 2:
+        raise InputError(
+            f"further.left_out: got {g.left_out}; need at least 2 left-out instances "
+            "(centring subtracts their mean)"
+        )
+    check_choice("further.dtype", g.dtype, ("float32", "float64"))
+    if config.data.n_test < 1:
+        raise InputError(f"data.n_test: got {config.data.n_test}; need at least 1 test instance")
+    if not config.model.hidden or any(h < 1 for h in config.model.hidden):
+        raise InputError(f"model.hidden: got {config.model.hidden}; widths must be ≥ 1")
+    check_choice("model.kind", config.model.kind, ("mlp",))
+    check_choice("methods.train", config.methods.train, ("all", "left_out"))
+    for name in config.methods.names:
+        if name in ALL_METHOD_NAMES and name not in METHODS:
+            raise InputError(
+                f"methods.names: {name!r} is not implemented yet in this version of fimo; "
+                f"available: {', '.join(METHODS)}"
+            )
+        check_choice("methods.names", name, tuple(METHODS))
+    if len(set(config.methods.names)) != len(config.methods.names):
+        raise InputError(f"methods.names: got duplicates in {config.methods.names}")
+    if not (config.run.device == "cpu" or config.run.device.startswith("cuda")):
+        raise InputError(f"run.device: got {config.run.device!r}; allowed: 'cpu', 'cuda', 'cuda:N'")
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("fimo.experiments") / "presets"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def load_config(source: str | Path | None = None) -> Config:
+    """A preset by name (default ``adult``), or a TOML file by path."""
+    source = "adult" if source is None else str(source)
+    if source.endswith(".toml"):
+        path = Path(source)
+        if not path.is_file():
+            raise InputError(f"configuration file {source!r} does not exist")
+        text = path.read_text(encoding="utf-8")
+    else:
+        names = preset_names()
+        if source not in names:
+            raise InputError(
+                f"unknown preset {source!r}{closest(source, names)}; available: {', '.join(names)} "
+                "(or give a path to a .toml configuration)"
+            )
+        text = (resources.files("fimo.experiments") / "presets" / f"{source}.toml").read_text()
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"configuration {source!r} is not valid TOML: {exc}") from exc
+    return from_dict(raw)
+
+
+def with_overrides(config: Config, **overrides) -> Config:
+    """Apply CLI-style overrides (None = keep), revalidating the result."""
+    raw = config.to_dict()
+    mapping = {
+        "seeds": ("further", "seeds"),
+        "left_out": ("further", "left_out"),
+        "epochs": ("further", "epochs"),
+        "optimizer": ("further", "optimizer"),
+        "lr": ("further", "lr"),
+        "device": ("run", "device"),
+        "methods": ("methods", "names"),
+        "n_test": ("data", "n_test"),
+        "dtype": ("further", "dtype"),
+    }
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        section, name = mapping[key]
+        raw[section][name] = value
+    return from_dict(raw)

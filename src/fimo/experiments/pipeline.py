@@ -1,0 +1,287 @@
+"""Run one experiment end to end into a run directory.
+
+Layout (DESIGN.md ◆ Runs are data)::
+
+    config.toml          the resolved settings
+    manifest.json        fingerprints of data, model, gold standard and scores; timings
+    model/final.pt       the final weights (state dict; loaded with weights_only=True)
+    model/meta.json      the final-training record and its fingerprint
+    further/             fingerprint.json, shards/seed-NNNNN.npz, gold.npz
+    scores/<method>.npz  one Scores matrix per method
+    metrics/by_checkpoint.csv
+    plots/cosine.png
+    report.html
+
+Every stage is cached by fingerprint: a second run with the same settings reuses the final
+model, the finished gold-standard shards and the scores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+import fimo
+from fimo.data import ArrayDataset, load_adult
+from fimo.errors import InputError
+from fimo.evaluate import (
+    agreement_by_checkpoint,
+    plot_agreement,
+    rich_summary_table,
+    write_metrics_csv,
+    write_report,
+)
+from fimo.experiments.config import Config
+from fimo.further.engine import gold_standard
+from fimo.further.gold import GoldStandard
+from fimo.further.plan import steps_per_epoch
+from fimo.further.store import ShardStore
+from fimo.io import fingerprint, write_json, write_text
+from fimo.methods import METHODS
+from fimo.models import mlp
+from fimo.scores import Scores
+from fimo.task import Task
+from fimo.training import evaluate_model, train_final
+
+DATASETS = {"adult": load_adult}
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class RunResult:
+    """What ``run`` returns: the run directory and everything computed in it."""
+
+    out: Path
+    config: Config
+    task: Task
+    gold: GoldStandard
+    scores: dict[str, Scores]
+    rows: list[dict]
+    model_metrics: dict
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def report(self) -> Path:
+        return self.out / "report.html"
+
+
+def load_data(name: str) -> tuple[ArrayDataset, ArrayDataset]:
+    if name not in DATASETS:
+        raise InputError(f"data.dataset: got {name!r}; available: {', '.join(DATASETS)}")
+    return DATASETS[name]()
+
+
+def choose_left_out(n_train: int, count: int, seed: int) -> np.ndarray:
+    """``count`` distinct training indices drawn with ``numpy.random.default_rng(seed)``, sorted."""
+    if count > n_train:
+        raise InputError(
+            f"further.left_out: got {count}, but there are only {n_train} training instances"
+        )
+    return np.sort(np.random.default_rng(seed).choice(n_train, size=count, replace=False))
+
+
+def _device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"run.device: got {name!r}, but no CUDA device is available; use 'cpu'")
+    return torch.device(name)
+
+
+def _progress(console: Console, quiet: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description:<18}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=quiet,
+        transient=False,
+    )
+
+
+def run(
+    config: Config,
+    out: str | Path,
+    overwrite: bool = False,
+    console: Console | None = None,
+    quiet: bool = False,
+) -> RunResult:
+    """Run ``config`` into ``out``: final model, gold standard, methods, metrics, report."""
+    console = console or Console(stderr=True, quiet=quiet)
+    out = Path(out)
+    timings: dict[str, float] = {}
+    device = _device(config.run.device)
+    n_test_wanted = config.data.n_test
+
+    # -- data and indices: every check before any work starts -------------------------------
+    train, test = load_data(config.data.dataset)
+    if n_test_wanted > len(test):
+        raise InputError(
+            f"data.n_test: got {n_test_wanted}, but there are only {len(test)} test instances"
+        )
+    test_idx = np.arange(n_test_wanted)
+    left_out = choose_left_out(len(train), config.gold.left_out, config.gold.left_out_seed)
+    for name in config.methods.names:
+        if name not in METHODS:
+            raise InputError(f"methods.names: unknown method {name!r}")
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "config.toml", config.to_toml())
+    data_fp = fingerprint(train.inputs, train.targets, test.inputs, test.targets)
+
+    # -- the final model --------------------------------------------------------------------
+    classes = int(train.targets.max()) + 1
+    model = mlp(train.inputs.shape[1], classes, config.model.hidden, config.model.seed)
+    task = Task(model, train, test, loss="cross_entropy", name=config.name)
+    model_fp = fingerprint(
+        data_fp, {"model": vars(config.model), "training": config.training.as_dict()}
+    )
+    t0 = time.perf_counter()
+    model_dir = out / "model"
+    meta_path = model_dir / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    if meta.get("fingerprint") == model_fp and (model_dir / "final.pt").exists():
+        state = torch.load(model_dir / "final.pt", weights_only=True, map_location="cpu")
+        model.load_state_dict(state)
+        console.print(f"[dim]final model: reusing {model_dir / 'final.pt'}[/dim]")
+    else:
+        if meta and not overwrite:
+            raise InputError(
+                f"{model_dir} holds a final model trained under other settings or data "
+                f"(fingerprint {meta.get('fingerprint')}, now {model_fp}); pass --overwrite to "
+                "train afresh, or --out to write elsewhere"
+            )
+        task.to(device)
+        with _progress(console, quiet) as bar:
+            job = bar.add_task("final training", total=config.training.epochs)
+            history = train_final(task, config.training, on_epoch=lambda e, loss: bar.advance(job))
+        task.to("cpu")
+        torch.save(model.state_dict(), _tmp(model_dir / "final.pt"))
+        _tmp(model_dir / "final.pt").replace(model_dir / "final.pt")
+        meta = {
+            "fingerprint": model_fp,
+            "training": config.training.as_dict(),
+            "train_loss_by_epoch": history,
+        }
+    meta.update(evaluate_model(task))
+    write_json(meta_path, meta)
+    timings["final_training"] = time.perf_counter() - t0
+    weights_fp = fingerprint(dict(model.state_dict()))
+    model_metrics = {k: meta[k] for k in ("test_loss", "test_accuracy") if k in meta}
+
+    # -- the gold standard ------------------------------------------------------------------
+    dtype = DTYPES[config.gold.dtype]
+    task.to(device, dtype)
+    further = config.further.as_dict()
+    gold_fp = fingerprint(
+        weights_fp, data_fp, further, left_out, test_idx, config.gold.dtype, device.type
+    )
+    store = ShardStore(
+        out / "further",
+        gold_fp,
+        {"settings": further, "dtype": config.gold.dtype, "device": device.type},
+        overwrite=overwrite,
+    )
+    seeds = list(range(config.gold.first_seed, config.gold.first_seed + config.gold.seeds))
+    todo = [s for s in seeds if store.load(s) is None]
+    per_seed = config.further.epochs * steps_per_epoch(len(train), config.further.batch_size)
+    if config.further.max_steps is not None:
+        per_seed = min(per_seed, config.further.max_steps)
+    t0 = time.perf_counter()
+    with _progress(console, quiet) as bar:
+        job = bar.add_task(
+            f"further training ({len(todo)}/{len(seeds)} seeds, {1 + len(left_out)} runs)",
+            total=len(todo) * per_seed,
+        )
+        gold = gold_standard(
+            task,
+            config.further,
+            seeds,
+            left_out,
+            test_idx,
+            store=store,
+            on_step=lambda k: bar.advance(job, k),
+        )
+    timings["further_training"] = time.perf_counter() - t0
+    if todo:
+        timings["further_training_per_seed"] = timings["further_training"] / len(todo)
+
+    # -- the methods ------------------------------------------------------------------------
+    train_idx = np.arange(len(train)) if config.methods.train == "all" else left_out
+    scores: dict[str, Scores] = {}
+    method_fps = {}
+    t0 = time.perf_counter()
+    for name in config.methods.names:
+        path = out / "scores" / f"{name}.npz"
+        fp = fingerprint(weights_fp, data_fp, name, test_idx, train_idx, config.gold.dtype)
+        method_fps[name] = fp
+        cached = Scores.load(path) if path.exists() else None
+        if cached is not None and cached.settings.get("fingerprint") == fp:
+            scores[name] = cached
+            continue
+        with _progress(console, quiet) as bar:
+            job = bar.add_task(name, total=len(train_idx))
+            result = METHODS[name](
+                task, test_idx, train_idx, progress=lambda k, job=job: bar.advance(job, k)
+            )
+        result.settings["fingerprint"] = fp
+        result.save(path)
+        scores[name] = result
+    timings["methods"] = time.perf_counter() - t0
+    task.to("cpu", torch.float32)
+
+    # -- evaluation and report --------------------------------------------------------------
+    rows = agreement_by_checkpoint(gold, scores, centred=(True, False))
+    write_metrics_csv(out / "metrics" / "by_checkpoint.csv", rows)
+    plot_agreement(rows, metric="cosine", centred=True, path=out / "plots" / "cosine.png")
+    manifest = {
+        "fimo_version": fimo.__version__,
+        "torch_version": torch.__version__,
+        "python": platform.python_version(),
+        "fingerprints": {
+            "data": data_fp,
+            "model_recipe": model_fp,
+            "weights": weights_fp,
+            "gold_standard": gold_fp,
+            "scores": method_fps,
+        },
+        "model": model_metrics,
+        "gold_standard": {
+            "seeds": seeds,
+            "left_out": left_out.tolist(),
+            "test": [int(test_idx[0]), int(test_idx[-1]) + 1],
+            "steps": gold.steps.tolist(),
+        },
+        "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
+    }
+    write_json(out / "manifest.json", manifest)
+    notes = [
+        f"Final model: test accuracy {model_metrics.get('test_accuracy', math.nan):.4f}, "
+        f"test loss {model_metrics.get('test_loss', math.nan):.4f}.",
+        f"Gold standard: {len(seeds)} seeds × {len(left_out)} left-out instances × "
+        f"{len(test_idx)} test instances, scheme {config.further.scheme!r}, "
+        f"{config.further.optimizer} lr {config.further.lr:g}, {config.further.epochs} epochs, "
+        f"{config.gold.dtype}.",
+    ]
+    write_report(
+        out / "report.html",
+        rows,
+        title=f"fimo: {config.name}",
+        settings=config.to_dict(),
+        manifest=manifest,
+        notes=notes,
+    )
+    console.print(rich_summary_table(rows, metric="cosine", centred=True))
+    return RunResult(out, config, task, gold, scores, rows, model_metrics, timings)
+
+
+def _tmp(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f".{path.name}.tmp")

@@ -1,0 +1,98 @@
+"""Final-model training: the recipe that produces θ^f when the user brings no model.
+
+A plain loop with ``torch.optim``, the way the paper's reference code trains: a
+``RandomSampler``-style permutation per epoch from a generator seeded with ``seed``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+
+from fimo.errors import InputError, NumericalError, check_choice
+from fimo.task import Task
+
+
+@dataclass
+class TrainingSettings:
+    optimizer: str = "sgd"
+    lr: float = 1e-2
+    epochs: int = 100
+    batch_size: int = 128
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self):
+        check_choice("training.optimizer", self.optimizer, ("sgd", "adam", "adamw"))
+        if not self.lr > 0:
+            raise InputError(f"training.lr: got {self.lr!r}; must be a positive number")
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise InputError(f"training.{name}: got {value!r}; must be a whole number ≥ 1")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def train_final(
+    task: Task,
+    settings: TrainingSettings,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Train ``task.model`` in place; returns the mean training loss of each epoch."""
+    model, s = task.model, settings
+    params = [dict(model.named_parameters())[n] for n in task.trainable]
+    if s.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+    elif s.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    X, Y = task.train.inputs, task.train.targets
+    n = len(X)
+    gen = torch.Generator().manual_seed(s.seed)
+    history = []
+    model.train()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(s.seed)
+        for epoch in range(s.epochs):
+            perm = torch.randperm(n, generator=gen).to(X.device)
+            total = torch.zeros((), dtype=torch.float64, device=X.device)
+            for start in range(0, n, s.batch_size):
+                batch = perm[start : start + s.batch_size]
+                loss = task.loss_fn(model(X[batch]), Y[batch]).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.detach().double() * len(batch)
+            mean = float(total) / n
+            if mean != mean or mean == float("inf"):
+                raise NumericalError(
+                    f"final training diverged (loss {mean}) in epoch {epoch + 1}; "
+                    f"lower training.lr (now {s.lr})"
+                )
+            history.append(mean)
+            if on_epoch is not None:
+                on_epoch(epoch + 1, mean)
+    model.eval()
+    return history
+
+
+def evaluate_model(task: Task) -> dict[str, float]:
+    """Test loss, and accuracy for classification, of the current model."""
+    model = task.model
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(task.test.inputs)
+        loss = float(task.loss_fn(out, task.test.targets).mean())
+        result = {"test_loss": loss}
+        if task.loss_name == "cross_entropy":
+            acc = (out.argmax(-1) == task.test.targets).double().mean()
+            result["test_accuracy"] = float(acc)
+    model.train(was)
+    return result
