@@ -278,7 +278,10 @@ def run(
         manifest=manifest,
         notes=notes,
     )
-    console.print(rich_summary_table(rows, metric="cosine", centred=True))
+    table_console = Console(quiet=quiet)
+    if not table_console.is_terminal:  # files and pipes get the whole table, unwrapped
+        table_console = Console(quiet=quiet, width=120)
+    table_console.print(rich_summary_table(rows, metric="cosine", centred=True))
     return RunResult(out, config, task, gold, scores, rows, model_metrics, timings)
 
 
