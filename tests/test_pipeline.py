@@ -159,3 +159,14 @@ def test_wrong_type_in_config_is_named(tmp_path):
     bad.write_text('[further]\nepochs = "two"\n')
     with pytest.raises(InputError, match=r"further.epochs: got 'two'; expected a whole number"):
         load_config(bad)
+
+
+def test_method_settings_tables_are_validated(tmp_path):
+    good = tmp_path / "good.toml"
+    good.write_text('[methods]\nnames = ["grad_dot"]\n[methods.grad_dot]\nchunk_size = 64\n')
+    assert load_config(good).methods.settings == {"grad_dot": {"chunk_size": 64}}
+    assert "[methods.grad_dot]" in load_config(good).to_toml()
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[methods.grad_dot]\nchunk = 64\n")
+    with pytest.raises(InputError, match=r"methods.grad_dot: unknown setting 'chunk'.*chunk_size"):
+        load_config(bad)

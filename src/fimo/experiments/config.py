@@ -58,6 +58,8 @@ class GoldConfig:
 class MethodsConfig:
     names: list[str] = field(default_factory=lambda: ["grad_dot", "grad_cos"])
     train: str = "all"  # score every training instance ("all") or only the left-out ones
+    #: per-method settings, from the tables [methods.<name>]
+    settings: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass
@@ -88,7 +90,7 @@ class Config:
             "model": _plain(self.model),
             "training": self.training.as_dict(),
             "further": further,
-            "methods": _plain(self.methods),
+            "methods": _methods_table(self.methods),
             "run": _plain(self.run),
         }
 
@@ -104,6 +106,35 @@ SECTIONS = {
     "methods": MethodsConfig,
     "run": RunConfig,
 }
+
+
+def _methods_table(methods: MethodsConfig) -> dict:
+    table = {"names": list(methods.names), "train": methods.train}
+    table.update({name: dict(values) for name, values in methods.settings.items() if values})
+    return table
+
+
+def _method_settings(name: str, table) -> dict:
+    """Validate a [methods.<name>] table against the method's keyword arguments."""
+    from fimo.methods import method_defaults
+
+    if not isinstance(table, dict):
+        raise InputError(f"methods.{name}: expected a table of settings; got {table!r}")
+    defaults = method_defaults(name)
+    out = {}
+    for key, value in table.items():
+        if key not in defaults:
+            allowed = ", ".join(sorted(defaults)) or "none"
+            raise InputError(
+                f"methods.{name}: unknown setting {key!r}{closest(key, defaults)}; "
+                f"allowed: {allowed}"
+            )
+        default = defaults[key]
+        if default is None or (isinstance(default, str) and not isinstance(value, str)):
+            out[key] = value  # settings that take a number or a word (e.g. scale = "auto")
+        else:
+            out[key] = _check_type(f"methods.{name}", key, value, default)
+    return out
 
 
 def _plain(obj) -> dict:
@@ -163,8 +194,16 @@ def from_dict(raw: dict) -> Config:
         for cls in classes:
             allowed.update({k: (cls, v) for k, v in _allowed(cls).items()})
         values = {cls: {} for cls in classes}
+        if section == "methods":
+            from fimo.methods import ALL_METHOD_NAMES
+
+            per_method = {k: table[k] for k in table if k in ALL_METHOD_NAMES}
+            table = {k: v for k, v in table.items() if k not in ALL_METHOD_NAMES}
+            values[MethodsConfig]["settings"] = {
+                name: _method_settings(name, sub) for name, sub in per_method.items()
+            }
         for key, value in table.items():
-            if key not in allowed:
+            if key not in allowed or key == "settings":
                 raise InputError(
                     f"{section}: unknown key {key!r}{closest(key, allowed)}; "
                     f"allowed: {', '.join(sorted(allowed))}"
@@ -189,7 +228,7 @@ def from_dict(raw: dict) -> Config:
 
 def validate(config: Config) -> None:
     """Range checks across the whole configuration (before any work starts)."""
-    from fimo.methods import ALL_METHOD_NAMES, METHODS
+    from fimo.methods import available_methods
 
     g = config.gold
     if g.seeds < 1:
@@ -208,13 +247,9 @@ def validate(config: Config) -> None:
         raise InputError(f"model.hidden: got {config.model.hidden}; widths must be ≥ 1")
     check_choice("model.kind", config.model.kind, ("mlp",))
     check_choice("methods.train", config.methods.train, ("all", "left_out"))
+    available = available_methods()
     for name in config.methods.names:
-        if name in ALL_METHOD_NAMES and name not in METHODS:
-            raise InputError(
-                f"methods.names: {name!r} is not implemented yet in this version of fimo; "
-                f"available: {', '.join(METHODS)}"
-            )
-        check_choice("methods.names", name, tuple(METHODS))
+        check_choice("methods.names", name, tuple(available))
     if len(set(config.methods.names)) != len(config.methods.names):
         raise InputError(f"methods.names: got duplicates in {config.methods.names}")
     if not (config.run.device == "cpu" or config.run.device.startswith("cuda")):

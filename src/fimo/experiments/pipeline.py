@@ -46,7 +46,7 @@ from fimo.further.gold import GoldStandard
 from fimo.further.plan import steps_per_epoch
 from fimo.further.store import ShardStore
 from fimo.io import fingerprint, write_json, write_text
-from fimo.methods import METHODS
+from fimo.methods import get_method
 from fimo.models import mlp
 from fimo.scores import Scores
 from fimo.task import Task
@@ -129,9 +129,7 @@ def run(
         )
     test_idx = np.arange(n_test_wanted)
     left_out = choose_left_out(len(train), config.gold.left_out, config.gold.left_out_seed)
-    for name in config.methods.names:
-        if name not in METHODS:
-            raise InputError(f"methods.names: unknown method {name!r}")
+    methods = {name: get_method(name) for name in config.methods.names}
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.toml", config.to_toml())
     data_fp = fingerprint(train.inputs, train.targets, test.inputs, test.targets)
@@ -220,7 +218,10 @@ def run(
     t0 = time.perf_counter()
     for name in config.methods.names:
         path = out / "scores" / f"{name}.npz"
-        fp = fingerprint(weights_fp, data_fp, name, test_idx, train_idx, config.gold.dtype)
+        settings = config.methods.settings.get(name, {})
+        fp = fingerprint(
+            weights_fp, data_fp, name, settings, test_idx, train_idx, config.gold.dtype
+        )
         method_fps[name] = fp
         cached = Scores.load(path) if path.exists() else None
         if cached is not None and cached.settings.get("fingerprint") == fp:
@@ -228,8 +229,12 @@ def run(
             continue
         with _progress(console, quiet) as bar:
             job = bar.add_task(name, total=len(train_idx))
-            result = METHODS[name](
-                task, test_idx, train_idx, progress=lambda k, job=job: bar.advance(job, k)
+            result = methods[name](
+                task,
+                test_idx,
+                train_idx,
+                progress=lambda k, job=job: bar.advance(job, k),
+                **settings,
             )
         result.settings["fingerprint"] = fp
         result.save(path)

@@ -34,16 +34,18 @@ def _scores(task: Task, test, train, normalise: bool, chunk_size=None, progress=
     return test, train, out
 
 
-def grad_dot(task: Task, test, train, chunk_size: int | None = None, progress=None) -> Scores:
+def grad_dot(task: Task, test, train, *, progress=None, chunk_size: int | None = None) -> Scores:
     """Grad-Dot: ∇g(z_test)ᵀ∇ℓ(z_i) at the final weights, for every (test, train) pair.
 
     >>> # scores = grad_dot(task, test=range(10), train=range(100))  # (10, 100)
     """
     test, train, values = _scores(task, test, train, False, chunk_size, progress)
-    return Scores(values, test, train, "grad_dot", {}, units="loss gradient dot product")
+    return Scores(
+        values, test, train, "grad_dot", {"chunk_size": chunk_size}, "gradient dot product"
+    )
 
 
-def grad_cos(task: Task, test, train, chunk_size: int | None = None, progress=None) -> Scores:
+def grad_cos(task: Task, test, train, *, progress=None, chunk_size: int | None = None) -> Scores:
     """Grad-Cos: the cosine of ∇g(z_test) and ∇ℓ(z_i) at the final weights."""
     test, train, values = _scores(task, test, train, True, chunk_size, progress)
-    return Scores(values, test, train, "grad_cos", {}, units="cosine")
+    return Scores(values, test, train, "grad_cos", {"chunk_size": chunk_size}, units="cosine")
