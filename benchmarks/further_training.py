@@ -1,11 +1,17 @@
-"""Further training: fimo's vectorised engine against the reference code's loop.
+"""Further training: fimo's engine against the reference code's way of doing it.
 
-The paper's reference code trains one run at a time: a model, a fresh torch.optim optimizer,
-a DataLoader-style loop. fimo advances the full run and all left-out runs of a seed together.
-Both do the same work here (Adult, MLP 106-128-128-2, batch 128, `drop` scheme, SGD), and the
-script checks that they give the same test losses before it prints the times and their ratio.
+(a) the naive loop, written the way the paper's reference code works (PAPER.md §2): one run
+at a time, a ``DataLoader`` over a ``TensorDataset`` with a sampler that drops the left-out
+index from ``RandomSampler``'s permutation, a fresh ``torch.optim`` optimizer per run;
+(b) fimo's engine, generic path (``vmap(grad)`` over the run axis);
+(c) fimo's engine, fused batched-matmul path (the default for MLPs).
 
-    .venv/bin/python benchmarks/further_training.py [--left-out 40] [--steps 100]
+All three compute the same gold standard (Adult, MLP 106-128-128-2, batch 128, SGD lr 1e-4,
+``drop`` scheme). The script first checks in float64 that they agree (relative difference of
+the adjusted losses), then times them in float32 and prints times, ratios and floating-point
+rates next to the rate of a large matrix product on this machine.
+
+    .venv/bin/python benchmarks/further_training.py [--seeds 3] [--left-out 20] [--epochs 1]
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import numpy as np
 import torch
 
 from fimo.data import load_adult
-from fimo.further.engine import FurtherSettings, further_train_seed
+from fimo.further.engine import FurtherSettings, gold_standard
 from fimo.models import mlp
 from fimo.task import Task
 
@@ -38,77 +44,118 @@ class DropSampler(torch.utils.data.Sampler):
         return self.n - (self.leave_out is not None)
 
 
-def loop_run(task, settings, seed, leave_out, steps, test, dataloader):
-    """One run, one Python loop: through a DataLoader as the reference code does, or tight."""
-    model = mlp(task.train.inputs.shape[1], 2)
+def naive_run(task, settings, seed, leave_out, test):
+    """One run the reference code's way; test losses at the end of every epoch, (C, T)."""
+    model = mlp(task.train.inputs.shape[1], 2).to(task.train.inputs.dtype)
     model.load_state_dict(task.model.state_dict())
     opt = torch.optim.SGD(model.parameters(), lr=settings.lr)
     gen = torch.Generator().manual_seed(seed)
-    X, Y = task.train.inputs, task.train.targets
-    B = settings.batch_size
-    if dataloader:
-        data = torch.utils.data.TensorDataset(X, Y)
-        sampler = DropSampler(len(X), leave_out, gen)
-        batches = iter(torch.utils.data.DataLoader(data, batch_size=B, sampler=sampler))
-    else:
-        order = torch.randperm(len(X), generator=gen).tolist()
-        if leave_out is not None:
-            order.remove(leave_out)
-        batches = (
-            (X[order[s * B : (s + 1) * B]], Y[order[s * B : (s + 1) * B]]) for s in range(steps)
-        )
-    for _ in range(steps):
-        xb, yb = next(batches)
-        loss = torch.nn.functional.cross_entropy(model(xb), yb)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        out = model(task.test.inputs[test]).double()
-        return torch.nn.functional.cross_entropy(out, task.test.targets[test], reduction="none")
+    data = torch.utils.data.TensorDataset(task.train.inputs, task.train.targets)
+    loader = torch.utils.data.DataLoader(
+        data, batch_size=settings.batch_size, sampler=DropSampler(len(data), leave_out, gen)
+    )
+    out = []
+    for _ in range(settings.epochs):
+        for step, (xb, yb) in enumerate(loader):
+            if settings.max_steps is not None and step >= settings.max_steps:
+                break
+            loss = torch.nn.functional.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            logits = model(task.test.inputs[test]).double()
+            out.append(
+                torch.nn.functional.cross_entropy(logits, task.test.targets[test], reduction="none")
+            )
+    return torch.stack(out).numpy()
+
+
+def naive_gold(task, settings, seeds, left_out, test):
+    full = np.stack([naive_run(task, settings, s, None, test) for s in seeds])
+    without = np.stack(
+        [
+            np.stack([naive_run(task, settings, s, int(i), test) for i in left_out], -1)
+            for s in seeds
+        ]
+    )
+    return without - full[..., None]
+
+
+def matmul_rate(size=2048, repeats=10) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - t0) / 1e9
+
+
+def flops_per_run_step(d, hidden, classes, batch) -> float:
+    """Forward 2·B·Σ(in·out); backward: weight gradients the same again, input gradients for
+    every layer but the first."""
+    widths = [d, *hidden, classes]
+    layer = [widths[k] * widths[k + 1] for k in range(len(widths) - 1)]
+    return 2 * batch * (2 * sum(layer) + sum(layer[1:]))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--left-out", type=int, default=40)
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--left-out", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(2)
     train, test_data = load_adult()
     task = Task(mlp(train.inputs.shape[1], 2), train, test_data)
     left_out = np.sort(np.random.default_rng(0).choice(len(train), args.left_out, replace=False))
     test = np.arange(100)
-    settings = FurtherSettings(lr=1e-4, epochs=1, max_steps=args.steps)
-    runs = 1 + len(left_out)
+    seeds = list(range(args.seeds))
 
-    further_train_seed(task, settings, 0, left_out[:2], test)  # warm-up
-    t0 = time.perf_counter()
-    res = further_train_seed(task, settings, 0, left_out, test)
-    t_fimo = time.perf_counter() - t0
+    # -- agreement, float64, one seed × 5 left-out instances × 1 epoch -----------------------
+    task.to(dtype=torch.float64)
+    check = FurtherSettings(lr=1e-4, epochs=1)
+    ref = naive_gold(task, check, seeds[:1], left_out[:5], test)
+    for engine in ("generic", "auto"):
+        s = FurtherSettings(lr=1e-4, epochs=1, engine=engine)
+        got = gold_standard(task, s, seeds[:1], left_out[:5], test).adjusted()
+        rel = np.abs(got - ref).max() / np.abs(ref).max()
+        print(f"float64 check ({engine} vs naive loop): max relative difference {rel:.1e}")
+    task.to(dtype=torch.float32)
 
-    step_us = lambda t: t / (runs * args.steps) * 1e6  # noqa: E731
-    print(f"Adult, MLP 106-128-128-2, batch 128, {runs} runs × {args.steps} steps, 2 threads")
+    # -- timings, float32 --------------------------------------------------------------------
+    settings = FurtherSettings(lr=1e-4, epochs=args.epochs)
+    steps = args.epochs * -(-len(train) // settings.batch_size)
+    runs = len(seeds) * (1 + len(left_out))
+    flop = flops_per_run_step(train.inputs.shape[1], (128, 128), 2, 128) * runs * steps
+    peak = matmul_rate()
     print(
-        f"  fimo vectorised             : {t_fimo:7.2f} s  ({step_us(t_fimo):5.0f} µs per run-step)"
+        f"\nAdult MLP {train.inputs.shape[1]}-128-128-2, batch 128: {len(seeds)} seeds × "
+        f"{1 + len(left_out)} runs × {steps} steps, float32, {torch.get_num_threads()} threads"
     )
-    for label, dataloader in (
-        ("loop with DataLoader (ref.)", True),
-        ("tight loop, tensor indexing", False),
+    print(f"large float32 matrix product: {peak:.0f} GFLOP/s")
+    times = {}
+    for label, engine in (
+        ("fimo, fused matmul path", "auto"),
+        ("fimo, generic vmap(grad)", "generic"),
     ):
-        t0 = time.perf_counter()
-        full = loop_run(task, settings, 0, None, args.steps, test, dataloader)
-        loo = [loop_run(task, settings, 0, int(i), args.steps, test, dataloader) for i in left_out]
-        t_loop = time.perf_counter() - t0
-        err = max(
-            float(np.abs(res.loss_full[-1] - full.numpy()).max()),
-            max(
-                float(np.abs(res.loss_without[-1, :, j] - x.numpy()).max())
-                for j, x in enumerate(loo)
-            ),
+        s = FurtherSettings(lr=1e-4, epochs=args.epochs, engine=engine)
+        gold_standard(
+            task, FurtherSettings(lr=1e-4, max_steps=3, engine=engine), [0], left_out, test
         )
+        t0 = time.perf_counter()
+        gold_standard(task, s, seeds, left_out, test)
+        times[label] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    naive_gold(task, settings, seeds, left_out, test)
+    times["naive loop (reference code)"] = time.perf_counter() - t0
+    naive = times["naive loop (reference code)"]
+    for label, t in times.items():
+        rate = flop / t / 1e9
         print(
-            f"  {label:<28}: {t_loop:7.2f} s  ({step_us(t_loop):5.0f} µs per run-step)"
-            f"  fimo is {t_loop / t_fimo:4.1f}× faster; max |Δ test loss| {err:.1e}"
+            f"  {label:<28} {t:7.1f} s  {t / (runs * steps) * 1e6:5.0f} µs/run-step  "
+            f"{rate:5.0f} GFLOP/s ({rate / peak:4.0%} of the product rate)  "
+            f"{naive / t:4.1f}× the naive loop"
         )
 
 

@@ -73,11 +73,12 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("engine", ["auto", "generic"])  # fused MLP path and vmap(grad)
 @pytest.mark.parametrize("n", [37, 33])  # 33 = 4·8 + 1: a left-out run takes one step fewer
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
-def test_engine_matches_torch_optim_drop(n, case):
+def test_engine_matches_torch_optim_drop(n, case, engine):
     task = make_task(n)
-    settings = FurtherSettings(epochs=2, batch_size=8, scheme="drop", **case)
+    settings = FurtherSettings(epochs=2, batch_size=8, scheme="drop", engine=engine, **case)
     left_out = np.array([0, 5, n - 1])
     res = further_train_seed(task, settings, seed=3, left_out=left_out, test=np.arange(6))
     assert res.steps.tolist() == [5, 10]
@@ -89,10 +90,13 @@ def test_engine_matches_torch_optim_drop(n, case):
     assert np.abs(res.loss_without - res.loss_full[..., None]).max() > 1e-6
 
 
+@pytest.mark.parametrize("engine", ["auto", "generic"])
 @pytest.mark.parametrize("scheme", ["mask", "downweight"])
-def test_engine_matches_torch_optim_other_schemes(scheme):
+def test_engine_matches_torch_optim_other_schemes(scheme, engine):
     task = make_task(37)
-    settings = FurtherSettings(optimizer="adam", lr=0.01, epochs=2, batch_size=8, scheme=scheme)
+    settings = FurtherSettings(
+        optimizer="adam", lr=0.01, epochs=2, batch_size=8, scheme=scheme, engine=engine
+    )
     left_out = np.array([2, 30])
     res = further_train_seed(task, settings, seed=1, left_out=left_out, test=np.arange(6))
     np.testing.assert_allclose(res.loss_full, reference_run(task, settings, 1, None), atol=1e-6)

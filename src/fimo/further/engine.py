@@ -18,7 +18,8 @@ import torch
 from torch.func import grad, vmap
 
 from fimo.errors import InputError, NumericalError, check_choice
-from fimo.further.optim import OPTIMIZERS, apply_updates, make_optimizer
+from fimo.further.fast import fused_mlp_grads
+from fimo.further.optim import OPTIMIZERS, make_optimizer
 from fimo.further.plan import SCHEMES, schedule, steps_per_epoch
 from fimo.task import Task
 
@@ -29,6 +30,8 @@ class FurtherSettings:
 
     ``record_every``: also record the test losses every k optimizer steps (0: only at the end
     of each epoch). ``max_steps``: stop after this many steps (None: run all ``epochs``).
+    ``engine``: ``"auto"`` uses the fused batched-matmul path for plain MLPs
+    (:mod:`fimo.further.fast`) and ``vmap(grad)`` otherwise; ``"generic"`` always the latter.
     """
 
     optimizer: str = "sgd"
@@ -43,11 +46,13 @@ class FurtherSettings:
     clip_norm: float = 0.0
     record_every: int = 0
     max_steps: int | None = None
+    engine: str = "auto"
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         check_choice("further.optimizer", self.optimizer, OPTIMIZERS)
         check_choice("further.scheme", self.scheme, SCHEMES)
+        check_choice("further.engine", self.engine, ("auto", "generic"))
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -118,7 +123,8 @@ def further_train_seed(
     def run_loss(p, x, y, w):
         return (task.losses(p, x, y) * w).sum()
 
-    step_grads = vmap(grad(run_loss), randomness="same")
+    fused = fused_mlp_grads(task) if settings.engine == "auto" else None
+    step_grads = fused or vmap(grad(run_loss), randomness="same")
     measure = vmap(lambda p: task.measure(p, X_test, Y_test))
     per_epoch = steps_per_epoch(n, settings.batch_size)
 
@@ -157,7 +163,8 @@ def further_train_seed(
                 grads = step_grads(params, X[idx], Y[idx], w)
                 active = None if item.active is None else item.active.to(device)
                 updates, state = opt.update(grads, state, params, active=active)
-                params = apply_updates(params, updates)
+                for k, u in updates.items():  # the stacked copies are ours: update in place
+                    params[k].add_(u)
                 step += 1
                 if on_step is not None:
                     on_step(1)

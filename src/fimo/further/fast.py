@@ -1,0 +1,99 @@
+"""A fused path for the common case: an MLP (``nn.Sequential`` of Linear and ReLU/Tanh).
+
+The generic engine computes each step as ``vmap(grad(run_loss))`` over the run axis. For an
+MLP the same gradients come from a handful of batched matrix products over the run axis
+(``torch.baddbmm``/``torch.bmm``), with the backward pass written out by hand: no autograd
+graph, no vmap bookkeeping. ``tests/test_fast.py`` checks that both paths give the same
+gradients; ``benchmarks/further_training.py`` measures the difference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from fimo.task import LOSSES, Task
+
+_ACTIVATIONS = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Identity: "identity"}
+
+
+def _plan(task: Task) -> list[tuple[str, str | None, str]] | None:
+    """[(weight name, bias name or None, activation after the layer)], or None if unsupported."""
+    model = task.model
+    if not isinstance(model, nn.Sequential) or task.loss_fn not in LOSSES.values():
+        return None
+    layers: list[list] = []
+    for name, module in model.named_children():
+        if isinstance(module, nn.Linear):
+            bias = f"{name}.bias" if module.bias is not None else None
+            layers.append([f"{name}.weight", bias, "identity"])
+        elif type(module) in _ACTIVATIONS and layers and layers[-1][2] == "identity":
+            layers[-1][2] = _ACTIVATIONS[type(module)]
+        elif type(module) is nn.Identity:
+            continue
+        else:
+            return None  # dropout, normalisation, convolutions...: the generic path
+    if not layers:
+        return None
+    names = {n for w, b, _ in layers for n in (w, b) if n is not None}
+    if names != set(task.trainable) or dict(model.named_buffers()):
+        return None  # frozen parts or buffers: the generic path handles them
+    return [tuple(layer) for layer in layers]
+
+
+def fused_mlp_grads(task: Task) -> Callable | None:
+    """``grads(params, x, y, w) -> dict`` equal to ``vmap(grad(Σ_b w·ℓ))``, or None.
+
+    ``params`` are stacked (R, ...), ``x`` (R, B, d), ``y`` (R, B), ``w`` (R, B).
+    """
+    plan = _plan(task)
+    if plan is None:
+        return None
+    cross_entropy = task.loss_fn is LOSSES["cross_entropy"]
+
+    def grads(params, x, y, w):
+        # forward: keep each layer's input; ReLU in place (its mask is recovered from a > 0)
+        acts = [x]
+        a = x
+        for wname, bname, act in plan:
+            W = params[wname]
+            if bname is None:
+                a = torch.bmm(a, W.transpose(1, 2))
+            else:
+                a = torch.baddbmm(params[bname].unsqueeze(1), a, W.transpose(1, 2))
+            if act == "relu":
+                a.clamp_min_(0)
+            elif act == "tanh":
+                a.tanh_()
+            acts.append(a)
+        out = acts[-1]
+        if cross_entropy:
+            delta = torch.softmax(out, dim=-1)
+            delta.scatter_add_(-1, y.unsqueeze(-1), torch.full_like(delta[..., :1], -1.0))
+        else:  # squared error summed over outputs: d/dout = 2(out - y)
+            delta = 2 * (out - y.reshape(out.shape))
+        _backward_activation(delta, out, plan[-1][2])
+        delta.mul_(w.unsqueeze(-1))
+        result = {}
+        for k in range(len(plan) - 1, -1, -1):
+            wname, bname, _ = plan[k]
+            result[wname] = torch.bmm(delta.transpose(1, 2), acts[k])
+            if bname is not None:
+                result[bname] = delta.sum(1)
+            if k == 0:
+                break
+            delta = torch.bmm(delta, params[wname])
+            _backward_activation(delta, acts[k], plan[k - 1][2])
+        return {name: result[name] for name in params}
+
+    return grads
+
+
+def _backward_activation(delta: torch.Tensor, activation: torch.Tensor, kind: str) -> None:
+    """delta ← delta · f'(z), in place, from the activation's output a = f(z)."""
+    if kind == "relu":
+        delta.mul_(activation > 0)
+    elif kind == "tanh":
+        delta.mul_(1 - activation**2)

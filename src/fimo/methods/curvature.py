@@ -1,0 +1,392 @@
+"""Curvature operators over the flattened trainable parameters θ (paper §3, the H of (H + λI)⁻¹).
+
+Every second-order method of the unified view needs products with the curvature H of the mean
+training loss R(θ) = (1/n) Σ_j ℓ_j at the final weights, either the true Hessian ∇²R or its
+Gauss-Newton approximation G = (1/n) Σ_j J_jᵀ H_ℓ,j J_j (J_j the Jacobian of instance j's model
+outputs w.r.t. θ, H_ℓ,j the Hessian of its loss w.r.t. those outputs; for softmax cross-entropy
+diag(p) − ppᵀ). Here both are :class:`CurvatureOperator` objects: ``op(v)`` for one vector
+(P,), ``op(V)`` for a block (k, P). They are built with ``torch.func`` (no hooks) and loop over
+the training data in batches, so memory stays at one batch's activations per vector; no n × P
+matrix is ever formed. The parameter order is that of ``task.params()``, the same as
+:func:`fimo.methods.gradients.flatten`.
+
+>>> # op = hvp(task); op(v)            # H v, v of shape (P,)
+>>> # dense_matrix(gnvp(task))         # the explicit P × P Gauss-Newton matrix
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.func import grad, jacrev, jvp, vjp, vmap
+
+from fimo.errors import InputError, check_choice
+from fimo.methods.gradients import DEFAULT_BUDGET, chunk_size_for
+from fimo.task import Task
+
+#: The curvature matrices the methods accept (the ``hessian`` setting).
+KINDS = ("gauss_newton", "hessian")
+#: Training instances per batch in a curvature product, by default.
+DEFAULT_BATCH = 512
+#: Vectors processed together (vmap'd) in one batched product.
+MAX_VECTORS = 32
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """The final model in eval mode (no dropout, running batch-norm statistics), then restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+class FlatParams:
+    """θ as one flat vector, and the way back to the task's parameter dict."""
+
+    def __init__(self, params: dict[str, torch.Tensor]):
+        self.names = list(params)
+        self.shapes = [p.shape for p in params.values()]
+        self.numels = [p.numel() for p in params.values()]
+        self.vector = torch.cat([p.reshape(-1) for p in params.values()])
+
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        parts = torch.split(flat, self.numels)
+        return {
+            n: part.view(shape)
+            for n, part, shape in zip(self.names, parts, self.shapes, strict=True)
+        }
+
+
+class CurvatureOperator:
+    """v ↦ C v, C the Hessian or Gauss-Newton matrix of the mean loss over some training data.
+
+    ``kind`` is ``"hessian"`` (∇²R, forward-over-reverse: jvp of the gradient) or
+    ``"gauss_newton"`` (Jᵀ H_ℓ J: J v by a jvp of the output map, H_ℓ(Jv) by a
+    Hessian-vector product of the loss in output space, Jᵀ(·) by a vjp). ``data_indices``
+    selects training instances (all by default); the product is their *mean*.
+    ``batch_size`` training instances go through the model at a time (memory ∝ batch_size
+    × vectors in flight); the result does not depend on it beyond rounding.
+
+    Cost of one product: one pass over the selected data at about 3-5 forward passes each;
+    a block of k vectors is vmap'd in groups of up to 32 (one data pass per group).
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        kind: str = "gauss_newton",
+        data_indices=None,
+        batch_size: int = DEFAULT_BATCH,
+        params: dict[str, torch.Tensor] | None = None,
+    ):
+        check_choice("hessian", kind, KINDS)
+        if not (isinstance(batch_size, int) and batch_size >= 1):
+            raise InputError(f"batch_size: got {batch_size!r}; must be an integer ≥ 1")
+        self.task, self.kind, self.batch_size = task, kind, batch_size
+        self.flat = FlatParams(task.params() if params is None else params)
+        self.theta = self.flat.vector
+        self.size = self.theta.numel()
+        self.dtype, self.device = self.theta.dtype, self.theta.device
+        n = len(task.train)
+        idx = np.arange(n) if data_indices is None else np.asarray(data_indices, dtype=np.int64)
+        if idx.ndim != 1 or len(idx) == 0 or idx.min() < 0 or idx.max() >= n:
+            raise InputError(
+                f"data_indices: must be a non-empty list of training indices in [0, {n - 1}]"
+            )
+        sel = torch.as_tensor(idx, dtype=torch.long)
+        self.inputs, self.targets = task.train.inputs[sel], task.train.targets[sel]
+        self.count = len(idx)
+
+    # -- the functional pieces --------------------------------------------------------------
+    def outputs(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        out = self.task.outputs(self.flat.unflatten(theta), x)
+        return out.reshape(out.shape[0], -1)
+
+    def loss_of_outputs(self, out: torch.Tensor, y: torch.Tensor, like: torch.Size) -> torch.Tensor:
+        return self.task.loss_fn(out.reshape(like), y)
+
+    def batch_product(self, v: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Σ_{j in batch} C_j v (a sum, not a mean) for one vector v (P,)."""
+        if self.kind == "hessian":
+
+            def total(theta):
+                return self.task.losses(self.flat.unflatten(theta), x, y).sum()
+
+            return jvp(grad(total), (self.theta,), (v,))[1]
+        raw = self.task.outputs(self.flat.unflatten(self.theta), x)
+
+        def outs(theta):
+            return self.outputs(theta, x)
+
+        out, jv = jvp(outs, (self.theta,), (v,))
+
+        def total_of_outputs(o):
+            return self.loss_of_outputs(o, y, raw.shape).sum()
+
+        hjv = jvp(grad(total_of_outputs), (out,), (jv,))[1]
+        _, pull = vjp(outs, self.theta)
+        return pull(hjv)[0]
+
+    # -- products ---------------------------------------------------------------------------
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        """C v for v of shape (P,) or each row of V of shape (k, P)."""
+        if v.ndim == 1:
+            return self.matmat(v[None])[0]
+        return self.matmat(v)
+
+    def matmat(self, V: torch.Tensor) -> torch.Tensor:
+        """C Vᵀ, returned as rows: (k, P) → (k, P)."""
+        if V.ndim != 2 or V.shape[1] != self.size:
+            raise InputError(f"curvature product: expected (k, {self.size}); got {tuple(V.shape)}")
+        V = V.to(self.dtype)
+        out = torch.zeros_like(V)
+        many = vmap(self.batch_product, in_dims=(0, None, None))
+        with eval_mode(self.task.model):
+            for start in range(0, self.count, self.batch_size):
+                x = self.inputs[start : start + self.batch_size]
+                y = self.targets[start : start + self.batch_size]
+                for r in range(0, len(V), MAX_VECTORS):
+                    block = V[r : r + MAX_VECTORS]
+                    if len(block) == 1:
+                        out[r] += self.batch_product(block[0], x, y)
+                    else:
+                        out[r : r + MAX_VECTORS] += many(block, x, y)
+        return out / self.count
+
+    def dense(self, block: int = MAX_VECTORS) -> torch.Tensor:
+        """The explicit P × P matrix (see :func:`dense_matrix`)."""
+        if self.kind == "gauss_newton":
+            return self._dense_gauss_newton()
+        return _dense_from_products(self, block)
+
+    def _dense_gauss_newton(self) -> torch.Tensor:
+        """(1/n) Σ_j J_jᵀ H_ℓ,j J_j from per-instance Jacobians, one GEMM per chunk.
+
+        Cost P² · n · C flops (C outputs); memory P² plus a chunk of Jacobians (chunk · C · P),
+        sized to the memory budget of :mod:`fimo.methods.gradients`.
+        """
+        P = self.size
+        raw = self.task.outputs(self.flat.unflatten(self.theta), self.inputs[:1])
+        C = raw[0].numel()
+        chunk = max(1, chunk_size_for(P * C, self.theta.element_size(), DEFAULT_BUDGET))
+
+        def out_one(theta, x):
+            return self.outputs(theta, x[None])[0]
+
+        def loss_one(o, y):
+            return self.loss_of_outputs(o[None], y[None], raw.shape).sum()
+
+        jac = vmap(jacrev(out_one), in_dims=(None, 0))
+        out_hess = vmap(jacrev(grad(loss_one)), in_dims=(0, 0))
+        H = torch.zeros(P, P, dtype=self.dtype, device=self.device)
+        with eval_mode(self.task.model):
+            for start in range(0, self.count, chunk):
+                x = self.inputs[start : start + chunk]
+                y = self.targets[start : start + chunk]
+                J = jac(self.theta, x)  # (B, C, P)
+                outs = self.outputs(self.theta, x)  # (B, C)
+                A = torch.einsum("bcd,bdp->bcp", out_hess(outs, y), J)
+                H.addmm_(J.reshape(-1, P).T, A.reshape(-1, P))
+        H /= self.count
+        return (H + H.T) / 2
+
+    def per_instance(
+        self, u: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor, chunk_size: int
+    ) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
+        """Yield ``(rows, G, CU)``: per-instance gradients ∇ℓ_i and products C_i u, each (B, P).
+
+        C_i is instance i's own Hessian ∇²ℓ_i (one jvp of the vmap'd per-instance gradient, which
+        yields the gradients as its primal output) or its Gauss-Newton term J_iᵀ H_ℓ,i J_i, for
+        ONE fixed vector u. Memory: two (chunk_size, P) matrices.
+        """
+        u = u.to(self.dtype)
+
+        def loss_one(theta, x, y):
+            return self.task.losses(self.flat.unflatten(theta), x[None], y[None])[0]
+
+        with eval_mode(self.task.model):
+            for start in range(0, len(inputs), chunk_size):
+                rows = slice(start, min(start + chunk_size, len(inputs)))
+                x, y = inputs[rows], targets[rows]
+                if self.kind == "hessian":
+
+                    def grads(theta, x=x, y=y):
+                        return vmap(grad(loss_one), in_dims=(None, 0, 0))(theta, x, y)
+
+                    G, CU = jvp(grads, (self.theta,), (u,))
+                else:
+                    G, CU = self._per_instance_gauss_newton(u, x, y)
+                yield rows, G, CU
+
+    def _per_instance_gauss_newton(self, u, x, y):
+        raw = self.task.outputs(self.flat.unflatten(self.theta), x[:1])
+
+        def outs(theta):
+            return self.outputs(theta, x)
+
+        out, ju = jvp(outs, (self.theta,), (u,))
+
+        def total_of_outputs(o):
+            return self.loss_of_outputs(o, y, (len(x), *raw.shape[1:])).sum()
+
+        # the loss is a sum of per-instance terms: its output-space gradient and Hessian
+        # product are per-instance (rows)
+        g_out, hju = jvp(grad(total_of_outputs), (out,), (ju,))
+
+        def pull_back(xi, w1, w2):
+            _, pull = vjp(lambda theta: self.outputs(theta, xi[None])[0], self.theta)
+            return pull(w1)[0], pull(w2)[0]
+
+        return vmap(pull_back)(x, g_out, hju)
+
+
+def hvp(
+    task: Task,
+    data_indices=None,
+    batch_size: int = DEFAULT_BATCH,
+    params: dict[str, torch.Tensor] | None = None,
+) -> CurvatureOperator:
+    """v ↦ ∇²R(θ) v, the true Hessian of the mean training loss (over ``data_indices``).
+
+    Forward-over-reverse (``jvp`` of ``grad``) per batch of ``batch_size`` instances, weighted
+    by batch size / count. Accepts v (P,) or a block V (k, P).
+
+    >>> # H_v = hvp(task)(v)
+    """
+    return CurvatureOperator(task, "hessian", data_indices, batch_size, params)
+
+
+def gnvp(
+    task: Task,
+    data_indices=None,
+    batch_size: int = DEFAULT_BATCH,
+    params: dict[str, torch.Tensor] | None = None,
+) -> CurvatureOperator:
+    """v ↦ G v, G = (1/n) Σ_j J_jᵀ H_ℓ,j J_j the Gauss-Newton matrix of the mean training loss.
+
+    PSD whenever the loss is convex in the model outputs (cross-entropy, squared error); equal
+    to the Hessian when the outputs are linear in θ.
+
+    >>> # G_v = gnvp(task)(v)
+    """
+    return CurvatureOperator(task, "gauss_newton", data_indices, batch_size, params)
+
+
+def curvature(task: Task, kind: str, **kw) -> CurvatureOperator:
+    """:func:`hvp` (``kind="hessian"``) or :func:`gnvp` (``kind="gauss_newton"``)."""
+    return CurvatureOperator(task, kind, **kw)
+
+
+def _dense_from_products(operator, block: int = MAX_VECTORS, size: int | None = None):
+    P = operator.size if size is None else size
+    dtype = getattr(operator, "dtype", torch.float64)
+    out = torch.empty(P, P, dtype=dtype)
+    eye = torch.eye(P, dtype=dtype)
+    for start in range(0, P, block):
+        cols = eye[start : start + block]
+        product = operator.matmat(cols) if hasattr(operator, "matmat") else operator(cols)
+        out[start : start + len(cols)] = product
+    return (out + out.T) / 2
+
+
+def dense_matrix(operator, size: int | None = None, block: int = MAX_VECTORS) -> torch.Tensor:
+    """The explicit P × P (symmetrised) matrix of a symmetric operator.
+
+    A :class:`CurvatureOperator` builds it its fastest way: the Gauss-Newton matrix from
+    per-instance Jacobians (P² · n · C flops), the Hessian from P products with unit vectors
+    vmap'd ``block`` at a time (P/block passes over the data). Any other callable V (k, P) →
+    (k, P) is applied to blocks of unit vectors. Memory: P² numbers.
+    """
+    if isinstance(operator, CurvatureOperator):
+        return operator.dense(block)
+    if size is None:
+        raise InputError("dense_matrix: give the size P for an operator that does not know it")
+    return _dense_from_products(operator, block, size)
+
+
+def lanczos(
+    operator, size: int, iterations: int, seed: int = 0, dtype=torch.float64
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Ritz pairs of a symmetric operator from ``iterations`` Lanczos steps.
+
+    Full reorthogonalisation (twice, classical Gram-Schmidt) keeps the basis orthonormal to
+    rounding; on breakdown (an invariant subspace found) the process restarts from a fresh
+    random vector orthogonal to the basis, so ``iterations = P`` recovers the whole spectrum.
+    Returns ``(values, vectors, residuals, steps)``: eigenvalue estimates sorted by decreasing
+    magnitude, Ritz vectors as rows (m, P), the residual norms ‖C y − μ y‖ of each pair
+    (|β_m · last component|), and the number of steps taken. Cost: ``iterations`` products,
+    O(iterations² · P) for the reorthogonalisation, memory iterations × P.
+    """
+    gen = torch.Generator().manual_seed(int(seed))
+    m = min(int(iterations), size)
+    Q = torch.zeros(m, size, dtype=dtype)
+    alphas, betas = [], []
+    q = torch.randn(size, generator=gen, dtype=dtype)
+    q /= q.norm()
+    beta = 0.0
+    scale = 0.0
+    for j in range(m):
+        Q[j] = q
+        w = operator(q[None])[0].to(dtype) if _blockwise(operator) else operator(q).to(dtype)
+        alpha = float(q @ w)
+        alphas.append(alpha)
+        for _ in range(2):  # full reorthogonalisation
+            w = w - Q[: j + 1].T @ (Q[: j + 1] @ w)
+        beta = float(w.norm())
+        scale = max(scale, abs(alpha), beta)
+        if j == m - 1:
+            break
+        if beta <= 1e-10 * max(scale, 1e-300):  # invariant subspace: restart orthogonally
+            betas.append(0.0)
+            q = torch.randn(size, generator=gen, dtype=dtype)
+            for _ in range(2):
+                q = q - Q[: j + 1].T @ (Q[: j + 1] @ q)
+            q /= q.norm()
+        else:
+            betas.append(beta)
+            q = w / beta
+    T = torch.diag(torch.tensor(alphas, dtype=dtype))
+    if betas:
+        off = torch.tensor(betas, dtype=dtype)
+        T += torch.diag(off, 1) + torch.diag(off, -1)
+    values, Y = torch.linalg.eigh(T)
+    residuals = (beta * Y[-1]).abs() if m < size else torch.zeros_like(values)
+    order = torch.argsort(values.abs(), descending=True)
+    values, Y, residuals = values[order], Y[:, order], residuals[order]
+    vectors = Y.T @ Q
+    return values, vectors, residuals, m
+
+
+def _blockwise(operator) -> bool:
+    return isinstance(operator, CurvatureOperator) or hasattr(operator, "matmat")
+
+
+def top_eigenvalue(operator, size: int, iterations: int = 20, seed: int = 0) -> float:
+    """The largest-magnitude eigenvalue of a symmetric operator, by a short Lanczos run."""
+    values, _, _, _ = lanczos(operator, size, min(iterations, size), seed)
+    return float(values[0])
+
+
+def is_finite(x: torch.Tensor) -> bool:
+    return bool(torch.isfinite(x).all())
+
+
+__all__ = [
+    "KINDS",
+    "CurvatureOperator",
+    "curvature",
+    "dense_matrix",
+    "gnvp",
+    "hvp",
+    "lanczos",
+    "top_eigenvalue",
+]
+
+_ = math  # keep the import for type-free numeric helpers
