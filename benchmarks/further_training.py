@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from fimo.data import load_adult
-from fimo.further.engine import FurtherSettings, gold_standard
+from fimo.further.engine import FurtherSettings
+from fimo.further.runner import gold_standard
 from fimo.models import mlp
 from fimo.task import Task
 

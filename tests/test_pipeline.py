@@ -80,7 +80,7 @@ def test_metrics_equal_an_independent_computation(tiny_run):
 def test_second_run_reuses_and_resume_is_bit_identical(tiny_run, tiny_toml):
     out = tiny_run.out
     before = read_npz(out / "further/gold.npz")
-    shard = out / "further/shards/seed-00001.npz"
+    shard = out / "further/shards/seed-00001_lo-00000-00006.npz"
     mtime = shard.stat().st_mtime_ns
     again = run(load_config(tiny_toml), out, quiet=True)
     assert shard.stat().st_mtime_ns == mtime  # reused, not recomputed
@@ -105,7 +105,7 @@ def test_other_settings_are_refused_then_overwritten(tiny_run, tiny_toml, tmp_pa
     with pytest.raises(InputError, match="--overwrite"):
         run(changed, out, quiet=True)
     # nothing was lost by the refusal
-    assert len(list((out / "further/shards").glob("*.npz"))) == 2
+    assert len(list((out / "further/shards").glob("seed-*.npz"))) == 2
     result = run(changed, out, overwrite=True, quiet=True)
     assert result.gold.settings["lr"] == 0.02
 
@@ -170,3 +170,19 @@ def test_method_settings_tables_are_validated(tmp_path):
     bad.write_text("[methods.grad_dot]\nchunk = 64\n")
     with pytest.raises(InputError, match=r"methods.grad_dot: unknown setting 'chunk'.*chunk_size"):
         load_config(bad)
+
+
+def test_chunked_shards_and_worker_processes_give_the_same_gold_standard(
+    tiny_run, tiny_toml, tmp_path
+):
+    config = load_config(tiny_toml)
+    config.gold.left_out_per_shard = 4  # chunks of 4 and 2 left-out runs per seed
+    config.run.workers = 2
+    result = run(config, tmp_path / "chunked", quiet=True)
+    names = sorted(p.name for p in (tmp_path / "chunked/further/shards").glob("*.npz"))
+    assert names == [
+        "seed-00000_lo-00000-00004.npz", "seed-00000_lo-00004-00006.npz",
+        "seed-00001_lo-00000-00004.npz", "seed-00001_lo-00004-00006.npz",
+    ]  # fmt: skip
+    np.testing.assert_array_equal(result.gold.loss_full, tiny_run.gold.loss_full)
+    np.testing.assert_allclose(result.gold.loss_without, tiny_run.gold.loss_without, rtol=1e-12)

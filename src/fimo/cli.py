@@ -49,6 +49,16 @@ def run_command(
         str | None, typer.Option(help="Precision of further training: float32 or float64.")
     ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N.")] = None,
+    executor: Annotated[
+        str | None, typer.Option(help="Where shards run: local (default) or ray.")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Local worker processes for further training.")
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster: auto, ray://HOST:PORT, or local to start one here."),
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option(help="Discard results made under other settings and start afresh.")
     ] = False,
@@ -71,6 +81,9 @@ def run_command(
         n_test=n_test,
         dtype=dtype,
         device=device,
+        executor=executor,
+        workers=workers,
+        address=address,
     )
     out = out or Path("runs") / config.name
     result = run(config, out, overwrite=overwrite, quiet=quiet)

@@ -34,22 +34,24 @@ def squared_error(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 LOSSES: dict[str, Callable] = {"cross_entropy": cross_entropy, "mse": squared_error}
 
 
-def in_float64(fn: Callable) -> Callable:
+class in_float64:
     """``fn`` evaluated on float64 copies of floating outputs and targets.
 
     The gold standard measures loss differences of 1e-9 and below; in float32, the
     cross-entropy of a confident prediction (logsumexp minus a logit of about 8) is quantised
     at about 1e-6 and those differences vanish. Upcasting the logits before the loss keeps them
-    (the logits themselves are accurate to about 1e-7 relative).
+    (the logits themselves are accurate to about 1e-7 relative). A class, not a closure, so
+    that a Task pickles into worker processes.
     """
 
-    def precise(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def __init__(self, fn: Callable):
+        self.fn = fn
+        self.__name__ = getattr(fn, "__name__", "measurement")
+
+    def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if targets.is_floating_point():
             targets = targets.double()
-        return fn(outputs.double(), targets)
-
-    precise.__name__ = getattr(fn, "__name__", "measurement")
-    return precise
+        return self.fn(outputs.double(), targets)
 
 
 class Task:

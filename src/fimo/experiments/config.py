@@ -52,6 +52,9 @@ class GoldConfig:
     left_out: int = 40
     left_out_seed: int = 0
     dtype: str = "float32"
+    #: left-out runs per shard; 0: as many as fit in memory_budget_mb
+    left_out_per_shard: int = 0
+    memory_budget_mb: int = 2048
 
 
 @dataclass
@@ -65,6 +68,9 @@ class MethodsConfig:
 @dataclass
 class RunConfig:
     device: str = "cpu"
+    executor: str = "local"  # local or ray
+    workers: int = 1  # local worker processes
+    address: str = "auto"  # Ray cluster: auto, ray://HOST:PORT, or local (start one here)
 
 
 @dataclass
@@ -241,6 +247,13 @@ def validate(config: Config) -> None:
             "(centring subtracts their mean)"
         )
     check_choice("further.dtype", g.dtype, ("float32", "float64"))
+    if g.left_out_per_shard < 0:
+        raise InputError(f"further.left_out_per_shard: got {g.left_out_per_shard}; must be ≥ 0")
+    if g.memory_budget_mb < 1:
+        raise InputError(f"further.memory_budget_mb: got {g.memory_budget_mb}; must be ≥ 1")
+    check_choice("run.executor", config.run.executor, ("local", "ray"))
+    if config.run.workers < 1:
+        raise InputError(f"run.workers: got {config.run.workers}; must be ≥ 1")
     if config.data.n_test < 1:
         raise InputError(f"data.n_test: got {config.data.n_test}; need at least 1 test instance")
     if not config.model.hidden or any(h < 1 for h in config.model.hidden):
@@ -297,6 +310,9 @@ def with_overrides(config: Config, **overrides) -> Config:
         "methods": ("methods", "names"),
         "n_test": ("data", "n_test"),
         "dtype": ("further", "dtype"),
+        "executor": ("run", "executor"),
+        "workers": ("run", "workers"),
+        "address": ("run", "address"),
     }
     for key, value in overrides.items():
         if value is None:

@@ -41,10 +41,10 @@ from fimo.evaluate import (
     write_report,
 )
 from fimo.experiments.config import Config
-from fimo.further.engine import gold_standard
 from fimo.further.gold import GoldStandard
 from fimo.further.plan import steps_per_epoch
-from fimo.further.store import ShardStore
+from fimo.further.runner import gold_standard, make_executor, runs_per_shard
+from fimo.further.store import ShardStore, plan_shards
 from fimo.io import fingerprint, write_json, write_text
 from fimo.methods import get_method
 from fimo.models import mlp
@@ -188,16 +188,41 @@ def run(
         overwrite=overwrite,
     )
     seeds = list(range(config.gold.first_seed, config.gold.first_seed + config.gold.seeds))
-    todo = [s for s in seeds if store.load(s) is None]
+    per_shard = config.gold.left_out_per_shard or runs_per_shard(
+        task, config.further, len(left_out), len(test_idx), config.gold.memory_budget_mb * 2**20
+    )
+    shards = plan_shards(seeds, len(left_out), per_shard)
+    todo = [sh for sh in shards if store.load(sh) is None]
     per_seed = config.further.epochs * steps_per_epoch(len(train), config.further.batch_size)
     if config.further.max_steps is not None:
         per_seed = min(per_seed, config.further.max_steps)
+    executor = make_executor(
+        config.run.executor,
+        config.run.workers,
+        None if config.run.address == "local" else config.run.address,
+    )
+    in_process = config.run.executor == "local" and config.run.workers == 1
     t0 = time.perf_counter()
     with _progress(console, quiet) as bar:
         job = bar.add_task(
-            f"further training ({len(todo)}/{len(seeds)} seeds, {1 + len(left_out)} runs)",
+            f"further training: {len(shards) - len(todo)}/{len(shards)} shards done, "
+            f"{len(seeds)} seeds × {1 + len(left_out)} runs",
             total=len(todo) * per_seed,
         )
+        done = [len(shards) - len(todo)]
+
+        def on_shard(shard, reused):
+            if reused:
+                return
+            done[0] += 1
+            if not in_process:
+                bar.advance(job, per_seed)
+            bar.update(
+                job,
+                description=f"further training: {done[0]}/{len(shards)} shards done, "
+                f"{len(seeds)} seeds × {1 + len(left_out)} runs",
+            )
+
         gold = gold_standard(
             task,
             config.further,
@@ -205,7 +230,10 @@ def run(
             left_out,
             test_idx,
             store=store,
-            on_step=lambda k: bar.advance(job, k),
+            executor=executor,
+            left_out_per_shard=per_shard,
+            on_step=(lambda k: bar.advance(job, k)) if in_process else None,
+            on_shard=on_shard,
         )
     timings["further_training"] = time.perf_counter() - t0
     if todo:
@@ -263,6 +291,9 @@ def run(
             "left_out": left_out.tolist(),
             "test": [int(test_idx[0]), int(test_idx[-1]) + 1],
             "steps": gold.steps.tolist(),
+            "left_out_per_shard": per_shard,
+            "shards": len(shards),
+            "executor": config.run.executor,
         },
         "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
     }

@@ -192,6 +192,14 @@ def _to(tree, device):
     return tree
 
 
+def _to(tree, device):
+    if isinstance(tree, torch.Tensor):
+        return tree.to(device)
+    if isinstance(tree, dict):
+        return {k: _to(v, device) for k, v in tree.items()}
+    return tree
+
+
 def gold_standard(
     task: Task,
     settings: FurtherSettings,

@@ -1,16 +1,21 @@
-"""The gold standard on disk: one shard per seed, written atomically, refused if foreign.
+"""The gold standard on disk: shards of (seed, chunk of left-out instances).
 
 ``further/fingerprint.json`` records the fingerprint of the weights, data and settings the
-shards were made under; ``further/shards/seed-NNNNN.npz`` holds one seed's raw losses;
-``further/gold.npz`` is assembled from the shards. A shard is only ever complete (written
-under a temporary name, then renamed), so a run stopped at any moment resumes from the shards
-it finished and ends with the same numbers as one never stopped (DESIGN.md ◆ Runs are data).
+shards were made under; ``further/shards/seed-SSSSS_lo-AAAAA-BBBBB.npz`` holds the raw losses
+of one seed's full run and of its left-out runs ``left_out[AAAAA:BBBBB]``; ``further/gold.npz``
+is assembled from them. A shard is only ever complete (written under a temporary name, then
+renamed), so a run stopped at any moment resumes from the shards it finished and ends with the
+same numbers as one never stopped (DESIGN.md ◆ Runs are data).
+
+Each shard recomputes its seed's full run (a cost of one run in ``1 + chunk``); the assembled
+gold standard takes the full run of the seed's first chunk.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +24,54 @@ from fimo.errors import InputError
 from fimo.further.engine import SeedResult
 from fimo.further.gold import GoldStandard
 from fimo.io import read_npz, write_json, write_npz
+
+
+@dataclass(frozen=True, order=True)
+class Shard:
+    """One unit of work: seed ``seed``, left-out positions ``start:stop`` (in ``left_out``)."""
+
+    seed: int
+    start: int
+    stop: int
+
+    @property
+    def name(self) -> str:
+        return f"seed-{self.seed:05d}_lo-{self.start:05d}-{self.stop:05d}"
+
+
+def plan_shards(seeds, n_left_out: int, per_shard: int) -> list[Shard]:
+    """Every (seed, chunk) pair, chunks of ``per_shard`` consecutive left-out positions."""
+    if per_shard < 1:
+        raise InputError(f"further.left_out_per_shard: got {per_shard}; must be ≥ 1")
+    return [
+        Shard(int(s), a, min(a + per_shard, n_left_out))
+        for s in seeds
+        for a in range(0, n_left_out, per_shard)
+    ]
+
+
+def assemble(results: dict[Shard, SeedResult], seeds, left_out, test, settings) -> GoldStandard:
+    """Stack shard results into a GoldStandard (full run from each seed's first chunk)."""
+    seeds = [int(s) for s in seeds]
+    full, without, steps, epochs = [], [], None, None
+    for seed in seeds:
+        chunks = sorted(sh for sh in results if sh.seed == seed)
+        if not chunks or chunks[0].start != 0 or chunks[-1].stop != len(left_out):
+            raise RuntimeError(f"cannot assemble the gold standard: seed {seed} is incomplete")
+        first = results[chunks[0]]
+        full.append(first.loss_full)
+        without.append(np.concatenate([results[sh].loss_without for sh in chunks], axis=-1))
+        steps, epochs = first.steps, first.epochs
+    return GoldStandard(
+        np.stack(full),
+        np.stack(without),
+        steps,
+        epochs,
+        left_out,
+        test,
+        np.asarray(seeds),
+        settings,
+    )
 
 
 class ShardStore:
@@ -43,12 +96,12 @@ class ShardStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         write_json(stamp, {"fingerprint": fingerprint, **description})
 
-    def path(self, seed: int) -> Path:
-        return self.folder / "shards" / f"seed-{seed:05d}.npz"
+    def path(self, shard: Shard) -> Path:
+        return self.folder / "shards" / f"{shard.name}.npz"
 
-    def load(self, seed: int) -> SeedResult | None:
-        """The finished shard of ``seed``, or None if there is none (or it is unreadable)."""
-        path = self.path(seed)
+    def load(self, shard: Shard) -> SeedResult | None:
+        """The finished shard, or None if there is none (or it is unreadable)."""
+        path = self.path(shard)
         if not path.exists():
             return None
         try:
@@ -62,9 +115,9 @@ class ShardStore:
             )
         return SeedResult(data["loss_full"], data["loss_without"], data["steps"], data["epochs"])
 
-    def save(self, seed: int, result: SeedResult) -> Path:
+    def save(self, shard: Shard, result: SeedResult) -> Path:
         return write_npz(
-            self.path(seed),
+            self.path(shard),
             loss_full=result.loss_full,
             loss_without=result.loss_without,
             steps=result.steps,
@@ -72,20 +125,5 @@ class ShardStore:
             fingerprint=np.array(self.fingerprint),
         )
 
-    def assemble(self, seeds, left_out, test, settings: dict) -> GoldStandard:
-        results = [self.load(s) for s in seeds]
-        missing = [s for s, r in zip(seeds, results, strict=True) if r is None]
-        if missing:
-            raise RuntimeError(f"cannot assemble the gold standard: seeds {missing} have no shard")
-        gold = GoldStandard(
-            loss_full=np.stack([r.loss_full for r in results]),
-            loss_without=np.stack([r.loss_without for r in results]),
-            steps=results[0].steps,
-            epochs=results[0].epochs,
-            left_out=left_out,
-            test=test,
-            seeds=np.asarray(seeds),
-            settings=settings,
-        )
-        gold.save(self.folder / "gold.npz")
-        return gold
+    def save_gold(self, gold: GoldStandard) -> Path:
+        return gold.save(self.folder / "gold.npz")

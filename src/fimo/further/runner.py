@@ -1,0 +1,218 @@
+"""Driving the gold standard: shards, executors, memory budget.
+
+A shard is (seed, chunk of left-out instances). The driver plans the shards, skips those
+already in the store, hands the rest to an executor and writes each result as it arrives:
+
+- ``LocalExecutor(workers=1)``: in this process (progress step by step), or in ``workers``
+  processes (spawned, each with its share of the CPU threads);
+- ``RayExecutor(address)``: one Ray task per shard (a GPU per task when the task is on CUDA);
+  a worker that dies has its shard retried by Ray; the driver writes results as they arrive.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import torch
+
+from fimo.errors import InputError
+from fimo.further.engine import FurtherSettings, SeedResult, further_train_seed
+from fimo.further.gold import GoldStandard
+from fimo.further.store import Shard, ShardStore, assemble, plan_shards
+from fimo.task import Task
+
+#: Bytes the stacked runs of one shard may take, by default.
+DEFAULT_BUDGET = 2 * 2**30
+
+
+def compute_shard(
+    task: Task, settings: FurtherSettings, shard: Shard, left_out, test, on_step=None
+):
+    """Further-train one shard: the seed's full run and its chunk of left-out runs."""
+    chunk = np.asarray(left_out)[shard.start : shard.stop]
+    return further_train_seed(task, settings, shard.seed, chunk, test, on_step=on_step)
+
+
+def bytes_per_run(task: Task, settings: FurtherSettings, n_test: int) -> int:
+    """A generous estimate of the memory one run takes while the runs advance together.
+
+    Parameters, gradients, updates and optimizer state (two slots for Adam), and the
+    activations of one batch and of the test set, taken as four times the widest layer's
+    inputs and outputs (an MLP-shaped guess; set ``left_out_per_shard`` for other models).
+    """
+    itemsize = next(iter(task.params().values())).element_size()
+    slots = 4 + (2 if settings.optimizer in ("adam", "adamw") else int(settings.momentum > 0))
+    widths = [p.shape[-1] for p in task.params().values() if p.dim() == 2]
+    widths += [p.shape[0] for p in task.params().values() if p.dim() == 2]
+    widest = max(widths, default=int(np.prod(task.train.inputs.shape[1:])))
+    activations = 4 * (settings.batch_size + n_test) * widest * max(1, len(widths) // 2)
+    return itemsize * (slots * task.num_params + activations)
+
+
+def runs_per_shard(task, settings, n_left_out: int, n_test: int, budget=DEFAULT_BUDGET) -> int:
+    """How many left-out runs fit in one shard under ``budget`` bytes (with the full run)."""
+    fit = int(budget // bytes_per_run(task, settings, n_test)) - 1
+    if fit < 1:
+        raise InputError(
+            f"further.memory_budget_mb: {budget / 2**20:.0f} MiB does not hold two runs of this "
+            f"model (about {bytes_per_run(task, settings, n_test) / 2**20:.0f} MiB each); "
+            "raise the budget"
+        )
+    return max(1, min(n_left_out, fit))
+
+
+class LocalExecutor:
+    """Shards in this process (``workers=1``) or in a pool of spawned worker processes."""
+
+    name = "local"
+
+    def __init__(self, workers: int = 1):
+        if workers < 1:
+            raise InputError(f"workers: got {workers}; must be ≥ 1")
+        self.workers = workers
+
+    def run(self, task, settings, shards, left_out, test, on_result, on_step=None, compute=None):
+        compute = compute or compute_shard
+        if self.workers == 1:
+            for shard in shards:
+                on_result(shard, compute(task, settings, shard, left_out, test, on_step=on_step))
+            return
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        threads = max(1, torch.get_num_threads() // self.workers)
+        with cf.ProcessPoolExecutor(
+            self.workers,
+            mp_context=mp.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(task, threads),
+        ) as pool:
+            futures = {
+                pool.submit(_worker_compute, compute, settings, sh, left_out, test): sh
+                for sh in shards
+            }
+            for future in cf.as_completed(futures):
+                on_result(futures[future], future.result())
+
+
+_WORKER_TASK: Task | None = None
+
+
+def _init_worker(task: Task, threads: int) -> None:
+    global _WORKER_TASK
+    torch.set_num_threads(threads)
+    _WORKER_TASK = task
+
+
+def _worker_compute(compute, settings, shard, left_out, test):
+    return compute(_WORKER_TASK, settings, shard, left_out, test)
+
+
+class RayExecutor:
+    """One Ray task per shard, on a running cluster (``address``) or a local one.
+
+    ``address="auto"`` joins the cluster this machine belongs to; ``"ray://HOST:PORT"`` a
+    remote one through Ray Client; ``None`` starts a local cluster (``num_cpus`` CPUs).
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None = "auto", num_cpus: int | None = None, retries: int = 3):
+        try:
+            import ray  # noqa: F401
+        except ImportError as exc:
+            raise InputError(
+                "--executor ray needs Ray: pip install 'fimo[ray]' (or pip install ray)"
+            ) from exc
+        self.address, self.num_cpus, self.retries = address, num_cpus, retries
+
+    def run(self, task, settings, shards, left_out, test, on_result, on_step=None, compute=None):
+        import ray
+
+        if not ray.is_initialized():
+            if self.address is None:
+                ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False)
+            else:
+                ray.init(address=self.address, log_to_driver=False)
+        on_gpu = next(iter(task.params().values())).is_cuda
+        remote = ray.remote(num_cpus=1, num_gpus=1 if on_gpu else 0, max_retries=self.retries)(
+            _ray_compute
+        )
+        task_ref = ray.put(task)
+        pending = {
+            remote.remote(compute or compute_shard, task_ref, settings, sh, left_out, test): sh
+            for sh in shards
+        }
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                on_result(pending.pop(ref), ray.get(ref))
+
+
+def _ray_compute(compute, task, settings, shard, left_out, test):
+    torch.set_num_threads(1)
+    return compute(task, settings, shard, left_out, test)
+
+
+def make_executor(name: str = "local", workers: int = 1, address: str | None = "auto"):
+    if name == "local":
+        return LocalExecutor(workers)
+    if name == "ray":
+        return RayExecutor(address)
+    raise InputError(f"executor: got {name!r}; allowed: 'local', 'ray'")
+
+
+def gold_standard(
+    task: Task,
+    settings: FurtherSettings,
+    seeds: Iterable[int],
+    left_out,
+    test,
+    store: ShardStore | None = None,
+    executor=None,
+    left_out_per_shard: int | None = None,
+    on_step: Callable[[int], None] | None = None,
+    on_shard: Callable[[Shard, bool], None] | None = None,
+    compute=None,
+) -> GoldStandard:
+    """Further-train every (seed, chunk) shard not yet in ``store`` → GoldStandard.
+
+    >>> # gold = gold_standard(task, FurtherSettings(lr=1e-4), seeds=range(8),
+    >>> #                      left_out=[0, 5, 9], test=range(100))
+    """
+    seeds = [int(s) for s in seeds]
+    left_out = np.asarray(left_out, dtype=np.int64)
+    test = np.asarray(test, dtype=np.int64)
+    per_shard = left_out_per_shard or runs_per_shard(task, settings, len(left_out), len(test))
+    shards = plan_shards(seeds, len(left_out), per_shard)
+    results: dict[Shard, SeedResult] = {}
+    todo = []
+    for shard in shards:
+        found = store.load(shard) if store is not None else None
+        if found is None:
+            todo.append(shard)
+        else:
+            results[shard] = found
+            if on_shard is not None:
+                on_shard(shard, True)
+
+    def on_result(shard: Shard, result: SeedResult) -> None:
+        if store is not None:
+            store.save(shard, result)  # written as it arrives: nothing finished is lost
+        results[shard] = result
+        if on_shard is not None:
+            on_shard(shard, False)
+
+    (executor or LocalExecutor()).run(
+        task, settings, todo, left_out, test, on_result, on_step=on_step, compute=compute
+    )
+    gold = assemble(results, seeds, left_out, test, settings.as_dict())
+    if store is not None:
+        store.save_gold(gold)
+    return gold
+
+
+def available_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
