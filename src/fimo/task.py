@@ -147,15 +147,58 @@ class Task:
             for n, value in params.items():
                 named[n].copy_(value)
 
+    def with_cached_trunk(self) -> Task:
+        """An equivalent task whose frozen leading layers are computed once.
+
+        When the model is an ``nn.Sequential`` whose first k modules have no trainable
+        parameters (a fixed trunk, DESIGN.md ◆ Parameters), returns a task on ``model[k:]``
+        (same parameter names) whose inputs are the trunk's outputs, computed once in eval
+        mode; otherwise returns ``self``. The result is memoised.
+        """
+        cached = getattr(self, "_cached_trunk", None)
+        if cached is not None and cached[0] == self.trainable:
+            return cached[1]
+        result = self
+        if isinstance(self.model, nn.Sequential):
+            names = list(self.model._modules)
+            owners = [
+                k
+                for k, name in enumerate(names)
+                if any(t.startswith(f"{name}.") for t in self.trainable)
+            ]
+            first = min(owners, default=0)
+            if first > 0:
+                trunk, head = self.model[:first], self.model[first:]
+                was = trunk.training
+                trunk.eval()
+                with torch.no_grad():
+                    train_x = _batched(trunk, self.train.inputs)
+                    test_x = _batched(trunk, self.test.inputs)
+                trunk.train(was)
+                result = Task(
+                    head,
+                    ArrayDataset(train_x, self.train.targets, None, self.train.info),
+                    ArrayDataset(test_x, self.test.targets, None, self.test.info),
+                    loss=self.loss_fn if self.loss_name not in LOSSES else self.loss_name,
+                    trainable=self.trainable,
+                    measurement=self.measure_fn,
+                    name=self.name,
+                )
+        self._cached_trunk = (self.trainable, result)
+        return result
+
     def to(self, device=None, dtype=None) -> Task:
         """Move the model and the data (in place for the model); returns self."""
         self.model.to(device=device, dtype=dtype)
         self.train = self.train.to(device, dtype)
         self.test = self.test.to(device, dtype)
+        self._cached_trunk = None
         return self
 
     def _check_output(self) -> None:
         x, y = self.train.inputs[:2], self.train.targets[:2]
+        was_training = self.model.training
+        self.model.eval()  # a check must not move BatchNorm statistics or draw dropout masks
         try:
             with torch.no_grad():
                 out = self.losses(self.params(), x, y)
@@ -164,16 +207,25 @@ class Task:
                 f"Task: the model's output does not fit the loss {self.loss_name!r} "
                 f"(inputs {tuple(x.shape)}, targets {tuple(y.shape)}): {exc}"
             ) from exc
+        finally:
+            self.model.train(was_training)
         if out.shape != (x.shape[0],):
             raise InputError(
                 f"Task: the loss must return one value per instance, shape ({x.shape[0]},); "
                 f"got {tuple(out.shape)}"
             )
         if self.loss_name == "cross_entropy":
-            k = self.outputs(self.params(), x).shape[-1]
+            with torch.no_grad():
+                self.model.eval()
+                k = self.outputs(self.params(), x).shape[-1]
+                self.model.train(was_training)
             labels = self.train.targets
             if labels.min() < 0 or labels.max() >= k:
                 raise InputError(
                     f"Task: training labels range over [{int(labels.min())}, {int(labels.max())}] "
                     f"but the model has {k} outputs; labels must be in [0, {k - 1}]"
                 )
+
+
+def _batched(module: nn.Module, inputs: torch.Tensor, size: int = 4096) -> torch.Tensor:
+    return torch.cat([module(inputs[k : k + size]) for k in range(0, len(inputs), size)])

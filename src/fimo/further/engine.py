@@ -29,7 +29,7 @@ class FurtherSettings:
     """How further training runs (recorded in the run directory and its fingerprint).
 
     ``record_every``: also record the test losses every k optimizer steps (0: only at the end
-    of each epoch). ``max_steps``: stop after this many steps (None: run all ``epochs``).
+    of each epoch). ``record_steps``: also record after each of these step counts. ``max_steps``: stop after this many steps (None: run all ``epochs``).
     ``engine``: ``"auto"`` uses the fused batched-matmul path for plain MLPs
     (:mod:`fimo.further.fast`) and ``vmap(grad)`` otherwise; ``"generic"`` always the latter.
     """
@@ -45,6 +45,7 @@ class FurtherSettings:
     eps: float = 1e-8
     clip_norm: float = 0.0
     record_every: int = 0
+    record_steps: list[int] = field(default_factory=list)
     max_steps: int | None = None
     engine: str = "auto"
     extra: dict = field(default_factory=dict)
@@ -63,6 +64,11 @@ class FurtherSettings:
             if getattr(self, name) < 0:
                 raise InputError(f"further.{name}: got {getattr(self, name)!r}; must be ≥ 0")
         self.betas = tuple(self.betas)
+        self.record_steps = sorted({int(k) for k in self.record_steps})
+        if self.record_steps and self.record_steps[0] < 1:
+            raise InputError(
+                f"further.record_steps: got {self.record_steps[0]}; step counts must be ≥ 1"
+            )
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -105,9 +111,16 @@ def further_train_seed(
     """Run the full run and one run per left-out index for one seed; record test losses.
 
     Returns ``loss_full`` (C, T) and ``loss_without`` (C, T, L) at the checkpoints: the end of
-    every epoch, and every ``settings.record_every`` steps when that is set.
+    every epoch, every ``settings.record_every`` steps, and after ``settings.record_steps``.
+
+    Randomness is paired across the runs: the batch order comes from a generator seeded with
+    ``seed`` and dropout draws from the global generator seeded with ``seed`` (restored
+    afterwards), shared by all runs (``vmap(randomness="same")``). BatchNorm layers stay in
+    eval mode: their running statistics are part of the final model and are not updated, so
+    each instance's loss depends on that instance alone and removing one changes nothing else.
     """
     left_out = np.asarray(left_out, dtype=np.int64)
+    task = task.with_cached_trunk()  # a frozen leading trunk is computed once, not every step
     n = len(task.train)
     if len(left_out) and (left_out.min() < 0 or left_out.max() >= n):
         raise InputError(f"left_out: indices must be in [0, {n - 1}]; got {left_out.tolist()[:5]}")
@@ -127,14 +140,25 @@ def further_train_seed(
     step_grads = fused or vmap(grad(run_loss), randomness="same")
     measure = vmap(lambda p: task.measure(p, X_test, Y_test))
     per_epoch = steps_per_epoch(n, settings.batch_size)
+    total = settings.epochs * per_epoch
+    if settings.max_steps is not None:
+        total = min(total, settings.max_steps)
+    if settings.record_steps and settings.record_steps[-1] > total:
+        raise InputError(
+            f"further.record_steps: step {settings.record_steps[-1]} is beyond the last step "
+            f"({total} = {settings.epochs} epochs × {per_epoch} steps"
+            f"{'' if settings.max_steps is None else f', max_steps {settings.max_steps}'}); "
+            "drop it or train for longer"
+        )
 
     recorded, steps, epochs = [], [], []
+    wanted = set(settings.record_steps)
 
     def record(step: int) -> None:
         task.model.eval()
         with torch.no_grad():
             losses = measure(params)  # (R, T)
-        task.model.train()
+        _train_mode(task.model)
         if not torch.isfinite(losses).all():
             bad_run = int((~torch.isfinite(losses)).any(1).nonzero()[0])
             what = "the full run" if bad_run == 0 else f"the run without {left_out[bad_run - 1]}"
@@ -151,7 +175,7 @@ def further_train_seed(
     try:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(int(seed))
-            task.model.train()
+            _train_mode(task.model)
             step = 0
             plan = schedule(
                 n, left_out, settings.batch_size, settings.epochs, seed, settings.scheme,
@@ -169,7 +193,7 @@ def further_train_seed(
                 if on_step is not None:
                     on_step(1)
                 at_every = settings.record_every and step % settings.record_every == 0
-                if item.last_in_epoch or at_every:
+                if item.last_in_epoch or at_every or step in wanted:
                     record(step)
             if not steps or steps[-1] != step:
                 record(step)  # stopped by max_steps mid-epoch
@@ -184,12 +208,12 @@ def further_train_seed(
     )
 
 
-def _to(tree, device):
-    if isinstance(tree, torch.Tensor):
-        return tree.to(device)
-    if isinstance(tree, dict):
-        return {k: _to(v, device) for k, v in tree.items()}
-    return tree
+def _train_mode(model: torch.nn.Module) -> None:
+    """Train mode (dropout on), with normalisation layers kept in eval mode (see above)."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._NormBase):
+            module.eval()
 
 
 def _to(tree, device):
@@ -198,48 +222,3 @@ def _to(tree, device):
     if isinstance(tree, dict):
         return {k: _to(v, device) for k, v in tree.items()}
     return tree
-
-
-def gold_standard(
-    task: Task,
-    settings: FurtherSettings,
-    seeds,
-    left_out,
-    test,
-    store=None,
-    on_step: Callable[[int], None] | None = None,
-    on_seed: Callable[[int, bool], None] | None = None,
-):
-    """Further-train every seed (skipping those already in ``store``) → GoldStandard.
-
-    >>> # gold = gold_standard(task, FurtherSettings(lr=1e-4), seeds=range(8),
-    >>> #                      left_out=[0, 5, 9], test=range(100))
-    """
-    from fimo.further.gold import GoldStandard
-
-    seeds = [int(s) for s in seeds]
-    left_out = np.asarray(left_out, dtype=np.int64)
-    test = np.asarray(test, dtype=np.int64)
-    results = []
-    for seed in seeds:
-        result = store.load(seed) if store is not None else None
-        reused = result is not None
-        if result is None:
-            result = further_train_seed(task, settings, seed, left_out, test, on_step=on_step)
-            if store is not None:
-                store.save(seed, result)
-        if on_seed is not None:
-            on_seed(seed, reused)
-        results.append(result)
-    if store is not None:
-        return store.assemble(seeds, left_out, test, settings.as_dict())
-    return GoldStandard(
-        np.stack([r.loss_full for r in results]),
-        np.stack([r.loss_without for r in results]),
-        results[0].steps,
-        results[0].epochs,
-        left_out,
-        test,
-        np.asarray(seeds),
-        settings.as_dict(),
-    )

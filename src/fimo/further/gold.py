@@ -8,6 +8,7 @@ Everything else (paper eq. 17 adjustment, eq. 13 centring, seed means) is a view
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,17 +94,22 @@ class GoldStandard:
         v = self.view(centred)[: (S // k) * k]
         return v.reshape(S // k, k, *v.shape[1:]).mean(axis=1)
 
-    def select(self, seeds=None, checkpoints=None) -> GoldStandard:
-        """A gold standard restricted to some seeds (by position) and checkpoints (by position)."""
-        s = np.arange(len(self.seeds)) if seeds is None else np.asarray(seeds)
-        c = np.arange(len(self.steps)) if checkpoints is None else np.asarray(checkpoints)
+    def select(self, seeds=None, steps=None, test=None, left_out=None) -> GoldStandard:
+        """A gold standard restricted by value: seed numbers, step counts, dataset indices.
+
+        >>> # gold.select(steps=[255], test=[0, 1, 2])   # one checkpoint, three test instances
+        """
+        s = _positions(self.seeds, seeds, "seed")
+        c = _positions(self.steps, steps, "checkpoint step")
+        t = _positions(self.test, test, "test index")
+        i = _positions(self.left_out, left_out, "left-out index")
         return GoldStandard(
-            self.loss_full[np.ix_(s, c)],
-            self.loss_without[np.ix_(s, c)],
+            self.loss_full[np.ix_(s, c, t)],
+            self.loss_without[np.ix_(s, c, t, i)],
             self.steps[c],
             self.epochs[c],
-            self.left_out,
-            self.test,
+            self.left_out[i],
+            self.test[t],
             self.seeds[s],
             dict(self.settings),
         )
@@ -114,8 +120,34 @@ class GoldStandard:
 
     @classmethod
     def load(cls, path, settings: dict | None = None) -> GoldStandard:
+        """Load ``gold.npz``, or the gold standard of a run directory (``further/gold.npz``).
+
+        >>> # gold = GoldStandard.load("runs/adult")
+        """
+        path = Path(path)
+        if path.is_dir():
+            stamp = path / "further" / "fingerprint.json"
+            path = path / "further" / "gold.npz"
+            if settings is None and stamp.exists():
+                settings = json.loads(stamp.read_text()).get("settings")
+        if not path.exists():
+            raise InputError(f"{path}: no gold standard here (run `fimo run` first)")
         data = read_npz(path)
         missing = [k for k in _ARRAYS if k not in data]
         if missing:
             raise InputError(f"{path}: not a fimo gold standard (missing arrays {missing})")
         return cls(**{k: data[k] for k in _ARRAYS}, settings=settings or {})
+
+
+def _positions(have: np.ndarray, want, what: str) -> np.ndarray:
+    if want is None:
+        return np.arange(len(have))
+    where = {int(v): k for k, v in enumerate(have)}
+    want = np.atleast_1d(np.asarray(want, dtype=np.int64))
+    missing = [int(v) for v in want if int(v) not in where]
+    if missing:
+        raise InputError(
+            f"GoldStandard.select: no {what} {missing[:5]}; available: {have.tolist()[:10]}"
+            f"{' ...' if len(have) > 10 else ''}"
+        )
+    return np.array([where[int(v)] for v in want], dtype=np.int64)
