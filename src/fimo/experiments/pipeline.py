@@ -18,8 +18,11 @@ model, the finished gold-standard shards and the scores.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -107,6 +110,36 @@ def _progress(console: Console, quiet: bool) -> Progress:
     )
 
 
+@contextlib.contextmanager
+def run_lock(out: Path):
+    """Hold an exclusive lock on the run directory; a second process stops at once.
+
+    ``flock`` locks die with their process, so a killed run never leaves the directory stuck.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / ".lock"
+    fh = open(path, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        owner = fh.read().strip() or "another process"
+        fh.close()
+        raise InputError(
+            f"{out} is in use by another fimo run ({owner}); wait for it to finish, "
+            "or use another --out"
+        ) from None
+    try:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {platform.node()}")
+        fh.flush()
+        yield
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
 def run(
     config: Config,
     out: str | Path,
@@ -115,8 +148,13 @@ def run(
     quiet: bool = False,
 ) -> RunResult:
     """Run ``config`` into ``out``: final model, gold standard, methods, metrics, report."""
-    console = console or Console(stderr=True, quiet=quiet)
     out = Path(out)
+    with run_lock(out):
+        return _run(config, out, overwrite, console, quiet)
+
+
+def _run(config: Config, out: Path, overwrite: bool, console, quiet: bool) -> RunResult:
+    console = console or Console(stderr=True, quiet=quiet)
     timings: dict[str, float] = {}
     device = _device(config.run.device)
     n_test_wanted = config.data.n_test
