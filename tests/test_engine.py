@@ -23,7 +23,9 @@ def make_task(n, seed=0, dtype=torch.float64):
 def torch_optimizer(settings, params):
     s = settings
     if s.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+        return torch.optim.SGD(
+            params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay, nesterov=s.nesterov
+        )
     cls = torch.optim.Adam if s.optimizer == "adam" else torch.optim.AdamW
     return cls(params, lr=s.lr, betas=s.betas, eps=s.eps, weight_decay=s.weight_decay)
 
@@ -67,6 +69,7 @@ def reference_run(task, settings, seed, leave_out):
 CASES = [
     dict(optimizer="sgd", lr=0.05),
     dict(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=0.01),
+    dict(optimizer="sgd", lr=0.05, momentum=0.8, nesterov=True, clip_norm=0.3),
     dict(optimizer="adam", lr=0.01),
     dict(optimizer="adam", lr=0.01, weight_decay=0.1),
     dict(optimizer="adamw", lr=0.01, weight_decay=0.1, clip_norm=0.5),
@@ -120,3 +123,18 @@ def test_engine_leaves_model_untouched():
     further_train_seed(task, FurtherSettings(lr=0.1, batch_size=4), 0, [1, 2], np.arange(6))
     for k, v in task.params().items():
         assert torch.equal(v, before[k])
+
+
+def test_memory_budget_decides_the_chunks():
+    from fimo.errors import InputError
+    from fimo.further.runner import bytes_per_run, runs_per_shard
+
+    task = make_task(40)
+    s = FurtherSettings(optimizer="adam", batch_size=8)
+    per_run = bytes_per_run(task, s, n_test=6)
+    params = task.num_params * 8  # float64
+    assert per_run >= 6 * params  # parameters, gradients, updates, scratch and Adam's two moments
+    assert runs_per_shard(task, s, 100, 6, budget=11 * per_run) == 10  # the full run + 10
+    assert runs_per_shard(task, s, 3, 6, budget=11 * per_run) == 3
+    with pytest.raises(InputError, match="memory_budget_mb"):
+        runs_per_shard(task, s, 100, 6, budget=per_run)

@@ -40,6 +40,7 @@ class FurtherSettings:
     batch_size: int = 128
     scheme: str = "drop"
     momentum: float = 0.0
+    nesterov: bool = False
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
@@ -64,6 +65,8 @@ class FurtherSettings:
             if getattr(self, name) < 0:
                 raise InputError(f"further.{name}: got {getattr(self, name)!r}; must be ≥ 0")
         self.betas = tuple(self.betas)
+        if self.nesterov and self.momentum <= 0:
+            raise InputError("further.nesterov: needs further.momentum > 0")
         self.record_steps = sorted({int(k) for k in self.record_steps})
         if self.record_steps and self.record_steps[0] < 1:
             raise InputError(
@@ -84,6 +87,7 @@ class FurtherSettings:
             betas=self.betas,
             eps=self.eps,
             clip_norm=self.clip_norm,
+            nesterov=self.nesterov,
         )
 
 
