@@ -1,0 +1,403 @@
+"""EK-FAC influence (George et al. 2018; Grosse et al. 2023): the Gauss-Newton Hessian of the
+mean training loss, block-diagonal over layers, each block in an eigenvalue-corrected
+Kronecker-factored eigenbasis (paper §3: "GN + layer-block-diagonal + Kronecker eigenbasis").
+
+For a layer with input a (a constant 1 appended when its bias is trainable) and output s, the
+per-instance gradient is G = δ ãᵀ with δ = ∂ℓ/∂s. The Gauss-Newton block is
+E_i[Σ_c vec(δ_ic ã_iᵀ) vec(δ_ic ã_iᵀ)ᵀ], where δ_ic = J_sᵀ u_ic are pseudo-gradients: the
+output-space vectors u_ic factor the loss Hessian, Σ_c u_ic u_icᵀ = H_ℓ(z_i). K-FAC
+approximates the block by S ⊗ A with A = E[ã ãᵀ], S = E[Σ_c δ δᵀ]; EK-FAC keeps the
+eigenvectors Q_S, Q_A and replaces the eigenvalues by the exact second moments in that basis,
+Λ = E[Σ_c (Q_Sᵀ G_c Q_A)²], so that Ĥ and the Gauss-Newton block have the same diagonal in
+the Kronecker eigenbasis. Then per layer
+
+    (Ĥ + λI)⁻¹ V = Q_S [(Q_Sᵀ V Q_A) / (Λ + λ)] Q_Aᵀ,
+    score[t, i] = (1/n) Σ_layers ⟨(Ĥ + λI)⁻¹ ∇g(z_t), ∇ℓ(z_i)⟩,
+
+which estimates g(z_t) after further training without z_i minus with it (positive = helpful;
+kronfluence's pairwise scores have the same sign, without the 1/n).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import hessian, vmap
+
+from fimo.errors import InputError, check_choice
+from fimo.methods.damping import resolve_damping
+from fimo.methods.gradients import chunk_size_for, gradient_matrix, per_instance_grads
+from fimo.scores import Scores
+from fimo.task import Task
+
+#: Layer types EK-FAC factors; a trainable parameter anywhere else is an error.
+SUPPORTED = (nn.Linear, nn.Conv2d)
+SAMPLING = ("auto", "exact", "sample")
+#: With ``sampling="auto"``, exact pseudo-gradients are used up to this many model outputs.
+MAX_EXACT_OUTPUTS = 10
+
+
+@dataclass
+class LayerFactors:
+    """The EK-FAC factors of one layer.
+
+    The layer gradient is viewed as a matrix (d_out, d_a): the weight gradient reshaped to
+    (d_out, -1), then the bias gradient as a last column. ``A`` (d_a, d_a) and ``S``
+    (d_out, d_out) are the Kronecker factors, ``QA``/``QS`` their eigenvectors and ``eigen``
+    (d_out, d_a) the corrected eigenvalues Λ.
+    """
+
+    name: str
+    module: nn.Module
+    weight: slice | None
+    bias: slice | None
+    d_out: int
+    A: torch.Tensor | None = None
+    S: torch.Tensor | None = None
+    QA: torch.Tensor | None = None
+    QS: torch.Tensor | None = None
+    eigen: torch.Tensor | None = None
+
+    def gather(self, flat: torch.Tensor) -> torch.Tensor:
+        """This layer's part of flattened gradients (k, P), as matrices (k, d_out, d_a)."""
+        parts = []
+        if self.weight is not None:
+            parts.append(flat[:, self.weight].reshape(len(flat), self.d_out, -1))
+        if self.bias is not None:
+            parts.append(flat[:, self.bias].reshape(len(flat), self.d_out, 1))
+        return torch.cat(parts, dim=-1)
+
+    def scatter(self, mats: torch.Tensor, flat: torch.Tensor) -> None:
+        """Write matrices (k, d_out, d_a) into this layer's part of ``flat`` (k, P)."""
+        if self.weight is not None:
+            width = mats.shape[-1] - (self.bias is not None)
+            flat[:, self.weight] = mats[..., :width].reshape(len(mats), -1)
+        if self.bias is not None:
+            flat[:, self.bias] = mats[..., -1]
+
+    def precondition(self, mats: torch.Tensor, damping: float) -> torch.Tensor:
+        """(Ĥ + λI)⁻¹ applied to matrices (k, d_out, d_a); directions with Λ + λ = 0 give 0."""
+        rotated = self.QS.T @ mats @ self.QA
+        denom = self.eigen + damping
+        inverse = torch.where(denom > 0, 1 / denom.clamp_min(1e-300), torch.zeros_like(denom))
+        return self.QS @ (rotated * inverse) @ self.QA.T
+
+    def hessian(self) -> torch.Tensor:
+        """Ĥ of this layer as a dense (d_out·d_a)² matrix, in the row-major layout of ``gather``."""
+        basis = torch.kron(self.QS, self.QA)
+        return basis @ torch.diag(self.eigen.reshape(-1)) @ basis.T
+
+
+def _offsets(task: Task) -> dict[str, slice]:
+    offsets, start = {}, 0
+    for name, p in task.params().items():
+        offsets[name] = slice(start, start + p.numel())
+        start += p.numel()
+    return offsets
+
+
+def find_layers(task: Task) -> list[LayerFactors]:
+    """The layers with trainable parameters (empty factors); InputError for unsupported ones."""
+    offsets = _offsets(task)
+    covered, layers = set(), []
+    for prefix, module in task.model.named_modules():
+        own = {
+            f"{prefix}.{n}" if prefix else n: n
+            for n, _ in module.named_parameters(recurse=False)
+            if (f"{prefix}.{n}" if prefix else n) in offsets
+        }
+        if not own:
+            continue
+        if not isinstance(module, SUPPORTED):
+            raise InputError(
+                f"ekfac: layer {prefix or '<root>'!r} of type {type(module).__name__} has "
+                f"trainable parameters {sorted(own)}, but EK-FAC supports only "
+                f"{', '.join(t.__name__ for t in SUPPORTED)}; freeze it (Task(trainable=...)) "
+                "or use another method (datainf, trak, grad_dot, cg)"
+            )
+        if isinstance(module, nn.Conv2d):
+            _check_conv(prefix, module)
+        names = {short: full for full, short in own.items()}
+        layers.append(
+            LayerFactors(
+                prefix,
+                module,
+                offsets.get(names.get("weight")),
+                offsets.get(names.get("bias")),
+                module.weight.shape[0],
+            )
+        )
+        covered.update(own)
+    missing = sorted(set(offsets) - covered)
+    if missing:  # a trainable tensor that no module owns directly (e.g. a shared parameter)
+        raise InputError(f"ekfac: trainable parameters {missing} belong to no supported layer")
+    return layers
+
+
+def _check_conv(name: str, conv: nn.Conv2d) -> None:
+    problem = None
+    if conv.groups != 1:
+        problem = f"groups={conv.groups}"
+    elif conv.padding_mode != "zeros":
+        problem = f"padding_mode={conv.padding_mode!r}"
+    elif isinstance(conv.padding, str) and conv.padding == "same":
+        if any(d * (k - 1) % 2 for d, k in zip(conv.dilation, conv.kernel_size, strict=True)):
+            problem = "padding='same' with an even kernel (asymmetric padding)"
+    if problem:
+        raise InputError(
+            f"ekfac: Conv2d layer {name!r} has {problem}; EK-FAC supports groups=1, zero "
+            "padding; use another method (datainf, trak, grad_dot, cg)"
+        )
+
+
+def _conv_padding(conv: nn.Conv2d) -> tuple[int, int]:
+    if isinstance(conv.padding, str):
+        if conv.padding == "valid":
+            return (0, 0)
+        return tuple(d * (k - 1) // 2 for d, k in zip(conv.dilation, conv.kernel_size, strict=True))
+    return tuple(conv.padding)
+
+
+def _layer_inputs(layer: LayerFactors, a: torch.Tensor) -> torch.Tensor:
+    """Layer inputs as (B, T, d_a): T positions (1 for a Linear on vectors), bias 1 appended."""
+    module = layer.module
+    if isinstance(module, nn.Conv2d):
+        cols = nn.functional.unfold(
+            a, module.kernel_size, module.dilation, _conv_padding(module), module.stride
+        )
+        a = cols.transpose(1, 2)
+    else:
+        a = a.reshape(a.shape[0], -1, a.shape[-1])
+    parts = [a] if layer.weight is not None else []
+    if layer.bias is not None:
+        parts.append(torch.ones_like(a[..., :1]))
+    return torch.cat(parts, dim=-1)
+
+
+def _layer_deltas(layer: LayerFactors, d: torch.Tensor) -> torch.Tensor:
+    """Gradients w.r.t. the layer output as (B, T, d_out)."""
+    if isinstance(layer.module, nn.Conv2d):
+        return d.reshape(d.shape[0], d.shape[1], -1).transpose(1, 2)
+    return d.reshape(d.shape[0], -1, d.shape[-1])
+
+
+class _Capture:
+    """Forward hooks that record each layer's input and add a zero tensor to its output.
+
+    The gradient of the model output w.r.t. that zero tensor is δ, the backpropagated vector
+    at the layer's pre-activations, for every instance of the batch at once.
+    """
+
+    def __init__(self, layers: list[LayerFactors]):
+        self.layers = layers
+        self.records: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __enter__(self):
+        self.handles = [
+            layer.module.register_forward_hook(self._hook(layer.name)) for layer in self.layers
+        ]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+
+    def _hook(self, name):
+        def hook(module, args, output):
+            if name in self.records:
+                raise InputError(
+                    f"ekfac: layer {name!r} is called more than once in a forward pass; "
+                    "EK-FAC needs each layer used once (use another method)"
+                )
+            zero = torch.zeros_like(output, requires_grad=True)
+            self.records[name] = (args[0].detach(), zero)
+            return output + zero
+
+        return hook
+
+
+def _output_vectors(task: Task, out: torch.Tensor, y: torch.Tensor, mode: str, noise):
+    """Vectors u (C, B, d_o) with Σ_c u_c u_cᵀ = H_ℓ (exact) or E[u uᵀ] = H_ℓ (sample)."""
+    out = out.detach().reshape(out.shape[0], -1)
+    batch, d_o = out.shape
+    if task.loss_name == "cross_entropy":
+        p = torch.softmax(out, dim=-1)
+        if mode == "exact":  # diag(p) − ppᵀ = Σ_c p_c (e_c − p)(e_c − p)ᵀ
+            eye = torch.eye(d_o, dtype=out.dtype)
+            return p.T.sqrt()[:, :, None] * (eye[:, None, :] - p[None])
+        # a label drawn from the model's own predictive distribution (inverse CDF of a uniform)
+        label = (p.cumsum(-1) < noise[:, :1]).sum(-1).clamp(max=d_o - 1)
+        return (nn.functional.one_hot(label, d_o).to(out.dtype) - p)[None]
+    if task.loss_name == "mse":  # fimo's squared error Σ(out − y)² has H_ℓ = 2I
+        if mode == "exact":
+            eye = torch.eye(d_o, dtype=out.dtype) * 2**0.5
+            return eye[:, None, :].expand(d_o, batch, d_o)
+        return (2**0.5 * noise)[None]
+
+    # any other loss: factor its output-space Hessian (negative curvature clipped to 0)
+    def one(o, t):
+        return task.loss_fn(o[None], t[None])[0]
+
+    h = vmap(hessian(one))(out, y).reshape(batch, d_o, d_o)
+    w, v = torch.linalg.eigh((h + h.transpose(1, 2)) / 2)
+    root = v * w.clamp_min(0).sqrt()[:, None, :]  # (B, d_o, C): columns are u_c
+    if mode == "exact":
+        return root.permute(2, 0, 1)
+    return torch.einsum("boc,bc->bo", root, noise)[None]
+
+
+def _pseudo_gradients(task, layers, x, y, mode, noise):
+    """Per layer: inputs ã (B, T, d_a) and pseudo-gradients δ (C, B, T, d_out)."""
+    with torch.enable_grad(), _Capture(layers) as cap:
+        out = task.outputs(task.params(), x)
+        u = _output_vectors(task, out, y, mode, noise)
+        zeros = [cap.records[layer.name][1] for layer in layers if layer.name in cap.records]
+        missing = [layer.name for layer in layers if layer.name not in cap.records]
+        if missing:
+            raise InputError(f"ekfac: layers {missing} are not used in the forward pass")
+        deltas = [[] for _ in layers]
+        for c in range(len(u)):
+            grads = torch.autograd.grad(
+                out,
+                zeros,
+                grad_outputs=u[c].reshape(out.shape),
+                retain_graph=c < len(u) - 1,
+                allow_unused=True,
+            )
+            for k, (layer, g) in enumerate(zip(layers, grads, strict=True)):
+                g = torch.zeros_like(zeros[k]) if g is None else g
+                deltas[k].append(_layer_deltas(layer, g))
+    return [
+        (_layer_inputs(layer, cap.records[layer.name][0]), torch.stack(d))
+        for layer, d in zip(layers, deltas, strict=True)
+    ]
+
+
+def _chunks(n: int, size: int):
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def fit_ekfac(
+    task: Task, *, sampling: str = "auto", seed: int = 0, chunk_size: int | None = None
+) -> tuple[list[LayerFactors], str]:
+    """Fit the EK-FAC factors over all training instances; returns (layers, resolved sampling).
+
+    Two passes over the training data: A, S and their eigenvectors, then the eigenvalue
+    correction Λ (with the same sampled labels, if sampling).
+    """
+    check_choice("ekfac sampling", sampling, SAMPLING)
+    layers = find_layers(task)
+    x_all, y_all = task.train.inputs, task.train.targets
+    n = len(x_all)
+    params = task.params()
+    dtype = next(iter(params.values())).dtype
+    with torch.no_grad():
+        d_o = task.outputs(params, x_all[:1]).reshape(1, -1).shape[1]
+    mode = sampling if sampling != "auto" else ("exact" if d_o <= MAX_EXACT_OUTPUTS else "sample")
+    noise = None
+    if mode == "sample":  # drawn once, so that both passes see the same labels
+        gen = torch.Generator().manual_seed(int(seed))
+        if task.loss_name == "cross_entropy":
+            noise = torch.rand(n, 1, generator=gen, dtype=dtype)
+        else:
+            noise = torch.randn(n, d_o, generator=gen, dtype=dtype)
+    vectors = d_o if mode == "exact" else 1
+    size = chunk_size or chunk_size_for(task.num_params * vectors, x_all.element_size())
+    was_training = task.model.training
+    task.model.eval()
+    try:
+        for layer in layers:
+            layer.A, layer.S = 0, 0
+        for rows in _chunks(n, size):
+            got = _pseudo_gradients(
+                task, layers, x_all[rows], y_all[rows], mode, None if noise is None else noise[rows]
+            )
+            for layer, (a, d) in zip(layers, got, strict=True):
+                layer.A = layer.A + torch.einsum("btd,bte->de", a, a) / n
+                layer.S = layer.S + torch.einsum("cbto,cbtp->op", d, d) / n
+        for layer in layers:
+            layer.QA = torch.linalg.eigh(layer.A)[1]
+            layer.QS = torch.linalg.eigh(layer.S)[1]
+            layer.eigen = 0
+        for rows in _chunks(n, size):
+            got = _pseudo_gradients(
+                task, layers, x_all[rows], y_all[rows], mode, None if noise is None else noise[rows]
+            )
+            for layer, (a, d) in zip(layers, got, strict=True):
+                a_rot, d_rot = a @ layer.QA, d @ layer.QS
+                if a.shape[1] == 1:  # (Q_Sᵀ δ ãᵀ Q_A)² factorises for a single position
+                    lam = torch.einsum("cbo,bd->od", d_rot[:, :, 0] ** 2, a_rot[:, 0] ** 2)
+                else:
+                    g = torch.einsum("cbto,btd->cbod", d_rot, a_rot)
+                    lam = (g**2).sum(dim=(0, 1))
+                layer.eigen = layer.eigen + lam / n
+    finally:
+        task.model.train(was_training)
+    return layers, mode
+
+
+def _indices(values, size: int, which: str) -> np.ndarray:
+    idx = np.asarray(values, dtype=np.int64).reshape(-1)
+    if len(idx) and (idx.min() < 0 or idx.max() >= size):
+        raise InputError(
+            f"{which} indices must be in [0, {size - 1}]; got {idx.min()}..{idx.max()}"
+        )
+    return idx
+
+
+def ekfac(
+    task: Task,
+    test,
+    train,
+    *,
+    progress=None,
+    damping: float | None = None,
+    damping_factor: float = 100.0,
+    sampling: str = "auto",
+    chunk_size: int | None = None,
+    seed: int = 0,
+) -> Scores:
+    """EK-FAC influence: (1/n)·∇g(z_t)ᵀ(Ĥ_EKFAC + λI)⁻¹∇ℓ(z_i), positive = helpful.
+
+    Ĥ is fitted on all training instances. ``damping`` is an absolute λ; otherwise λ =
+    ``damping_factor`` × the mean squared per-instance gradient entry (paper §4; kronfluence
+    uses 0.1 × the mean corrected eigenvalue instead, recorded as ``mean_eigenvalue``).
+    ``sampling``: ``"exact"`` expands the loss Hessian over all outputs (the exact Gauss-Newton
+    moments), ``"sample"`` draws one label per instance from the model (the true Fisher),
+    ``"auto"`` is exact up to 10 outputs. Supports trainable ``nn.Linear`` and ``nn.Conv2d``.
+
+    >>> # scores = ekfac(task, test=range(10), train=range(100))  # (10, 100)
+    """
+    test = _indices(test, len(task.test), "ekfac: test")
+    train = _indices(train, len(task.train), "ekfac: train")
+    n = len(task.train)
+    layers, mode = fit_ekfac(task, sampling=sampling, seed=seed, chunk_size=chunk_size)
+    lam, record = resolve_damping(task, damping, damping_factor)
+    g_test = gradient_matrix(task, task.test, test, measure=True, chunk_size=chunk_size)
+    pre = torch.zeros_like(g_test)
+    for layer in layers:
+        layer.scatter(layer.precondition(layer.gather(g_test), lam), pre)
+    idx = torch.as_tensor(train)
+    x, y = task.train.inputs[idx], task.train.targets[idx]
+    out = np.empty((len(test), len(train)), dtype=np.float64)
+    for rows, g_train in per_instance_grads(task, x, y, chunk_size=chunk_size):
+        out[:, rows] = (pre @ g_train.T / n).double().cpu().numpy()
+        if progress is not None:
+            progress(rows.stop - rows.start)
+    eigen = torch.cat([layer.eigen.reshape(-1) for layer in layers])
+    settings = {
+        **record,
+        "damping_factor": damping_factor if damping is None else None,
+        "sampling": mode,
+        "seed": seed,
+        "chunk_size": chunk_size,
+        "layers": [layer.name for layer in layers],
+        "mean_eigenvalue": float(eigen.mean()),
+        "zero_curvature_directions": int(((eigen + lam) <= 0).sum()),
+        "n_hessian": n,
+    }
+    return Scores(out, test, train, "ekfac", settings, units="test-loss change (1/n scale)")

@@ -1,0 +1,254 @@
+"""TRAK with a single model (Park et al. 2023; M = 1: FiMO has no ensemble).
+
+TRAK linearises the model output function f around the final weights, projects its gradients
+to k dimensions, φ_i = Pᵀ∇_θ f(z_i), and scores with the one-step Newton estimate of the
+linearised problem: τ(z_t)_i = φ_tᵀ(ΦᵀΦ)⁻¹φ_i·Q_i, with f the margin log(p_y/(1 − p_y)) and
+Q_i = 1 − p_i = −∂ℓ_i/∂f_i for classification. In the paper's unified view (PAPER.md §3) that
+is Gauss-Newton influence with a random projection, no damping and one model:
+
+    score[t, i] = (1/n)·(Pᵀ∇g(z_t))ᵀ (K + λI)⁻¹ (Pᵀ∇ℓ(z_i)),   K = (h/n) Σ_j F_jᵀF_j,
+
+with F_j = J_f(z_j)P the projected output Jacobian (one row for the margin) and h the loss
+curvature in f-space that TRAK assumes: 1 for classification (TRAK drops the logistic
+weights p(1 − p)), the constant 2 of fimo's squared error Σ(out − y)² for regression (nothing
+to drop, so one-step Newton is exact on a linear model). At λ = 0, K = ΦᵀΦ/n, and since
+Pᵀ∇ℓ_i = −Q_i φ_i, the score is TRAK's τ_i times −∂g/∂f at the test point.
+
+Sign. TRAK's τ measures how including z_i raises the test *output* f(z_t). For
+classification f is the margin, which the loss decreases in, so τ > 0 already means helpful,
+and using ∇g = −Q_t∇f_t on the test side only rescales each row by Q_t > 0 (into loss units).
+For regression f is the prediction: τ > 0 means z_i pushes the test prediction up, which is
+helpful only when the test target lies above the prediction; no global sign flip can fix that
+(the paper negated its regression TRAK scores as a whole). Using the test-loss gradient
+∇g = 2(f_t − y_t)∇f_t on the test side, and the residual-weighted ∇ℓ_i = 2(f_i − y_i)∇f_i on
+the training side (TRAK's Q for squared error), gives fimo's convention for both: the score
+estimates g(z_t) without z_i minus with it, positive = helpful.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.func import grad, jacrev, vmap
+
+from fimo.errors import InputError, check_choice
+from fimo.methods.gradients import DEFAULT_BUDGET, chunk_size_for, flatten
+from fimo.methods.gradients import gradient_matrix as _gradient_matrix
+from fimo.scores import Scores
+from fimo.task import Task
+
+PROJECTIONS = ("rademacher", "gaussian")
+#: Bytes one generated block of the projection matrix may take.
+BLOCK_BUDGET = 16 * 2**20
+
+
+class Projector:
+    """A seeded random projection P (num_params × k), entries ±1/√k or N(0, 1/k).
+
+    P is made of row blocks, each drawn from its own generator seeded by (seed, block), so it
+    is the same whether it is held in memory (when it fits in ``budget`` bytes) or regenerated
+    block by block at every use. ``k=None`` is the identity (no projection).
+
+    >>> Projector(10, 4, seed=0).project(torch.ones(2, 10)).shape
+    torch.Size([2, 4])
+    """
+
+    def __init__(
+        self,
+        num_params: int,
+        k: int | None,
+        seed: int = 0,
+        kind: str = "rademacher",
+        dtype: torch.dtype = torch.float32,
+        budget: int = DEFAULT_BUDGET,
+    ):
+        check_choice("trak projection", kind, PROJECTIONS)
+        self.num_params, self.k, self.seed, self.kind, self.dtype = num_params, k, seed, kind, dtype
+        itemsize = torch.finfo(dtype).bits // 8
+        if k is not None:
+            self.rows = int(max(1, min(num_params, BLOCK_BUDGET // (k * itemsize))))
+        self.matrix = None
+        if k is not None and num_params * k * itemsize <= budget:
+            self.matrix = torch.cat([self.block(b) for b in range(self.num_blocks)])
+
+    @property
+    def dim(self) -> int:
+        """The projected dimension."""
+        return self.num_params if self.k is None else self.k
+
+    @property
+    def num_blocks(self) -> int:
+        return -(-self.num_params // self.rows)
+
+    def block(self, b: int) -> torch.Tensor:
+        """Rows [b·rows, (b+1)·rows) of P."""
+        state = np.random.SeedSequence([int(self.seed), b]).generate_state(2)
+        gen = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+        shape = (min(self.rows, self.num_params - b * self.rows), self.k)
+        if self.kind == "gaussian":
+            values = torch.randn(shape, generator=gen, dtype=self.dtype)
+        else:
+            values = torch.randint(0, 2, shape, generator=gen).to(self.dtype) * 2 - 1
+        return values / self.k**0.5
+
+    def project(self, g: torch.Tensor) -> torch.Tensor:
+        """G (m, num_params) → G P (m, k)."""
+        if self.k is None:
+            return g
+        if self.matrix is not None:
+            return g @ self.matrix
+        out = torch.zeros(g.shape[0], self.k, dtype=g.dtype)
+        for b in range(self.num_blocks):
+            out += g[:, b * self.rows : (b + 1) * self.rows] @ self.block(b)
+        return out
+
+
+def _output_function(task: Task):
+    """(f, slope, h): f(params, x, y) → (d_f,); slope(outputs, y) = ∂ℓ/∂f (B, d_f); curvature h."""
+    if task.loss_name == "cross_entropy":
+
+        def margin(params, x, y):
+            logits = task.outputs(params, x[None])[0]
+            mine = torch.arange(logits.shape[-1]) == y
+            others = logits.masked_fill(mine, float("-inf")).logsumexp(-1)
+            return ((logits * mine).sum(-1) - others).reshape(1)
+
+        def slope(params, x, y):  # ℓ = log(1 + e^{−f}), so ∂ℓ/∂f = −(1 − p_y)
+            return -torch.sigmoid(-vmap(margin, in_dims=(None, 0, 0))(params, x, y))
+
+        return margin, slope, 1.0
+
+    def output(params, x, y):
+        return task.outputs(params, x[None])[0].reshape(-1)
+
+    def slope(params, x, y):
+        def one(o, t):
+            return task.loss_fn(o[None], t[None])[0]
+
+        out = task.outputs(params, x)
+        return vmap(grad(one))(out, y).reshape(len(x), -1)
+
+    return output, slope, (2.0 if task.loss_name == "mse" else 1.0)
+
+
+def _indices(values, size: int, which: str) -> np.ndarray:
+    idx = np.asarray(values, dtype=np.int64).reshape(-1)
+    if len(idx) and (idx.min() < 0 or idx.max() >= size):
+        raise InputError(
+            f"{which} indices must be in [0, {size - 1}]; got {idx.min()}..{idx.max()}"
+        )
+    return idx
+
+
+def trak(
+    task: Task,
+    test,
+    train,
+    *,
+    progress=None,
+    proj_dim: int | None = 512,
+    projection: str = "rademacher",
+    damping: float = 0.0,
+    seed: int = 0,
+    chunk_size: int | None = None,
+) -> Scores:
+    """TRAK with one model, (1/n)·(Pᵀ∇g_t)ᵀ(ΦᵀΦ·h/n + λI)⁺(Pᵀ∇ℓ_i), positive = helpful.
+
+    ``proj_dim`` k is the projected dimension (``None``: no projection, exact features);
+    ``projection`` is ``"rademacher"`` or ``"gaussian"`` (both scaled by 1/√k, seeded by
+    ``seed``). ``damping`` λ is added to the mean kernel ΦᵀΦ·h/n (TRAK uses none; λ on this
+    scale is TRAK's ``lambda_reg`` = nλ); a singular kernel is pseudo-inverted and its rank is
+    recorded. See the module docstring for the output function, Q and the sign.
+
+    >>> # scores = trak(task, test=range(10), train=range(100), proj_dim=512)  # (10, 100)
+    """
+    test = _indices(test, len(task.test), "trak: test")
+    train = _indices(train, len(task.train), "trak: train")
+    if proj_dim is not None and not (isinstance(proj_dim, int) and proj_dim >= 1):
+        raise InputError(f"trak proj_dim: got {proj_dim!r}; must be a positive integer or None")
+    if not (isinstance(damping, int | float) and damping >= 0):
+        raise InputError(f"trak damping: got {damping!r}; must be a number ≥ 0")
+    n = len(task.train)
+    params = task.params()
+    dtype = next(iter(params.values())).dtype
+    proj = Projector(task.num_params, proj_dim, seed, projection, dtype)
+    k = proj.dim
+    f, slope, curvature = _output_function(task)
+    jac = vmap(jacrev(f), in_dims=(None, 0, 0))
+    with torch.no_grad():
+        d_f = f(params, task.train.inputs[0], task.train.targets[0]).numel()
+    size = chunk_size or chunk_size_for(task.num_params * d_f, task.train.inputs.element_size())
+
+    # one pass over all n: the kernel K = (h/n) Σ_j F_jᵀF_j, and Pᵀ∇ℓ_i = F_iᵀ ∂ℓ_i/∂f for
+    # the scored training instances (kept: len(train) × k, like TRAK's feature store).
+    # With N = n·d_f ≤ k rows, K has rank ≤ N: keep F itself and take its thin SVD (O(N²k))
+    # instead of accumulating and eigendecomposing the k × k kernel (O(k³)).
+    dual = n * d_f <= k
+    kernel = None if dual else torch.zeros(k, k, dtype=dtype)
+    rows_all = []
+    wanted = np.full(n, -1, dtype=np.int64)
+    wanted[train] = np.arange(len(train))
+    features = torch.zeros(len(train), k, dtype=dtype)
+    was_training = task.model.training
+    task.model.eval()
+    try:
+        for start in range(0, n, size):
+            rows = slice(start, min(start + size, n))
+            x, y = task.train.inputs[rows], task.train.targets[rows]
+            J = flatten(jac(params, x, y), batch_dims=2)  # (B, d_f, P)
+            F = proj.project(J.reshape(-1, J.shape[-1])).reshape(len(x), d_f, k)
+            if dual:
+                rows_all.append(F.reshape(-1, k))
+            else:
+                kernel += torch.einsum("bfk,bfl->kl", F, F)
+            where = wanted[rows]
+            keep = np.nonzero(where >= 0)[0]
+            if len(keep):
+                with torch.no_grad():
+                    s = slope(params, x[keep], y[keep])
+                features[where[keep]] = torch.einsum("bfk,bf->bk", F[keep], s)
+    finally:
+        task.model.train(was_training)
+
+    # K = V diag(w) Vᵀ; (K + λI)⁺ drops directions with w + λ ≤ k·eps·max (a pseudo-inverse)
+    if dual:
+        _, sv, vh = torch.linalg.svd(
+            torch.cat(rows_all) * (curvature / n) ** 0.5, full_matrices=False
+        )
+        w, basis = sv**2, vh.T
+    else:
+        kernel = curvature * (kernel + kernel.T) / (2 * n)
+        w, basis = torch.linalg.eigh(kernel)
+    denom = w + damping
+    cutoff = k * torch.finfo(dtype).eps * max(float(denom.max()), float(damping), 1e-300)
+    keep = denom > cutoff
+    complement = dual and damping > cutoff  # the directions outside span(F) have K = 0
+
+    g_test = proj.project(
+        _gradient_matrix(task, task.test, test, measure=True, chunk_size=chunk_size)
+    )
+    coords = g_test @ basis[:, keep]
+    pre = (coords / denom[keep]) @ basis[:, keep].T
+    if complement:
+        pre += (g_test - coords @ basis[:, keep].T) / damping
+    rank = int(keep.sum()) + (k - len(w) if complement else 0)
+    out = np.empty((len(test), len(train)), dtype=np.float64)
+    step = max(1, size)
+    for start in range(0, len(train), step):
+        rows = slice(start, min(start + step, len(train)))
+        out[:, rows] = (pre @ features[rows].T / n).double().cpu().numpy()
+        if progress is not None:
+            progress(rows.stop - rows.start)
+    settings = {
+        "proj_dim": proj_dim,
+        "projection": projection if proj_dim is not None else "identity",
+        "damping": float(damping),
+        "seed": seed,
+        "chunk_size": chunk_size,
+        "output_function": "margin" if task.loss_name == "cross_entropy" else "outputs",
+        "kernel_curvature": curvature,
+        "kernel_rank": rank,
+        "pseudo_inverse": rank < k,
+        "n_kernel": n,
+    }
+    return Scores(out, test, train, "trak", settings, units="test-loss change (1/n scale)")
