@@ -293,6 +293,7 @@ def _run(config: Config, out: Path, overwrite: bool, console, quiet: bool) -> Ru
         if cached is not None and cached.settings.get("fingerprint") == fp:
             scores[name] = cached
             continue
+        t_method = time.perf_counter()
         with _progress(console, quiet) as bar:
             job = bar.add_task(name, total=len(train_idx))
             result = methods[name](
@@ -303,6 +304,8 @@ def _run(config: Config, out: Path, overwrite: bool, console, quiet: bool) -> Ru
                 **settings,
             )
         result.settings["fingerprint"] = fp
+        result.settings["seconds"] = round(time.perf_counter() - t_method, 3)
+        timings[f"method_{name}"] = result.settings["seconds"]
         result.save(path)
         scores[name] = result
     timings["methods"] = time.perf_counter() - t0
