@@ -34,6 +34,7 @@ from fimo.training import TrainingSettings
 class DataConfig:
     dataset: str = "adult"
     n_test: int = 100  # the first n_test test instances are scored and recorded
+    factory: str = ""  # "package.module:function" returning (train, test); overrides dataset
 
 
 @dataclass
@@ -41,6 +42,8 @@ class ModelConfig:
     kind: str = "mlp"
     hidden: list[int] = field(default_factory=lambda: [128, 128])
     seed: int = 0
+    factory: str = ""  # "package.module:function" (train, test) -> nn.Module; overrides kind
+    trainable: list[str] = field(default_factory=list)  # parameter names; empty: all
 
 
 @dataclass
@@ -258,7 +261,7 @@ def validate(config: Config) -> None:
         raise InputError(f"data.n_test: got {config.data.n_test}; need at least 1 test instance")
     if not config.model.hidden or any(h < 1 for h in config.model.hidden):
         raise InputError(f"model.hidden: got {config.model.hidden}; widths must be ≥ 1")
-    check_choice("model.kind", config.model.kind, ("mlp",))
+    check_choice("model.kind", config.model.kind, ("mlp", "resnet_small"))
     check_choice("methods.train", config.methods.train, ("all", "left_out"))
     available = available_methods()
     for name in config.methods.names:

@@ -34,7 +34,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 import fimo
-from fimo.data import ArrayDataset, load_adult
 from fimo.errors import InputError
 from fimo.evaluate import (
     agreement_by_checkpoint,
@@ -43,6 +42,7 @@ from fimo.evaluate import (
     write_metrics_csv,
     write_report,
 )
+from fimo.experiments.build import build_task, load_data
 from fimo.experiments.config import Config
 from fimo.further.gold import GoldStandard
 from fimo.further.plan import steps_per_epoch
@@ -50,12 +50,10 @@ from fimo.further.runner import gold_standard, make_executor, runs_per_shard
 from fimo.further.store import ShardStore, plan_shards
 from fimo.io import fingerprint, write_json, write_text
 from fimo.methods import get_method
-from fimo.models import mlp
 from fimo.scores import Scores
 from fimo.task import Task
 from fimo.training import evaluate_model, train_final
 
-DATASETS = {"adult": load_adult}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -75,12 +73,6 @@ class RunResult:
     @property
     def report(self) -> Path:
         return self.out / "report.html"
-
-
-def load_data(name: str) -> tuple[ArrayDataset, ArrayDataset]:
-    if name not in DATASETS:
-        raise InputError(f"data.dataset: got {name!r}; available: {', '.join(DATASETS)}")
-    return DATASETS[name]()
 
 
 def choose_left_out(n_train: int, count: int, seed: int) -> np.ndarray:
@@ -160,7 +152,7 @@ def _run(config: Config, out: Path, overwrite: bool, console, quiet: bool) -> Ru
     n_test_wanted = config.data.n_test
 
     # -- data and indices: every check before any work starts -------------------------------
-    train, test = load_data(config.data.dataset)
+    train, test = load_data(config)
     if n_test_wanted > len(test):
         raise InputError(
             f"data.n_test: got {n_test_wanted}, but there are only {len(test)} test instances"
@@ -173,9 +165,8 @@ def _run(config: Config, out: Path, overwrite: bool, console, quiet: bool) -> Ru
     data_fp = fingerprint(train.inputs, train.targets, test.inputs, test.targets)
 
     # -- the final model --------------------------------------------------------------------
-    classes = int(train.targets.max()) + 1
-    model = mlp(train.inputs.shape[1], classes, config.model.hidden, config.model.seed)
-    task = Task(model, train, test, loss="cross_entropy", name=config.name)
+    task = build_task(config, train, test)
+    model = task.model
     model_fp = fingerprint(
         data_fp, {"model": vars(config.model), "training": config.training.as_dict()}
     )
