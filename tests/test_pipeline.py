@@ -186,3 +186,14 @@ def test_chunked_shards_and_worker_processes_give_the_same_gold_standard(
     ]  # fmt: skip
     np.testing.assert_array_equal(result.gold.loss_full, tiny_run.gold.loss_full)
     np.testing.assert_allclose(result.gold.loss_without, tiny_run.gold.loss_without, rtol=1e-12)
+
+
+def test_a_method_that_cannot_run_is_skipped_with_its_reason(tiny_toml, tmp_path, capsys):
+    config = with_overrides(load_config(tiny_toml), methods=["grad_dot", "explicit"])
+    config.methods.settings["explicit"] = {"max_params": 100}  # the MLP has ~30k parameters
+    result = run(config, tmp_path / "skip", quiet=False)
+    assert set(result.scores) == {"grad_dot"}
+    manifest = __import__("json").loads((tmp_path / "skip/manifest.json").read_text())
+    assert "max_params" in manifest["skipped_methods"]["explicit"]
+    assert "skipped explicit" in capsys.readouterr().err
+    assert "Skipped explicit" in (tmp_path / "skip/report.html").read_text()

@@ -34,7 +34,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 import fimo
-from fimo.errors import InputError
+from fimo.errors import InputError, NumericalError
 from fimo.evaluate import (
     agreement_by_checkpoint,
     plot_agreement,
@@ -271,6 +271,7 @@ def _run(config: Config, out: Path, overwrite: bool, console, quiet: bool) -> Ru
     # -- the methods ------------------------------------------------------------------------
     train_idx = np.arange(len(train)) if config.methods.train == "all" else left_out
     scores: dict[str, Scores] = {}
+    skipped: dict[str, str] = {}
     method_fps = {}
     t0 = time.perf_counter()
     for name in config.methods.names:
@@ -285,15 +286,22 @@ def _run(config: Config, out: Path, overwrite: bool, console, quiet: bool) -> Ru
             scores[name] = cached
             continue
         t_method = time.perf_counter()
-        with _progress(console, quiet) as bar:
-            job = bar.add_task(name, total=len(train_idx))
-            result = methods[name](
-                task,
-                test_idx,
-                train_idx,
-                progress=lambda k, job=job: bar.advance(job, k),
-                **settings,
-            )
+        try:
+            with _progress(console, quiet) as bar:
+                job = bar.add_task(name, total=len(train_idx))
+                result = methods[name](
+                    task,
+                    test_idx,
+                    train_idx,
+                    progress=lambda k, job=job: bar.advance(job, k),
+                    **settings,
+                )
+        except (InputError, NumericalError) as exc:
+            # a method that cannot run on this model (too large, indefinite curvature, a
+            # diverging series) is skipped with its reason, not allowed to sink the run
+            skipped[name] = str(exc)
+            console.print(f"[yellow]skipped {name}:[/yellow] {exc}", highlight=False)
+            continue
         result.settings["fingerprint"] = fp
         result.settings["seconds"] = round(time.perf_counter() - t_method, 3)
         timings[f"method_{name}"] = result.settings["seconds"]
@@ -328,6 +336,7 @@ def _run(config: Config, out: Path, overwrite: bool, console, quiet: bool) -> Ru
             "executor": config.run.executor,
         },
         "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
+        "skipped_methods": skipped,
     }
     write_json(out / "manifest.json", manifest)
     notes = [
@@ -337,6 +346,7 @@ def _run(config: Config, out: Path, overwrite: bool, console, quiet: bool) -> Ru
         f"{len(test_idx)} test instances, scheme {config.further.scheme!r}, "
         f"{config.further.optimizer} lr {config.further.lr:g}, {config.further.epochs} epochs, "
         f"{config.gold.dtype}.",
+        *(f"Skipped {name}: {reason}" for name, reason in skipped.items()),
     ]
     write_report(
         out / "report.html",
