@@ -67,9 +67,36 @@ def _jsonable(obj):
     raise TypeError(f"cannot serialise {type(obj).__name__}")
 
 
+#: Bumped whenever a default changes or a computation changes its numbers, so that results
+#: made before are recomputed rather than mixed in. Settings at their default values are left
+#: out of fingerprints (``non_default``), so a new option does not invalidate finished work.
+RESULTS_VERSION = 1
+
+
+def non_default(settings) -> dict:
+    """The fields of a dataclass instance that differ from their defaults (for fingerprints)."""
+    import dataclasses
+
+    out = {}
+    for f in dataclasses.fields(settings):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        value = getattr(settings, f.name)
+        if isinstance(value, tuple):
+            value, default = list(value), list(default) if isinstance(default, tuple) else default
+        if value != default:
+            out[f.name] = value
+    return out
+
+
 def fingerprint(*parts) -> str:
     """A short SHA-256 of tensors, arrays and JSON-able settings, in order."""
     h = hashlib.sha256()
+    h.update(f"fimo-results-{RESULTS_VERSION}".encode())
     for part in parts:
         _update(h, part)
     return h.hexdigest()[:16]

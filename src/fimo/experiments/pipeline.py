@@ -48,7 +48,7 @@ from fimo.further.gold import GoldStandard
 from fimo.further.plan import steps_per_epoch
 from fimo.further.runner import gold_standard, make_executor, runs_per_shard
 from fimo.further.store import ShardStore, plan_shards
-from fimo.io import fingerprint, write_json, write_text
+from fimo.io import fingerprint, non_default, write_json, write_text
 from fimo.methods import get_method
 from fimo.scores import Scores
 from fimo.task import Task
@@ -168,7 +168,7 @@ def _run(config: Config, out: Path, overwrite: bool, console, quiet: bool) -> Ru
     task = build_task(config, train, test)
     model = task.model
     model_fp = fingerprint(
-        data_fp, {"model": vars(config.model), "training": config.training.as_dict()}
+        data_fp, {"model": non_default(config.model), "training": non_default(config.training)}
     )
     t0 = time.perf_counter()
     model_dir = out / "model"
@@ -208,7 +208,13 @@ def _run(config: Config, out: Path, overwrite: bool, console, quiet: bool) -> Ru
     task.to(device, dtype)
     further = config.further.as_dict()
     gold_fp = fingerprint(
-        weights_fp, data_fp, further, left_out, test_idx, config.gold.dtype, device.type
+        weights_fp,
+        data_fp,
+        non_default(config.further),
+        left_out,
+        test_idx,
+        config.gold.dtype,
+        device.type,
     )
     store = ShardStore(
         out / "further",
