@@ -145,3 +145,17 @@ def test_dropout_inside_a_frozen_trunk_is_off():
     task = Task(model, data(), data(seed=1), trainable=["2.weight", "2.bias"])
     cached = task.with_cached_trunk()
     torch.testing.assert_close(cached.train.inputs, model[0](data().inputs).detach())
+
+
+def test_diverging_further_training_names_the_run_the_step_and_the_fix():
+    from fimo.errors import NumericalError
+
+    X = data().inputs
+    regression = ArrayDataset(X, X.sum(1))
+    task = Task(nn.Sequential(nn.Linear(5, 1)).double(), regression, regression, loss="mse")
+    s = FurtherSettings(lr=1e3, epochs=100, batch_size=8, record_every=1)
+    with pytest.raises(
+        NumericalError,
+        match=r"seed 0\) produced NaN or infinite test losses at step \d+ in the .*lower further\.lr",
+    ):
+        further_train_seed(task, s, 0, [1, 2], np.arange(5))

@@ -13,8 +13,10 @@ gold standard takes the full run of the seed's first chunk.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +25,7 @@ import numpy as np
 from fimo.errors import InputError
 from fimo.further.engine import SeedResult
 from fimo.further.gold import GoldStandard
-from fimo.io import read_npz, write_json, write_npz
+from fimo.io import read_npz, write_json, write_npz, write_text
 
 
 @dataclass(frozen=True, order=True)
@@ -74,6 +76,14 @@ def assemble(results: dict[Shard, SeedResult], seeds, left_out, test, settings) 
     )
 
 
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 class ShardStore:
     """Shards of one gold standard, tied to one fingerprint."""
 
@@ -99,14 +109,29 @@ class ShardStore:
     def path(self, shard: Shard) -> Path:
         return self.folder / "shards" / f"{shard.name}.npz"
 
+    def _checksum_path(self, shard: Shard) -> Path:
+        return self.folder / "shards" / f"{shard.name}.sha256"
+
     def load(self, shard: Shard) -> SeedResult | None:
-        """The finished shard, or None if there is none (or it is unreadable)."""
+        """The finished shard, or None if there is none, or it is damaged.
+
+        A shard counts only with its checksum file, written after it: a shard whose bytes no
+        longer match (cut short, altered) is reported and recomputed, never used.
+        """
         path = self.path(shard)
         if not path.exists():
             return None
+        expected = self._checksum_path(shard)
+        if not expected.exists() or expected.read_text().strip() != sha256_file(path):
+            warnings.warn(
+                f"{path} is damaged or incomplete (its checksum does not match); recomputing it",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return None
         try:
             data = read_npz(path)
-        except Exception:  # truncated or damaged: recompute rather than use
+        except Exception:  # unreadable despite its checksum: recompute rather than use
             return None
         if str(data.get("fingerprint")) != self.fingerprint:
             raise InputError(
@@ -116,7 +141,7 @@ class ShardStore:
         return SeedResult(data["loss_full"], data["loss_without"], data["steps"], data["epochs"])
 
     def save(self, shard: Shard, result: SeedResult) -> Path:
-        return write_npz(
+        path = write_npz(
             self.path(shard),
             loss_full=result.loss_full,
             loss_without=result.loss_without,
@@ -124,6 +149,8 @@ class ShardStore:
             epochs=result.epochs,
             fingerprint=np.array(self.fingerprint),
         )
+        write_text(self._checksum_path(shard), sha256_file(path) + "\n")
+        return path
 
     def save_gold(self, gold: GoldStandard) -> Path:
         return gold.save(self.folder / "gold.npz")
