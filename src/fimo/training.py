@@ -27,7 +27,7 @@ class TrainingSettings:
 
     def __post_init__(self):
         check_choice("training.optimizer", self.optimizer, ("sgd", "adam", "adamw"))
-        if not self.lr > 0:
+        if not (isinstance(self.lr, int | float) and 0 < self.lr < float("inf")):
             raise InputError(f"training.lr: got {self.lr!r}; must be a positive number")
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)

@@ -59,7 +59,7 @@ class FurtherSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise InputError(f"further.{name}: got {value!r}; must be a whole number ≥ 1")
-        if not (isinstance(self.lr, int | float) and self.lr > 0):
+        if not (isinstance(self.lr, int | float) and 0 < self.lr < float("inf")):
             raise InputError(f"further.lr: got {self.lr!r}; must be a positive number")
         for name in ("momentum", "weight_decay", "clip_norm", "record_every"):
             if getattr(self, name) < 0:
