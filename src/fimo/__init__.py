@@ -10,6 +10,7 @@ other gradient-based methods are approximations of it, and fimo measures how goo
 
 __version__ = "0.1.0"
 
+from fimo import evaluate  # a package that can be called: fimo.evaluate(run_dir_or_gold, ...)
 from fimo.data import ArrayDataset
 from fimo.evaluate import agreement_by_checkpoint
 from fimo.further import FurtherSettings, GoldStandard, gold_standard
@@ -38,6 +39,7 @@ __all__ = [
     "Scores",
     "Task",
     "agreement_by_checkpoint",
+    "evaluate",
     "gold_standard",
     "grad_cos",
     "grad_dot",

@@ -90,6 +90,98 @@ def run_command(
     Console().print(f"Report: {result.report}")
 
 
+def _print_evaluation(ev, run_dir: Path, quiet: bool) -> None:
+    from fimo.evaluate import rich_summary_table
+
+    if quiet:
+        Console().print(f"Report: {run_dir / 'report.html'}")
+        return
+    console = Console()
+    if not console.is_terminal:  # files and pipes get the whole table, unwrapped
+        console = Console(width=120)
+    console.print(rich_summary_table(ev.rows["by_checkpoint"], metric="cosine", centred=True))
+    console.print(f"Report: {run_dir / 'report.html'}")
+
+
+@app.command("report")
+def report_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory made by `fimo run`.")],
+    examples: Annotated[
+        str | None,
+        typer.Option(
+            help="Test instances (dataset indices, comma-separated) whose most influential "
+            "training instances are shown; default: the first three."
+        ),
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="Print only the report's path.")] = False,
+) -> None:
+    """Rebuild the metrics tables, plots and report.html of a run from its files."""
+    from fimo.evaluate import rebuild_report
+
+    options = {}
+    if examples is not None:
+        try:
+            options["example_test"] = [int(t) for t in examples.split(",") if t.strip()]
+        except ValueError:
+            raise InputError(
+                f"--examples: got {examples!r}; expected dataset indices such as 0,5,9"
+            ) from None
+    ev = rebuild_report(run_dir, **options)
+    _print_evaluation(ev, run_dir, quiet)
+
+
+@app.command("compare")
+def compare_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory made by `fimo run`.")],
+    scores: Annotated[
+        Path,
+        typer.Option(help="The score matrix: .npy, .npz, .pt / .pth or .safetensors."),
+    ],
+    name: Annotated[str, typer.Option(help="Its name in the tables (scores/<name>.npz).")],
+    orientation: Annotated[
+        str,
+        typer.Option(
+            help="Layout of the matrix: test,train (kronfluence, captum) or train,test "
+            "(dattri, TRAK)."
+        ),
+    ],
+    sign: Annotated[
+        str,
+        typer.Option(
+            help="helpful: positive already means helpful (fimo's sign); harmful: positive "
+            "means the training instance raises the test loss (negated on the way in)."
+        ),
+    ] = "helpful",
+    test_indices: Annotated[
+        Path | None,
+        typer.Option(
+            "--test-indices", help="Dataset indices of the matrix's test instances (file)."
+        ),
+    ] = None,
+    train_indices: Annotated[
+        Path | None,
+        typer.Option(
+            "--train-indices", help="Dataset indices of the matrix's training instances (file)."
+        ),
+    ] = None,
+    key: Annotated[
+        str | None, typer.Option(help="The array to use in a file that holds several.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="Print only the report's path.")] = False,
+) -> None:
+    """Score a matrix made elsewhere against the run's gold standard and add it to the report."""
+    from fimo.evaluate import compare_run
+
+    sc, ev = compare_run(run_dir, scores, name, orientation, sign, test_indices, train_indices, key)
+    if not quiet:
+        Console().print(
+            f"Saved {run_dir / 'scores' / (name + '.npz')}: {sc.shape[0]} test × "
+            f"{sc.shape[1]} train, {sc.settings['orientation']}, sign {sign}.",
+            soft_wrap=True,
+        )
+    _print_evaluation(ev, run_dir, quiet)
+
+
 @app.command("presets")
 def presets_command() -> None:
     """List the built-in experiments."""

@@ -8,14 +8,30 @@ column = training instance; a value estimates
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from fimo.errors import InputError
-from fimo.io import read_npz, write_npz
+from fimo.errors import InputError, check_choice
+from fimo.io import fingerprint, read_npz, write_npz
+
+#: how other libraries lay out their matrices; ``test,train`` is fimo's own
+ORIENTATIONS = {
+    "test,train": "test,train",
+    "train,test": "train,test",
+    "dattri": "train,test",
+    "trak": "train,test",
+    "kronfluence": "test,train",
+    "captum": "test,train",
+}
+#: ``helpful``: positive already means helpful (fimo's sign); ``harmful``: it means harmful
+SIGNS = ("helpful", "harmful")
+#: array names tried, in order, when a file holds several arrays and no key is given
+MATRIX_KEYS = ("scores", "values", "influence", "influences", "attributions", "matrix")
+MATRIX_SUFFIXES = (".npy", ".npz", ".pt", ".pth", ".safetensors")
 
 
 @dataclass
@@ -82,7 +98,75 @@ class Scores:
         )
 
     @classmethod
+    def from_external(
+        cls,
+        matrix,
+        orientation: str,
+        sign: str = "helpful",
+        test=None,
+        train=None,
+        name: str = "external",
+        source: str | None = None,
+    ) -> Scores:
+        """Scores from another library's matrix, converted once to fimo's contract.
+
+        ``orientation`` says how ``matrix`` is laid out: ``"test,train"`` (kronfluence's
+        (query, train), captum) or ``"train,test"`` (dattri, TRAK's (train, target)); the
+        library names are accepted too. ``sign="harmful"`` when a positive value means the
+        training instance raises the test loss (it is negated). ``test`` and ``train`` are
+        the dataset indices of the rows and columns *after* orientation (default 0, 1, ...).
+        ``settings`` records where the matrix came from and its fingerprint.
+
+        >>> m = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])   # (train, test), as dattri
+        >>> s = Scores.from_external(m, "train,test", "harmful", test=[7, 8], name="if")
+        >>> s.shape, s.values[0].tolist()
+        ((2, 3), [-1.0, -3.0, -5.0])
+        """
+        check_choice("orientation", orientation, list(ORIENTATIONS))
+        check_choice("sign", sign, list(SIGNS))
+        values = _as_array(matrix, f"scores {name!r}")
+        if values.ndim != 2:
+            raise InputError(f"scores {name!r}: expected a 2-D matrix; got shape {values.shape}")
+        if not np.issubdtype(values.dtype, np.floating):
+            values = values.astype(np.float64)
+        layout = ORIENTATIONS[orientation]
+        if layout == "train,test":
+            values = values.T
+        bad = int((~np.isfinite(values)).sum())
+        if bad:
+            raise InputError(
+                f"scores {name!r}: the matrix holds {bad} NaN or infinite values; "
+                "fix or drop them before comparing"
+            )
+        if sign == "harmful":
+            values = -values
+        values = np.ascontiguousarray(values)
+        test = np.arange(values.shape[0]) if test is None else np.asarray(test).reshape(-1)
+        train = np.arange(values.shape[1]) if train is None else np.asarray(train).reshape(-1)
+        if values.shape != (len(test), len(train)):
+            fits = (len(test), len(train)) == values.shape[::-1]
+            raise InputError(
+                f"scores {name!r}: read as {orientation} ({layout}) the matrix is "
+                f"{values.shape[0]} test × {values.shape[1]} train, but there are "
+                f"{len(test)} test and {len(train)} train indices"
+                + ("; the other orientation would fit: check the orientation" if fits else "")
+            )
+        settings = {
+            "origin": "external",
+            "orientation": layout,
+            "sign": sign,
+            "fingerprint": fingerprint(values, test, train),
+        }
+        if source is not None:
+            settings["source"] = str(source)
+        return cls(values, test, train, name, settings)
+
+    @classmethod
     def load(cls, path) -> Scores:
+        """Read a file written by :meth:`save`.
+
+        >>> # s = Scores.load("runs/adult/scores/grad_dot.npz")
+        """
         data = read_npz(path)
         return cls(
             data["scores"],
@@ -92,6 +176,112 @@ class Scores:
             json.loads(str(data["settings"])),
             str(data["units"]),
         )
+
+
+def _as_array(obj, what: str) -> np.ndarray:
+    """A numpy array from an array, a torch tensor or a list."""
+    if hasattr(obj, "detach"):  # a torch tensor: half precision has no numpy counterpart
+        import torch
+
+        t = obj.detach().to("cpu")
+        if t.dtype in (torch.bfloat16, torch.float16):
+            t = t.to(torch.float32)
+        return t.numpy()
+    try:
+        return np.asarray(obj)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{what}: cannot read as an array ({exc})") from None
+
+
+def _pick(arrays: dict, key: str | None, path: Path) -> object:
+    names = list(arrays)
+    if key is not None:
+        if key not in arrays:
+            raise InputError(f"{path}: no array {key!r}; it holds {names}")
+        return arrays[key]
+    if len(names) == 1:
+        return arrays[names[0]]
+    for candidate in MATRIX_KEYS:
+        if candidate in arrays:
+            return arrays[candidate]
+    raise InputError(
+        f"{path}: holds several arrays {names} and none is called "
+        f"{' or '.join(repr(k) for k in MATRIX_KEYS[:3])}; name the one to use (--key)"
+    )
+
+
+def load_matrix(path, key: str | None = None) -> np.ndarray:
+    """A score matrix from a .npy, .npz, .pt / .pth or .safetensors file.
+
+    A file with several arrays needs ``key`` unless one is called ``scores``, ``values``,
+    ``influence``, ``attributions`` or ``matrix``. ``.pt`` files are read with
+    ``torch.load(weights_only=True)`` (a tensor or a dict of tensors, no pickled code);
+    ``.safetensors`` files need the ``safetensors`` package.
+
+    >>> # m = load_matrix("kronfluence_scores.safetensors", key="all_modules")
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"scores file {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    if suffix not in MATRIX_SUFFIXES:
+        raise InputError(
+            f"scores file {path.name!r}: unknown type {suffix or '(none)'}; "
+            f"allowed: {', '.join(MATRIX_SUFFIXES)}"
+        )
+    try:
+        if suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        if suffix == ".npz":
+            return _as_array(_pick(read_npz(path), key, path), str(path))
+        if suffix in (".pt", ".pth"):
+            import torch
+
+            obj = torch.load(path, weights_only=True, map_location="cpu")
+            if isinstance(obj, dict):
+                obj = _pick(obj, key, path)
+            return _as_array(obj, str(path))
+        if importlib.util.find_spec("safetensors") is None:
+            raise InputError(
+                f"{path.name}: reading .safetensors needs the safetensors package, which is "
+                "not installed (pip install safetensors); or save the matrix with numpy.save"
+            )
+        from safetensors.numpy import load_file
+
+        return _as_array(_pick(load_file(str(path)), key, path), str(path))
+    except InputError:
+        raise
+    except Exception as exc:  # a damaged or foreign file: say which and why
+        raise InputError(
+            f"{path}: cannot read a score matrix ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def load_indices(path) -> np.ndarray:
+    """Dataset indices from a .npy / .npz / .pt file or a text file (.txt, .csv: integers
+    separated by commas, spaces or new lines).
+
+    >>> # load_indices("test_indices.txt")
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"index file {str(path)!r} does not exist")
+    if path.suffix.lower() in MATRIX_SUFFIXES:
+        raw = np.asarray(load_matrix(path)).reshape(-1)
+    else:
+        text = path.read_text(encoding="utf-8").replace(",", " ").split()
+        try:
+            raw = np.array([float(t) for t in text])
+        except ValueError as exc:
+            raise InputError(f"{path}: expected whole numbers; {exc}") from None
+    if raw.size and not np.all(np.equal(np.mod(raw, 1), 0)):
+        raise InputError(f"{path}: expected whole numbers (dataset indices)")
+    out = raw.astype(np.int64)
+    if (out < 0).any():
+        raise InputError(f"{path}: dataset indices must not be negative")
+    if len(set(out.tolist())) != len(out):
+        raise InputError(f"{path}: an index appears more than once")
+    return out
 
 
 def _positions(have: np.ndarray, want, which: str, method: str) -> np.ndarray:

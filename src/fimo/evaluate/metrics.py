@@ -3,6 +3,23 @@
 Every metric compares, for each test instance, the gold-standard row (one value per
 left-out training instance) with a method's row for the same training instances, and
 the per-instance values are then summarised as mean ± standard error over test instances.
+
+Metrics (all in [-1, 1] or [0, 1], larger = closer to the gold standard):
+
+- ``cosine``: cosine similarity (the paper's main metric);
+- ``spearman``: Spearman rank correlation (ties get average ranks, as in scipy);
+- ``pearson``: Pearson correlation;
+- ``top5_helpful``, ``top10_helpful``: the share of the gold standard's k most helpful
+  instances (largest scores) that are among the method's k most helpful ones;
+- ``top5_harmful``, ``top10_harmful``: the same for the k most harmful (smallest scores);
+- ``sign``: the share of instances whose score has the gold standard's sign (instances
+  where either score is exactly zero are not counted).
+
+Undefined values are NaN and are left out of the mean; the ``n`` column says how many test
+instances count. A row that does not tell training instances apart (a constant row; for the
+gold standard, constant up to the rounding of the stored losses) gives NaN for every metric;
+a top-k overlap is NaN when k is not smaller than the number of left-out instances (every
+instance would be in the top k).
 """
 
 from __future__ import annotations
@@ -11,6 +28,7 @@ import csv
 import io
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +63,40 @@ def _row_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def cosine_rows(a, b) -> np.ndarray:
-    """Row-wise cosine similarity of two (T, L) arrays, shape (T,); NaN for a zero-norm row."""
+    """Row-wise cosine similarity of two (T, L) arrays, shape (T,); NaN for a zero-norm row.
+
+    >>> cosine_rows([[1.0, 0.0], [1.0, 1.0]], [[2.0, 0.0], [-1.0, -1.0]]).round(6).tolist()
+    [1.0, -1.0]
+    """
     a, b = _pair(a, b)
     return _row_correlation(a, b)
+
+
+def constant_rows(a) -> np.ndarray:
+    """True for each row of a (T, L) array that is constant or holds a non-finite value.
+
+    >>> constant_rows([[1.0, 1.0], [1.0, 2.0], [np.nan, 2.0]]).tolist()
+    [True, False, True]
+    """
+    a = np.asarray(a, dtype=np.float64)
+    if a.shape[-1] == 0:
+        return np.ones(a.shape[:-1], dtype=bool)
+    bad = ~np.isfinite(a).all(axis=-1)
+    with np.errstate(invalid="ignore"):
+        flat = np.ptp(np.where(np.isfinite(a), a, 0.0), axis=-1) == 0
+    return bad | flat
+
+
+def pearson_rows(a, b) -> np.ndarray:
+    """Row-wise Pearson correlation of two (T, L) arrays, shape (T,); NaN for a constant row.
+
+    >>> pearson_rows([[1.0, 2.0, 3.0]], [[10.0, 20.0, 31.0]]).round(4).tolist()
+    [0.9996]
+    """
+    a, b = _pair(a, b)
+    out = _row_correlation(a - a.mean(axis=1, keepdims=True), b - b.mean(axis=1, keepdims=True))
+    out[constant_rows(a) | constant_rows(b)] = np.nan
+    return out
 
 
 def spearman_rows(a, b) -> np.ndarray:
@@ -55,6 +104,9 @@ def spearman_rows(a, b) -> np.ndarray:
 
     Ties get average ranks (the Pearson correlation of ``scipy.stats.rankdata`` ranks);
     a constant row (or a row with a NaN) gives NaN.
+
+    >>> spearman_rows([[1.0, 2.0, 3.0]], [[1.0, 5.0, 4.0]]).round(6).tolist()
+    [0.5]
     """
     a, b = _pair(a, b)
     if a.shape[1] == 0:
@@ -63,7 +115,79 @@ def spearman_rows(a, b) -> np.ndarray:
     rb = rankdata(b, axis=1)
     ra = ra - ra.mean(axis=1, keepdims=True)
     rb = rb - rb.mean(axis=1, keepdims=True)
-    return _row_correlation(ra, rb)
+    out = _row_correlation(ra, rb)
+    out[constant_rows(a) | constant_rows(b)] = np.nan
+    return out
+
+
+def top_k_membership(a, k: int) -> np.ndarray:
+    """For each row of a (T, L) array, the chance that each entry is among the k largest.
+
+    1 above the k-th largest value, 0 below it; entries tied with it share the remaining
+    places equally (the chance under a random order of the tied entries).
+
+    >>> top_k_membership([[3.0, 1.0, 1.0, 0.0]], 2).tolist()
+    [[1.0, 0.5, 0.5, 0.0]]
+    """
+    a = np.asarray(a, dtype=np.float64)
+    kth = -np.sort(-a, axis=1)[:, k - 1 : k]
+    greater = a > kth
+    equal = a == kth
+    n_greater = greater.sum(axis=1, keepdims=True)
+    n_equal = np.maximum(equal.sum(axis=1, keepdims=True), 1)
+    return greater + equal * (k - n_greater) / n_equal
+
+
+def top_k_overlap_rows(a, b, k: int, which: str = "helpful") -> np.ndarray:
+    """Row-wise share of ``a``'s k most helpful (or harmful) entries that ``b`` also ranks
+    there, shape (T,).
+
+    ``which="helpful"`` compares the k largest values, ``"harmful"`` the k smallest. Ties
+    at the boundary count by their chance of being picked (:func:`top_k_membership`), so
+    the result is the expected overlap under a random order of tied values and does not
+    depend on the column order. NaN for a constant row and when ``k >= L``.
+
+    >>> a = [[5.0, 4.0, 3.0, 2.0, 1.0]]
+    >>> top_k_overlap_rows(a, [[5.0, 1.0, 4.0, 2.0, 3.0]], k=2).tolist()
+    [0.5]
+    >>> top_k_overlap_rows(a, [[5.0, 1.0, 4.0, 2.0, 3.0]], k=2, which="harmful").tolist()
+    [0.5]
+    """
+    check_choice("which", which, ["helpful", "harmful"])
+    a, b = _pair(a, b)
+    if k < 1:
+        raise InputError(f"top-k overlap: k must be at least 1; got {k}")
+    if k >= a.shape[1]:
+        return np.full(a.shape[0], np.nan)
+    if which == "harmful":
+        a, b = -a, -b
+    bad = constant_rows(a) | constant_rows(b)
+    a = np.where(np.isfinite(a), a, 0.0)
+    b = np.where(np.isfinite(b), b, 0.0)
+    out = (top_k_membership(a, k) * top_k_membership(b, k)).sum(axis=1) / k
+    out[bad] = np.nan
+    return out
+
+
+def sign_agreement_rows(a, b) -> np.ndarray:
+    """Row-wise share of entries where ``a`` and ``b`` have the same sign, shape (T,).
+
+    Entries where either is exactly zero are not counted; NaN when none is left, or for a
+    row with a non-finite value.
+
+    >>> sign_agreement_rows([[1.0, -2.0, 3.0, 0.0]], [[2.0, 1.0, 1.0, 5.0]]).round(4).tolist()
+    [0.6667]
+    """
+    a, b = _pair(a, b)
+    sa, sb = np.sign(a), np.sign(b)
+    counted = (sa != 0) & (sb != 0)
+    n = counted.sum(axis=1)
+    agree = ((sa == sb) & counted).sum(axis=1)
+    out = np.full(a.shape[0], np.nan)
+    ok = n > 0
+    out[ok] = agree[ok] / n[ok]
+    out[~(np.isfinite(a).all(axis=1) & np.isfinite(b).all(axis=1))] = np.nan
+    return out
 
 
 def mean_sem(x) -> tuple[float, float, int]:
@@ -71,6 +195,9 @@ def mean_sem(x) -> tuple[float, float, int]:
 
     The SEM is ``std(ddof=1) / sqrt(n)`` (NaN when n == 1); ``(nan, nan, 0)`` when no
     value is finite.
+
+    >>> mean_sem([1.0, 3.0, np.nan])
+    (2.0, 1.0, 2)
     """
     x = np.asarray(x, dtype=np.float64).reshape(-1)
     x = x[np.isfinite(x)]
@@ -85,7 +212,116 @@ def mean_sem(x) -> tuple[float, float, int]:
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "cosine": cosine_rows,
     "spearman": spearman_rows,
+    "pearson": pearson_rows,
+    "top5_helpful": partial(top_k_overlap_rows, k=5, which="helpful"),
+    "top10_helpful": partial(top_k_overlap_rows, k=10, which="helpful"),
+    "top5_harmful": partial(top_k_overlap_rows, k=5, which="harmful"),
+    "top10_harmful": partial(top_k_overlap_rows, k=10, which="harmful"),
+    "sign": sign_agreement_rows,
 }
+#: every metric, in the order tables and reports show them
+ALL_METRICS: tuple[str, ...] = tuple(METRICS)
+
+
+def check_metrics(metrics) -> tuple[str, ...]:
+    """The metric names as a tuple, each checked against :data:`METRICS`.
+
+    >>> check_metrics("cosine")
+    ('cosine',)
+    """
+    if metrics is None:
+        return ALL_METRICS
+    if isinstance(metrics, str):
+        metrics = (metrics,)
+    for name in metrics:
+        check_choice("metric", name, list(METRICS))
+    return tuple(metrics)
+
+
+def gold_flat(gold, adjusted_mean: np.ndarray) -> np.ndarray:
+    """True where a gold-standard row (``adjusted_mean[..., L]``) is constant up to rounding.
+
+    A row counts as constant when its spread is at most 8 units of rounding of the largest
+    stored test loss at that checkpoint (the centred view of such a row is rounding noise).
+    ``adjusted_mean`` has shape (..., C, T, L), ``gold.loss_full`` (S, C, T).
+    """
+    full = np.asarray(gold.loss_full)
+    dtype = full.dtype if np.issubdtype(full.dtype, np.floating) else np.float64
+    scale = np.abs(full).max(axis=0) if full.size else np.zeros(full.shape[1:])
+    tol = 8 * np.finfo(dtype).eps * scale  # (C, T)
+    a = np.asarray(adjusted_mean, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        spread = np.ptp(a, axis=-1) if a.shape[-1] else np.zeros(a.shape[:-1])
+    return ~np.isfinite(a).all(axis=-1) | (spread <= tol)
+
+
+def per_test_values(
+    gold_rows: np.ndarray, values: np.ndarray, metrics: Sequence[str], undefined=None
+) -> dict[str, np.ndarray]:
+    """Each metric for every gold row against the method's rows.
+
+    ``gold_rows`` has shape (..., T, L), ``values`` (T, L) or any shape that broadcasts to
+    it; ``undefined`` (..., T) marks gold rows to treat as constant. Returns
+    ``{metric: array (..., T)}``; a constant method row gives NaN throughout.
+
+    >>> per_test_values(np.array([[1.0, 2.0, 3.0]]), np.array([[3.0, 2.0, 1.0]]), ["spearman"])
+    {'spearman': array([-1.])}
+    """
+    gold_rows = np.asarray(gold_rows, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    lead = gold_rows.shape[:-1]
+    L = gold_rows.shape[-1]
+    a = gold_rows.reshape(-1, L)
+    b = np.broadcast_to(values, gold_rows.shape).reshape(-1, L)
+    mask = np.broadcast_to(constant_rows(values), lead).reshape(-1) | constant_rows(a)
+    if undefined is not None:
+        mask = mask | np.broadcast_to(np.asarray(undefined, dtype=bool), lead).reshape(-1)
+    out = {}
+    for name in metrics:
+        v = np.array(METRICS[name](a, b), dtype=np.float64)
+        v[mask] = np.nan
+        out[name] = v.reshape(lead)
+    return out
+
+
+def nanmean(x, axis: int) -> np.ndarray:
+    """Mean of the finite values along ``axis``; NaN (and no warning) where there is none.
+
+    >>> nanmean(np.array([[1.0, np.nan], [np.nan, np.nan]]), axis=1).tolist()
+    [1.0, nan]
+    """
+    x = np.asarray(x, dtype=np.float64)
+    ok = np.isfinite(x)
+    n = ok.sum(axis=axis)
+    total = np.where(ok, x, 0.0).sum(axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, total / n, np.nan)
+
+
+def summarise(per_test: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """NaN-aware mean, SEM and count over the last axis (test instances) of an array.
+
+    >>> m, s, n = summarise(np.array([[1.0, 3.0], [np.nan, 2.0]]))
+    >>> m.tolist(), n.tolist()
+    ([2.0, 2.0], [2, 1])
+    """
+    x = np.asarray(per_test, dtype=np.float64)
+    ok = np.isfinite(x)
+    n = ok.sum(axis=-1)
+    z = np.where(ok, x, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = z.sum(axis=-1) / n
+        dev = np.where(ok, x - mean[..., None], 0.0)
+        sd = np.sqrt((dev**2).sum(axis=-1) / (n - 1))
+        sem = sd / np.sqrt(n)
+    mean = np.where(n > 0, mean, np.nan)
+    sem = np.where(n > 1, sem, np.nan)
+    return mean, sem, n
+
+
+def method_values(gold, sc) -> np.ndarray:
+    """A method's (T, L) matrix on the gold standard's test and left-out instances, float64."""
+    return np.asarray(sc.select(test=gold.test, train=gold.left_out).values, dtype=np.float64)
 
 
 def agreement_by_checkpoint(
@@ -98,29 +334,33 @@ def agreement_by_checkpoint(
 
     ``gold`` is a :class:`fimo.further.gold.GoldStandard`; ``scores`` maps a method name to
     its :class:`fimo.scores.Scores`, which must cover the gold standard's test and left-out
-    instances (else InputError). Returns one dict per (method, checkpoint, metric, centred)
-    with keys ``method, checkpoint, step, epoch, metric, centred, mean, sem, n``: mean ± SEM
-    over test instances of the per-instance metric.
+    instances (else InputError). ``metrics`` are names from :data:`METRICS` (``None``: all).
+    Returns one dict per (method, checkpoint, metric, centred) with keys ``method,
+    checkpoint, step, epoch, metric, centred, mean, sem, n``: mean ± SEM over test
+    instances of the per-instance metric, ``n`` the number of test instances where it is
+    defined.
+
+    >>> # rows = agreement_by_checkpoint(gold, {"grad_dot": s}, metrics=None, centred=(True, False))
     """
-    if isinstance(metrics, str):
-        metrics = (metrics,)
+    metrics = check_metrics(metrics)
     if isinstance(centred, bool):
         centred = (centred,)
-    for name in metrics:
-        check_choice("metric", name, list(METRICS))
     flags = [bool(c) for c in centred]
     golds = {flag: np.asarray(gold.mean(flag), dtype=np.float64) for flag in dict.fromkeys(flags)}
+    adjusted = golds[False] if False in golds else np.asarray(gold.mean(False), dtype=np.float64)
+    flat = gold_flat(gold, adjusted)  # (C, T)
     steps = np.asarray(gold.steps)
     epochs = np.asarray(gold.epochs)
 
     rows: list[dict] = []
     for method, sc in scores.items():
-        values = np.asarray(sc.select(test=gold.test, train=gold.left_out).values, dtype=np.float64)
+        values = method_values(gold, sc)
         for flag in flags:
-            g = golds[flag]
-            for c in range(g.shape[0]):
+            per = per_test_values(golds[flag], values, metrics, undefined=flat)
+            stats = {name: summarise(per[name]) for name in metrics}
+            for c in range(len(steps)):
                 for name in metrics:
-                    mean, sem, n = mean_sem(METRICS[name](g[c], values))
+                    mean, sem, n = (stats[name][j][c] for j in range(3))
                     rows.append(
                         {
                             "method": str(method),
@@ -129,9 +369,9 @@ def agreement_by_checkpoint(
                             "epoch": float(epochs[c]),
                             "metric": name,
                             "centred": flag,
-                            "mean": mean,
-                            "sem": sem,
-                            "n": n,
+                            "mean": float(mean),
+                            "sem": float(sem),
+                            "n": int(n),
                         }
                     )
     return rows
@@ -148,7 +388,10 @@ def _cell(key: str, value) -> str:
 
 
 def write_metrics_csv(path, rows: Iterable[Mapping]) -> Path:
-    """Write agreement rows to a CSV (header ``method,checkpoint,...,n``), atomically."""
+    """Write agreement rows to a CSV (header ``method,checkpoint,...,n``), atomically.
+
+    >>> # write_metrics_csv("runs/adult/metrics/by_checkpoint.csv", rows)
+    """
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(COLUMNS)
@@ -164,7 +407,10 @@ _BOOLS = {"true": True, "false": False}
 
 
 def read_metrics_csv(path) -> list[dict]:
-    """Read a CSV written by :func:`write_metrics_csv`, restoring the column types."""
+    """Read a CSV written by :func:`write_metrics_csv`, restoring the column types.
+
+    >>> # rows = read_metrics_csv("runs/adult/metrics/by_checkpoint.csv")
+    """
     path = Path(path)
     with open(path, encoding="utf-8", newline="") as fh:
         reader = csv.reader(fh)

@@ -1,46 +1,39 @@
-"""Plots, summaries and a self-contained HTML report of method–gold-standard agreement.
+"""Summaries in words, a rich table for the terminal, and the self-contained HTML report.
 
-Everything here reads the rows made by :func:`fimo.evaluate.metrics.agreement_by_checkpoint`
-(or read back with :func:`~fimo.evaluate.metrics.read_metrics_csv`); no number is
-hard-coded.
+Everything here reads the rows made by the evaluation (:mod:`fimo.evaluate.metrics`,
+:mod:`~fimo.evaluate.seeds`, :mod:`~fimo.evaluate.calibration`, ...); no number is
+hard-coded. The page has inline CSS, images as data URIs, no script and no link outside
+itself, so it can be mailed or archived as one file.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime
 import html
-import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from fimo.errors import InputError
-from fimo.io import atomic_write, write_text
+from fimo.evaluate.metrics import ALL_METRICS
+from fimo.evaluate.plots import by_method as _by_method
+from fimo.evaluate.plots import label, plot_agreement, png_data_uri
+from fimo.io import write_text
 
-METRIC_LABELS = {"cosine": "cosine similarity", "spearman": "Spearman rank correlation"}
-
-
-# -- selecting rows ----------------------------------------------------------------------------
-def _label(metric: str) -> str:
-    return METRIC_LABELS.get(metric, metric)
-
-
-def _by_method(rows: Iterable[Mapping], metric: str, centred: bool) -> dict[str, list[Mapping]]:
-    """Rows of one metric and centring, grouped by method (first-seen order), by checkpoint."""
-    out: dict[str, list[Mapping]] = {}
-    for row in rows:
-        if row["metric"] == metric and bool(row["centred"]) == bool(centred):
-            out.setdefault(str(row["method"]), []).append(row)
-    for method in out:
-        out[method].sort(key=lambda r: (int(r["checkpoint"]), float(r["epoch"])))
-    return out
+__all__ = [
+    "headline",
+    "plot_agreement",
+    "rich_summary_table",
+    "summary",
+    "summary_sentences",
+    "write_report",
+]
 
 
+# -- formatting --------------------------------------------------------------------------------
 def _available(rows: Iterable[Mapping]) -> list[tuple[str, bool]]:
     """(metric, centred) pairs present in ``rows``: centred first, then known metrics first."""
     pairs = {(str(r["metric"]), bool(r["centred"])) for r in rows}
-    order = list(METRIC_LABELS)
+    order = list(ALL_METRICS)
     return sorted(
         pairs,
         key=lambda p: (not p[1], order.index(p[0]) if p[0] in order else len(order), p[0]),
@@ -58,6 +51,12 @@ def _epoch(e) -> str:
     return f"{float(e):g}"
 
 
+def _fixed(x, digits: int) -> str:
+    text = f"{float(x):.{digits}f}"
+    # a value that rounds to zero is shown as 0.00, not -0.00
+    return text[1:] if text.startswith("-") and float(text) == 0.0 else text
+
+
 def _num(mean, sem=None, digits: int = 2) -> str:
     """'0.91 ± 0.01' (or '0.91' without a finite SEM; 'n/a' for a NaN mean)."""
     if not _finite(mean):
@@ -68,75 +67,26 @@ def _num(mean, sem=None, digits: int = 2) -> str:
     return text
 
 
-def _fixed(x, digits: int) -> str:
-    text = f"{float(x):.{digits}f}"
-    # a value that rounds to zero is shown as 0.00, not -0.00
-    return text[1:] if text.startswith("-") and float(text) == 0.0 else text
+def _num3(mean, sem=None) -> str:
+    return _num(mean, sem, 3)
 
 
-# -- plot --------------------------------------------------------------------------------------
-def plot_agreement(rows, metric: str = "cosine", centred: bool = True, path=None):
-    """Mean agreement against further-training epochs, one line per method, ±1 SEM band.
-
-    Returns a matplotlib Figure drawn with the Agg backend (no display needed, and no
-    global pyplot state is touched). If ``path`` is given the PNG is saved there atomically
-    (dpi 120).
-    """
-    import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    rows = list(rows)
-    groups = _by_method(rows, metric, centred)
-    if not groups:
-        have = ", ".join(f"{m} ({'centred' if c else 'uncentred'})" for m, c in _available(rows))
-        raise InputError(
-            f"plot_agreement: no rows for metric={metric!r}, centred={centred}; "
-            f"available: {have or 'none'}"
-        )
-
-    fig = Figure(figsize=(7.0, 4.2), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    markers = "osD^vP*Xhp<>"
-    for k, (method, rs) in enumerate(groups.items()):
-        x = np.array([float(r["epoch"]) for r in rs])
-        y = np.array([float(r["mean"]) for r in rs])
-        s = np.array([float(r["sem"]) for r in rs])
-        s = np.where(np.isfinite(s), s, 0.0)
-        (line,) = ax.plot(x, y, marker=markers[k % len(markers)], markersize=5, label=method)
-        ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.2, linewidth=0)
-
-    ax.axhline(0.0, color="0.6", linewidth=0.8, zorder=0)
-    lo, hi = ax.get_ylim()
-    ax.set_ylim(min(lo, 0.0), max(hi, 0.0))
-    ax.set_xlabel("further-training epochs")
-    ax.set_ylabel(f"{_label(metric)} with the gold standard")
-    ax.set_title(
-        f"Agreement with the {'centred' if centred else 'uncentred'} gold standard "
-        f"(mean ± SEM over test instances)",
-        fontsize="medium",
-    )
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small", loc="best")
-
-    if path is not None:
-        atomic_write(path, lambda p: _save_png(fig, p))
-    return fig
+def _sci(x) -> str:
+    return f"{float(x):.3g}" if _finite(x) else "n/a"
 
 
-def _save_png(fig, target) -> None:
-    # metadata Software=None keeps the bytes free of the matplotlib version string/URL
-    fig.savefig(target, format="png", dpi=120, metadata={"Software": None})
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
 
 
-def _png_data_uri(fig) -> str:
-    buf = io.BytesIO()
-    _save_png(fig, buf)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+def _join(items: Sequence[str]) -> str:
+    items = list(items)
+    if len(items) <= 2:
+        return " and ".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
 
 
-# -- summaries ---------------------------------------------------------------------------------
+# -- summaries of the agreement table ----------------------------------------------------------
 def _point(row: Mapping) -> dict:
     return {
         "checkpoint": int(row["checkpoint"]),
@@ -154,6 +104,8 @@ def summary(rows, metric: str = "cosine", centred: bool = True) -> list[dict]:
     Each entry is ``{"method", "first", "last", "peak"}`` where the last three are dicts
     with ``checkpoint, step, epoch, mean, sem, n`` (``peak`` is the checkpoint with the
     largest mean; ``None`` if every mean is NaN). Sorted by peak mean, descending.
+
+    >>> # summary(rows)[0]["method"]   # the method with the highest peak cosine
     """
     out = []
     for method, rs in _by_method(rows, metric, centred).items():
@@ -180,11 +132,16 @@ def _best(entries: list[dict], which: str) -> tuple[dict | None, float]:
     return best, best[which]["mean"]
 
 
-def summary_sentences(rows) -> list[str]:
-    """Plain-English sentences describing which method agrees best, per metric and centring."""
+def summary_sentences(rows, metrics: Sequence[str] | None = None) -> list[str]:
+    """Plain-English sentences describing which method agrees best, per metric and centring.
+
+    ``metrics`` limits the metrics described (default: every metric in ``rows``).
+
+    >>> # summary_sentences(rows, metrics=["cosine"])[0]
+    """
     rows = list(rows)
     sentences: list[str] = []
-    pairs = _available(rows)
+    pairs = [p for p in _available(rows) if metrics is None or p[0] in metrics]
     both = len({c for _, c in pairs}) > 1
     for metric, centred in pairs:
         entries = summary(rows, metric, centred)
@@ -256,8 +213,287 @@ def summary_sentences(rows) -> list[str]:
     return sentences
 
 
-def _lower_first(text: str) -> str:
-    return text[:1].lower() + text[1:]
+# -- the headline of a full evaluation ---------------------------------------------------------
+def _cell_rows(rows, metric: str, centred: bool) -> dict[tuple[str, int], Mapping]:
+    return {
+        (str(r["method"]), int(r["checkpoint"])): r
+        for r in rows
+        if r["metric"] == metric and bool(r["centred"]) == centred
+    }
+
+
+def _tied(a: Mapping, b: Mapping) -> bool:
+    """Whether two rows' means are within two combined standard errors."""
+    sa, sb = float(a["sem"]), float(b["sem"])
+    if not (_finite(sa) and _finite(sb)):
+        return False
+    return abs(float(a["mean"]) - float(b["mean"])) <= 2.0 * math.hypot(sa, sb)
+
+
+def _best_by_checkpoint(rows, metric: str, centred: bool, checkpoints) -> list[tuple]:
+    """Per checkpoint: (checkpoint, best row, runner-up row or None)."""
+    cells = _cell_rows(rows, metric, centred)
+    methods = list(dict.fromkeys(m for m, _ in cells))
+    out = []
+    for c in checkpoints:
+        ranked = sorted(
+            (cells[(m, c)] for m in methods if (m, c) in cells and _finite(cells[(m, c)]["mean"])),
+            key=lambda r: -float(r["mean"]),
+        )
+        if ranked:
+            out.append((c, ranked[0], ranked[1] if len(ranked) > 1 else None))
+    return out
+
+
+def headline(ev) -> list[str]:
+    """The report's summary in words, derived from an evaluation's numbers.
+
+    Which method agrees best with the centred gold standard at which amount of further
+    training; the ranking at the reference checkpoint; the noise ceiling; what more seeds
+    would bring; the adjusted-only view; the magnitudes; undefined values.
+
+    >>> # for sentence in headline(fimo.evaluate("runs/adult")): print(sentence)
+    """
+    from fimo.evaluate.curves import reference_checkpoint
+
+    gold = ev.gold
+    rows = ev.rows["by_checkpoint"]
+    S, C, T, L = len(gold.seeds), len(gold.steps), len(gold.test), len(gold.left_out)
+    methods = list(dict.fromkeys(str(r["method"]) for r in rows))
+    epochs = [float(e) for e in gold.epochs]
+    ref = reference_checkpoint(gold)
+    out = [
+        f"The gold standard averages {S} seed{'s' if S != 1 else ''} of further training for "
+        f"{L} left-out training instances and {T} test instances, recorded at {C} "
+        f"checkpoint{'s' if C != 1 else ''} "
+        + (
+            f"from epoch {_epoch(epochs[0])} to epoch {_epoch(epochs[-1])}."
+            if C > 1
+            else f"(epoch {_epoch(epochs[0])})."
+        )
+    ]
+    if not methods:
+        out.append("No method was scored, so there is nothing to compare.")
+        return out
+    # the paper's view: cosine against the centred gold standard (else what was computed)
+    pairs = _available(rows)
+    metric, centred = ("cosine", True) if ("cosine", True) in pairs else pairs[0]
+    view = "centred" if centred else "adjusted-only"
+    best = _best_by_checkpoint(rows, metric, centred, range(C))
+    if not best:
+        out.append(f"No {label(metric)} is defined (every score vector is constant).")
+    else:
+        groups: list[list[tuple]] = []
+        for item in best:
+            if groups and groups[-1][-1][1]["method"] == item[1]["method"]:
+                groups[-1].append(item)
+            else:
+                groups.append([item])
+        if len(methods) == 1:
+            m = methods[0]
+            first, last = best[0][1], best[-1][1]
+            out.append(
+                f"{m}'s {label(metric)} with the {view} gold standard is "
+                f"{_num3(first['mean'], first['sem'])} at epoch {_epoch(first['epoch'])}"
+                + (
+                    f" and {_num3(last['mean'], last['sem'])} at epoch {_epoch(last['epoch'])}."
+                    if len(best) > 1
+                    else "."
+                )
+            )
+        elif len(groups) == 1:
+            g = groups[0]
+            m = g[0][1]["method"]
+            where = "at every checkpoint" if len(g) == C else "wherever it is defined"
+            first, last = g[0][1], g[-1][1]
+            text = (
+                f"{m} agrees best with the {view} gold standard {where}: {metric} "
+                f"{_num3(first['mean'], first['sem'])} at epoch {_epoch(first['epoch'])}"
+            )
+            if len(g) > 1:
+                text += f", {_num3(last['mean'], last['sem'])} at epoch {_epoch(last['epoch'])}"
+            out.append(text + _tie_note(g) + ".")
+        else:
+            parts = []
+            for g in groups:
+                m = g[0][1]["method"]
+                lo, hi = _epoch(g[0][1]["epoch"]), _epoch(g[-1][1]["epoch"])
+                span = f"at epoch {lo}" if lo == hi else f"from epoch {lo} to {hi}"
+                top = max(g, key=lambda item: float(item[1]["mean"]))[1]
+                parts.append(
+                    f"{m} {span} ({metric} up to {_num3(top['mean'], top['sem'])})" + _tie_note(g)
+                )
+            out.append(
+                f"Which method agrees best with the {view} gold standard depends on how much "
+                "further training the question is about: " + "; ".join(parts) + "."
+            )
+        # the ranking at the reference checkpoint, by the metric and by Spearman
+        cells = _cell_rows(rows, metric, centred)
+        ranked = sorted(
+            (cells[(m, ref)] for m in methods if (m, ref) in cells),
+            key=lambda r: -float(r["mean"]) if _finite(r["mean"]) else math.inf,
+        )
+        if len(ranked) > 1:
+            order = ", ".join(f"{r['method']} {_num3(r['mean'], r['sem'])}" for r in ranked)
+            text = f"Ranking at epoch {_epoch(epochs[ref])} by {metric}: {order}"
+            sp = _cell_rows(rows, "spearman", centred) if metric != "spearman" else {}
+            sp_ranked = sorted(
+                (sp[(m, ref)] for m in methods if (m, ref) in sp and _finite(sp[(m, ref)]["mean"])),
+                key=lambda r: -float(r["mean"]),
+            )
+            if sp_ranked:
+                same = [r["method"] for r in sp_ranked] == [
+                    r["method"] for r in ranked if _finite(r["mean"])
+                ]
+                if same:
+                    text += "; Spearman rank correlation orders them the same way"
+                else:
+                    text += "; by Spearman rank correlation: " + ", ".join(
+                        f"{r['method']} {_num3(r['mean'], r['sem'])}" for r in sp_ranked
+                    )
+            out.append(text + ".")
+    out.extend(_noise_sentences(ev, ref, rows))
+    out.extend(_seed_sentences(ev))
+    out.extend(_adjusted_sentences(rows, ref, epochs))
+    out.extend(_calibration_sentences(ev, ref, epochs))
+    out.extend(_undefined_sentences(rows, T))
+    return out
+
+
+def _tie_note(group: list[tuple]) -> str:
+    """' (within two standard errors of X at epoch e)' for the checkpoints where the
+    runner-up is that close (a rough rule: the SEMs are combined as if independent)."""
+    tied: dict[str, list[str]] = {}
+    for _, best, runner in group:
+        if runner is not None and _tied(best, runner):
+            tied.setdefault(runner["method"], []).append(_epoch(best["epoch"]))
+    if not tied:
+        return ""
+    parts = []
+    for method, epochs in tied.items():
+        everywhere = len(epochs) == len(group) and len(group) > 1
+        parts.append(method if everywhere else f"{method} at epoch {_join(epochs)}")
+    return f" (within two standard errors of {_join(parts)})"
+
+
+def _noise_sentences(ev, ref: int, rows) -> list[str]:
+    S = len(ev.gold.seeds)
+    if S < 2:
+        return [
+            "With a single seed the gold standard's own noise cannot be measured; more seeds "
+            "(--seeds) show how much of the disagreement is noise."
+        ]
+    floor = {
+        (r["estimate"]): r
+        for r in ev.rows["noise_floor"]
+        if r["metric"] == "cosine" and r["centred"] and int(r["checkpoint"]) == ref
+    }
+    half, ceiling = floor.get("split_half"), floor.get("ceiling")
+    if not half or not _finite(half["mean"]):
+        return []
+    text = (
+        f"Noise floor at epoch {_epoch(half['epoch'])}: two halves of {half['seeds']} seeds "
+        f"agree at cosine {_num3(half['mean'], half['sem'])}"
+    )
+    if ceiling and _finite(ceiling["mean"]):
+        text += (
+            f"; stepped up to {S} seeds (Spearman–Brown), a perfect method would reach about "
+            f"{_num3(ceiling['mean'])} against this gold standard"
+        )
+        cells = _cell_rows(rows, "cosine", True)
+        top = max(
+            (r for (m, c), r in cells.items() if c == ref and _finite(r["mean"])),
+            key=lambda r: float(r["mean"]),
+            default=None,
+        )
+        if top is not None and float(ceiling["mean"]) > 0:
+            share = 100.0 * float(top["mean"]) / float(ceiling["mean"])
+            text += f", and {top['method']} reaches {share:.{1 if share >= 95 else 0}f}% of that"
+    return [text + "."]
+
+
+def _seed_sentences(ev) -> list[str]:
+    rows = [
+        r for r in ev.rows["seed_count"] if r["metric"] == "cosine" and r["centred"] and r["best"]
+    ]
+    ks = sorted({int(r["k"]) for r in rows})
+    if len(ks) < 2:
+        return []
+    by = {(r["method"], int(r["k"])): r for r in rows}
+    complete = [
+        m
+        for m in dict.fromkeys(r["method"] for r in rows)
+        if all((m, k) in by and _finite(by[(m, k)]["mean"]) for k in ks)
+    ]
+    if not complete:
+        return []
+    top = max(complete, key=lambda m: float(by[(m, ks[-1])]["mean"]))
+    first, prev, last = by[(top, ks[0])], by[(top, ks[-2])], by[(top, ks[-1])]
+    text = (
+        f"Seeds: with gold standards of {ks[0]} seed{'s' if ks[0] != 1 else ''}, {top}'s best "
+        f"cosine is {_num3(first['mean'], first['sem'])}; with all {ks[-1]}, "
+        f"{_num3(last['mean'], last['sem'])}"
+    )
+    gain = float(last["mean"]) - float(prev["mean"])
+    err = math.hypot(*(float(r["sem"]) if _finite(r["sem"]) else 0.0 for r in (last, prev)))
+    if gain > 2 * err and gain > 0.005:
+        text += (
+            f" — still rising from {ks[-2]} to {ks[-1]} seeds, so more seeds would likely "
+            "raise the measured agreement"
+        )
+    else:
+        text += f" — little change from {ks[-2]} to {ks[-1]} seeds"
+    return [text + "."]
+
+
+def _adjusted_sentences(rows, ref: int, epochs) -> list[str]:
+    adj = _cell_rows(rows, "cosine", False)
+    cen = _cell_rows(rows, "cosine", True)
+    at = [r for (m, c), r in adj.items() if c == ref and _finite(r["mean"])]
+    if not at:
+        return []
+    top = max(at, key=lambda r: float(r["mean"]))
+    text = (
+        f"Against the adjusted-only gold standard (eq. 17, not centred), {top['method']} "
+        f"agrees best at epoch {_epoch(epochs[ref])} (cosine {_num3(top['mean'], top['sem'])})"
+    )
+    c = cen.get((top["method"], ref))
+    if c is not None and _finite(c["mean"]):
+        text += f"; centred it reaches {_num3(c['mean'], c['sem'])}"
+    return [text + "."]
+
+
+def _calibration_sentences(ev, ref: int, epochs) -> list[str]:
+    rows = [r for r in ev.rows["calibration"] if r["centred"] and int(r["checkpoint"]) == ref]
+    by = {(r["method"], r["quantity"]): r for r in rows}
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    parts = []
+    for m in methods:
+        a, r2 = by.get((m, "pooled_scale")), by.get((m, "pooled_r2"))
+        if a and _finite(a["value"]):
+            parts.append(f"{m} {_sci(a['value'])} (R² {_num(r2['value'])})")
+    if not parts:
+        return []
+    return [
+        f"Magnitudes at epoch {_epoch(epochs[ref])}: the centred gold standard ≈ scale × "
+        f"score, with the least-squares scale (one for all test instances) "
+        + "; ".join(parts)
+        + "."
+    ]
+
+
+def _undefined_sentences(rows, T: int) -> list[str]:
+    short = {}
+    for r in rows:
+        if r["metric"] == "cosine" and r["centred"] and int(r["n"]) < T:
+            short[r["method"]] = max(short.get(r["method"], 0), T - int(r["n"]))
+    if not short:
+        return []
+    parts = [f"{m} for up to {k} of {T}" for m, k in short.items()]
+    return [
+        "Some values are undefined because a score vector is constant (see the n counts in "
+        f"the tables): the cosine is missing for {_join(parts)} test instances."
+    ]
 
 
 # -- rich table for the CLI --------------------------------------------------------------------
@@ -265,7 +501,10 @@ def rich_summary_table(
     rows, metric: str = "cosine", centred: bool = True, also: str | None = "spearman"
 ):
     """A ``rich.table.Table``: per method, ``metric`` at the first and last checkpoints
-    (± SEM), its peak (and epoch), and ``also`` (default Spearman) at the first and last."""
+    (± SEM), its peak (and epoch), and ``also`` (default Spearman) at the first and last.
+
+    >>> # rich.console.Console().print(rich_summary_table(rows))
+    """
     from rich.table import Table
 
     rows = list(rows)
@@ -307,26 +546,41 @@ def rich_summary_table(
     return table
 
 
-# -- HTML report -------------------------------------------------------------------------------
+# -- HTML --------------------------------------------------------------------------------------
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222;
-       max-width: 60rem; margin: 2rem auto; padding: 0 1rem; line-height: 1.45; }
+       max-width: 64rem; margin: 2rem auto; padding: 0 1rem; line-height: 1.45; }
 h1 { font-size: 1.6rem; margin-bottom: 0.2rem; }
 h2 { font-size: 1.2rem; margin-top: 2rem; border-bottom: 1px solid #ddd; padding-bottom: 0.2rem; }
 h3 { font-size: 1rem; margin-bottom: 0.4rem; }
 .meta { color: #666; font-size: 0.9rem; }
-table { border-collapse: collapse; font-size: 0.9rem; margin: 0.5rem 0 1rem; }
-th, td { border: 1px solid #ddd; padding: 0.25rem 0.6rem; text-align: right; }
+.summary p { margin: 0.35rem 0; }
+.summary { background: #f7f9fc; border-left: 4px solid #4a78b5; padding: 0.4rem 1rem; }
+nav { font-size: 0.9rem; margin: 0.6rem 0 0; }
+nav a { margin-right: 0.8rem; color: #2b5b99; }
+table { border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0 1rem; }
+th, td { border: 1px solid #ddd; padding: 0.2rem 0.5rem; text-align: right; vertical-align: top; }
 th:first-child, td:first-child { text-align: left; }
 thead th { background: #f4f4f4; }
 td.best { font-weight: bold; background: #eef6ee; }
+td.left, th.left { text-align: left; }
+td.floor { color: #555; font-style: italic; }
 .table-wrap { overflow-x: auto; }
-img.plot { max-width: 100%; height: auto; border: 1px solid #eee; }
+img.plot { max-width: 100%; height: auto; border: 1px solid #eee; display: block; margin: 0.4rem 0; }
+img.thumb { image-rendering: pixelated; border: 1px solid #ccc; vertical-align: middle; }
+.pick { margin: 0 0 0.35rem; }
+.pick .score { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 0.8rem; color: #444; }
+.desc { color: #333; font-size: 0.8rem; }
+.lab { font-weight: 600; }
+small.n { color: #a33; }
+details { margin: 0.4rem 0; }
+summary { cursor: pointer; color: #2b5b99; }
 dl { margin: 0.2rem 0 0.2rem 0; }
 dl dl { margin-left: 1.2rem; border-left: 2px solid #eee; padding-left: 0.6rem; }
 dt { font-weight: 600; font-family: ui-monospace, Menlo, Consolas, monospace; }
 dd { margin: 0 0 0.3rem 1.2rem; font-family: ui-monospace, Menlo, Consolas, monospace; }
 code { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 0.9em; }
+ul.defs li { margin-bottom: 0.3rem; }
 """
 
 
@@ -341,7 +595,7 @@ def _scalar(value) -> str:
         return "none"
     if isinstance(value, float):
         return repr(value)
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, list | tuple):
         return "[" + ", ".join(_scalar(v) for v in value) + "]"
     if isinstance(value, str):
         return value
@@ -387,7 +641,15 @@ def _fingerprints(manifest: Mapping) -> list[tuple[str, str]]:
     return found
 
 
-def _metric_table(rows, metric: str, centred: bool) -> str:
+def _n_mark(row: Mapping, expected: int | None) -> str:
+    if expected is None or int(row["n"]) >= expected:
+        return ""
+    return f" <small class='n'>n={int(row['n'])}</small>"
+
+
+def _metric_table(
+    rows, metric: str, centred: bool, expected: int | None = None, noise=None, caption=True
+) -> str:
     groups = _by_method(rows, metric, centred)
     checkpoints: dict[int, float] = {}
     for rs in groups.values():
@@ -416,18 +678,86 @@ def _metric_table(rows, metric: str, centred: bool) -> str:
             mean = float(r["mean"])
             cls = " class='best'" if c in best and math.isfinite(mean) and mean == best[c] else ""
             tip = f"n = {int(r['n'])} test instances, step {int(r['step'])}"
-            tds.append(f"<td{cls} title='{_esc(tip)}'>{_esc(_num(mean, r['sem'], 3))}</td>")
+            tds.append(
+                f"<td{cls} title='{_esc(tip)}'>{_esc(_num(mean, r['sem'], 3))}"
+                f"{_n_mark(r, expected)}</td>"
+            )
         body.append(f"<tr><td>{_esc(method)}</td>{''.join(tds)}</tr>")
-    caption = (
-        f"{_label(metric)} with the {'centred' if centred else 'uncentred'} gold standard "
-        f"(mean ± SEM over test instances; best per checkpoint in bold)"
-    )
-    caption = caption[:1].upper() + caption[1:]
+    if noise and centred:  # see fimo.evaluate.plots._ceiling for why not uncentred
+        ceil = {
+            int(r["checkpoint"]): r
+            for r in noise
+            if r["metric"] == metric
+            and bool(r["centred"]) == centred
+            and r["estimate"] == "ceiling"
+        }
+        if ceil:
+            tds = "".join(
+                f"<td class='floor'>{_esc(_num(ceil[c]['mean'], ceil[c]['sem'], 3))}</td>"
+                if c in ceil
+                else "<td>–</td>"
+                for c in cols
+            )
+            body.append(f"<tr><td class='floor'>noise ceiling</td>{tds}</tr>")
+    title = ""
+    if caption:
+        text = (
+            f"{label(metric)} with the {'centred' if centred else 'uncentred'} gold standard "
+            f"(mean ± SEM over test instances; best per checkpoint in bold)"
+        )
+        title = f"<h3>{_esc(text[:1].upper() + text[1:])}</h3>"
     return (
-        f"<h3>{_esc(caption)}</h3><div class='table-wrap'><table>"
+        f"{title}<div class='table-wrap'><table>"
         f"<thead><tr><th>method</th>{head}</tr></thead>"
         f"<tbody>{''.join(body)}</tbody></table></div>"
     )
+
+
+def _img(uri: str, alt: str) -> str:
+    return f"<img class='plot' alt='{_esc(alt)}' src='{uri}'>"
+
+
+def _simple_report(rows, title, settings, manifest, notes) -> list[str]:
+    """The report of agreement rows alone (no seeds, noise floor or examples)."""
+    pairs = _available(rows)
+    parts = ["<h2>Summary</h2>"]
+    sentences = summary_sentences(rows)
+    if sentences:
+        parts.append("".join(f"<p>{_esc(s)}</p>" for s in sentences))
+    else:
+        parts.append("<p>No agreement values to summarise.</p>")
+    if ("cosine", True) in pairs:
+        fig = plot_agreement(rows, "cosine", True)
+        alt = "cosine similarity with the centred gold standard against further-training epochs"
+        parts.append("<h2>Cosine similarity over further training</h2>")
+        parts.append(_img(png_data_uri(fig), alt))
+    parts.append("<h2>Agreement by checkpoint</h2>")
+    if pairs:
+        parts.extend(_metric_table(rows, metric, centred) for metric, centred in pairs)
+    else:
+        parts.append("<p>No rows.</p>")
+    if notes:
+        parts.append("<h2>Notes</h2><ul>")
+        parts.extend(f"<li>{_esc(n)}</li>" for n in notes)
+        parts.append("</ul>")
+    parts.extend(_settings_sections(settings, manifest))
+    return parts
+
+
+def _settings_sections(settings, manifest) -> list[str]:
+    parts = ["<h2 id='settings'>Settings</h2>", _definition_list(settings or {})]
+    parts.append("<h2 id='fingerprints'>Fingerprints</h2>")
+    prints = _fingerprints(manifest or {})
+    if prints:
+        parts.append("<div class='table-wrap'><table><thead><tr><th>what</th>")
+        parts.append("<th>fingerprint</th></tr></thead><tbody>")
+        parts.extend(
+            f"<tr><td>{_esc(k)}</td><td><code>{_esc(v)}</code></td></tr>" for k, v in prints
+        )
+        parts.append("</tbody></table></div>")
+    else:
+        parts.append("<p class='meta'>The manifest records no fingerprints.</p>")
+    return parts
 
 
 def write_report(
@@ -438,15 +768,22 @@ def write_report(
     settings: Mapping,
     manifest: Mapping,
     notes: Sequence[str] = (),
+    evaluation=None,
+    figures: Mapping[str, bytes] | None = None,
 ) -> Path:
-    """Write one self-contained HTML report (inline CSS, plot as a base64 PNG), atomically.
+    """Write one self-contained HTML report (inline CSS, plots as base64 PNGs), atomically.
 
-    It holds the title, the summary sentences, a mean ± SEM table per metric (methods ×
+    With ``rows`` alone: the summary sentences, a mean ± SEM table per metric (methods ×
     checkpoints), the centred cosine plot, the notes, the settings and the manifest's
-    fingerprints. Returns the path written.
+    fingerprints. With an ``evaluation`` (:class:`fimo.evaluate.Evaluation`) the full report:
+    the summary in words, agreement over further training with the noise ceiling, every
+    metric, the noise floor, the seed-count study, calibration, sorted scores and the most
+    influential training instances; ``figures`` maps figure names to PNG bytes already drawn
+    (see :func:`fimo.evaluate.draw_figures`). Returns the path written.
+
+    >>> # write_report("report.html", rows, title="adult", settings={}, manifest={})
     """
     rows = list(rows)
-    pairs = _available(rows)
     parts: list[str] = [
         "<!DOCTYPE html>",
         "<html lang='en'><head><meta charset='utf-8'>",
@@ -458,45 +795,12 @@ def write_report(
         f"{_esc(datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z'))}; "
         f"{len({r['method'] for r in rows})} methods, "
         f"{len({int(r['checkpoint']) for r in rows})} checkpoints.</p>",
-        "<h2>Summary</h2>",
     ]
-    sentences = summary_sentences(rows)
-    if sentences:
-        parts.append("".join(f"<p>{_esc(s)}</p>" for s in sentences))
+    if evaluation is None:
+        parts.extend(_simple_report(rows, title, settings, manifest, notes))
     else:
-        parts.append("<p>No agreement values to summarise.</p>")
+        from fimo.evaluate.report_sections import full_report
 
-    if ("cosine", True) in pairs:
-        fig = plot_agreement(rows, "cosine", True)
-        alt = "cosine similarity with the centred gold standard against further-training epochs"
-        parts.append("<h2>Cosine similarity over further training</h2>")
-        parts.append(f"<img class='plot' alt='{_esc(alt)}' src='{_png_data_uri(fig)}'>")
-
-    parts.append("<h2>Agreement by checkpoint</h2>")
-    if pairs:
-        parts.extend(_metric_table(rows, metric, centred) for metric, centred in pairs)
-    else:
-        parts.append("<p>No rows.</p>")
-
-    if notes:
-        parts.append("<h2>Notes</h2><ul>")
-        parts.extend(f"<li>{_esc(n)}</li>" for n in notes)
-        parts.append("</ul>")
-
-    parts.append("<h2>Settings</h2>")
-    parts.append(_definition_list(settings or {}))
-
-    parts.append("<h2>Fingerprints</h2>")
-    prints = _fingerprints(manifest or {})
-    if prints:
-        parts.append("<div class='table-wrap'><table><thead><tr><th>what</th>")
-        parts.append("<th>fingerprint</th></tr></thead><tbody>")
-        parts.extend(
-            f"<tr><td>{_esc(k)}</td><td><code>{_esc(v)}</code></td></tr>" for k, v in prints
-        )
-        parts.append("</tbody></table></div>")
-    else:
-        parts.append("<p class='meta'>The manifest records no fingerprints.</p>")
-
+        parts.extend(full_report(evaluation, rows, settings, manifest, notes, figures))
     parts.append("</body></html>\n")
     return write_text(path, "\n".join(parts))

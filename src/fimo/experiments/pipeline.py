@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import math
 import os
 import platform
 import time
@@ -35,13 +34,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import fimo
 from fimo.errors import InputError, NumericalError
-from fimo.evaluate import (
-    agreement_by_checkpoint,
-    plot_agreement,
-    rich_summary_table,
-    write_metrics_csv,
-    write_report,
-)
+from fimo.evaluate import evaluate_run, rich_summary_table
+from fimo.evaluate.rundir import run_notes
 from fimo.experiments.build import build_task, load_data
 from fimo.experiments.config import Config
 from fimo.further.gold import GoldStandard
@@ -317,9 +311,6 @@ def _run(config: Config, out: Path, overwrite: bool, console, quiet: bool) -> Ru
     task.to("cpu", torch.float32)
 
     # -- evaluation and report --------------------------------------------------------------
-    rows = agreement_by_checkpoint(gold, scores, centred=(True, False))
-    write_metrics_csv(out / "metrics" / "by_checkpoint.csv", rows)
-    plot_agreement(rows, metric="cosine", centred=True, path=out / "plots" / "cosine.png")
     manifest = {
         "fimo_version": fimo.__version__,
         "torch_version": torch.__version__,
@@ -345,23 +336,11 @@ def _run(config: Config, out: Path, overwrite: bool, console, quiet: bool) -> Ru
         "skipped_methods": skipped,
     }
     write_json(out / "manifest.json", manifest)
-    notes = [
-        f"Final model: test accuracy {model_metrics.get('test_accuracy', math.nan):.4f}, "
-        f"test loss {model_metrics.get('test_loss', math.nan):.4f}.",
-        f"Gold standard: {len(seeds)} seeds × {len(left_out)} left-out instances × "
-        f"{len(test_idx)} test instances, scheme {config.further.scheme!r}, "
-        f"{config.further.optimizer} lr {config.further.lr:g}, {config.further.epochs} epochs, "
-        f"{config.gold.dtype}.",
-        *(f"Skipped {name}: {reason}" for name, reason in skipped.items()),
-    ]
-    write_report(
-        out / "report.html",
-        rows,
-        title=f"fimo: {config.name}",
-        settings=config.to_dict(),
-        manifest=manifest,
-        notes=notes,
+    notes = run_notes(config, manifest, gold)
+    evaluation = evaluate_run(
+        out, gold, scores, config, manifest, train=train, test=test, notes=notes
     )
+    rows = evaluation.rows["by_checkpoint"]
     table_console = Console(quiet=quiet)
     if not table_console.is_terminal:  # files and pipes get the whole table, unwrapped
         table_console = Console(quiet=quiet, width=120)

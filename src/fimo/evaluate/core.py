@@ -1,0 +1,228 @@
+"""One call that computes every table of an evaluation: :func:`evaluate`.
+
+An :class:`Evaluation` holds the tables as lists of dicts (``ev.rows[name]``) and hands
+them out as pandas DataFrames when pandas is importable (``ev["seed_count"]``,
+``ev.seed_count``), so the same numbers serve the files, the report and a notebook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fimo.errors import InputError
+from fimo.evaluate.calibration import calibration
+from fimo.evaluate.curves import sorted_score_curves
+from fimo.evaluate.examples import describe_examples, most_influential
+from fimo.evaluate.metrics import ALL_METRICS, agreement_by_checkpoint, check_metrics
+from fimo.evaluate.seeds import NOISE_METRICS, noise_floor, seed_count_study
+from fimo.evaluate.tables import SCHEMAS, have_pandas, to_frame
+
+#: the tables of an evaluation, in the order files and reports list them
+TABLES = tuple(SCHEMAS)
+
+
+@dataclass
+class Evaluation:
+    """The tables of one evaluation, with the gold standard and scores they came from.
+
+    ``rows`` maps each name in :data:`TABLES` to a list of dicts; ``ev[name]`` (or
+    ``ev.<name>``) gives it as a pandas DataFrame when pandas is importable and ``frames``
+    is not False, else the list. ``options`` records the settings used; ``descriptions``
+    the readable form of the example instances (see :func:`fimo.evaluate.describe`).
+
+    >>> # ev = fimo.evaluate("runs/adult"); ev["by_checkpoint"].query("metric == 'cosine'")
+    """
+
+    gold: object
+    scores: dict
+    rows: dict[str, list[dict]]
+    options: dict = field(default_factory=dict)
+    descriptions: dict = field(default_factory=lambda: {"test": {}, "train": {}})
+    frames: bool | None = None
+
+    def table(self, name: str):
+        """One table: a DataFrame (pandas importable and ``frames`` not False) or a list."""
+        if name not in self.rows:
+            raise InputError(f"evaluation: no table {name!r}; tables: {', '.join(self.rows)}")
+        if self.frames or (self.frames is None and have_pandas()):
+            return to_frame(name, self.rows[name])
+        return self.rows[name]
+
+    def __getitem__(self, name: str):
+        return self.table(name)
+
+    def __getattr__(self, name: str):
+        if name in TABLES and "rows" in self.__dict__:
+            return self.table(name)
+        raise AttributeError(name)
+
+    def keys(self) -> list[str]:
+        """The table names."""
+        return list(self.rows)
+
+    def tables(self) -> dict:
+        """Every table, as :meth:`table` gives it."""
+        return {name: self.table(name) for name in self.rows}
+
+
+def as_scores(scores) -> dict:
+    """A name -> Scores mapping from a mapping, a list of Scores or one Scores.
+
+    >>> # as_scores([fimo.grad_dot(task, test, train)])   # {"grad_dot": Scores(...)}
+    """
+    from fimo.scores import Scores
+
+    if scores is None:
+        return {}
+    if isinstance(scores, Scores):
+        return {scores.method: scores}
+    if isinstance(scores, Mapping):
+        items = list(scores.items())
+    elif isinstance(scores, Sequence):
+        items = [(getattr(s, "method", None), s) for s in scores]
+    else:
+        raise InputError(
+            f"scores: expected a Scores, a list of them or a mapping name -> Scores; got "
+            f"{type(scores).__name__}"
+        )
+    out = {}
+    for name, sc in items:
+        if not isinstance(sc, Scores):
+            raise InputError(f"scores[{name!r}]: expected a fimo.Scores; got {type(sc).__name__}")
+        if name in out:
+            raise InputError(f"scores: the method name {name!r} appears twice")
+        out[str(name)] = sc
+    return out
+
+
+def _check_coverage(gold, scores: dict) -> None:
+    for name, sc in scores.items():
+        have_test, have_train = set(sc.test.tolist()), set(sc.train.tolist())
+        no_test = [int(t) for t in gold.test if int(t) not in have_test]
+        no_train = [int(i) for i in gold.left_out if int(i) not in have_train]
+        if no_test or no_train:
+            what = []
+            if no_test:
+                what.append(f"{len(no_test)} of its test instances (e.g. {no_test[:3]})")
+            if no_train:
+                what.append(f"{len(no_train)} of its left-out instances (e.g. {no_train[:3]})")
+            raise InputError(
+                f"scores {name!r} ({sc.shape[0]} test × {sc.shape[1]} train) do not cover the "
+                f"gold standard: missing {' and '.join(what)}"
+            )
+
+
+def compute(
+    gold,
+    scores,
+    *,
+    metrics: Sequence[str] | None = None,
+    centred: Sequence[bool] = (True, False),
+    seed_counts: Sequence[int] | None = None,
+    seed_metrics: Sequence[str] = ("cosine", "spearman"),
+    noise_splits: int = 20,
+    noise_seed: int = 0,
+    curve_steps: Sequence[int] | None = None,
+    example_test: Sequence[int] | None = None,
+    example_k: int = 3,
+    example_step: int | None = None,
+    train=None,
+    test=None,
+    frames: bool | None = None,
+) -> Evaluation:
+    """Every table of an evaluation of ``scores`` against ``gold``; writes nothing.
+
+    ``metrics`` (default: all) are compared at every checkpoint for each ``centred`` view;
+    the seed-count study uses ``seed_metrics`` and the window sizes ``seed_counts``
+    (default: 1, 2, 5, 10, 20, 50, 100 up to S, and S); the noise floor ``noise_splits``
+    random splits drawn with ``noise_seed``; the sorted-score curves the checkpoints at
+    ``curve_steps`` (default: the first at one epoch or later, and the last); the examples
+    the test instances ``example_test`` (dataset indices, default: the first three), the
+    ``example_k`` strongest picks at ``example_step``. ``train`` and ``test`` (datasets)
+    let the examples be described readably.
+
+    >>> # ev = compute(gold, {"grad_dot": s}, train=train_set, test=test_set)
+    """
+    from fimo.further.gold import GoldStandard
+
+    if not isinstance(gold, GoldStandard):
+        raise InputError(f"gold: expected a fimo GoldStandard; got {type(gold).__name__}")
+    scores = as_scores(scores)
+    _check_coverage(gold, scores)
+    metrics = check_metrics(metrics)
+    seed_metrics = check_metrics(seed_metrics)
+    flags = tuple(bool(c) for c in ((centred,) if isinstance(centred, bool) else centred))
+    if not flags:
+        raise InputError("centred: give at least one of True (eq. 13) and False (eq. 17)")
+    noise_metrics = [m for m in NOISE_METRICS if m in metrics] or ["cosine"]
+    picks = most_influential(gold, scores, example_test, example_k, example_step, True)
+    rows = {
+        "by_checkpoint": agreement_by_checkpoint(gold, scores, metrics, flags),
+        "seed_count": seed_count_study(gold, scores, seed_metrics, flags, seed_counts),
+        "noise_floor": noise_floor(gold, noise_metrics, flags, noise_splits, noise_seed),
+        "calibration": calibration(gold, scores, flags),
+        "sorted_curves": sorted_score_curves(gold, scores, curve_steps, flags),
+        "examples": picks,
+    }
+    options = {
+        "metrics": list(metrics),
+        "centred": list(flags),
+        "seed_counts": sorted({int(r["k"]) for r in rows["seed_count"]}),
+        "seed_metrics": list(seed_metrics),
+        "noise_splits": noise_splits,
+        "noise_seed": noise_seed,
+        "curve_steps": sorted({int(r["step"]) for r in rows["sorted_curves"] if r["step"]}),
+        "example_test": list(dict.fromkeys(int(r["test"]) for r in picks)),
+        "example_k": example_k,
+        "example_step": int(picks[0]["step"]) if picks else example_step,
+    }
+    return Evaluation(
+        gold=gold,
+        scores=scores,
+        rows=rows,
+        options=options,
+        descriptions=describe_examples(picks, train=train, test=test),
+        frames=frames,
+    )
+
+
+def evaluate(source, scores=None, *, frames: bool | None = None, **options) -> Evaluation:
+    """Evaluate attribution scores against a gold standard; returns an :class:`Evaluation`.
+
+    ``source`` is a run directory (its gold standard, its methods' scores and any scores
+    added with ``fimo compare``; the data named in its configuration for the examples) or a
+    :class:`~fimo.further.gold.GoldStandard` (then ``scores`` is required). ``scores`` (a
+    Scores, a list or a mapping name -> Scores) adds to or replaces a run's scores. Further
+    keyword arguments go to :func:`compute`. Nothing is written; ``fimo report`` writes.
+
+    Tables (DataFrames when pandas is importable, else lists of dicts; ``frames=False``
+    forces lists): ``by_checkpoint``, ``seed_count``, ``noise_floor``, ``calibration``,
+    ``sorted_curves``, ``examples``.
+
+    >>> # ev = fimo.evaluate("runs/adult")
+    >>> # ev["by_checkpoint"].query("metric == 'cosine' and centred")
+    >>> # fimo.evaluate(gold, {"grad_dot": s}, frames=False)["seed_count"][0]
+    """
+    from fimo.further.gold import GoldStandard
+
+    if isinstance(source, GoldStandard):
+        if scores is None:
+            raise InputError("evaluate: give scores to compare with the gold standard")
+        return compute(source, scores, frames=frames, **options)
+    if isinstance(source, str | Path):
+        from fimo.evaluate.rundir import load_run
+
+        run = load_run(source)
+        merged = dict(run.scores)
+        merged.update(as_scores(scores))
+        options.setdefault("train", run.train)
+        options.setdefault("test", run.test)
+        return compute(run.gold, merged, frames=frames, **options)
+    raise InputError(
+        f"evaluate: expected a run directory or a GoldStandard; got {type(source).__name__}"
+    )
+
+
+__all__ = ["ALL_METRICS", "TABLES", "Evaluation", "as_scores", "compute", "evaluate"]

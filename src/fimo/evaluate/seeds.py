@@ -1,0 +1,236 @@
+"""How the number of further-training seeds limits what can be measured.
+
+Two views:
+
+- :func:`seed_count_study` (PAPER.md §6, the paper's Figs 3 and 7): average the seeds in
+  non-overlapping windows of k, score every window's gold standard against each method,
+  average over windows and test instances, and take the best checkpoint for each k.
+- :func:`noise_floor`: how well the gold standard agrees with itself. The seeds are split
+  into two halves of ``h = S // 2`` seeds; the agreement of the two half means, per test
+  instance and averaged over splits, is the *split-half* agreement ``r_h``. The
+  Spearman–Brown formula ``ρ_S = m r_h / (1 + (m − 1) r_h)``, ``m = S / h``, estimates the
+  agreement of two independent gold standards of S seeds each, and ``sqrt(ρ_S)`` the
+  agreement that a perfect, noise-free method would reach with the S-seed gold standard: the
+  *ceiling* drawn next to the methods. Both follow from a model in which each seed adds
+  independent noise of the same size to the true attribution; the formula is applied to the
+  mean of ``r_h`` over test instances, and its SEM is carried through by the delta method.
+  The model fits the centred gold standard; without centring, most of the seed noise is a
+  shift shared by every left-out instance, so the ceiling is only drawn for the centred view.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from fimo.errors import InputError
+from fimo.evaluate.metrics import (
+    check_metrics,
+    gold_flat,
+    method_values,
+    nanmean,
+    per_test_values,
+    summarise,
+)
+
+#: the seed counts of the paper's seed-count study; the number of seeds S is always added
+SEED_COUNTS = (1, 2, 5, 10, 20, 50, 100)
+#: the metrics for which a split-half agreement and its Spearman–Brown correction are made
+NOISE_METRICS = ("cosine", "spearman", "pearson")
+
+
+def seed_counts(n_seeds: int, counts: Sequence[int] | None = None) -> list[int]:
+    """The window sizes k of the seed-count study for ``n_seeds`` seeds.
+
+    >>> seed_counts(16)
+    [1, 2, 5, 10, 16]
+    >>> seed_counts(1)
+    [1]
+    """
+    if n_seeds < 1:
+        raise InputError(f"seed-count study: needs at least one seed; got {n_seeds}")
+    counts = SEED_COUNTS if counts is None else counts
+    bad = [k for k in counts if int(k) < 1]
+    if bad:
+        raise InputError(f"seed-count study: window sizes must be at least 1; got {bad}")
+    return sorted({int(k) for k in counts if int(k) <= n_seeds} | {int(n_seeds)})
+
+
+def seed_count_study(
+    gold,
+    scores: Mapping[str, object],
+    metrics: Sequence[str] = ("cosine", "spearman"),
+    centred: Sequence[bool] = (True, False),
+    counts: Sequence[int] | None = None,
+) -> list[dict]:
+    """Agreement with gold standards made of k seeds, for each window size k.
+
+    For each k in :func:`seed_counts` the S seeds are cut into ``S // k`` non-overlapping
+    windows (``GoldStandard.windows``); each window's mean is scored against each method,
+    per test instance, and averaged over the windows; the rows hold the mean ± SEM over test
+    instances of that average, at every checkpoint. ``best`` marks, per (method, k, metric,
+    centred), the checkpoint with the largest mean: the paper's "max over epochs", whose SEM
+    is the one taken at that checkpoint.
+
+    Columns: ``method, k, windows, checkpoint, step, epoch, metric, centred, mean, sem, n,
+    best``.
+
+    >>> # rows = seed_count_study(gold, {"grad_dot": s}); [r for r in rows if r["best"]]
+    """
+    metrics = check_metrics(metrics)
+    flags = [bool(c) for c in ((centred,) if isinstance(centred, bool) else centred)]
+    S = len(gold.seeds)
+    values = {name: method_values(gold, sc) for name, sc in scores.items()}
+    rows: list[dict] = []
+    for k in seed_counts(S, counts):
+        adjusted = np.asarray(gold.windows(k, centred=False), dtype=np.float64)
+        flat = gold_flat(gold, adjusted)  # (W, C, T)
+        W = adjusted.shape[0]
+        for flag in flags:
+            windows = adjusted - adjusted.mean(axis=-1, keepdims=True) if flag else adjusted
+            for method, v in values.items():
+                per = per_test_values(windows, v, metrics, undefined=flat)  # (W, C, T)
+                for name in metrics:
+                    mean, sem, n = summarise(nanmean(per[name], axis=0))  # over windows
+                    finite = np.flatnonzero(np.isfinite(mean))
+                    best = int(finite[np.argmax(mean[finite])]) if finite.size else -1
+                    for c in range(len(gold.steps)):
+                        rows.append(
+                            {
+                                "method": str(method),
+                                "k": k,
+                                "windows": W,
+                                "checkpoint": c,
+                                "step": int(gold.steps[c]),
+                                "epoch": float(gold.epochs[c]),
+                                "metric": name,
+                                "centred": flag,
+                                "mean": float(mean[c]),
+                                "sem": float(sem[c]),
+                                "n": int(n[c]),
+                                "best": c == best,
+                            }
+                        )
+    return rows
+
+
+def _splits(S: int, h: int, n_splits: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``n_splits`` splits of S seeds into two halves of h; all distinct ones if fewer exist."""
+    total = math.comb(S, h) * math.comb(S - h, h) // 2
+    if total <= n_splits:
+        out, seen = [], set()
+        for a in itertools.combinations(range(S), h):
+            rest = [s for s in range(S) if s not in a]
+            for b in itertools.combinations(rest, h):
+                key = frozenset((a, b))
+                if key not in seen:
+                    seen.add(key)
+                    out.append((np.array(a), np.array(b)))
+        return out
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_splits):
+        perm = rng.permutation(S)
+        out.append((np.sort(perm[:h]), np.sort(perm[h : 2 * h])))
+    return out
+
+
+def spearman_brown(r, m: float):
+    """The Spearman–Brown prophecy: agreement at m times the seeds, from agreement ``r``.
+
+    NaN where ``1 + (m − 1) r <= 0``.
+
+    >>> round(float(spearman_brown(0.5, 2)), 4)
+    0.6667
+    """
+    r = np.asarray(r, dtype=np.float64)
+    den = 1.0 + (m - 1.0) * r
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, m * r / den, np.nan)
+
+
+def noise_floor(
+    gold,
+    metrics: Sequence[str] = NOISE_METRICS,
+    centred: Sequence[bool] = (True, False),
+    splits: int = 20,
+    seed: int = 0,
+) -> list[dict]:
+    """The gold standard's agreement with itself over seeds, at every checkpoint.
+
+    For each split of the seeds into two halves of ``h = S // 2`` (all distinct splits if
+    there are at most ``splits`` of them, else ``splits`` random ones drawn with
+    ``numpy.random.default_rng(seed)``), each metric compares the two half means per test
+    instance; the rows hold, per (checkpoint, metric, centred), three ``estimate`` s:
+
+    - ``split_half``: mean ± SEM over test instances of the split-averaged agreement
+      (``seeds`` = h);
+    - ``spearman_brown``: its Spearman–Brown step-up to S seeds (``seeds`` = S);
+    - ``ceiling``: ``sqrt(spearman_brown)``, what a perfect method would reach.
+
+    With a single seed there is nothing to split: every value is NaN with ``n = 0``.
+    Columns: ``checkpoint, step, epoch, metric, centred, estimate, seeds, splits, mean, sem,
+    n``.
+
+    >>> # floor = noise_floor(gold); [r for r in floor if r["estimate"] == "ceiling"]
+    """
+    metrics = check_metrics(metrics)
+    flags = [bool(c) for c in ((centred,) if isinstance(centred, bool) else centred)]
+    S = len(gold.seeds)
+    h = S // 2
+    C = len(gold.steps)
+    adjusted = np.asarray(gold.adjusted(), dtype=np.float64)  # (S, C, T, L)
+    parts = _splits(S, h, splits, seed) if h >= 1 else []
+    rows: list[dict] = []
+    for flag in flags:
+        per_split = {name: [] for name in metrics}  # each (C, T)
+        for a, b in parts:
+            ma, mb = adjusted[a].mean(axis=0), adjusted[b].mean(axis=0)  # (C, T, L)
+            flat = gold_flat(gold, ma) | gold_flat(gold, mb)
+            if flag:
+                ma = ma - ma.mean(axis=-1, keepdims=True)
+                mb = mb - mb.mean(axis=-1, keepdims=True)
+            per = per_test_values(ma, mb, metrics, undefined=flat)
+            for name in metrics:
+                per_split[name].append(per[name])
+        for name in metrics:
+            if per_split[name]:
+                per_test = nanmean(np.stack(per_split[name]), axis=0)  # (C, T)
+            else:
+                per_test = np.full((C, len(gold.test)), np.nan)
+            mean, sem, n = summarise(per_test)
+            for c in range(C):
+                m = S / h if h else math.nan
+                r, s = float(mean[c]), float(sem[c])
+                rho = float(spearman_brown(r, m)) if h else math.nan
+                d_rho = m / (1.0 + (m - 1.0) * r) ** 2 if h and math.isfinite(rho) else math.nan
+                rho_sem = d_rho * s
+                ceiling = math.sqrt(rho) if math.isfinite(rho) and rho >= 0 else math.nan
+                ceiling_sem = rho_sem / (2 * ceiling) if ceiling > 0 else math.nan
+                base = {
+                    "checkpoint": c,
+                    "step": int(gold.steps[c]),
+                    "epoch": float(gold.epochs[c]),
+                    "metric": name,
+                    "centred": flag,
+                }
+                for estimate, seeds, value, err in (
+                    ("split_half", h, r, s),
+                    ("spearman_brown", S, rho, rho_sem),
+                    ("ceiling", S, ceiling, ceiling_sem),
+                ):
+                    rows.append(
+                        {
+                            **base,
+                            "estimate": estimate,
+                            "seeds": seeds,
+                            "splits": len(parts),
+                            "mean": value,
+                            "sem": err,
+                            "n": int(n[c]),
+                        }
+                    )
+    return rows
