@@ -8,8 +8,8 @@ Layout (DESIGN.md ◆ Runs are data)::
     model/meta.json      the final-training record and its fingerprint
     further/             fingerprint.json, shards/seed-NNNNN.npz, gold.npz
     scores/<method>.npz  one Scores matrix per method
-    metrics/by_checkpoint.csv
-    plots/cosine.png
+    metrics/             by_checkpoint.csv, seed_count.csv, noise_floor.csv, calibration.csv, ...
+    plots/               PNG and SVG figures
     report.html
 
 Every stage is cached by fingerprint: a second run with the same settings reuses the final
