@@ -39,3 +39,16 @@ def test_write_npz_leaves_no_temporary_files(tmp_path):
     write_npz(tmp_path / "a.npz", x=np.arange(3))
     assert [p.name for p in tmp_path.iterdir()] == ["a.npz"]
     assert read_npz(tmp_path / "a.npz")["x"].tolist() == [0, 1, 2]
+
+
+def test_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    from fimo.io import write_text
+
+    old = os.umask(0o022)
+    try:
+        path = write_text(tmp_path / "report.html", "<html></html>")
+    finally:
+        os.umask(old)
+    assert oct(path.stat().st_mode & 0o777) == oct(0o644)
