@@ -21,13 +21,14 @@ Set-up (docs/benchmarks.md says why): UCI Adult, a seeded subsample of n trainin
 instances; the paper's MLP 106-128-128-2 (30,466 parameters) trained by SGD for every method
 except ``explicit``, which uses a 106-16-16-2 MLP (2,018 parameters) because the peers build
 the dense Hessian with autograd (dattri: ``torch.func.hessian``, captum:
-``torch.autograd.functional.hessian`` and a full eigendecomposition), which would take hours
-and tens of GiB at 30k parameters. The peers' influence functions use the true Hessian, so
+``torch.autograd.functional.hessian`` and a full eigendecomposition): at 30k parameters that
+is a 3.5 GiB matrix plus vmapped intermediates many times larger, and a 30k eigendecomposition
+alone takes about 14 minutes here. The peers' influence functions use the true Hessian, so
 fimo runs with ``hessian="hessian"`` in those comparisons (its default is Gauss-Newton), and
 one damping λ for everything (default 0.2: the trained MLP's Hessian has eigenvalues down to
 about −0.1, so H + λI is positive definite, which CG needs). Every timing is the minimum of
-``--repeats`` runs of the whole call (fitting, caching and scoring), with the same number of
-torch threads for all.
+``--repeats`` runs of the whole call (fitting, caching and scoring), with the runs of fimo and
+its peers interleaved and the same number of torch threads for all.
 """
 
 from __future__ import annotations
@@ -763,13 +764,13 @@ def run_method(name, setups, args, available, rows, extra):
             info[f"fimo_{key}"] = record[key]
 
     calls = {"fimo": fimo_fn}
-    meta = {}
+    meta, missing = {}, []
     for lib, make, kind, note in peer_calls(name, setups, args, record):
         base = lib.split("+")[0]
         if lib not in args.peers and base not in args.peers:
             continue
         if base not in available:
-            rows.append(Row(name, lib, None, math.nan, kind, None, "not installed"))
+            missing.append((lib, kind))
             continue
         calls[lib] = make()
         meta[lib] = (kind, note)
@@ -789,6 +790,9 @@ def run_method(name, setups, args, available, rows, extra):
                 failed[lib] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
     fimo_s = min(times["fimo"])
     print(f"  fimo {label}: {fimo_s:.2f} s", flush=True)
+    for lib, kind in missing:
+        print(f"  {lib}: not installed, skipped", flush=True)
+        rows.append(Row(name, lib, None, fimo_s, kind, None, "not installed"))
 
     if name == "lissa":  # how close is each stochastic estimate to the exact solve?
         exact = fimo_call(
@@ -883,6 +887,11 @@ def main() -> None:
             print(f"  peer {dist} {available[dist]}: available")
         except Exception as exc:
             print(f"  peer {dist}: MISSING ({type(exc).__name__}: {exc}); its rows are skipped")
+    if not available:
+        print(
+            "  no peer library is installed here: benchmarks/README.md says how to make their "
+            "environment; timing fimo alone"
+        )
 
     with tempfile.TemporaryDirectory() as workdir:
         setups = {}
