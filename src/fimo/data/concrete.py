@@ -13,12 +13,11 @@ from __future__ import annotations
 import functools
 import gzip
 import io
-import math
 from importlib.resources import files
 
 import numpy as np
-import torch
 
+from fimo.data import splits
 from fimo.data.base import ArrayDataset
 
 __all__ = ["load_concrete"]
@@ -55,12 +54,8 @@ def _read() -> tuple[np.ndarray, np.ndarray]:
 
 
 def split_indices(n: int, test_fraction: float = TEST_FRACTION, seed: int = SEED):
-    """(train, test) row indices: ``numpy.random.default_rng(seed).permutation(n)``, the
-    last ``ceil(test_fraction * n)`` rows of the permutation are the test split (both in
-    permutation order)."""
-    perm = np.random.default_rng(seed).permutation(n)
-    n_train = n - math.ceil(test_fraction * n)
-    return perm[:n_train], perm[n_train:]
+    """(train, test) row indices of this dataset's split (:func:`fimo.data.splits.split_indices`)."""
+    return splits.split_indices(n, test_fraction, seed)
 
 
 @functools.lru_cache(maxsize=1)
@@ -90,36 +85,5 @@ def load_concrete() -> tuple[ArrayDataset, ArrayDataset]:
     (927, 103, (927, 8), torch.float32)
     """
     x, y = _read()
-    train_rows, test_rows = split_indices(len(y))
-    mean = x[train_rows].mean(axis=0)
-    std = x[train_rows].std(axis=0)
-    std = np.where(std > 0, std, 1.0)
-    y_mean = float(y[train_rows].mean())
-    y_std = float(y[train_rows].std())
-
-    datasets = []
-    for split, rows in (("train", train_rows), ("test", test_rows)):
-        raw, raw_y, split_rows = x[rows], y[rows], rows.copy()
-        for a in (raw, raw_y, split_rows):
-            a.flags.writeable = False
-        info = {
-            "name": "concrete",
-            "split": split,
-            "target_name": TARGET,
-            "units": dict(UNITS),
-            "raw_columns": FEATURES,
-            "raw": raw,
-            "raw_targets": raw_y,
-            "rows": split_rows,
-            "mean": dict(zip(FEATURES, mean.tolist(), strict=True)),
-            "std": dict(zip(FEATURES, std.tolist(), strict=True)),
-            "target_mean": y_mean,
-            "target_std": y_std,
-            "seed": SEED,
-            "test_fraction": TEST_FRACTION,
-            "source": SOURCE,
-        }
-        inputs = torch.from_numpy(((raw - mean) / std).astype(np.float32))
-        targets = torch.from_numpy(((raw_y - y_mean) / y_std).astype(np.float32))
-        datasets.append(ArrayDataset(inputs, targets, FEATURES, info))
-    return datasets[0], datasets[1]
+    info = {"name": "concrete", "target_name": TARGET, "units": dict(UNITS), "source": SOURCE}
+    return splits.standardised_regression(x, y, FEATURES, TEST_FRACTION, SEED, info)

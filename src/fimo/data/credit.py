@@ -16,12 +16,12 @@ from __future__ import annotations
 import functools
 import gzip
 import io
-import math
 from importlib.resources import files
 
 import numpy as np
 import torch
 
+from fimo.data import splits
 from fimo.data.base import ArrayDataset
 
 __all__ = ["load_credit"]
@@ -112,12 +112,8 @@ def _read() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def split_indices(n: int, test_fraction: float = TEST_FRACTION, seed: int = SEED):
-    """(train, test) row indices: ``numpy.random.default_rng(seed).permutation(n)``, the
-    last ``ceil(test_fraction * n)`` rows of the permutation are the test split (both in
-    permutation order)."""
-    perm = np.random.default_rng(seed).permutation(n)
-    n_train = n - math.ceil(test_fraction * n)
-    return perm[:n_train], perm[n_train:]
+    """(train, test) row indices of this dataset's split (:func:`fimo.data.splits.split_indices`)."""
+    return splits.split_indices(n, test_fraction, seed)
 
 
 @functools.lru_cache(maxsize=1)
