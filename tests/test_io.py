@@ -35,10 +35,15 @@ def test_fingerprints_see_array_contents_dtypes_and_order():
     assert fingerprint({"x": 1, "y": 2}) == fingerprint({"y": 2, "x": 1})
 
 
-def test_write_npz_leaves_no_temporary_files(tmp_path):
+def test_write_npz_leaves_no_temporary_files_and_records_a_checksum(tmp_path):
+    import hashlib
+
     write_npz(tmp_path / "a.npz", x=np.arange(3))
-    assert [p.name for p in tmp_path.iterdir()] == ["a.npz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "a.npz.sha256"]
     assert read_npz(tmp_path / "a.npz")["x"].tolist() == [0, 1, 2]
+    # sha256sum format: `sha256sum -c a.npz.sha256` checks it
+    digest = hashlib.sha256((tmp_path / "a.npz").read_bytes()).hexdigest()
+    assert (tmp_path / "a.npz.sha256").read_text() == f"{digest}  a.npz\n"
 
 
 def test_files_get_the_usual_permissions(tmp_path):

@@ -1,38 +1,202 @@
-"""Small file utilities: atomic writes and fingerprints.
+"""Small file utilities: atomic writes, checksums and fingerprints.
 
 Every file in a run directory is written to a temporary name in the same folder and
 renamed into place, so a reader never sees half a file (DESIGN.md, "Runs are data").
+Data files (``.npz``, ``.csv``, ``.parquet``, ``.pt``) get a checksum file beside them,
+``<name>.sha256`` in ``sha256sum`` format (``sha256sum -c`` checks it), so that a file cut
+short or altered after it was written is recognised and never used as whole.
+
+A write the system refuses (a full disk, a read-only or unwritable directory) raises
+:class:`StorageError`, whose message names the file and what to do; the file's previous
+version and its checksum are left as they were.
 """
 
 from __future__ import annotations
 
+import errno
+import fnmatch
 import hashlib
 import json
 import os
+import signal
 import tempfile
+import zipfile
+import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 
+from fimo.errors import InputError
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` and rename the result onto ``path``."""
+#: suffixes of the files that get a ``.sha256`` checksum file when written
+CHECKSUMMED = (".npz", ".csv", ".parquet", ".pt")
+
+#: For tests only: a glob pattern; a process about to rename a matching file into place
+#: stops itself (SIGSTOP), so that a test can kill it at exactly that moment.
+STOP_AT_ENV = "FIMO_TEST_STOP_AT"
+
+
+class StorageError(OSError):
+    """A file could not be written: the message names it, the reason and what to do."""
+
+    def __init__(self, path: str | os.PathLike, exc: OSError):
+        super().__init__(exc.errno, exc.strerror or str(exc), str(path))
+        self.message = f"cannot write {path}: {exc.strerror or exc}; {_fix(exc.errno, path)}"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _fix(code: int | None, path) -> str:
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return (
+            "free some space on that disk (or write the run elsewhere with --out) and start "
+            "again: finished work is kept"
+        )
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"make {Path(path).parent} writable, or write the run elsewhere with --out"
+    if code in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        return "a file stands where a folder is needed (or the reverse); choose another --out"
+    return "check the disk and the folder, then start again: finished work is kept"
+
+
+def describe_os_error(exc: OSError) -> str:
+    """A one-line message for an error the operating system raised, naming the file."""
+    if isinstance(exc, StorageError):
+        return str(exc)
+    where = exc.filename if exc.filename is not None else "a file"
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{where}: {reason}; {_fix(exc.errno, where)}"
+
+
+class DamagedFileError(InputError):
+    """A file whose bytes no longer match its checksum, or that cannot be read as written."""
+
+
+def checksum_path(path: str | os.PathLike) -> Path:
+    """Where the checksum of ``path`` is kept: ``<name>.sha256`` beside it."""
     path = Path(path)
+    return path.with_name(f"{path.name}.sha256")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes (hex)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checksum_matches(path: str | os.PathLike, sidecar: str | os.PathLike | None = None):
+    """True if ``path`` matches its recorded checksum, False if not, None if none is recorded."""
+    sidecar = Path(sidecar) if sidecar is not None else checksum_path(path)
+    try:
+        recorded = sidecar.read_text(encoding="utf-8").split()
+    except FileNotFoundError:
+        return None
+    return bool(recorded) and recorded[0] == sha256_file(path)
+
+
+def verify(path: str | os.PathLike) -> None:
+    """Raise :class:`DamagedFileError` if ``path`` no longer matches its recorded checksum."""
+    if checksum_matches(path) is False:
+        raise DamagedFileError(
+            f"{path} is damaged: its bytes no longer match {checksum_path(path).name} (cut "
+            "short or altered after it was written); delete it and run `fimo run` again to "
+            "recompute it"
+        )
+
+
+def verify_folder(folder: str | os.PathLike) -> tuple[int, list[Path]]:
+    """Check every file under ``folder`` that has a checksum file: (number checked, the
+    files that are damaged or missing)."""
+    checked, damaged = 0, []
+    for sidecar in sorted(Path(folder).rglob("*.sha256")):
+        if sidecar.name.startswith("."):
+            continue  # a temporary
+        data = sidecar.with_suffix("")
+        if data.suffix not in CHECKSUMMED:  # a shard's checksum as earlier versions named it
+            data = sidecar.with_suffix(".npz")
+        checked += 1
+        if not data.is_file() or not checksum_matches(data, sidecar):
+            damaged.append(data)
+    return checked, damaged
+
+
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[Path], None], checksum: bool | None = None
+) -> Path:
+    """Call ``write(tmp_path)`` and rename the result onto ``path``.
+
+    With ``checksum`` (by default for the suffixes in :data:`CHECKSUMMED`) the file's
+    SHA-256 is written to ``<name>.sha256``, renamed into place just after the file. A
+    failure before the renames leaves the old file and its checksum untouched; a stop
+    between the two renames leaves a checksum that does not match, so the file is taken as
+    damaged and recomputed, never used.
+    """
+    path = Path(path)
+    if checksum is None:
+        checksum = path.suffix in CHECKSUMMED
+    made: list[Path] = []
+    try:
+        tmp = _temporary(path, made)
+        write(tmp)
+        _fsync(tmp)
+        if checksum:
+            sidecar = checksum_path(path)
+            side_tmp = _temporary(sidecar, made)
+            side_tmp.write_text(f"{sha256_file(tmp)}  {path.name}\n", encoding="utf-8")
+            _fsync(side_tmp)
+        _stop_for_tests(path)
+        os.replace(tmp, path)
+        if checksum:
+            _stop_for_tests(sidecar)
+            os.replace(side_tmp, sidecar)
+    except BaseException as exc:
+        for leftover in made:
+            try:
+                leftover.unlink(missing_ok=True)
+            except OSError:
+                pass
+        if isinstance(exc, OSError) and not isinstance(exc, StorageError):
+            raise StorageError(path, exc) from exc
+        raise
+    return path
+
+
+def _temporary(path: Path, made: list[Path]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; results are meant to be shared
-    try:
-        write(tmp_path)
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-    return path
+    made.append(Path(tmp))
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are meant to be shared
+    return Path(tmp)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def _stop_for_tests(path: Path) -> None:
+    pattern = os.environ.get(STOP_AT_ENV)
+    if pattern and fnmatch.fnmatch(path.as_posix(), pattern):
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files a stopped process left in ``folder`` (recursively).
+
+    Call only while holding the folder's run lock: another writer's temporaries look the same.
+    """
+    removed = []
+    for tmp in Path(folder).rglob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def _umask() -> int:
@@ -59,9 +223,42 @@ def write_npz(path, **arrays) -> Path:
     return atomic_write(path, write)
 
 
-def read_npz(path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
+def read_npz(path, verify_checksum: bool = True) -> dict[str, np.ndarray]:
+    """Every array of an .npz (no pickles), after checking its recorded checksum.
+
+    A file that is damaged, or holds pickled Python objects (which are never loaded, as
+    loading them could run code), raises :class:`DamagedFileError` naming it.
+    """
+    if verify_checksum:
+        verify(path)
+    with open(path, "rb") as fh:
+        if fh.read(2) != b"PK":  # every zip archive, hence every .npz, starts so
+            raise DamagedFileError(
+                f"{path} cannot be read as .npz (it is not a zip archive); it is damaged or "
+                "not an .npz file: delete it (fimo recomputes its own files)"
+            )
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise DamagedFileError(
+                f"{path} holds pickled Python objects, which fimo never loads (they could run "
+                "code); save plain numeric arrays instead"
+            ) from None
+        raise DamagedFileError(
+            f"{path} cannot be read as .npz ({_one_line(exc)}); it is damaged or not an .npz "
+            "file: delete it (fimo recomputes its own files)"
+        ) from None
+    except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DamagedFileError(
+            f"{path} cannot be read as .npz ({type(exc).__name__}: {_one_line(exc)}); it is "
+            "damaged or not an .npz file: delete it (fimo recomputes its own files)"
+        ) from None
+
+
+def _one_line(exc) -> str:
+    return " ".join(str(exc).split())
 
 
 def _jsonable(obj):

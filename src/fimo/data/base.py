@@ -32,20 +32,33 @@ class ArrayDataset:
         if not isinstance(self.inputs, torch.Tensor) or not isinstance(self.targets, torch.Tensor):
             raise InputError(
                 "ArrayDataset: inputs and targets must be torch tensors; "
-                f"got {type(self.inputs).__name__} and {type(self.targets).__name__}"
+                f"got {type(self.inputs).__name__} and {type(self.targets).__name__} "
+                "(torch.as_tensor converts numpy arrays)"
+            )
+        if self.inputs.dim() == 0 or self.targets.dim() == 0:
+            raise InputError(
+                f"ArrayDataset: inputs and targets need one row per instance; got shapes "
+                f"{tuple(self.inputs.shape)} and {tuple(self.targets.shape)}"
             )
         if self.inputs.shape[0] != self.targets.shape[0]:
             raise InputError(
                 f"ArrayDataset: inputs have {self.inputs.shape[0]} rows but targets have "
                 f"{self.targets.shape[0]}; they must match"
             )
-        if self.inputs.is_floating_point() and not torch.isfinite(self.inputs).all():
-            bad = (~torch.isfinite(self.inputs)).reshape(len(self.inputs), -1).any(1)
-            rows = torch.nonzero(bad).flatten()[:5].tolist()
-            raise InputError(
-                f"ArrayDataset: inputs contain NaN or infinite values (rows {rows} ...); "
-                "impute or drop them first"
-            )
+        for what, dtype in (("inputs", self.inputs.dtype), ("targets", self.targets.dtype)):
+            if dtype == torch.bool or dtype.is_complex:
+                raise InputError(
+                    f"ArrayDataset: {what} have dtype {dtype}; expected real numbers "
+                    "(floats, or integer class indices for targets)"
+                )
+        for what, values in (("inputs", self.inputs), ("targets", self.targets)):
+            if values.is_floating_point() and not torch.isfinite(values).all():
+                bad = (~torch.isfinite(values)).reshape(len(values), -1).any(1)
+                rows = torch.nonzero(bad).flatten()[:5].tolist()
+                raise InputError(
+                    f"ArrayDataset: {what} contain NaN or infinite values (rows {rows} ...); "
+                    "impute or drop them first"
+                )
 
     def __len__(self) -> int:
         return int(self.inputs.shape[0])
@@ -64,3 +77,87 @@ class ArrayDataset:
             if targets.is_floating_point():
                 targets = targets.to(dtype)
         return ArrayDataset(inputs, targets, self.feature_names, self.info)
+
+
+def check_pair(train, test, source: str = "data") -> None:
+    """Check a (train, test) pair before any work: types, sizes, features and targets agree.
+
+    ``source`` names where the data came from in messages (``"data.factory"``, ...).
+
+    >>> x = torch.zeros(4, 3)
+    >>> check_pair(ArrayDataset(x, torch.tensor([0, 1, 0, 1])), ArrayDataset(x, torch.zeros(4)))
+    Traceback (most recent call last):
+    ...
+    fimo.errors.InputError: data: train targets are class indices (torch.int64) but test targets are floats (torch.float32); use one kind for both
+    """
+    for which, data in (("train", train), ("test", test)):
+        if not isinstance(data, ArrayDataset):
+            raise InputError(
+                f"{source}: {which} must be a fimo ArrayDataset; got {type(data).__name__}"
+            )
+        if len(data) == 0:
+            raise InputError(f"{source}: the {which} set is empty")
+    if train.inputs.shape[1:] != test.inputs.shape[1:]:
+        raise InputError(
+            f"{source}: train inputs have shape {tuple(train.inputs.shape)} but test inputs "
+            f"{tuple(test.inputs.shape)}; every instance must have the same shape"
+        )
+    kinds = ["floats" if d.targets.is_floating_point() else "class indices" for d in (train, test)]
+    if kinds[0] != kinds[1]:
+        raise InputError(
+            f"{source}: train targets are {kinds[0]} ({train.targets.dtype}) but test targets "
+            f"are {kinds[1]} ({test.targets.dtype}); use one kind for both"
+        )
+    if train.targets.shape[1:] != test.targets.shape[1:]:
+        raise InputError(
+            f"{source}: train targets have shape {tuple(train.targets.shape)} but test targets "
+            f"{tuple(test.targets.shape)}; every instance's target must have the same shape"
+        )
+    if kinds[0] == "class indices":
+        for which, data in (("train", train), ("test", test)):
+            if int(data.targets.min()) < 0:
+                raise InputError(
+                    f"{source}: {which} labels include {int(data.targets.min())}; class "
+                    "indices must be 0, 1, ..., k-1"
+                )
+
+
+def check_indices(setting: str, values, size: int, what: str = "instances") -> np.ndarray:
+    """``values`` as distinct int64 positions in ``range(size)``, or an InputError naming
+    ``setting``, what came and what is allowed.
+
+    >>> check_indices("left_out", [3, 1], 5).tolist()
+    [3, 1]
+    """
+    try:
+        raw = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{setting}: cannot read {values!r} as indices ({exc})") from None
+    raw = raw.reshape(-1)
+    if raw.dtype == np.bool_:
+        raise InputError(
+            f"{setting}: got a boolean mask; give the positions instead (numpy.flatnonzero)"
+        )
+    with np.errstate(invalid="ignore"):
+        whole = raw.dtype.kind in "iu" or (
+            raw.dtype.kind == "f" and bool(np.all(np.isfinite(raw) & (np.mod(raw, 1) == 0)))
+        )
+    if not whole:
+        raise InputError(
+            f"{setting}: got {raw[:5].tolist()}{' ...' if raw.size > 5 else ''}; "
+            "expected whole numbers (indices)"
+        )
+    outside = raw[(raw < 0) | (raw >= size)]
+    if outside.size:
+        raise InputError(
+            f"{setting}: index {outside[0]:.6g} is out of range; there are {size} {what} "
+            f"(indices 0 to {size - 1})"
+        )
+    out = raw.astype(np.int64)
+    unique, counts = np.unique(out, return_counts=True)
+    if (counts > 1).any():
+        raise InputError(
+            f"{setting}: index {int(unique[counts > 1][0])} appears more than once; "
+            "each index may appear once"
+        )
+    return out

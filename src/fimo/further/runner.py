@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import torch
 
+from fimo.data.base import check_indices
 from fimo.errors import InputError
 from fimo.further.engine import FurtherSettings, SeedResult, further_train_seed
 from fimo.further.gold import GoldStandard
@@ -164,6 +165,24 @@ def make_executor(name: str = "local", workers: int = 1, address: str | None = "
     raise InputError(f"executor: got {name!r}; allowed: 'local', 'ray'")
 
 
+def check_request(task: Task, seeds, left_out, test) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """Seeds, left-out and test indices checked against the task: whole numbers, in range,
+    each once, at least one of each (InputError otherwise)."""
+    left_out = check_indices("left_out", left_out, len(task.train), "training instances")
+    test = check_indices("test", test, len(task.test), "test instances")
+    if isinstance(seeds, int):
+        raise InputError(f"seeds: got {seeds}; give a list of seeds, e.g. range({seeds})")
+    seeds = list(seeds)
+    if any(isinstance(s, bool) or not isinstance(s, int | np.integer) or s < 0 for s in seeds):
+        raise InputError(f"seeds: got {seeds[:5]}; expected whole numbers ≥ 0")
+    if len(set(seeds)) != len(seeds):
+        raise InputError(f"seeds: got {seeds[:8]}; a seed appears more than once")
+    for setting, values in (("seeds", seeds), ("left_out", left_out), ("test", test)):
+        if len(values) == 0:
+            raise InputError(f"{setting}: got none; give at least one")
+    return [int(s) for s in seeds], left_out, test
+
+
 def gold_standard(
     task: Task,
     settings: FurtherSettings,
@@ -182,9 +201,7 @@ def gold_standard(
     >>> # gold = gold_standard(task, FurtherSettings(lr=1e-4), seeds=range(8),
     >>> #                      left_out=[0, 5, 9], test=range(100))
     """
-    seeds = [int(s) for s in seeds]
-    left_out = np.asarray(left_out, dtype=np.int64)
-    test = np.asarray(test, dtype=np.int64)
+    seeds, left_out, test = check_request(task, seeds, left_out, test)
     per_shard = left_out_per_shard or runs_per_shard(task, settings, len(left_out), len(test))
     shards = plan_shards(seeds, len(left_out), per_shard)
     results: dict[Shard, SeedResult] = {}

@@ -5,7 +5,9 @@ shards were made under; ``further/shards/seed-SSSSS_lo-AAAAA-BBBBB.npz`` holds t
 of one seed's full run and of its left-out runs ``left_out[AAAAA:BBBBB]``; ``further/gold.npz``
 is assembled from them. A shard is only ever complete (written under a temporary name, then
 renamed), so a run stopped at any moment resumes from the shards it finished and ends with the
-same numbers as one never stopped (DESIGN.md ◆ Runs are data).
+same numbers as one never stopped (DESIGN.md ◆ Runs are data). A shard counts only with its
+checksum file ``<shard>.npz.sha256`` (earlier versions kept it as ``<shard>.sha256``):
+a shard cut short or altered is recomputed, never used.
 
 Each shard recomputes its seed's full run (a cost of one run in ``1 + chunk``); the assembled
 gold standard takes the full run of the seed's first chunk.
@@ -13,7 +15,6 @@ gold standard takes the full run of the seed's first chunk.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import warnings
@@ -25,7 +26,14 @@ import numpy as np
 from fimo.errors import InputError
 from fimo.further.engine import SeedResult
 from fimo.further.gold import GoldStandard
-from fimo.io import read_npz, write_json, write_npz, write_text
+from fimo.io import (
+    DamagedFileError,
+    checksum_matches,
+    checksum_path,
+    read_npz,
+    write_json,
+    write_npz,
+)
 
 
 @dataclass(frozen=True, order=True)
@@ -64,9 +72,11 @@ def assemble(results: dict[Shard, SeedResult], seeds, left_out, test, settings) 
         full.append(first.loss_full)
         without.append(np.concatenate([results[sh].loss_without for sh in chunks], axis=-1))
         steps, epochs = first.steps, first.epochs
+    # C order, as when read back from disk: sums over a strided array may round differently,
+    # and `fimo report` must give the metrics of the run to the last bit
     return GoldStandard(
-        np.stack(full),
-        np.stack(without),
+        np.ascontiguousarray(np.stack(full)),
+        np.ascontiguousarray(np.stack(without)),
         steps,
         epochs,
         left_out,
@@ -74,14 +84,6 @@ def assemble(results: dict[Shard, SeedResult], seeds, left_out, test, settings) 
         np.asarray(seeds),
         settings,
     )
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class ShardStore:
@@ -110,19 +112,21 @@ class ShardStore:
         return self.folder / "shards" / f"{shard.name}.npz"
 
     def _checksum_path(self, shard: Shard) -> Path:
-        return self.folder / "shards" / f"{shard.name}.sha256"
+        return checksum_path(self.path(shard))
 
     def load(self, shard: Shard) -> SeedResult | None:
         """The finished shard, or None if there is none, or it is damaged.
 
-        A shard counts only with its checksum file, written after it: a shard whose bytes no
+        A shard counts only with its checksum file, written with it: a shard whose bytes no
         longer match (cut short, altered) is reported and recomputed, never used.
         """
         path = self.path(shard)
         if not path.exists():
             return None
-        expected = self._checksum_path(shard)
-        if not expected.exists() or expected.read_text().strip() != sha256_file(path):
+        matches = checksum_matches(path)
+        if matches is None:  # the checksum file of runs made before it was renamed
+            matches = checksum_matches(path, self.folder / "shards" / f"{shard.name}.sha256")
+        if not matches:
             warnings.warn(
                 f"{path} is damaged or incomplete (its checksum does not match); recomputing it",
                 RuntimeWarning,
@@ -130,8 +134,9 @@ class ShardStore:
             )
             return None
         try:
-            data = read_npz(path)
-        except Exception:  # unreadable despite its checksum: recompute rather than use
+            data = read_npz(path, verify_checksum=False)
+        except DamagedFileError as exc:  # unreadable despite its checksum: recompute, never use
+            warnings.warn(f"{exc}; recomputing it", RuntimeWarning, stacklevel=2)
             return None
         if str(data.get("fingerprint")) != self.fingerprint:
             raise InputError(
@@ -141,7 +146,10 @@ class ShardStore:
         return SeedResult(data["loss_full"], data["loss_without"], data["steps"], data["epochs"])
 
     def save(self, shard: Shard, result: SeedResult) -> Path:
-        path = write_npz(
+        """Write a shard and its checksum file (see :func:`fimo.io.atomic_write`)."""
+        legacy = self.folder / "shards" / f"{shard.name}.sha256"
+        legacy.unlink(missing_ok=True)  # a new shard must not be judged by an old checksum
+        return write_npz(
             self.path(shard),
             loss_full=result.loss_full,
             loss_without=result.loss_without,
@@ -149,8 +157,6 @@ class ShardStore:
             epochs=result.epochs,
             fingerprint=np.array(self.fingerprint),
         )
-        write_text(self._checksum_path(shard), sha256_file(path) + "\n")
-        return path
 
     def save_gold(self, gold: GoldStandard) -> Path:
         return gold.save(self.folder / "gold.npz")
