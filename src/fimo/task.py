@@ -8,6 +8,7 @@ training can stack many runs along a leading axis and methods can differentiate 
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Callable, Sequence
 
 import torch
@@ -54,11 +55,44 @@ class in_float64:
         return self.fn(outputs.double(), targets)
 
 
+def select_parameters(model: nn.Module, names: Sequence[str]) -> list[str]:
+    """The model's parameter names that ``names`` select, in the model's order.
+
+    Each entry is a parameter name or a shell-style pattern (``*``, ``?``, ``[...]``, matched
+    with :func:`fnmatch.fnmatchcase`), e.g. ``"6.attention.*.weight"``. A name that is not in
+    the model, or a pattern that matches nothing, is an error naming the closest parameter.
+    """
+    if isinstance(names, str):
+        names = [names]
+    all_names = [n for n, _ in model.named_parameters()]
+    chosen: set[str] = set()
+    for entry in names:
+        if not isinstance(entry, str):
+            raise InputError(f"Task: trainable entries must be strings; got {entry!r}")
+        if any(c in entry for c in "*?["):
+            hits = [n for n in all_names if fnmatch.fnmatchcase(n, entry)]
+            if not hits:
+                raise InputError(
+                    f"Task: trainable pattern {entry!r} matches no parameter of the model"
+                    f"{closest(entry, all_names)}"
+                )
+            chosen.update(hits)
+        elif entry in all_names:
+            chosen.add(entry)
+        else:
+            raise InputError(
+                f"Task: trainable parameter {entry!r} is not in the model"
+                f"{closest(entry, all_names)}"
+            )
+    return [n for n in all_names if n in chosen]
+
+
 class Task:
     """What the user supplies: model, per-instance loss, train and test data, trainable θ.
 
     ``loss`` is ``"cross_entropy"``, ``"mse"`` or a function ``(outputs, targets) -> (B,)``.
-    ``trainable`` names the parameters that further training updates and that every method
+    ``trainable`` names the parameters (or shell-style patterns, :func:`select_parameters`)
+    that further training updates and that every method
     differentiates (all by default). ``measurement`` is the test function g
     ``(outputs, targets) -> (B,)``; by default the per-instance loss, evaluated in float64
     from the model's outputs (:func:`in_float64`).
@@ -99,15 +133,10 @@ class Task:
         self.model, self.train, self.test, self.name = model, train, test, name
         self.loss_fn, self.loss_name = loss, loss_name
         self.measure_fn = measurement or in_float64(loss)
-        names = [n for n, _ in model.named_parameters()]
         if trainable is None:
             trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-        unknown = [n for n in trainable if n not in names]
-        if unknown:
-            raise InputError(
-                f"Task: trainable parameter {unknown[0]!r} is not in the model"
-                f"{closest(unknown[0], names)}"
-            )
+        else:
+            trainable = select_parameters(model, trainable)
         if not trainable:
             raise InputError("Task: no trainable parameters; name at least one in `trainable`")
         self.trainable = tuple(trainable)
@@ -147,13 +176,14 @@ class Task:
             for n, value in params.items():
                 named[n].copy_(value)
 
-    def with_cached_trunk(self) -> Task:
+    def with_cached_trunk(self, progress: Callable[[int, int], None] | None = None) -> Task:
         """An equivalent task whose frozen leading layers are computed once.
 
         When the model is an ``nn.Sequential`` whose first k modules have no trainable
         parameters (a fixed trunk, DESIGN.md ◆ Parameters), returns a task on ``model[k:]``
         (same parameter names) whose inputs are the trunk's outputs, computed once in eval
-        mode; otherwise returns ``self``. The result is memoised.
+        mode; otherwise returns ``self``. The result is memoised (and kept by :meth:`to`).
+        ``progress(done, total)`` is called after each batch of instances through the trunk.
         """
         cached = getattr(self, "_cached_trunk", None)
         if cached is not None and cached[0] == self.trainable:
@@ -169,12 +199,19 @@ class Task:
             first = min(owners, default=0)
             if first > 0:
                 trunk, head = self.model[:first], self.model[first:]
-                was = trunk.training
+                # a slice is a new Sequential (training=True): restore each module's own mode
+                modes = [(m, m.training) for m in trunk.modules()]
                 trunk.eval()
+                total = len(self.train) + len(self.test)
+                size = _trunk_batch(trunk, self.train.inputs)
                 with torch.no_grad():
-                    train_x = _batched(trunk, self.train.inputs)
-                    test_x = _batched(trunk, self.test.inputs)
-                trunk.train(was)
+                    train_x = _batched(trunk, self.train.inputs, size, progress, 0, total)
+                    test_x = _batched(
+                        trunk, self.test.inputs, size, progress, len(self.train), total
+                    )
+                for m, mode in modes:
+                    m.training = mode
+                head.training = self.model.training  # a slice starts in training mode
                 result = Task(
                     head,
                     ArrayDataset(train_x, self.train.targets, None, self.train.info),
@@ -192,40 +229,81 @@ class Task:
         self.model.to(device=device, dtype=dtype)
         self.train = self.train.to(device, dtype)
         self.test = self.test.to(device, dtype)
-        self._cached_trunk = None
+        cached = getattr(self, "_cached_trunk", None)
+        if cached is not None and cached[1] is not self:
+            # the head shares its modules with self.model (moved above); move the cached data
+            head = cached[1]
+            head.train, head.test = head.train.to(device, dtype), head.test.to(device, dtype)
         return self
 
     def _check_output(self) -> None:
-        x, y = self.train.inputs[:2], self.train.targets[:2]
-        was_training = self.model.training
+        """The model's outputs fit the loss on both sets, and labels fit the outputs."""
+        modes = [(m, m.training) for m in self.model.modules()]
         self.model.eval()  # a check must not move BatchNorm statistics or draw dropout masks
         try:
-            with torch.no_grad():
-                out = self.losses(self.params(), x, y)
-        except Exception as exc:  # the model and the loss disagree: say so plainly
-            raise InputError(
-                f"Task: the model's output does not fit the loss {self.loss_name!r} "
-                f"(inputs {tuple(x.shape)}, targets {tuple(y.shape)}): {exc}"
-            ) from exc
+            for which, data in (("training", self.train), ("test", self.test)):
+                self._check_fit(which, data)
         finally:
-            self.model.train(was_training)
-        if out.shape != (x.shape[0],):
+            for m, mode in modes:  # each module's own mode (a Sequential slice may differ)
+                m.training = mode
+
+    def _check_fit(self, which: str, data: ArrayDataset) -> None:
+        x, y = data.inputs[:2], data.targets[:2]
+        try:
+            with torch.no_grad():
+                outputs = self.outputs(self.params(), x)
+                out = self.loss_fn(outputs, y)
+        except Exception as exc:  # the model and the loss disagree: say so plainly
+            reason = " ".join(str(exc).split())[:300]
+            raise InputError(
+                f"Task: the model's output does not fit the loss {self.loss_name!r} on the "
+                f"{which} data (inputs {tuple(x.shape)}, targets {tuple(y.shape)}): {reason}"
+            ) from exc
+        if not isinstance(out, torch.Tensor) or out.shape != (x.shape[0],):
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise InputError(
                 f"Task: the loss must return one value per instance, shape ({x.shape[0]},); "
-                f"got {tuple(out.shape)}"
+                f"got {got}"
             )
-        if self.loss_name == "cross_entropy":
-            with torch.no_grad():
-                self.model.eval()
-                k = self.outputs(self.params(), x).shape[-1]
-                self.model.train(was_training)
-            labels = self.train.targets
+        if self.loss_name == "mse" and outputs[:1].numel() != y[:1].numel():
+            raise InputError(
+                f"Task: the model gives {outputs[:1].numel()} outputs per instance but the "
+                f"{which} targets have {y[:1].numel()}; they must match for the loss 'mse'"
+            )
+        if not torch.isfinite(out).all():
+            raise InputError(
+                f"Task: the loss is NaN or infinite on the first {which} instances at the "
+                "model's current weights; check the model, its weights and the data"
+            )
+        labels = data.targets
+        if self.loss_name == "cross_entropy" and not labels.is_floating_point():
+            k = outputs.shape[-1]
             if labels.min() < 0 or labels.max() >= k:
                 raise InputError(
-                    f"Task: training labels range over [{int(labels.min())}, {int(labels.max())}] "
-                    f"but the model has {k} outputs; labels must be in [0, {k - 1}]"
+                    f"Task: {which} labels range over [{int(labels.min())}, "
+                    f"{int(labels.max())}] but the model has {k} outputs; labels must be in "
+                    f"[0, {k - 1}]"
                 )
 
 
-def _batched(module: nn.Module, inputs: torch.Tensor, size: int = 4096) -> torch.Tensor:
-    return torch.cat([module(inputs[k : k + size]) for k in range(0, len(inputs), size)])
+def _trunk_batch(trunk: nn.Module, inputs: torch.Tensor, budget: int = 2**26) -> int:
+    """Instances per trunk batch: about ``budget`` bytes of output, between 1 and 4,096."""
+    with torch.no_grad():
+        out = trunk(inputs[:1])
+    return int(max(1, min(4096, budget // max(1, out.numel() * out.element_size()))))
+
+
+def _batched(
+    module: nn.Module,
+    inputs: torch.Tensor,
+    size: int = 4096,
+    progress: Callable[[int, int], None] | None = None,
+    offset: int = 0,
+    total: int = 0,
+) -> torch.Tensor:
+    parts = []
+    for k in range(0, len(inputs), size):
+        parts.append(module(inputs[k : k + size]))
+        if progress is not None:
+            progress(offset + min(k + size, len(inputs)), total or len(inputs))
+    return torch.cat(parts)

@@ -7,7 +7,7 @@ A plain loop with ``torch.optim``, the way the paper's reference code trains: a
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -24,6 +24,8 @@ class TrainingSettings:
     momentum: float = 0.0
     weight_decay: float = 0.0
     seed: int = 0
+    # parameters (names or patterns) that final training updates; empty: the task's trainable
+    trainable: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         check_choice("training.optimizer", self.optimizer, ("sgd", "adam", "adamw"))

@@ -107,6 +107,23 @@ def run_scores(path, config=None, manifest: dict | None = None, notes: list | No
     return {n: found[n] for n in order}
 
 
+def model_summary(model: dict) -> str:
+    """One line on the final model and its baseline, e.g. "Final model: test accuracy 0.8590,
+    test loss 0.3110 (logistic regression: accuracy 0.8480, loss 0.3250)"."""
+
+    def describe(prefix: str) -> str:
+        parts = []
+        if f"{prefix}test_accuracy" in model:
+            parts.append(f"accuracy {model[f'{prefix}test_accuracy']:.4f}")
+        parts.append(f"loss {model.get(f'{prefix}test_loss', math.nan):.4f}")
+        return ", ".join(parts)
+
+    line = f"Final model: test {describe('')}"
+    if model.get("baseline"):
+        line += f" ({model['baseline']}: {describe('baseline_')})"
+    return line
+
+
 def run_notes(config, manifest: dict, gold) -> list[str]:
     """The report's notes on the final model and the gold standard's settings.
 
@@ -115,10 +132,7 @@ def run_notes(config, manifest: dict, gold) -> list[str]:
     notes = []
     model = (manifest or {}).get("model") or {}
     if model:
-        notes.append(
-            f"Final model: test accuracy {model.get('test_accuracy', math.nan):.4f}, "
-            f"test loss {model.get('test_loss', math.nan):.4f}."
-        )
+        notes.append(model_summary(model) + ".")
     if config is not None:
         f = config.further
         notes.append(

@@ -5,13 +5,19 @@ named ``package.module:function`` (code you trust: it is imported and called):
 
 - ``data.factory``: ``fn() -> (train, test)``, two :class:`fimo.ArrayDataset`;
 - ``model.factory``: ``fn(train, test) -> torch.nn.Module``.
+
+``data.options`` are keyword arguments of a built-in dataset's loader (e.g. ``max_length``
+of ``reviews``); ``model.trainable`` and ``training.trainable`` take parameter names or
+shell-style patterns (:func:`fimo.task.select_parameters`).
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -43,7 +49,20 @@ def datasets() -> dict[str, Callable]:
 
 
 def load_data(config) -> tuple[ArrayDataset, ArrayDataset]:
-    """The configuration's (train, test) datasets."""
+    """The configuration's (train, test) datasets (the first ``data.n_train`` training
+    instances when that is set)."""
+    train, test = _load_data(config)
+    n = config.data.n_train
+    if n:
+        if n > len(train):
+            raise InputError(
+                f"data.n_train: got {n}, but there are only {len(train)} training instances"
+            )
+        train = train[np.arange(n)]
+    return train, test
+
+
+def _load_data(config) -> tuple[ArrayDataset, ArrayDataset]:
     if config.data.factory:
         result = resolve_callable(config.data.factory, "data.factory")()
         if not (isinstance(result, tuple) and len(result) == 2):
@@ -59,7 +78,25 @@ def load_data(config) -> tuple[ArrayDataset, ArrayDataset]:
             f"data.dataset: got {name!r}{closest(name, available)}; "
             f"available: {', '.join(sorted(available))} (or set data.factory)"
         )
-    return available[name]()
+    loader = available[name]
+    options = dict(config.data.options)
+    if options:
+        accepted = _keywords(loader)
+        for key in options:
+            if key not in accepted:
+                raise InputError(
+                    f"data.options: dataset {name!r} has no option {key!r}"
+                    f"{closest(key, accepted)}; allowed: {', '.join(accepted) or 'none'}"
+                )
+    try:
+        return loader(**options)
+    except TypeError as exc:  # a value of the wrong kind that the loader does not check
+        raise InputError(f"data.options: {options} do not fit dataset {name!r}: {exc}") from exc
+
+
+def _keywords(fn: Callable) -> list[str]:
+    params = inspect.signature(fn).parameters.values()
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
 def loss_for(train: ArrayDataset) -> str:
@@ -85,6 +122,15 @@ def build_model(config, train: ArrayDataset, test: ArrayDataset) -> nn.Module:
             )
         return model
     d_out = outputs_for(train)
+    if m.kind == "minilm":
+        from fimo.text import minilm_classifier
+
+        if train.inputs.dim() != 2 or train.inputs.is_floating_point():
+            raise InputError(
+                f"model.kind 'minilm' needs token ids (n, length) of an integer dtype; got "
+                f"{tuple(train.inputs.shape)} {train.inputs.dtype}"
+            )
+        return minilm_classifier(classes=d_out, seed=m.seed)
     if m.kind == "mlp":
         d_in = int(torch.tensor(train.inputs.shape[1:]).prod())
         if train.inputs.dim() != 2:
@@ -96,7 +142,7 @@ def build_model(config, train: ArrayDataset, test: ArrayDataset) -> nn.Module:
 
     builder = getattr(models, m.kind, None)
     if builder is None:
-        raise InputError(f"model.kind: got {m.kind!r}; available: mlp, resnet_small")
+        raise InputError(f"model.kind: got {m.kind!r}; available: mlp, resnet_small, minilm")
     return builder(in_channels=int(train.inputs.shape[1]), classes=d_out, seed=m.seed)
 
 
@@ -105,3 +151,20 @@ def build_task(config, train: ArrayDataset, test: ArrayDataset) -> Task:
     model = build_model(config, train, test)
     trainable = list(config.model.trainable) or None
     return Task(model, train, test, loss=loss_for(train), trainable=trainable, name=config.name)
+
+
+def final_training_task(config, task: Task) -> Task:
+    """The task final training works on: ``task`` itself, or the same model and data with
+    ``training.trainable`` as its parameters when that is set (e.g. more layers fine-tuned in
+    final training than further training updates)."""
+    if not config.training.trainable:
+        return task
+    return Task(
+        task.model,
+        task.train,
+        task.test,
+        loss=task.loss_name if task.loss_name in ("cross_entropy", "mse") else task.loss_fn,
+        trainable=list(config.training.trainable),
+        measurement=task.measure_fn,
+        name=task.name,
+    )

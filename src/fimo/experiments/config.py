@@ -35,6 +35,8 @@ class DataConfig:
     dataset: str = "adult"
     n_test: int = 100  # the first n_test test instances are scored and recorded
     factory: str = ""  # "package.module:function" returning (train, test); overrides dataset
+    options: dict = field(default_factory=dict)  # keyword arguments of the dataset's loader
+    n_train: int = 0  # use only the first n_train training instances (0: all)
 
 
 @dataclass
@@ -177,6 +179,10 @@ def _check_type(section: str, key: str, value, default):
         if not isinstance(value, list | tuple):
             raise InputError(f"{where}: got {value!r}; expected a list")
         value = list(value)
+    elif isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise InputError(f"{where}: got {value!r}; expected a table of settings")
+        value = dict(value)
     return value
 
 
@@ -257,11 +263,13 @@ def validate(config: Config) -> None:
     check_choice("run.executor", config.run.executor, ("local", "ray"))
     if config.run.workers < 1:
         raise InputError(f"run.workers: got {config.run.workers}; must be ≥ 1")
+    if config.data.n_train < 0:
+        raise InputError(f"data.n_train: got {config.data.n_train}; must be ≥ 0 (0: all)")
     if config.data.n_test < 1:
         raise InputError(f"data.n_test: got {config.data.n_test}; need at least 1 test instance")
     if not config.model.hidden or any(h < 1 for h in config.model.hidden):
         raise InputError(f"model.hidden: got {config.model.hidden}; widths must be ≥ 1")
-    check_choice("model.kind", config.model.kind, ("mlp", "resnet_small"))
+    check_choice("model.kind", config.model.kind, MODEL_KINDS)
     check_choice("methods.train", config.methods.train, ("all", "left_out"))
     available = available_methods()
     for name in config.methods.names:
@@ -272,13 +280,70 @@ def validate(config: Config) -> None:
         raise InputError(f"run.device: got {config.run.device!r}; allowed: 'cpu', 'cuda', 'cuda:N'")
 
 
+MODEL_KINDS = ("mlp", "resnet_small", "minilm")
+SCALES = ("quick", "paper")
+
+
 def preset_names() -> list[str]:
     folder = resources.files("fimo.experiments") / "presets"
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
-def load_config(source: str | Path | None = None) -> Config:
-    """A preset by name (default ``adult``), or a TOML file by path."""
+def load_config(source: str | Path | None = None, scale: str = "quick") -> Config:
+    """A preset by name (default ``adult``), or a TOML file by path, at a ``scale``.
+
+    A configuration may carry a ``[scales.paper]`` table of overrides (same sections and keys
+    as the configuration itself) that ``scale="paper"`` applies on top; ``"quick"`` (the
+    default) uses the configuration as written. An ``[about]`` table (what the preset
+    stands for, measured times) is descriptive and read by :func:`preset_about`.
+    """
+    raw = _read_raw(source)
+    return from_dict(apply_scale(raw, scale, source))
+
+
+def preset_about(source: str) -> dict:
+    """The ``[about]`` table of a preset or configuration file (empty when it has none)."""
+    about = _read_raw(source).get("about", {})
+    return about if isinstance(about, dict) else {}
+
+
+def apply_scale(raw: dict, scale: str, source=None) -> dict:
+    """``raw`` without its ``about`` and ``scales`` tables, with ``scales.<scale>`` merged in."""
+    check_choice("scale", scale, SCALES)
+    raw = copy.deepcopy(raw)
+    raw.pop("about", None)
+    scales = raw.pop("scales", {})
+    if not isinstance(scales, dict):
+        raise InputError(f"scales: expected tables of overrides; got {scales!r}")
+    unknown = [k for k in scales if k not in SCALES]
+    if unknown:
+        raise InputError(
+            f"scales: unknown scale {unknown[0]!r}{closest(unknown[0], SCALES)}; "
+            f"allowed: {', '.join(SCALES)}"
+        )
+    if scale == "quick":
+        return raw
+    overrides = scales.get(scale)
+    if overrides is None:
+        raise InputError(
+            f"scale: {source or 'this configuration'} has no [scales.{scale}] table; "
+            f"run it at scale 'quick' or add one"
+        )
+    _merge(raw, overrides, "scales." + scale)
+    return raw
+
+
+def _merge(base: dict, overrides: dict, where: str) -> None:
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value, f"{where}.{key}")
+        elif isinstance(value, dict) and key in SECTIONS and key not in base:
+            base[key] = copy.deepcopy(value)
+        else:
+            base[key] = value
+
+
+def _read_raw(source: str | Path | None) -> dict:
     source = "adult" if source is None else str(source)
     if source.endswith(".toml"):
         path = Path(source)
@@ -297,7 +362,7 @@ def load_config(source: str | Path | None = None) -> Config:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"configuration {source!r} is not valid TOML: {exc}") from exc
-    return from_dict(raw)
+    return raw
 
 
 def with_overrides(config: Config, **overrides) -> Config:

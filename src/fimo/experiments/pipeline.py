@@ -22,8 +22,10 @@ import contextlib
 import fcntl
 import json
 import os
+import pickle
 import platform
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,16 +35,26 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 import fimo
+from fimo.baselines import baseline
+from fimo.data.base import check_pair
 from fimo.errors import InputError, NumericalError
 from fimo.evaluate import evaluate_run, rich_summary_table
-from fimo.evaluate.rundir import run_notes
-from fimo.experiments.build import build_task, load_data
+from fimo.evaluate.rundir import model_summary, run_notes
+from fimo.experiments.build import build_task, final_training_task, load_data
 from fimo.experiments.config import Config
 from fimo.further.gold import GoldStandard
 from fimo.further.plan import steps_per_epoch
 from fimo.further.runner import gold_standard, make_executor, runs_per_shard
 from fimo.further.store import ShardStore, plan_shards
-from fimo.io import fingerprint, non_default, write_json, write_text
+from fimo.io import (
+    atomic_write,
+    checksum_matches,
+    fingerprint,
+    non_default,
+    remove_temporaries,
+    write_json,
+    write_text,
+)
 from fimo.methods import get_method
 from fimo.scores import Scores
 from fimo.task import Task
@@ -82,6 +94,32 @@ def _device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"run.device: got {name!r}, but no CUDA device is available; use 'cpu'")
     return torch.device(name)
+
+
+MODEL_METRICS = (
+    "test_loss",
+    "test_accuracy",
+    "baseline",
+    "baseline_test_loss",
+    "baseline_test_accuracy",
+)
+
+
+def _trunk_cached(task: Task, console: Console, quiet: bool) -> Task:
+    """``task.with_cached_trunk()``, with a progress bar when there is a trunk to compute."""
+    cached = getattr(task, "_cached_trunk", None)
+    if cached is not None and cached[0] == task.trainable:
+        return cached[1]
+    with _progress(console, quiet) as bar:
+        job = None
+
+        def progress(done: int, total: int) -> None:
+            nonlocal job
+            if job is None:
+                job = bar.add_task("frozen trunk", total=total)
+            bar.update(job, completed=done)
+
+        return task.with_cached_trunk(progress)
 
 
 def _progress(console: Console, quiet: bool) -> Progress:
@@ -136,6 +174,7 @@ def run(
     """Run ``config`` into ``out``: final model, gold standard, methods, metrics, report."""
     out = Path(out)
     with run_lock(out):
+        remove_temporaries(out)  # left by a process killed while writing; never read
         return _run(config, out, overwrite, console, quiet)
 
 
@@ -147,6 +186,7 @@ def _run(config: Config, out: Path, overwrite: bool, console, quiet: bool) -> Ru
 
     # -- data and indices: every check before any work starts -------------------------------
     train, test = load_data(config)
+    check_pair(train, test, "data.factory" if config.data.factory else "data")
     if n_test_wanted > len(test):
         raise InputError(
             f"data.n_test: got {n_test_wanted}, but there are only {len(test)} test instances"
@@ -155,7 +195,8 @@ def _run(config: Config, out: Path, overwrite: bool, console, quiet: bool) -> Ru
     left_out = choose_left_out(len(train), config.gold.left_out, config.gold.left_out_seed)
     methods = {name: get_method(name) for name in config.methods.names}
     out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "config.toml", config.to_toml())
+    if overwrite or not (out / "config.toml").exists():
+        write_text(out / "config.toml", config.to_toml())  # a first run records it at once
     data_fp = fingerprint(train.inputs, train.targets, test.inputs, test.targets)
 
     # -- the final model --------------------------------------------------------------------
@@ -168,34 +209,42 @@ def _run(config: Config, out: Path, overwrite: bool, console, quiet: bool) -> Ru
     model_dir = out / "model"
     meta_path = model_dir / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    state = None
     if meta.get("fingerprint") == model_fp and (model_dir / "final.pt").exists():
-        state = torch.load(model_dir / "final.pt", weights_only=True, map_location="cpu")
-        model.load_state_dict(state)
+        state = _load_final(model_dir / "final.pt", model)
+    if state is not None:
         console.print(f"[dim]final model: reusing {model_dir / 'final.pt'}[/dim]")
     else:
-        if meta and not overwrite:
+        if meta and meta.get("fingerprint") != model_fp and not overwrite:
             raise InputError(
                 f"{model_dir} holds a final model trained under other settings or data "
                 f"(fingerprint {meta.get('fingerprint')}, now {model_fp}); pass --overwrite to "
                 "train afresh, or --out to write elsewhere"
             )
         task.to(device)
+        final_task = _trunk_cached(final_training_task(config, task), console, quiet)
         with _progress(console, quiet) as bar:
             job = bar.add_task("final training", total=config.training.epochs)
-            history = train_final(task, config.training, on_epoch=lambda e, loss: bar.advance(job))
+            history = train_final(
+                final_task, config.training, on_epoch=lambda e, loss: bar.advance(job)
+            )
+        del final_task
         task.to("cpu")
-        torch.save(model.state_dict(), _tmp(model_dir / "final.pt"))
-        _tmp(model_dir / "final.pt").replace(model_dir / "final.pt")
+        atomic_write(model_dir / "final.pt", lambda p: torch.save(model.state_dict(), p))
         meta = {
             "fingerprint": model_fp,
             "training": config.training.as_dict(),
             "train_loss_by_epoch": history,
         }
-    meta.update(evaluate_model(task))
+    head_task = _trunk_cached(task, console, quiet)  # computed once, kept through task.to
+    meta.update(evaluate_model(head_task))
+    if "baseline" not in meta:
+        meta.update(baseline(head_task))
     write_json(meta_path, meta)
     timings["final_training"] = time.perf_counter() - t0
     weights_fp = fingerprint(dict(model.state_dict()))
-    model_metrics = {k: meta[k] for k in ("test_loss", "test_accuracy") if k in meta}
+    model_metrics = {k: meta[k] for k in MODEL_METRICS if k in meta}
+    console.print(model_summary(model_metrics), highlight=False)
 
     # -- the gold standard ------------------------------------------------------------------
     dtype = DTYPES[config.gold.dtype]
@@ -216,12 +265,17 @@ def _run(config: Config, out: Path, overwrite: bool, console, quiet: bool) -> Ru
         {"settings": further, "dtype": config.gold.dtype, "device": device.type},
         overwrite=overwrite,
     )
+    # the results on disk fit these settings (or are gone): only now may they replace the
+    # recorded ones, so that a refused run leaves the directory's config.toml as it was
+    write_text(out / "config.toml", config.to_toml())
     seeds = list(range(config.gold.first_seed, config.gold.first_seed + config.gold.seeds))
     per_shard = config.gold.left_out_per_shard or runs_per_shard(
         task, config.further, len(left_out), len(test_idx), config.gold.memory_budget_mb * 2**20
     )
     shards = plan_shards(seeds, len(left_out), per_shard)
-    todo = [sh for sh in shards if store.load(sh) is None]
+    with warnings.catch_warnings():  # a damaged shard is reported once, by gold_standard
+        warnings.simplefilter("ignore", RuntimeWarning)
+        todo = [sh for sh in shards if store.load(sh) is None]
     per_seed = config.further.epochs * steps_per_epoch(len(train), config.further.batch_size)
     if config.further.max_steps is not None:
         per_seed = min(per_seed, config.further.max_steps)
@@ -281,8 +335,8 @@ def _run(config: Config, out: Path, overwrite: bool, console, quiet: bool) -> Ru
             weights_fp, data_fp, name, settings, test_idx, train_idx, config.gold.dtype
         )
         method_fps[name] = fp
-        cached = Scores.load(path) if path.exists() else None
-        if cached is not None and cached.settings.get("fingerprint") == fp:
+        cached = _cached_scores(path, fp)
+        if cached is not None:
             scores[name] = cached
             continue
         t_method = time.perf_counter()
@@ -290,7 +344,7 @@ def _run(config: Config, out: Path, overwrite: bool, console, quiet: bool) -> Ru
             with _progress(console, quiet) as bar:
                 job = bar.add_task(name, total=len(train_idx))
                 result = methods[name](
-                    task,
+                    task.with_cached_trunk(),
                     test_idx,
                     train_idx,
                     progress=lambda k, job=job: bar.advance(job, k),
@@ -348,6 +402,56 @@ def _run(config: Config, out: Path, overwrite: bool, console, quiet: bool) -> Ru
     return RunResult(out, config, task, gold, scores, rows, model_metrics, timings)
 
 
-def _tmp(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.name}.tmp")
+def _load_final(path: Path, model: torch.nn.Module) -> dict | None:
+    """Load the saved final weights into ``model`` (weights only: no pickled code is run).
+
+    Returns the state dict, or None when the file is damaged (its checksum does not match: a
+    warning says so and the model is trained again, to the same weights).
+    """
+    if checksum_matches(path) is False:
+        warnings.warn(
+            f"{path} is damaged (its checksum does not match); training the final model again",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    fix = "delete it (or pass --overwrite) to train the final model again"
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError:
+        raise InputError(
+            f"{path} holds pickled Python objects beyond plain tensors, which fimo never loads "
+            f"(they could run code); {fix}"
+        ) from None
+    except Exception as exc:  # cut short, or not a PyTorch file
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise InputError(
+            f"{path} is damaged or not a PyTorch state dict ({type(exc).__name__}: {first}); {fix}"
+        ) from None
+    try:
+        model.load_state_dict(state)
+    except Exception as exc:  # another architecture (e.g. a model factory that changed)
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise InputError(f"{path} does not fit the configured model ({first}); {fix}") from None
+    return state
+
+
+def _cached_scores(path: Path, fp: str) -> Scores | None:
+    """The scores saved at ``path`` under fingerprint ``fp``, or None: absent, made under other
+    settings, or damaged (a warning says so; they are recomputed, never used)."""
+    if not path.exists():
+        return None
+    if not checksum_matches(path):
+        warnings.warn(
+            f"{path} is damaged or incomplete (no checksum, or its bytes do not match it); "
+            "recomputing it",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    try:
+        cached = Scores.load(path)
+    except (InputError, KeyError, ValueError) as exc:
+        warnings.warn(f"{path} cannot be read ({exc}); recomputing it", RuntimeWarning, 3)
+        return None
+    return cached if cached.settings.get("fingerprint") == fp else None

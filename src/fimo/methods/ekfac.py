@@ -225,9 +225,17 @@ def _output_vectors(task: Task, out: torch.Tensor, y: torch.Tensor, mode: str, n
     batch, d_o = out.shape
     if task.loss_name == "cross_entropy":
         p = torch.softmax(out, dim=-1)
-        if mode == "exact":  # diag(p) − ppᵀ = Σ_c p_c (e_c − p)(e_c − p)ᵀ
-            eye = torch.eye(d_o, dtype=out.dtype)
-            return p.T.sqrt()[:, :, None] * (eye[:, None, :] - p[None])
+        if mode == "exact":
+            # diag(p) − ppᵀ has rank C − 1 (its null space is the all-ones direction), so C − 1
+            # vectors suffice: half the work for binary classification. Two classes in closed
+            # form, u = √(p₀p₁)·(1, −1); more through the eigenvectors of each instance's matrix.
+            if d_o == 2:
+                sign = torch.tensor([1.0, -1.0], dtype=out.dtype)
+                return ((p[:, 0] * p[:, 1]).sqrt()[:, None] * sign)[None]
+            h = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+            w, v = torch.linalg.eigh(h)  # ascending: the zero eigenvalue comes first
+            u = v[:, :, 1:] * w[:, 1:].clamp_min(0).sqrt()[:, None, :]  # (B, C, C − 1)
+            return u.permute(2, 0, 1)
         # a label drawn from the model's own predictive distribution (inverse CDF of a uniform)
         label = (p.cumsum(-1) < noise[:, :1]).sum(-1).clamp(max=d_o - 1)
         return (nn.functional.one_hot(label, d_o).to(out.dtype) - p)[None]
@@ -305,7 +313,7 @@ def fit_ekfac(
             noise = torch.rand(n, 1, generator=gen, dtype=dtype)
         else:
             noise = torch.randn(n, d_o, generator=gen, dtype=dtype)
-    vectors = d_o if mode == "exact" else 1
+    vectors = d_o if mode == "exact" else 1  # an upper bound (cross-entropy needs C − 1)
     size = chunk_size or chunk_size_for(task.num_params * vectors, x_all.element_size())
     was_training = task.model.training
     task.model.eval()
