@@ -245,7 +245,7 @@ def presets_command() -> None:
         quick_time = about.get("quick_minutes")
         paper_time = about.get("paper_hours")
         if quick_time:
-            cells[0] += f"\n[bold]{quick_time:g} min[/bold] measured"
+            cells[0] += f"\n[bold]≈ {quick_time:g} min[/bold] on 2 cores"
         if paper_time:
             cells[1] += f"\n[bold]≈ {paper_time:g} h[/bold] estimated"
         data = (
