@@ -552,3 +552,180 @@ def test_indefinite_hessians_and_oversized_models_are_refused():
         influence.explicit(task, [0], [0], max_params=10)
     with pytest.raises(InputError, match="hessian"):
         influence.cg(task, [0], [0], hessian="fisher")
+
+
+# -- H from a subset of the training data (hessian_samples) -----------------------------------
+def off_optimum_task(data):
+    """The logistic task moved off its optimum, so that ∇R ≠ 0 and generalized has a term."""
+    task = logistic_task(*data)
+    set_theta(task, flat_theta(task) + torch.tensor([0.4, -0.3, 0.2, 0.5, -0.2, 0.3], dtype=DT))
+    return task
+
+
+def subset_reference(task, lam, rows):
+    """(1/n) ∇g_t (H_S + λI)⁻¹ [∇ℓ_i + ∇²ℓ_i u] with H_S the mean Hessian over ``rows`` only,
+    u = −(H_S + λI)⁻¹ ∇R over all n; returns (classical, generalized), from autograd."""
+    X, y = task.train.inputs, task.train.targets
+    Xt, yt = task.test.inputs, task.test.targets
+    theta, n = flat_theta(task), len(X)
+    H_S = torch.autograd.functional.hessian(lambda t: objective(t, X[rows], y[rows]), theta)
+    A = H_S + lam * torch.eye(len(theta), dtype=DT)
+    G = torch.autograd.functional.jacobian(lambda t: instance_losses(t, X, y), theta)
+    Gt = torch.autograd.functional.jacobian(lambda t: measured_losses(t, Xt, yt), theta)
+    u = -torch.linalg.solve(A, G.mean(0))
+    Hu = torch.stack(
+        [
+            torch.autograd.functional.hessian(
+                lambda t, i=i: instance_losses(t, X[i : i + 1], y[i : i + 1])[0], theta
+            )
+            @ u
+            for i in range(n)
+        ]
+    )
+    S = torch.linalg.solve(A, Gt.T).T
+    return (S @ G.T / n).numpy(), (S @ (G + Hu).T / n).numpy()
+
+
+def test_hessian_subset_is_a_seeded_sorted_draw_without_replacement():
+    a = influence.hessian_subset(1000, 37, seed=3)
+    np.testing.assert_array_equal(a, influence.hessian_subset(1000, 37, seed=3))
+    np.testing.assert_array_equal(a, np.sort(np.random.default_rng(3).choice(1000, 37, False)))
+    assert len(np.unique(a)) == 37 and a.min() >= 0 and a.max() < 1000
+    assert not np.array_equal(a, influence.hessian_subset(1000, 37, seed=4))
+    np.testing.assert_array_equal(influence.hessian_subset(50, 50, seed=9), np.arange(50))
+    np.testing.assert_array_equal(influence.hessian_subset(50, None), np.arange(50))
+
+
+SUBSET_SETTINGS = {
+    "explicit": {},
+    "cg": {"tol": 1e-12, "max_iter": 200},
+    # batch_size ≥ the sample: the full-sample series; H ⪰ ALPHA·I and the auto scale is
+    # below 1, so the truncation is (1 − 0.05)^400 ≈ 1e-9 at most
+    "lissa": {"batch_size": 10_000, "depth": 400},
+    "lissa_hessian": {"batch_size": 10_000, "depth": 400},
+    "arnoldi": {"rank": 6},
+    "generalized": {"tol": 1e-12, "max_iter": 200},
+}
+
+
+def test_hessian_samples_equal_to_n_is_the_exact_computation(data):
+    task = off_optimum_task(data)
+    for name, kw in SUBSET_SETTINGS.items():
+        exact = getattr(influence, name)(task, range(N_TEST), range(N_TRAIN), damping=1e-2, **kw)
+        same = getattr(influence, name)(
+            task, range(N_TEST), range(N_TRAIN), damping=1e-2, hessian_samples=N_TRAIN, **kw
+        )
+        np.testing.assert_array_equal(same.values, exact.values, err_msg=name)
+        assert (
+            same.settings["hessian_samples"] == N_TRAIN
+            and exact.settings["hessian_samples"] is None
+        )
+        assert same.settings["hessian_data"] == f"all {N_TRAIN} training instances"
+
+
+def test_hessian_samples_use_exactly_the_seeded_subset(data):
+    task = off_optimum_task(data)
+    lam, m, seed = 1e-2, 30, 7
+    rows = influence.hessian_subset(N_TRAIN, m, seed)
+    classical, general = subset_reference(task, lam, rows)
+    full_classical, _ = subset_reference(task, lam, np.arange(N_TRAIN))
+    assert rel(classical, full_classical) > 1e-2  # the subset matters
+    for name, kw in SUBSET_SETTINGS.items():
+        s = getattr(influence, name)(
+            task,
+            range(N_TEST),
+            range(N_TRAIN),
+            damping=lam,
+            hessian_samples=m,
+            hessian_seed=seed,
+            progress=None,
+            **kw,
+        )
+        want = general if name == "generalized" else classical
+        tol = 1e-10 if name in ("explicit", "arnoldi") else 1e-8
+        assert rel(s.values, want) < tol, (name, rel(s.values, want))
+        assert s.values.shape == (N_TEST, N_TRAIN)  # scores for every training instance
+        assert s.settings["hessian_samples"] == m and s.settings["hessian_seed"] == seed
+        assert f"subset of {m} of the {N_TRAIN}" in s.settings["hessian_data"]
+        json.dumps(s.settings)
+    for batch, batches in ((m, "full Hessian sample every step"), (10, "minibatches")):
+        lissa = influence.lissa(
+            task, [0], [0], damping=lam, hessian_samples=m, batch_size=batch, depth=5
+        )
+        assert lissa.settings["batches"].startswith(batches)
+    # another seed, another subset, other scores
+    other = influence.explicit(
+        task, range(N_TEST), range(N_TRAIN), damping=lam, hessian_samples=m, hessian_seed=8
+    )
+    assert rel(other.values, classical) > 1e-3
+
+
+@pytest.mark.parametrize("bad", [0, -3, N_TRAIN + 1, 2.5, True, "all"])
+def test_hessian_samples_are_validated(task, bad):
+    with pytest.raises(InputError, match=rf"hessian_samples: got .*from 1 to n = {N_TRAIN}"):
+        influence.cg(task, [0], [0], hessian_samples=bad)
+
+
+def test_explicit_reports_and_refuses_the_memory_a_dense_matrix_needs(monkeypatch):
+    # the adult preset's MLP: 30,466 parameters, within max_params (40,000) but 3.46 GiB dense
+    X = torch.randn(4, 106)
+    task = Task(
+        mlp(106, 2, hidden=(128, 128), seed=0),
+        ArrayDataset(X, torch.tensor([0, 1, 0, 1])),
+        ArrayDataset(X, torch.tensor([0, 1, 0, 1])),
+    )
+    P = task.num_params
+    assert P == 106 * 128 + 128 + 128 * 128 + 128 + 128 * 2 + 2 == 30_466
+    gib = P * P * 4 / 2**30
+    with pytest.raises(
+        InputError,
+        match=rf"dense 30,466 × 30,466 matrix \({gib:.2f} GiB in "
+        r"float32.*does not fit in 2\.00 GiB \(max_memory_gb=2\).*'cg'",
+    ):
+        influence.explicit(task, [0], [0], max_memory_gb=2)
+    with pytest.raises(InputError, match=rf"\({2 * gib:.2f} GiB in float64"):
+        influence.generalized(task.to(dtype=DT), [0], [0], solver="explicit", max_memory_gb=2)
+    # without a limit, what the machine has available now is the limit
+    monkeypatch.setattr(influence, "available_memory", lambda: 2**30)
+    with pytest.raises(InputError, match=r"1\.00 GiB \(the memory this machine has available now"):
+        influence.explicit(task, [0], [0])
+    with pytest.raises(InputError, match=r"max_memory_gb: got 0"):
+        influence.explicit(task, [0], [0], max_memory_gb=0)
+
+
+def test_explicit_within_the_memory_limit_records_it(task):
+    s = influence.explicit(task, [0], range(N_TRAIN), damping=1e-3, max_memory_gb=4)
+    assert s.settings["max_memory_gb"] == 4.0
+    from fimo.methods.gradients import DEFAULT_BUDGET
+
+    assert s.settings["dense_memory_gb"] == pytest.approx((36 * 8 + 2 * DEFAULT_BUDGET) / 2**30)
+    assert rel(s.values, reference_if(task, 1e-3)[[0]]) < 1e-10
+
+
+# -- the batch of a curvature product comes from the memory budget -------------------------
+def test_curvature_batch_from_the_budget_and_products_independent_of_it():
+    task = small_mlp_task()  # MLP 4-5-3: an instance makes 4 + 5 + 5 + 3 = 17 numbers
+    from fimo.methods.curvature import BYTES_PER_ACTIVATION, CurvatureOperator
+
+    H, G = dense_hessian(task), dense_gauss_newton_ce(task, task.train.inputs, task.train.targets)
+    V = torch.randn(5, task.num_params, generator=torch.Generator().manual_seed(5), dtype=DT)
+    per = BYTES_PER_ACTIVATION * 17 * 8  # bytes per instance and vector in flight (float64)
+    for kind, C in (("hessian", H), ("gauss_newton", G)):
+        roomy = CurvatureOperator(task, kind)
+        assert roomy.width == 17
+        assert roomy.plan(5) == (40, 5)  # all 40 instances fit, and all 5 vectors
+        tight = CurvatureOperator(task, kind, budget=int(per * 6 * 9))  # 9 instances × 6
+        assert tight.plan(5)[0] == 9 and tight.plan(1)[0] == 27  # (1 + 1) × 27 = 54 units
+        fixed = CurvatureOperator(task, kind, batch_size=13)
+        assert fixed.plan(5)[0] == 13
+        for op in (roomy, tight, fixed):
+            torch.testing.assert_close(op(V), V @ C, rtol=1e-10, atol=1e-12)
+        if kind == "hessian":  # the dense build through per-batch graphs, any block
+            for op, block in ((roomy, None), (tight, 4), (fixed, 7)):
+                torch.testing.assert_close(op.dense(block), H, rtol=1e-10, atol=1e-12)
+    with pytest.raises(InputError, match=r"batch_size: got 0.*or None"):
+        influence.cg(task, [0], [0], batch_size=0)
+    s = influence.cg(task, [0, 1], range(40), damping=1.0)
+    assert s.settings["batch_size"] is None and s.settings["curvature_batch"] == 40
+    s = influence.cg(task, [0, 1], range(40), damping=1.0, batch_size=16)
+    assert s.settings["batch_size"] == 16 and s.settings["curvature_batch"] == 16

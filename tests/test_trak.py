@@ -176,3 +176,124 @@ def test_duplicate_of_test_instance_is_helpful(loss):
     assert row[0] > 0
     assert (row > row[0]).sum() < 5  # among the most helpful
     assert (row < 0).any()  # the sign is informative: other instances are harmful
+
+
+# -- float64 kernel on an ill-conditioned problem, and a dtype-independent projection ----------
+def ill_conditioned_task(n, d=400, condition=5e4, seed=0):
+    """float32 least squares, no bias, zero weights, targets ±1: features exact in float32.
+
+    X = U diag(s) Vᵀ with s log-spaced so that K = (2/n) XᵀX has condition number ``condition``
+    (to float32 rounding of X). With zero weights the residuals are −y, so every gradient
+    2(f − y)x = −2y·x is exact in float32 and the only rounding left is the kernel's and the
+    solve's: a float64 formula can be matched to near float64 accuracy.
+    """
+    g = torch.Generator().manual_seed(seed)
+    U, _ = torch.linalg.qr(torch.randn(n, d, generator=g, dtype=DT))
+    V, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=DT))
+    s = torch.logspace(0, -0.5 * np.log10(condition), d, dtype=DT)
+    X = ((U * s) @ V.T * 10).float()
+    Xt = (torch.randn(20, d, generator=g, dtype=DT) * 10 / np.sqrt(n)).float()
+    y = (torch.randint(0, 2, (n + 20,), generator=g) * 2 - 1).float()
+    model = nn.Linear(d, 1, bias=False)
+    with torch.no_grad():
+        model.weight.zero_()
+    return Task(model, ArrayDataset(X, y[:n]), ArrayDataset(Xt, y[n:]), loss="mse")
+
+
+@pytest.mark.parametrize("n", [800, 400])  # primal (k × k kernel) and dual (SVD of Φ, n = k)
+def test_ill_conditioned_full_rank_kernel_is_inverted_in_float64(n):
+    task = ill_conditioned_task(n)
+    d = task.num_params
+    X = task.train.inputs.double().numpy()
+    Xt = task.test.inputs.double().numpy()
+    y, yt = task.train.targets.double().numpy(), task.test.targets.double().numpy()
+    K = 2 * X.T @ X / n  # fimo's mse has loss curvature 2 in f-space
+    eig = np.linalg.eigvalsh(K)
+    condition = eig.max() / eig.min()
+    assert 1e4 < condition < 1e5  # well-posed, moderately ill-conditioned
+    # the former float32 rule, cut-off k·eps32·max, would drop the weakest directions
+    dropped32 = int((eig <= d * np.finfo(np.float32).eps * eig.max()).sum())
+    assert dropped32 > 10
+    G, Gt = -2 * y[:, None] * X, -2 * yt[:, None] * Xt  # exact gradients (f = 0)
+    want = Gt @ np.linalg.solve(K, G.T) / n
+
+    s = trak(task, range(20), range(n), proj_dim=None)
+    assert s.settings["kernel_rank"] == d and not s.settings["pseudo_inverse"]
+    assert s.settings["kernel_dtype"] == "float64"
+    np.testing.assert_allclose(s.settings["kernel_condition"], condition, rtol=1e-6)
+    err = np.linalg.norm(s.values - want) / np.linalg.norm(want)
+    assert err < 1e-9, err
+
+    # the same formula with a float32 kernel (the former implementation) misses by far more
+    K32 = torch.tensor(K, dtype=torch.float32)
+    w, B = torch.linalg.eigh(K32)
+    keep = w > d * torch.finfo(torch.float32).eps * w.max()
+    assert int(keep.sum()) < d
+    Gt32, G32 = torch.tensor(Gt, dtype=torch.float32), torch.tensor(G, dtype=torch.float32)
+    old = ((Gt32 @ B[:, keep] / w[keep]) @ B[:, keep].T @ G32.T / n).double().numpy()
+    assert np.linalg.norm(old - want) / np.linalg.norm(want) > 1e4 * err
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
+def test_projection_matrix_depends_on_seed_size_and_k_only(kind, monkeypatch):
+    import fimo.methods.trak as trak_module
+
+    # small blocks, so that the 1000 rows span many of them (32 rows each at k = 32)
+    monkeypatch.setattr(trak_module, "BLOCK_BUDGET", 4096)
+    P, k = 1000, 32
+    m32 = Projector(P, k, seed=5, kind=kind, dtype=torch.float32)
+    m64 = Projector(P, k, seed=5, kind=kind, dtype=DT)
+    assert m32.rows == m64.rows == 32 and m32.num_blocks == 32
+    a, b = m32.matrix, m64.matrix
+    assert a.dtype == torch.float32 and b.dtype == DT
+    # float64 equals float32 up to float32 rounding, block by block: the same draws, scaled
+    # by 1/√k in each dtype (two roundings in float32, of 1/√k and of the product: ≤ 2·2⁻²⁴)
+    rel_diff = (b - a.double()).abs() / b.abs()
+    assert float(rel_diff.max()) <= 2 * 2**-24
+    assert float(rel_diff.max()) > 0 or kind == "rademacher"
+    if kind == "rademacher":
+        assert set(np.unique(b.numpy() * np.sqrt(k)).round(12)) == {-1.0, 1.0}
+    else:
+        assert not torch.equal(b, b.float().double())  # a genuine float64 matrix
+    assert abs(float(b.pow(2).sum()) / P - 1) < 0.05  # columns of length ≈ 1
+    # held in memory and regenerated block by block: the same matrix, in both dtypes
+    G = torch.randn(3, P, generator=torch.Generator().manual_seed(0), dtype=DT)
+    for held, dt in ((m32, torch.float32), (m64, DT)):
+        streamed = Projector(P, k, seed=5, kind=kind, dtype=dt, budget=0)
+        assert streamed.matrix is None
+        Gd = G.to(dt)
+        torch.testing.assert_close(streamed.project(Gd), Gd @ held.matrix, rtol=1e-5, atol=1e-5)
+        blocks = torch.cat([streamed.block(i) for i in range(streamed.num_blocks)])
+        assert torch.equal(blocks, held.matrix)
+    # another seed is another matrix
+    other = Projector(P, k, seed=6, kind=kind, dtype=DT).matrix
+    assert float((other - b).abs().max()) > 0.1
+
+
+def test_float32_features_of_a_singular_kernel_keep_exactly_its_rank():
+    # float32 least squares whose inputs span r = 30 of d = 3000 dimensions, projected to
+    # k = 64 (a power of 4: the Rademacher entries ±1/8 are exact), n = 400 > k (primal path).
+    # Rounding the float32 features gives the 34 null directions eigenvalues of about
+    # 2e-14 · max (measured); a float64 cut-off k·eps64 = 1.4e-14 kept 13 of them.
+    d, r, k, n = 3000, 30, 64, 400
+    g = torch.Generator().manual_seed(0)
+    B = torch.randn(r, d, generator=g)
+    X = torch.randn(n + 5, r, generator=g) @ B / np.sqrt(r)
+    y = (torch.randint(0, 2, (n + 5,), generator=g) * 2 - 1).float()
+    model = nn.Linear(d, 1, bias=False)
+    with torch.no_grad():
+        model.weight.zero_()
+    task = Task(model, ArrayDataset(X[:n], y[:n]), ArrayDataset(X[n:], y[n:]), loss="mse")
+    s = trak(task, range(5), range(n), proj_dim=k, seed=2)
+    assert s.settings["kernel_rank"] == r and s.settings["pseudo_inverse"]
+    # TRAK in float64 numpy from the exact features: Φ = X·P (P the same matrix in float64)
+    P = Projector(d, k, seed=2, dtype=DT).matrix.numpy()
+    assert np.array_equal(P, Projector(d, k, seed=2).matrix.double().numpy())
+    Xd = X.double().numpy()
+    phi, phi_t = Xd[:n] @ P, Xd[n:] @ P
+    K = 2 * phi.T @ phi / n
+    yd = y.double().numpy()
+    G, Gt = -2 * yd[:n, None] * phi, -2 * yd[n:, None] * phi_t  # f = 0: residual −y
+    want = Gt @ np.linalg.pinv(K, rcond=1e-10, hermitian=True) @ G.T / n
+    assert np.linalg.matrix_rank(K, tol=1e-10 * np.abs(K).max()) == r
+    np.testing.assert_allclose(s.values, want, rtol=0, atol=1e-5 * np.abs(want).max())

@@ -10,6 +10,13 @@ the training data in batches, so memory stays at one batch's activations per vec
 matrix is ever formed. The parameter order is that of ``task.params()``, the same as
 :func:`fimo.methods.gradients.flatten`.
 
+How many training instances go through the model at a time (the *batch*) and how many
+vectors are vmap'd together are chosen from a memory budget (that of
+:mod:`fimo.methods.gradients`, 256 MiB by default): a product holds about
+``BYTES_PER_ACTIVATION`` × (vectors + 1) × batch × (the numbers one instance produces in a
+forward pass) bytes, so small models get the whole training set in one batch (one graph per
+product) and large ones are cut to fit. ``batch_size=`` fixes the batch instead.
+
 >>> # op = hvp(task); op(v)            # H v, v of shape (P,)
 >>> # dense_matrix(gnvp(task))         # the explicit P × P Gauss-Newton matrix
 """
@@ -25,15 +32,45 @@ import torch
 from torch.func import grad, jacrev, jvp, vjp, vmap
 
 from fimo.errors import InputError, check_choice
-from fimo.methods.gradients import DEFAULT_BUDGET, chunk_size_for
+from fimo.methods.gradients import DEFAULT_BUDGET, chunk_size_for, fit_count
 from fimo.task import Task
 
 #: The curvature matrices the methods accept (the ``hessian`` setting).
 KINDS = ("gauss_newton", "hessian")
-#: Training instances per batch in a curvature product, by default.
-DEFAULT_BATCH = 512
-#: Vectors processed together (vmap'd) in one batched product.
+#: ``batch_size`` of the operators and methods by default: from the memory budget.
+DEFAULT_BATCH = None
+#: The most vectors processed together (vmap'd) in one batched product (fewer when a fixed
+#: ``batch_size`` leaves no room in the budget). Larger blocks measured no faster on CPU: for the
+#: dense Hessian of a 2k-parameter MLP on 2,000 instances, blocks of 96 and 256 took 1.2-1.3×
+#: as long as blocks of 32.
 MAX_VECTORS = 32
+#: Bytes a product holds per number of an instance's forward pass, per vector in flight (plus
+#: one for the shared graph), in units of the item size. Measured from the peak RSS of one
+#: batch product of the Adult MLP 106-128-128-2 in float32 (batches of 1,000-8,000, 1-32
+#: vectors): 0.8-1.1 for Gauss-Newton, 1.0-2.9 for the Hessian. So the budget is kept to
+#: within about 1.5×, not exactly.
+BYTES_PER_ACTIVATION = 2.0
+
+
+def activation_width(task: Task, x: torch.Tensor, params=None) -> int:
+    """Numbers one instance produces in a forward pass: its input, and the outputs of every
+    module without submodules (a proxy for the activations a product keeps per instance)."""
+    total = [int(x[:1].numel())]
+
+    def count(module, inputs, output):
+        for out in output if isinstance(output, tuple | list) else (output,):
+            if isinstance(out, torch.Tensor):
+                total[0] += int(out.numel())
+
+    leaves = [m for m in task.model.modules() if next(m.children(), None) is None]
+    handles = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with torch.no_grad(), eval_mode(task.model):
+            out = task.outputs(task.params() if params is None else params, x[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return max(total[0], int(x[:1].numel()) + int(out.numel()))
 
 
 @contextlib.contextmanager
@@ -72,11 +109,13 @@ class CurvatureOperator:
     Hessian-vector product of the loss in output space, Jᵀ(·) by a vjp). ``data_indices``
     selects training instances (all by default); the product is their *mean*.
     ``batch_size`` training instances go through the model at a time (memory ∝ batch_size
-    × vectors in flight); the result does not depend on it beyond rounding.
+    × vectors in flight); ``None`` (the default) takes as many as fit in ``budget`` bytes
+    with the vectors of the call (:meth:`plan`). The result does not depend on it beyond
+    rounding.
 
     Cost of one product: one pass over the selected data at about 3-5 forward passes each.
     A block of k vectors shares each batch's graph (one forward and backward per batch) and
-    vmaps the rest over the vectors, 32 at a time.
+    vmaps the rest over the vectors, at most 32 at a time.
 
     Reverse-over-reverse rather than forward-over-reverse (``jvp(grad)``) for the Hessian:
     on CPU with torch 2.13 it measured 1.3-2.8× faster (forward-mode derivatives of backward
@@ -89,13 +128,21 @@ class CurvatureOperator:
         task: Task,
         kind: str = "gauss_newton",
         data_indices=None,
-        batch_size: int = DEFAULT_BATCH,
+        batch_size: int | None = DEFAULT_BATCH,
         params: dict[str, torch.Tensor] | None = None,
+        budget: int = DEFAULT_BUDGET,
     ):
         check_choice("hessian", kind, KINDS)
-        if not (isinstance(batch_size, int) and batch_size >= 1):
-            raise InputError(f"batch_size: got {batch_size!r}; must be an integer ≥ 1")
-        self.task, self.kind, self.batch_size = task, kind, batch_size
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        ):
+            raise InputError(
+                f"batch_size: got {batch_size!r}; must be an integer ≥ 1, or None to choose it "
+                "from the memory budget"
+            )
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+            raise InputError(f"budget: got {budget!r}; must be a number of bytes ≥ 1")
+        self.task, self.kind, self.batch_size, self.budget = task, kind, batch_size, budget
         self.flat = FlatParams(task.params() if params is None else params)
         self.theta = self.flat.vector
         self.size = self.theta.numel()
@@ -113,6 +160,25 @@ class CurvatureOperator:
             self.output_tail = tuple(
                 task.outputs(self.flat.unflatten(self.theta), self.inputs[:1]).shape[1:]
             )
+        self.width = activation_width(task, self.inputs[:1], self.flat.unflatten(self.theta))
+
+    def plan(self, vectors: int, count: int | None = None) -> tuple[int, int]:
+        """(batch, in_flight) for a product with ``vectors`` vectors over ``count`` instances.
+
+        batch: training instances per pass, the given ``batch_size`` or the most that fit in
+        the budget with min(vectors, 32) vectors in flight (at most ``count``); in_flight:
+        vectors vmap'd together, min(vectors, 32), or fewer if a given ``batch_size`` leaves
+        no room for them in the budget.
+        """
+        count = self.count if count is None else count
+        per = BYTES_PER_ACTIVATION * self.width * self.theta.element_size()  # per instance·vector
+        if self.batch_size is not None:
+            batch = min(self.batch_size, count)
+        else:
+            batch = fit_count(per * (min(vectors, MAX_VECTORS) + 1), self.budget, count)
+        room = fit_count(per * batch, self.budget) - 1
+        in_flight = max(1, min(vectors, MAX_VECTORS, room))
+        return batch, in_flight
 
     # -- the functional pieces --------------------------------------------------------------
     def outputs(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -123,30 +189,22 @@ class CurvatureOperator:
         """Per-instance losses from flattened outputs (B, C)."""
         return self.task.loss_fn(out.reshape(out.shape[0], *self.output_tail), y)
 
-    def batch_products(self, V: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Σ_{j in batch} C_j v (a sum, not a mean) for each row v of V (k, P).
+    def pullback(self, x: torch.Tensor, y: torch.Tensor):
+        """v ↦ Σ_{j in batch} C_j v (a sum, not a mean), the batch's graph built once.
 
-        The batch's graph is built once and shared by the k vectors (vmap'd over its
-        pullback): for the Hessian, a vjp of the gradient (reverse-over-reverse); for
+        The returned function may be called (and vmap'd) any number of times: for the
+        Hessian it is the pullback of a vjp of the gradient (reverse-over-reverse); for
         Gauss-Newton, J v by a jvp of the output map, H_ℓ(Jv) by a vjp of the output-space
         gradient, Jᵀ(·) by a vjp of the output map.
         """
         theta = self.theta
-
-        def each(fn, rows):
-            if len(rows) == 1:
-                return fn(rows[0])[None]
-            return torch.cat(
-                [vmap(fn)(rows[r : r + MAX_VECTORS]) for r in range(0, len(rows), MAX_VECTORS)]
-            )
-
         if self.kind == "hessian":
 
             def total(t):
                 return self.task.losses(self.flat.unflatten(t), x, y).sum()
 
             _, pull = vjp(grad(total), theta)
-            return each(lambda v: pull(v)[0], V)
+            return lambda v: pull(v)[0]
 
         def outs(t):
             return self.outputs(t, x)
@@ -161,7 +219,17 @@ class CurvatureOperator:
             jv = jvp(outs, (theta,), (v,))[1]
             return pull_out(pull_loss(jv)[0])[0]
 
-        return each(one, V)
+        return one
+
+    def batch_products(
+        self, V: torch.Tensor, x: torch.Tensor, y: torch.Tensor, in_flight: int = MAX_VECTORS
+    ) -> torch.Tensor:
+        """Σ_{j in batch} C_j v (a sum, not a mean) for each row v of V (k, P).
+
+        The batch's graph is built once (:meth:`pullback`) and shared by the k vectors,
+        vmap'd ``in_flight`` at a time.
+        """
+        return _apply_rows(self.pullback(x, y), V, in_flight)
 
     # -- products ---------------------------------------------------------------------------
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
@@ -187,32 +255,63 @@ class CurvatureOperator:
             inputs, targets = self.inputs, self.targets
         V = V.to(self.dtype)
         out = torch.zeros_like(V)
+        batch, in_flight = self.plan(len(V), len(inputs))
         with eval_mode(self.task.model):
-            for start in range(0, len(inputs), self.batch_size):
-                x = inputs[start : start + self.batch_size]
-                y = targets[start : start + self.batch_size]
-                out += self.batch_products(V, x, y)
+            for start in range(0, len(inputs), batch):
+                x = inputs[start : start + batch]
+                y = targets[start : start + batch]
+                out += self.batch_products(V, x, y, in_flight)
         return out / len(inputs)
 
-    def gradient(self) -> torch.Tensor:
-        """∇R(θ), the gradient of the mean loss over the operator's data (P,)."""
+    def gradient(
+        self, inputs: torch.Tensor | None = None, targets: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """∇R(θ), the gradient of the mean loss over the operator's data (P,), or over
+        ``inputs``/``targets`` when given."""
+        if inputs is None:
+            inputs, targets = self.inputs, self.targets
 
         def total(theta, x, y):
             return self.task.losses(self.flat.unflatten(theta), x, y).sum()
 
         out = torch.zeros_like(self.theta)
+        batch = self.plan(1, len(inputs))[0]
         with eval_mode(self.task.model):
-            for start in range(0, self.count, self.batch_size):
-                x = self.inputs[start : start + self.batch_size]
-                y = self.targets[start : start + self.batch_size]
+            for start in range(0, len(inputs), batch):
+                x = inputs[start : start + batch]
+                y = targets[start : start + batch]
                 out += grad(total)(self.theta, x, y)
-        return out / self.count
+        return out / len(inputs)
 
-    def dense(self, block: int = MAX_VECTORS) -> torch.Tensor:
+    def dense(self, block: int | None = None) -> torch.Tensor:
         """The explicit P × P matrix (see :func:`dense_matrix`)."""
         if self.kind == "gauss_newton":
             return self._dense_gauss_newton()
-        return _dense_from_products(self, block)
+        return self._dense_from_pullbacks(block)
+
+    def _dense_from_pullbacks(self, block: int | None = None) -> torch.Tensor:
+        """C from P products with unit vectors: batches outside, blocks of unit vectors inside.
+
+        Each batch's graph is built once (:meth:`pullback`) and every block of unit vectors is
+        pulled back through it, so the forward pass and first backward run once per batch
+        rather than once per batch and block. Batch and block come from the budget
+        (:meth:`plan` with P vectors) unless ``batch_size``/``block`` are given. Memory: the
+        P × P result plus two (block, P) blocks and the product's working memory.
+        """
+        P = self.size
+        batch, in_flight = self.plan(P)
+        block = in_flight if block is None else max(1, min(int(block), P))
+        out = torch.zeros(P, P, dtype=self.dtype, device=self.device)
+        with eval_mode(self.task.model):
+            for start in range(0, self.count, batch):
+                pull = self.pullback(
+                    self.inputs[start : start + batch], self.targets[start : start + batch]
+                )
+                for first in range(0, P, block):
+                    stop = min(first + block, P)
+                    out[first:stop] += _apply_rows(pull, _unit_rows(first, stop, P, out), block)
+        out /= self.count
+        return symmetrise_(out)
 
     def _dense_gauss_newton(self) -> torch.Tensor:
         """(1/n) Σ_j J_jᵀ H_ℓ,j J_j from per-instance Jacobians, a few GEMMs per chunk.
@@ -309,13 +408,13 @@ class CurvatureOperator:
 def hvp(
     task: Task,
     data_indices=None,
-    batch_size: int = DEFAULT_BATCH,
+    batch_size: int | None = DEFAULT_BATCH,
     params: dict[str, torch.Tensor] | None = None,
 ) -> CurvatureOperator:
     """v ↦ ∇²R(θ) v, the true Hessian of the mean training loss (over ``data_indices``).
 
-    A Hessian-vector product (vjp of ``grad``) per batch of ``batch_size`` instances, summed
-    and divided by the count. Accepts v (P,) or a block V (k, P).
+    A Hessian-vector product (vjp of ``grad``) per batch of ``batch_size`` instances (``None``:
+    from the memory budget), summed and divided by the count. Accepts v (P,) or a block V (k, P).
 
     >>> # H_v = hvp(task)(v)
     """
@@ -325,7 +424,7 @@ def hvp(
 def gnvp(
     task: Task,
     data_indices=None,
-    batch_size: int = DEFAULT_BATCH,
+    batch_size: int | None = DEFAULT_BATCH,
     params: dict[str, torch.Tensor] | None = None,
 ) -> CurvatureOperator:
     """v ↦ G v, G = (1/n) Σ_j J_jᵀ H_ℓ,j J_j the Gauss-Newton matrix of the mean training loss.
@@ -343,14 +442,29 @@ def curvature(task: Task, kind: str, **kw) -> CurvatureOperator:
     return CurvatureOperator(task, kind, **kw)
 
 
+def _apply_rows(fn, V: torch.Tensor, in_flight: int) -> torch.Tensor:
+    """fn applied to each row of V, vmap'd ``in_flight`` rows at a time."""
+    if len(V) == 1:
+        return fn(V[0])[None]
+    step = max(1, int(in_flight))
+    return torch.cat([vmap(fn)(V[r : r + step]) for r in range(0, len(V), step)])
+
+
+def _unit_rows(start: int, stop: int, size: int, like: torch.Tensor) -> torch.Tensor:
+    """Rows start..stop−1 of the size × size identity, made as needed."""
+    rows = torch.zeros(stop - start, size, dtype=like.dtype, device=like.device)
+    rows[torch.arange(stop - start), torch.arange(start, stop)] = 1
+    return rows
+
+
 def _dense_from_products(operator, block: int = MAX_VECTORS, size: int | None = None):
+    """The symmetrised matrix of any operator V (k, P) → (k, P), from blocks of unit vectors."""
     P = operator.size if size is None else size
     dtype = getattr(operator, "dtype", torch.float64)
     out = torch.empty(P, P, dtype=dtype)
     for start in range(0, P, block):
         stop = min(start + block, P)
-        cols = torch.zeros(stop - start, P, dtype=dtype)  # unit vectors, made as needed
-        cols[torch.arange(stop - start), torch.arange(start, stop)] = 1
+        cols = _unit_rows(start, stop, P, out)
         product = operator.matmat(cols) if hasattr(operator, "matmat") else operator(cols)
         out[start:stop] = product
     return symmetrise_(out)
@@ -391,19 +505,21 @@ def symmetrise_(A: torch.Tensor, block: int = TILE) -> torch.Tensor:
     return A
 
 
-def dense_matrix(operator, size: int | None = None, block: int = MAX_VECTORS) -> torch.Tensor:
+def dense_matrix(operator, size: int | None = None, block: int | None = None) -> torch.Tensor:
     """The explicit P × P (symmetrised) matrix of a symmetric operator.
 
     A :class:`CurvatureOperator` builds it its fastest way: the Gauss-Newton matrix from
-    per-instance Jacobians (P² · n · C flops), the Hessian from P products with unit vectors
-    vmap'd ``block`` at a time (P/block passes over the data). Any other callable V (k, P) →
-    (k, P) is applied to blocks of unit vectors. Memory: P² numbers (symmetrised in place).
+    per-instance Jacobians (P² · n · C flops), the Hessian from P products with unit vectors,
+    each batch's graph built once and all P unit vectors pulled back through it ``block`` at a
+    time (``None``: from the memory budget, at most 32). Any other callable V (k, P) → (k, P) is
+    applied to blocks of unit vectors (32 by default). Memory: P² numbers (symmetrised in
+    place).
     """
     if isinstance(operator, CurvatureOperator):
         return operator.dense(block)
     if size is None:
         raise InputError("dense_matrix: give the size P for an operator that does not know it")
-    return _dense_from_products(operator, block, size)
+    return _dense_from_products(operator, MAX_VECTORS if block is None else block, size)
 
 
 def lanczos(

@@ -1,7 +1,12 @@
-"""Per-instance gradients with ``torch.func``, in chunks sized from a memory budget."""
+"""Per-instance gradients with ``torch.func``, in chunks sized from a memory budget.
+
+The budget mechanism is shared by the other methods: :func:`fit_count` says how many items of
+a given size fit in a budget, :func:`available_memory` what the machine can still give.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -16,9 +21,54 @@ DEFAULT_BUDGET = 256 * 2**20
 MAX_CHUNK = 256
 
 
+def fit_count(item_bytes: float, budget: int = DEFAULT_BUDGET, cap: int | None = None) -> int:
+    """How many items of ``item_bytes`` bytes fit in ``budget`` bytes: at least 1, at most cap."""
+    count = int(budget // max(1.0, float(item_bytes)))
+    if cap is not None:
+        count = min(count, int(cap))
+    return max(1, count)
+
+
 def chunk_size_for(num_params: int, itemsize: int = 4, budget: int = DEFAULT_BUDGET) -> int:
     """How many flattened per-instance gradients fit in ``budget`` bytes (at least 1)."""
-    return int(max(1, min(MAX_CHUNK, budget // max(1, num_params * itemsize))))
+    return fit_count(num_params * itemsize, budget, MAX_CHUNK)
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate, or None when the system does not say.
+
+    The smaller of the kernel's ``MemAvailable`` (/proc/meminfo) and the room left under a
+    cgroup memory limit (v2 ``memory.max`` − ``memory.current``, or v1 ``limit_in_bytes`` −
+    ``usage_in_bytes``), where those files exist.
+    """
+    found = []
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        (
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+        ),
+    ):
+        if not (os.path.exists(limit_file) and os.path.exists(usage_file)):
+            continue
+        try:
+            with open(limit_file) as fh:
+                limit = fh.read().strip()
+            with open(usage_file) as fh:
+                usage = int(fh.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 2**60:  # "max" or a huge number: no limit
+            found.append(max(0, int(limit) - usage))
+    return min(found) if found else None
 
 
 def flatten(tree: dict[str, torch.Tensor], batch_dims: int = 1) -> torch.Tensor:

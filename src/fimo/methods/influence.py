@@ -16,6 +16,12 @@ n is the size of the whole training set, whatever subset ``train`` scores.
 
 λ defaults to 100 × the mean squared per-instance gradient entry (the paper's choice,
 :func:`fimo.methods.damping.resolve_damping`); ``damping=`` sets it directly.
+
+``hessian_samples=m`` estimates H from a seeded random subset of m training instances
+(:func:`hessian_subset`, seeded by ``hessian_seed``) instead of all n: the curvature products,
+the dense matrix and LiSSA's minibatches use only those m, so their cost falls by n/m. The
+scores are still computed for every requested training instance, with the same 1/n; the
+damping rule and ``generalized``'s ∇R(D) still use all n (one cheap pass each).
 """
 
 from __future__ import annotations
@@ -37,7 +43,13 @@ from fimo.methods.curvature import (
     top_eigenvalue,
 )
 from fimo.methods.damping import resolve_damping
-from fimo.methods.gradients import chunk_size_for, gradient_matrix, per_instance_grads
+from fimo.methods.gradients import (
+    DEFAULT_BUDGET,
+    available_memory,
+    chunk_size_for,
+    gradient_matrix,
+    per_instance_grads,
+)
 from fimo.scores import Scores
 from fimo.task import Task
 
@@ -70,17 +82,93 @@ def _positive(name: str, value) -> float:
     return float(value)
 
 
-def _prepare(task, test, train, damping, damping_factor, hessian, batch_size, chunk_size):
+def _batch_size(value) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise InputError(
+            f"batch_size: got {value!r}; must be an integer ≥ 1 (training instances per pass "
+            "in a curvature product), or None to choose it from the memory budget"
+        )
+    return int(value)
+
+
+def _seed(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise InputError(f"{name}: got {value!r}; must be an integer")
+    return int(value)
+
+
+def hessian_subset(n: int, samples: int | None, seed: int = 0) -> np.ndarray:
+    """The training indices H is estimated from: all n, or ``samples`` of them drawn at random.
+
+    A sorted draw without replacement from ``numpy.random.default_rng(seed)``, so it is a
+    function of (n, samples, seed) only; ``samples=None`` or ``samples=n`` gives
+    ``arange(n)``. Raises :class:`InputError` unless ``samples`` is None or an integer in
+    [1, n].
+
+    >>> hessian_subset(10, 3, seed=0)
+    array([5, 6, 9])
+    """
+    if samples is None:
+        return np.arange(n)
+    if (
+        isinstance(samples, bool)
+        or not isinstance(samples, int | np.integer)
+        or not 1 <= samples <= n
+    ):
+        raise InputError(
+            f"hessian_samples: got {samples!r}; must be a whole number from 1 to n = {n} (the "
+            "training set size), or None to use every training instance"
+        )
+    if samples == n:
+        return np.arange(n)
+    rng = np.random.default_rng(_seed("hessian_seed", seed))
+    return np.sort(rng.choice(n, int(samples), replace=False))
+
+
+def _prepare(
+    task,
+    test,
+    train,
+    damping,
+    damping_factor,
+    hessian,
+    batch_size,
+    chunk_size,
+    hessian_samples=None,
+    hessian_seed=0,
+):
     """Indices, λ with its record, the curvature operator and the test gradients (k, P)."""
     test = _indices(test, "test", len(task.test))
     train = _indices(train, "train", len(task.train))
     if chunk_size is not None:
         _positive_int("chunk_size", chunk_size)
     check_choice("hessian", hessian, KINDS)
+    batch_size = _batch_size(batch_size)
+    hessian_seed = _seed("hessian_seed", hessian_seed)
+    n = len(task.train)
+    subset = hessian_subset(n, hessian_samples, hessian_seed)
     lam, record = resolve_damping(task, damping, damping_factor)
-    op = curvature(task, hessian, batch_size=_positive_int("batch_size", batch_size))
+    op = curvature(
+        task, hessian, batch_size=batch_size, data_indices=None if len(subset) == n else subset
+    )
     g_test = gradient_matrix(task, task.test, test, measure=True, chunk_size=chunk_size)
-    record.update(hessian=hessian, num_params=op.size, n_train=len(task.train))
+    record.update(
+        hessian=hessian,
+        num_params=op.size,
+        n_train=n,
+        hessian_samples=None if hessian_samples is None else int(hessian_samples),
+        hessian_seed=hessian_seed,
+        hessian_data=(
+            f"all {n} training instances"
+            if len(subset) == n
+            else f"a random subset of {len(subset)} of the {n} training instances "
+            f"(hessian_subset(n={n}, samples={len(subset)}, seed={hessian_seed}))"
+        ),
+        batch_size=batch_size,
+        curvature_batch=op.plan(len(test))[0],
+    )
     return test, train, lam, record, op, g_test.to(op.dtype)
 
 
@@ -97,19 +185,47 @@ def _stream_scores(task: Task, S: torch.Tensor, train, chunk_size, progress) -> 
     return out
 
 
-def _check_dense_size(task: Task, max_params: int, method: str) -> int:
-    """Refuse (InputError) a model too large for a dense P × P matrix, before any work."""
+def _check_dense_size(task: Task, max_params: int, max_memory_gb, method: str) -> dict:
+    """Refuse (InputError) a model too large for a dense P × P matrix, before any work.
+
+    Two limits: ``max_params`` (time: the build grows like P²·n, the factorisation like P³)
+    and memory: the P × P matrix plus about two memory budgets of working memory must fit in
+    ``max_memory_gb`` GiB, or (``None``) in what the machine has available now. Returns the
+    record of both.
+    """
     max_params = _positive_int("max_params", max_params)
+    if max_memory_gb is not None:
+        max_memory_gb = _positive("max_memory_gb", max_memory_gb)
     P = task.num_params
+    itemsize = next(iter(task.params().values())).element_size()
+    dtype = str(next(iter(task.params().values())).dtype).replace("torch.", "")
+    matrix = P * P * itemsize
+    need = matrix + 2 * DEFAULT_BUDGET
+    gib = 2**30
+    what = (
+        f"a dense {P:,} × {P:,} matrix ({matrix / gib:.2f} GiB in {dtype}, "
+        f"{need / gib:.2f} GiB with working memory)"
+    )
+    alternatives = "use method 'cg' or 'arnoldi' (memory a few k × P blocks), restrict `trainable`"
     if P > max_params:
-        itemsize = next(iter(task.params().values())).element_size()
         raise InputError(
             f"{method}: the model has {P:,} trainable parameters, more than "
-            f"max_params={max_params:,} for a dense {P}×{P} matrix "
-            f"({P**2 * itemsize / 2**30:.1f} GiB); use method 'cg' or 'arnoldi', restrict "
-            "`trainable`, or raise max_params"
+            f"max_params={max_params:,}, for {what}; {alternatives}, or raise max_params"
         )
-    return max_params
+    if max_memory_gb is not None:
+        limit, source = max_memory_gb * gib, f"max_memory_gb={max_memory_gb:g}"
+    else:
+        limit, source = available_memory(), "the memory this machine has available now"
+    if limit is not None and need > limit:
+        raise InputError(
+            f"{method}: {what} does not fit in {limit / gib:.2f} GiB ({source}); "
+            f"{alternatives}, free memory, or set max_memory_gb if more can be had"
+        )
+    return {
+        "max_params": max_params,
+        "max_memory_gb": max_memory_gb,
+        "dense_memory_gb": need / gib,
+    }
 
 
 def _damped_dense(op: CurvatureOperator, lam: float, method: str):
@@ -214,8 +330,11 @@ def explicit(
     damping: float | None = None,
     damping_factor: float = 100.0,
     hessian: str = "gauss_newton",
-    max_params: int = 30_000,
-    batch_size: int = DEFAULT_BATCH,
+    max_params: int = 40_000,
+    max_memory_gb: float | None = None,
+    hessian_samples: int | None = None,
+    hessian_seed: int = 0,
+    batch_size: int | None = DEFAULT_BATCH,
     chunk_size: int | None = None,
 ) -> Scores:
     """Influence with the exact inverse: (1/n) ∇g(z_t)ᵀ (H + λI)⁻¹ ∇ℓ(z_i), by Cholesky.
@@ -226,24 +345,42 @@ def explicit(
     positive definite raises :class:`NumericalError` (use more damping, or Gauss-Newton).
 
     Memory: one P × P matrix, factored and solved in place (3.2 GB for P = 20,000 in float64).
-    Models above ``max_params`` (30,000) are refused with :class:`InputError`. Measured on this
-    2-core machine, shared with other jobs (``benchmarks/explicit_size.py``: MLP 20-h-h-2,
-    n = 1,000 training and k = 10 test instances, whole call, float32 / float64):
-    P ≈ 5k: 0.7 s / 1.1 s; 10k: 4.3 s / 6.2 s; 20k: 28 s / 39 s (of which the Cholesky
-    factorisation 22 s / 33 s), peak memory 2.0 / 3.7 GiB. The build grows like P²·n, the
+    Models above ``max_params`` (40,000) are refused with :class:`InputError` before any work,
+    and so are models whose matrix (plus about 0.5 GiB of working memory) does not fit in
+    ``max_memory_gb`` GiB (``None``: the memory the machine has available); the message names
+    the memory needed. Measured on this 2-core machine, shared with other jobs
+    (``benchmarks/explicit_size.py``: MLP 20-h-h-2, n = 1,000 training and k = 10 test
+    instances, whole call, float32 / float64): P ≈ 5k: 0.7 s / 1.1 s; 10k: 4.3 s / 6.2 s;
+    20k: 28 s / 39 s (of which the Cholesky factorisation 22 s / 33 s), peak memory
+    2.0 / 3.7 GiB. The build grows like P²·n (n → ``hessian_samples`` when given), the
     factorisation like P³: expect about 3× the 20k time at 30k.
 
     >>> # scores = explicit(task, test=range(10), train=range(len(task.train)))
+    >>> # on a large training set, H from 4,000 of its instances:
+    >>> # scores = explicit(task, range(10), range(len(task.train)), hessian_samples=4000)
     """
-    max_params = _check_dense_size(task, max_params, "explicit")
+    limits = _check_dense_size(task, max_params, max_memory_gb, "explicit")
     test, train, lam, record, op, g_test = _prepare(
-        task, test, train, damping, damping_factor, hessian, batch_size, chunk_size
+        task,
+        test,
+        train,
+        damping,
+        damping_factor,
+        hessian,
+        batch_size,
+        chunk_size,
+        hessian_samples,
+        hessian_seed,
     )
     L = _damped_dense(op, lam, "explicit")
     S = _cholesky_solve(L, g_test)
     del L
     values = _stream_scores(task, S, train, chunk_size, progress)
-    record.update(solver="cholesky", max_params=max_params, chunk_size=chunk_size)
+    record.update(limits, solver="cholesky", chunk_size=chunk_size)
+    if hessian == "gauss_newton":  # built from per-instance Jacobians, not from batches
+        record.pop("curvature_batch")
+    else:
+        record["curvature_batch"] = op.plan(op.size)[0]
     return Scores(values, test, train, "explicit", record, UNITS)
 
 
@@ -259,7 +396,9 @@ def cg(
     hessian: str = "gauss_newton",
     tol: float = 1e-6,
     max_iter: int = 100,
-    batch_size: int = DEFAULT_BATCH,
+    hessian_samples: int | None = None,
+    hessian_seed: int = 0,
+    batch_size: int | None = DEFAULT_BATCH,
     chunk_size: int | None = None,
 ) -> Scores:
     """Influence with (H + λI)⁻¹ ∇g(z_t) by conjugate gradients on Hessian-vector products.
@@ -269,18 +408,30 @@ def cg(
     passes over the training data per group of 32 test vectors, each about 3-5 forward
     passes; memory a few (k, P) blocks. Per-test iterations, final relative residuals and a
     ``converged`` flag go into the settings; systems that did not converge raise a
-    ``RuntimeWarning``. Without damping the matrix must be positive definite.
+    ``RuntimeWarning``. Without damping the matrix must be positive definite. Each product
+    takes as many training instances per pass as fit in the memory budget with the systems
+    still running (``batch_size`` fixes it; the batch used for all k is recorded as
+    ``curvature_batch``); ``hessian_samples`` restricts H to a seeded random subset.
 
     >>> # scores = cg(task, test=range(10), train=range(len(task.train)), tol=1e-8)
     """
     tol = _positive("tol", tol)
     max_iter = _positive_int("max_iter", max_iter)
     test, train, lam, record, op, g_test = _prepare(
-        task, test, train, damping, damping_factor, hessian, batch_size, chunk_size
+        task,
+        test,
+        train,
+        damping,
+        damping_factor,
+        hessian,
+        batch_size,
+        chunk_size,
+        hessian_samples,
+        hessian_seed,
     )
     S, info = _cg_solve(op, lam, g_test, tol, max_iter, "cg")
     values = _stream_scores(task, S, train, chunk_size, progress)
-    record.update(info, solver="cg", batch_size=batch_size, chunk_size=chunk_size)
+    record.update(info, solver="cg", chunk_size=chunk_size)
     return Scores(values, test, train, "cg", record, UNITS)
 
 
@@ -298,6 +449,8 @@ def lissa(
     batch_size: int = 128,
     scale: float | str = "auto",
     seed: int = 0,
+    hessian_samples: int | None = None,
+    hessian_seed: int = 0,
     chunk_size: int | None = None,
 ) -> Scores:
     """Influence with (H + λI)⁻¹ by the LiSSA series, H the Gauss-Newton matrix.
@@ -307,6 +460,8 @@ def lissa(
     seeded by ``seed``; all k test vectors share the draws); after ``depth`` steps h/scale
     estimates (H + λI)⁻¹ v, averaged over ``repeat`` independent runs. ``batch_size`` ≥ n uses
     the whole training set at every step (no sampling noise: the truncated Neumann series).
+    With ``hessian_samples`` = m the minibatches are drawn from (and ``batch_size`` ≥ m
+    means) a seeded random subset of m training instances.
 
     The series converges when ``scale`` exceeds half the largest eigenvalue of every H_B + λI
     and its remaining error shrinks like (1 − μ_min/scale)^depth (recorded as
@@ -338,6 +493,8 @@ def lissa(
         batch_size=batch_size,
         scale=scale,
         seed=seed,
+        hessian_samples=hessian_samples,
+        hessian_seed=hessian_seed,
         chunk_size=chunk_size,
     )
 
@@ -355,6 +512,8 @@ def lissa_hessian(
     batch_size: int = 128,
     scale: float | str = "auto",
     seed: int = 0,
+    hessian_samples: int | None = None,
+    hessian_seed: int = 0,
     chunk_size: int | None = None,
 ) -> Scores:
     """LiSSA with the true Hessian (the paper's LiSSA-H); otherwise exactly :func:`lissa`.
@@ -378,6 +537,8 @@ def lissa_hessian(
         batch_size=batch_size,
         scale=scale,
         seed=seed,
+        hessian_samples=hessian_samples,
+        hessian_seed=hessian_seed,
         chunk_size=chunk_size,
     )
 
@@ -404,23 +565,33 @@ def _lissa(
     batch_size,
     scale,
     seed,
+    hessian_samples,
+    hessian_seed,
     chunk_size,
 ):
     depth = _positive_int("depth", depth)
     repeat = _positive_int("repeat", repeat)
     batch_size = _positive_int("batch_size", batch_size)
-    if not isinstance(seed, int | np.integer) or isinstance(seed, bool):
-        raise InputError(f"seed: got {seed!r}; must be an integer")
+    seed = _seed("seed", seed)
     if scale != "auto":
         if isinstance(scale, str):
             raise InputError(f"scale: got {scale!r}; must be a number > 0 or 'auto'")
         scale = _positive("scale", scale)
-    full = batch_size >= len(task.train)
-    # products over the whole set go through the model DEFAULT_BATCH instances at a time
-    per_pass = min(batch_size, DEFAULT_BATCH) if full else batch_size
+    # the operator's own batch (instances per pass) comes from the memory budget: a minibatch
+    # that does not fit goes through the model in parts
     test, train, lam, record, op, g_test = _prepare(
-        task, test, train, damping, damping_factor, kind, per_pass, chunk_size
+        task,
+        test,
+        train,
+        damping,
+        damping_factor,
+        kind,
+        None,
+        chunk_size,
+        hessian_samples,
+        hessian_seed,
     )
+    full = batch_size >= op.count
     if scale == "auto":
         ritz = lanczos(op, op.size, min(20, op.size), seed)[0]
         top, bottom = float(ritz[0]), float(ritz.min())
@@ -471,7 +642,13 @@ def _lissa(
         depth=depth,
         repeat=repeat,
         batch_size=batch_size,
-        batches="full training set every step" if full else "minibatches with replacement",
+        batches=(
+            ("full training set" if op.count == len(task.train) else "full Hessian sample")
+            + " every step"
+            if full
+            else "minibatches with replacement"
+        ),
+        curvature_batch=op.plan(len(g_test), min(batch_size, op.count))[0],
         seed=int(seed),
         truncation_bound=float((1 - lam / s) ** depth) if 0 < lam < s else None,
         chunk_size=chunk_size,
@@ -538,7 +715,9 @@ def arnoldi(
     iterations: int | None = None,
     complement: bool = False,
     seed: int = 0,
-    batch_size: int = DEFAULT_BATCH,
+    hessian_samples: int | None = None,
+    hessian_seed: int = 0,
+    batch_size: int | None = DEFAULT_BATCH,
     chunk_size: int | None = None,
 ) -> Scores:
     """Influence with (H + λI)⁻¹ restricted to H's top-``rank`` eigenspace (Schioppa et al.).
@@ -559,9 +738,20 @@ def arnoldi(
         iterations = _positive_int("iterations", iterations)
     if not isinstance(complement, bool):
         raise InputError(f"complement: got {complement!r}; must be true or false")
+    seed = _seed("seed", seed)
     test, train, lam, record, op, g_test = _prepare(
-        task, test, train, damping, damping_factor, hessian, batch_size, chunk_size
+        task,
+        test,
+        train,
+        damping,
+        damping_factor,
+        hessian,
+        batch_size,
+        chunk_size,
+        hessian_samples,
+        hessian_seed,
     )
+    record["curvature_batch"] = op.plan(1)[0]  # Lanczos: one vector per product
     rank = min(rank, op.size)
     steps = min(op.size, max(rank, iterations if iterations is not None else 2 * rank))
     values, vectors, residuals, steps = lanczos(op, op.size, steps, seed)
@@ -587,7 +777,6 @@ def arnoldi(
         seed=int(seed),
         eigenvalues=[float(m) for m in mu],
         max_relative_ritz_residual=float((res / mu.abs().clamp_min(1e-300)).max()),
-        batch_size=batch_size,
         chunk_size=chunk_size,
     )
     return Scores(values_out, test, train, "arnoldi", record, UNITS)
@@ -606,8 +795,11 @@ def generalized(
     solver: str = "cg",
     tol: float = 1e-6,
     max_iter: int = 100,
-    max_params: int = 30_000,
-    batch_size: int = DEFAULT_BATCH,
+    max_params: int = 40_000,
+    max_memory_gb: float | None = None,
+    hessian_samples: int | None = None,
+    hessian_seed: int = 0,
+    batch_size: int | None = DEFAULT_BATCH,
     chunk_size: int | None = None,
 ) -> Scores:
     """The generalised influence function of Proposition 1 (no stationarity assumed).
@@ -624,7 +816,9 @@ def generalized(
     ``"explicit"`` (Cholesky, P ≤ ``max_params``). Cost: the solve, plus about twice the
     per-instance gradients of the training set. ‖∇R‖, ‖Δθ̂(D)‖ and the relative size of the
     correction term (Frobenius norm of its scores over that of the classical scores) are
-    recorded.
+    recorded. With ``hessian_samples`` = m, H (the solve) comes from a seeded random subset of
+    m training instances, while ∇R(D) is still the mean gradient over all n (one pass) and
+    the per-instance terms are computed for every scored instance.
 
     >>> # scores = generalized(task, test=range(10), train=range(len(task.train)))
     """
@@ -632,17 +826,27 @@ def generalized(
     tol = _positive("tol", tol)
     max_iter = _positive_int("max_iter", max_iter)
     if solver == "explicit":
-        max_params = _check_dense_size(task, max_params, "generalized")
+        limits = _check_dense_size(task, max_params, max_memory_gb, "generalized")
     test, train, lam, record, op, g_test = _prepare(
-        task, test, train, damping, damping_factor, hessian, batch_size, chunk_size
+        task,
+        test,
+        train,
+        damping,
+        damping_factor,
+        hessian,
+        batch_size,
+        chunk_size,
+        hessian_samples,
+        hessian_seed,
     )
-    grad_R = op.gradient()
+    # ∇R(D) over all n training instances, whatever subset H is estimated from
+    grad_R = op.gradient(task.train.inputs, task.train.targets)
     B = torch.cat([-grad_R[None], g_test])
     if solver == "explicit":
         L = _damped_dense(op, lam, "generalized")
         X = _cholesky_solve(L, B)
         del L
-        record.update(solver="explicit", max_params=max_params)
+        record.update(limits, solver="explicit")
     else:
         X, info = _cg_solve(op, lam, B, tol, max_iter, "generalized")
         record.update(info, solver="cg")
@@ -667,7 +871,7 @@ def generalized(
         correction_relative_size=math.sqrt(correction_sq / classical_sq)
         if classical_sq > 0
         else 0.0,
-        batch_size=batch_size,
+        gradient_data=f"all {len(task.train)} training instances",
         chunk_size=chunk_size,
     )
     return Scores(values, test, train, "generalized", record, UNITS)

@@ -38,16 +38,23 @@ from fimo.scores import Scores
 from fimo.task import Task
 
 PROJECTIONS = ("rademacher", "gaussian")
-#: Bytes one generated block of the projection matrix may take.
+#: Bytes one generated block of the projection matrix may take, counted in float32 whatever the
+#: dtype, so that the block shape (and with it the matrix) does not depend on the dtype.
 BLOCK_BUDGET = 16 * 2**20
+#: The dtype the random entries are drawn in (then cast): the matrix is a function of
+#: (seed, num_params, k, kind) only, and float64 copies equal float32 ones up to its rounding.
+DRAW_DTYPE = torch.float32
 
 
 class Projector:
     """A seeded random projection P (num_params × k), entries ±1/√k or N(0, 1/k).
 
-    P is made of row blocks, each drawn from its own generator seeded by (seed, block), so it
-    is the same whether it is held in memory (when it fits in ``budget`` bytes) or regenerated
-    block by block at every use. ``k=None`` is the identity (no projection).
+    P is made of row blocks of a fixed number of rows (``BLOCK_BUDGET`` / (4k), whatever the
+    dtype), each drawn in float32 from its own generator seeded by (seed, block) and then cast
+    to ``dtype``, so it is a function of (seed, num_params, k, kind) only: the same whether it
+    is held in memory (when it fits in ``budget`` bytes) or regenerated block by block at
+    every use, and the same in float32 and float64 up to float32 rounding (Rademacher
+    entries: exactly, when 1/√k is exact). ``k=None`` is the identity (no projection).
 
     >>> Projector(10, 4, seed=0).project(torch.ones(2, 10)).shape
     torch.Size([2, 4])
@@ -65,8 +72,9 @@ class Projector:
         check_choice("trak projection", kind, PROJECTIONS)
         self.num_params, self.k, self.seed, self.kind, self.dtype = num_params, k, seed, kind, dtype
         itemsize = torch.finfo(dtype).bits // 8
+        draw_size = torch.finfo(DRAW_DTYPE).bits // 8
         if k is not None:
-            self.rows = int(max(1, min(num_params, BLOCK_BUDGET // (k * itemsize))))
+            self.rows = int(max(1, min(num_params, BLOCK_BUDGET // (k * draw_size))))
         self.matrix = None
         if k is not None and num_params * k * itemsize <= budget:
             self.matrix = torch.cat([self.block(b) for b in range(self.num_blocks)])
@@ -86,10 +94,10 @@ class Projector:
         gen = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
         shape = (min(self.rows, self.num_params - b * self.rows), self.k)
         if self.kind == "gaussian":
-            values = torch.randn(shape, generator=gen, dtype=self.dtype)
+            values = torch.randn(shape, generator=gen, dtype=DRAW_DTYPE)
         else:
-            values = torch.randint(0, 2, shape, generator=gen).to(self.dtype) * 2 - 1
-        return values / self.k**0.5
+            values = torch.randint(0, 2, shape, generator=gen).to(DRAW_DTYPE) * 2 - 1
+        return values.to(self.dtype) / self.k**0.5
 
     def project(self, g: torch.Tensor) -> torch.Tensor:
         """G (m, num_params) → G P (m, k)."""
@@ -131,6 +139,14 @@ def _output_function(task: Task):
     return output, slope, (2.0 if task.loss_name == "mse" else 1.0)
 
 
+def _condition(kept: torch.Tensor, extra: float | None) -> float | None:
+    """Largest over smallest eigenvalue of the inverted part of K + λI (None when empty)."""
+    values = [float(v) for v in (kept.max(), kept.min())] if len(kept) else []
+    if extra is not None:
+        values.append(float(extra))
+    return max(values) / min(values) if values else None
+
+
 def _indices(values, size: int, which: str) -> np.ndarray:
     idx = np.asarray(values, dtype=np.int64).reshape(-1)
     if len(idx) and (idx.min() < 0 or idx.max() >= size):
@@ -158,7 +174,14 @@ def trak(
     ``projection`` is ``"rademacher"`` or ``"gaussian"`` (both scaled by 1/√k, seeded by
     ``seed``). ``damping`` λ is added to the mean kernel ΦᵀΦ·h/n (TRAK uses none; λ on this
     scale is TRAK's ``lambda_reg`` = nλ); a singular kernel is pseudo-inverted and its rank is
-    recorded. See the module docstring for the output function, Q and the sign.
+    recorded. The features stay in the model's dtype, but the kernel is accumulated, and
+    eigendecomposed (or Φ's SVD taken) and applied, in float64: in float32 the pseudo-inverse
+    cut-off k·eps·max would drop the weak directions of a full-rank kernel with condition
+    number above about 1/(k·1.2e-7) (1.6e4 at k = 512), and the solve would lose
+    cond·1e-7 of its accuracy. Directions are dropped below k·max(eps64, eps_f²)·max, eps_f
+    the features' precision: the level at which rounding the features makes a null direction
+    look non-null (7e-12 relative at k = 512 for float32 features). See the module docstring
+    for the output function, Q and the sign.
 
     >>> # scores = trak(task, test=range(10), train=range(100), proj_dim=512)  # (10, 100)
     """
@@ -184,7 +207,8 @@ def trak(
     # With N = n·d_f ≤ k rows, K has rank ≤ N: keep F itself and take its thin SVD (O(N²k))
     # instead of accumulating and eigendecomposing the k × k kernel (O(k³)).
     dual = n * d_f <= k
-    kernel = None if dual else torch.zeros(k, k, dtype=dtype)
+    wide = torch.float64  # the kernel, its factorisation and the solve
+    kernel = None if dual else torch.zeros(k, k, dtype=wide)
     rows_all = []
     wanted = np.full(n, -1, dtype=np.int64)
     wanted[train] = np.arange(len(train))
@@ -200,7 +224,8 @@ def trak(
             if dual:
                 rows_all.append(F.reshape(-1, k))
             else:
-                kernel += torch.einsum("bfk,bfl->kl", F, F)
+                F64 = F.reshape(-1, k).to(wide)
+                kernel.addmm_(F64.T, F64)
             where = wanted[rows]
             keep = np.nonzero(where >= 0)[0]
             if len(keep):
@@ -210,23 +235,30 @@ def trak(
     finally:
         task.model.train(was_training)
 
-    # K = V diag(w) Vᵀ; (K + λI)⁺ drops directions with w + λ ≤ k·eps·max (a pseudo-inverse)
+    # K = V diag(w) Vᵀ in float64; (K + λI)⁺ drops directions with w + λ ≤ cutoff (a
+    # pseudo-inverse). A direction v that is null for the exact features gets the eigenvalue
+    # ‖δΦ v‖² from the features' rounding δΦ: second order, about eps_f² · max (measured
+    # 1e-14-4e-14 · max for float32 features of linear and MLP models, P = 1k-30k). So the
+    # cut-off is k · max(eps64, eps_f²) · max: for float64 features the eigensolver's rounding,
+    # for float32 ones 1.4e-14 · k (7e-12 at k = 512), far below the float32-kernel cut-off
+    # k · 1.2e-7 that dropped real directions, and above the floor of rounding.
     if dual:
         _, sv, vh = torch.linalg.svd(
-            torch.cat(rows_all) * (curvature / n) ** 0.5, full_matrices=False
+            torch.cat(rows_all).to(wide) * (curvature / n) ** 0.5, full_matrices=False
         )
         w, basis = sv**2, vh.T
     else:
         kernel = curvature * (kernel + kernel.T) / (2 * n)
         w, basis = torch.linalg.eigh(kernel)
     denom = w + damping
-    cutoff = k * torch.finfo(dtype).eps * max(float(denom.max()), float(damping), 1e-300)
+    floor = max(torch.finfo(wide).eps, torch.finfo(dtype).eps ** 2)
+    cutoff = k * floor * max(float(denom.max()), float(damping), 1e-300)
     keep = denom > cutoff
     complement = dual and damping > cutoff  # the directions outside span(F) have K = 0
 
     g_test = proj.project(
         _gradient_matrix(task, task.test, test, measure=True, chunk_size=chunk_size)
-    )
+    ).to(wide)
     coords = g_test @ basis[:, keep]
     pre = (coords / denom[keep]) @ basis[:, keep].T
     if complement:
@@ -236,7 +268,7 @@ def trak(
     step = max(1, size)
     for start in range(0, len(train), step):
         rows = slice(start, min(start + step, len(train)))
-        out[:, rows] = (pre @ features[rows].T / n).double().cpu().numpy()
+        out[:, rows] = (pre @ features[rows].to(wide).T / n).cpu().numpy()
         if progress is not None:
             progress(rows.stop - rows.start)
     settings = {
@@ -249,6 +281,8 @@ def trak(
         "kernel_curvature": curvature,
         "kernel_rank": rank,
         "pseudo_inverse": rank < k,
+        "kernel_dtype": "float64",
+        "kernel_condition": _condition(denom[keep], damping if complement else None),
         "n_kernel": n,
     }
     return Scores(out, test, train, "trak", settings, units="test-loss change (1/n scale)")
