@@ -14,9 +14,12 @@ def test_linear_regression_is_least_squares_on_standardised_features():
     y = X @ [1.0, -0.2, 4.0, 0.5] + rng.normal(size=60) * 0.3
     Xt = rng.normal(size=(20, 4)) * [1, 10, 0.1, 3] + 5
     yt = Xt @ [1.0, -0.2, 4.0, 0.5]
-    data = lambda a, b: ArrayDataset(
-        torch.tensor(a, dtype=torch.float32), torch.tensor(b, dtype=torch.float32)
-    )  # noqa: E731
+
+    def data(a, b):
+        return ArrayDataset(
+            torch.tensor(a, dtype=torch.float32), torch.tensor(b, dtype=torch.float32)
+        )
+
     task = Task(nn.Linear(4, 1), data(X, y), data(Xt, yt), loss="mse")
     got = baseline(task)
     # numpy: least squares with an intercept on the raw features gives the same predictions
