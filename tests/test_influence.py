@@ -705,23 +705,28 @@ def test_explicit_within_the_memory_limit_records_it(task):
 # -- the batch of a curvature product comes from the memory budget -------------------------
 def test_curvature_batch_from_the_budget_and_products_independent_of_it():
     task = small_mlp_task()  # MLP 4-5-3: an instance makes 4 + 5 + 5 + 3 = 17 numbers
-    from fimo.methods.curvature import BYTES_PER_ACTIVATION, CurvatureOperator
+    from fimo.methods.curvature import BYTES_PER_ACTIVATION, PARAM_COPIES, CurvatureOperator
 
+    P = 4 * 5 + 5 + 5 * 3 + 3
+    assert task.num_params == P == 43
     H, G = dense_hessian(task), dense_gauss_newton_ce(task, task.train.inputs, task.train.targets)
-    V = torch.randn(5, task.num_params, generator=torch.Generator().manual_seed(5), dtype=DT)
+    V = torch.randn(5, P, generator=torch.Generator().manual_seed(5), dtype=DT)
     per = BYTES_PER_ACTIVATION * 17 * 8  # bytes per instance and vector in flight (float64)
+    fixed = PARAM_COPIES * P * 8  # bytes per vector in flight
     for kind, C in (("hessian", H), ("gauss_newton", G)):
         roomy = CurvatureOperator(task, kind)
         assert roomy.width == 17
         assert roomy.plan(5) == (40, 5)  # all 40 instances fit, and all 5 vectors
-        tight = CurvatureOperator(task, kind, budget=int(per * 6 * 9))  # 9 instances × 6
-        assert tight.plan(5)[0] == 9 and tight.plan(1)[0] == 27  # (1 + 1) × 27 = 54 units
-        fixed = CurvatureOperator(task, kind, batch_size=13)
-        assert fixed.plan(5)[0] == 13
-        for op in (roomy, tight, fixed):
+        budget = int(6 * 9 * per + 5 * fixed)  # 5 vectors (+1 for the graph) × 9 instances
+        tight = CurvatureOperator(task, kind, budget=budget)
+        assert tight.plan(5) == (9, 5)
+        assert tight.plan(1)[0] == int((budget - fixed) // (2 * per)) == 34
+        pinned = CurvatureOperator(task, kind, batch_size=13)
+        assert pinned.plan(5)[0] == 13
+        for op in (roomy, tight, pinned):
             torch.testing.assert_close(op(V), V @ C, rtol=1e-10, atol=1e-12)
         if kind == "hessian":  # the dense build through per-batch graphs, any block
-            for op, block in ((roomy, None), (tight, 4), (fixed, 7)):
+            for op, block in ((roomy, None), (tight, 4), (pinned, 7)):
                 torch.testing.assert_close(op.dense(block), H, rtol=1e-10, atol=1e-12)
     with pytest.raises(InputError, match=r"batch_size: got 0.*or None"):
         influence.cg(task, [0], [0], batch_size=0)

@@ -13,9 +13,10 @@ matrix is ever formed. The parameter order is that of ``task.params()``, the sam
 How many training instances go through the model at a time (the *batch*) and how many
 vectors are vmap'd together are chosen from a memory budget (that of
 :mod:`fimo.methods.gradients`, 256 MiB by default): a product holds about
-``BYTES_PER_ACTIVATION`` × (vectors + 1) × batch × (the numbers one instance produces in a
-forward pass) bytes, so small models get the whole training set in one batch (one graph per
-product) and large ones are cut to fit. ``batch_size=`` fixes the batch instead.
+``BYTES_PER_ACTIVATION`` × (vectors + 1) × batch × w + ``PARAM_COPIES`` × vectors × P item
+sizes, w the numbers one instance produces in a forward pass, so small models get the whole
+training set in one batch (one graph per product) and large ones are cut to fit.
+``batch_size=`` fixes the batch instead.
 
 >>> # op = hvp(task); op(v)            # H v, v of shape (P,)
 >>> # dense_matrix(gnvp(task))         # the explicit P × P Gauss-Newton matrix
@@ -39,10 +40,10 @@ from fimo.task import Task
 KINDS = ("gauss_newton", "hessian")
 #: ``batch_size`` of the operators and methods by default: from the memory budget.
 DEFAULT_BATCH = None
-#: The most vectors processed together (vmap'd) in one batched product (fewer when a fixed
-#: ``batch_size`` leaves no room in the budget). Larger blocks measured no faster on CPU: for the
-#: dense Hessian of a 2k-parameter MLP on 2,000 instances, blocks of 96 and 256 took 1.2-1.3×
-#: as long as blocks of 32.
+#: Vectors processed together (vmap'd) in one batched product, unless the batch is small (see
+#: ``VMAP_BYTES``) or a fixed ``batch_size`` leaves no room in the budget. Larger blocks measured
+#: no faster for large batches on CPU: for the dense Hessian of a 2k-parameter MLP on 2,000
+#: instances, blocks of 96 and 256 took 1.2-1.3× as long as blocks of 32.
 MAX_VECTORS = 32
 #: Bytes a product holds per number of an instance's forward pass, per vector in flight (plus
 #: one for the shared graph), in units of the item size. Measured from the peak RSS of one
@@ -50,6 +51,16 @@ MAX_VECTORS = 32
 #: vectors): 0.8-1.1 for Gauss-Newton, 1.0-2.9 for the Hessian. So the budget is kept to
 #: within about 1.5×, not exactly.
 BYTES_PER_ACTIVATION = 2.0
+#: Bytes per vector in flight that do not depend on the batch, in units of P × item size: the
+#: vector, its product and the parameter-shaped intermediates of the pullback.
+PARAM_COPIES = 3
+#: Small batches vmap more vectors together, as many as keep the slab of activations
+#: (in_flight × batch × width numbers) within this many bytes: fewer, larger kernels. For
+#: LiSSA's products on the Adult MLP (batch 128, 100 vectors) with two threads contended by
+#: other jobs: 0.16-0.35 s per product with all 100 in one vmap against 0.31-1.36 s in chunks
+#: of 32 (whole LiSSA runs: 8.1 s against 9.2 s, minimum of 3); on one thread the same. Large
+#: batches stay at 32 (bigger slabs measured slower for the dense Hessian).
+VMAP_BYTES = 32 * 2**20
 
 
 def activation_width(task: Task, x: torch.Tensor, params=None) -> int:
@@ -115,7 +126,7 @@ class CurvatureOperator:
 
     Cost of one product: one pass over the selected data at about 3-5 forward passes each.
     A block of k vectors shares each batch's graph (one forward and backward per batch) and
-    vmaps the rest over the vectors, at most 32 at a time.
+    vmaps the rest over the vectors, 32 at a time (more for small batches).
 
     Reverse-over-reverse rather than forward-over-reverse (``jvp(grad)``) for the Hessian:
     on CPU with torch 2.13 it measured 1.3-2.8× faster (forward-mode derivatives of backward
@@ -167,17 +178,23 @@ class CurvatureOperator:
 
         batch: training instances per pass, the given ``batch_size`` or the most that fit in
         the budget with min(vectors, 32) vectors in flight (at most ``count``); in_flight:
-        vectors vmap'd together, min(vectors, 32), or fewer if a given ``batch_size`` leaves
-        no room for them in the budget.
+        vectors vmap'd together, min(vectors, 32) or, for small batches, as many as keep
+        in_flight × batch × width numbers within ``VMAP_BYTES``; fewer if a given
+        ``batch_size`` leaves no room for them in the budget.
         """
         count = self.count if count is None else count
-        per = BYTES_PER_ACTIVATION * self.width * self.theta.element_size()  # per instance·vector
+        item = self.theta.element_size()
+        per = BYTES_PER_ACTIVATION * self.width * item  # per instance and vector in flight
+        fixed = PARAM_COPIES * self.size * item  # per vector in flight, whatever the batch
         if self.batch_size is not None:
             batch = min(self.batch_size, count)
         else:
-            batch = fit_count(per * (min(vectors, MAX_VECTORS) + 1), self.budget, count)
-        room = fit_count(per * batch, self.budget) - 1
-        in_flight = max(1, min(vectors, MAX_VECTORS, room))
+            v = min(vectors, MAX_VECTORS)
+            batch = fit_count(per * (v + 1), max(1, self.budget - v * fixed), count)
+        room = fit_count(per * batch + fixed, max(1, self.budget - per * batch))
+        slab = self.width * item * batch  # one vector's activations
+        cap = max(MAX_VECTORS, fit_count(slab, VMAP_BYTES))
+        in_flight = max(1, min(vectors, cap, room))
         return batch, in_flight
 
     # -- the functional pieces --------------------------------------------------------------
@@ -511,7 +528,8 @@ def dense_matrix(operator, size: int | None = None, block: int | None = None) ->
     A :class:`CurvatureOperator` builds it its fastest way: the Gauss-Newton matrix from
     per-instance Jacobians (P² · n · C flops), the Hessian from P products with unit vectors,
     each batch's graph built once and all P unit vectors pulled back through it ``block`` at a
-    time (``None``: from the memory budget, at most 32). Any other callable V (k, P) → (k, P) is
+    time (``None``: from the memory budget, 32 or more for small batches). Any other callable
+    V (k, P) → (k, P) is
     applied to blocks of unit vectors (32 by default). Memory: P² numbers (symmetrised in
     place).
     """
