@@ -186,21 +186,80 @@ def test_any_toml_file_loads_to_a_config_or_a_clean_error(tmp_path_factory, doc,
         assert config.gold.seeds == seeds
 
 
-@pytest.mark.xfail(strict=True, reason="fimo.experiments.config does not check list elements")
 @pytest.mark.parametrize(
-    "doc",
+    ("doc", "where"),
     [
-        {"model": {"hidden": [""]}},  # TypeError in validate
-        {"further": {"record_steps": ["x"]}},  # ValueError from int()
-        {"further": {"betas": ["a", 1]}},  # accepted; fails later, in further training
+        ({"model": {"hidden": [""]}}, "model.hidden"),
+        ({"model": {"hidden": [64, 1.5]}}, "model.hidden"),
+        ({"model": {"trainable": [3]}}, "model.trainable"),
+        ({"training": {"trainable": ["0.*", False]}}, "training.trainable"),
+        ({"further": {"record_steps": ["x"]}}, "further.record_steps"),
+        ({"further": {"record_steps": [True]}}, "further.record_steps"),
+        ({"further": {"betas": ["a", 1]}}, "further.betas"),
+        ({"further": {"betas": [0.9, 0.99, 0.999]}}, "further.betas"),
+        ({"further": {"betas": [0.9, 1.0]}}, "further.betas"),
+        ({"methods": {"names": ["grad_dot", 7]}}, "methods.names"),
     ],
 )
-def test_list_settings_with_wrong_elements_are_clean_errors(tmp_path, doc):
+def test_list_settings_with_wrong_elements_are_clean_errors(tmp_path, doc, where):
     path = tmp_path / "bad.toml"
     path.write_text(tomli_w.dumps(doc))
     with pytest.raises(InputError) as info:
         load_config(path)
     clean(info.value)
+    assert str(info.value).startswith(where + ":")
+
+
+LIST_KEYS = [
+    ("model", "hidden"),
+    ("model", "trainable"),
+    ("training", "trainable"),
+    ("further", "record_steps"),
+    ("further", "betas"),
+    ("methods", "names"),
+]
+ELEMENTS = st.one_of(
+    st.integers(-3, 300),
+    st.floats(-2, 2, allow_nan=False),
+    st.booleans(),
+    st.text(max_size=6),
+)
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.sampled_from(LIST_KEYS), st.lists(ELEMENTS, max_size=4))
+def test_any_list_setting_is_accepted_or_refused_cleanly(tmp_path_factory, key, value):
+    section, name = key
+    path = tmp_path_factory.mktemp("cfg") / "c.toml"
+    path.write_text(tomli_w.dumps({section: {name: value}}))
+    try:
+        config = load_config(path)
+    except InputError as exc:
+        clean(exc)
+        return
+    if key == ("model", "hidden"):  # accepted: whole numbers ≥ 1
+        assert config.model.hidden == value and all(type(h) is int and h >= 1 for h in value)
+    elif key == ("further", "betas"):
+        assert list(config.further.betas) == [float(b) for b in value]
+    elif key == ("further", "record_steps"):
+        assert config.further.record_steps == sorted(set(value))
+    elif key == ("methods", "names"):
+        assert config.methods.names == value and all(isinstance(n, str) for n in value)
+    else:
+        assert all(isinstance(p, str) for p in value)
+
+
+def test_further_settings_from_python_check_betas_and_record_steps():
+    from fimo.further.engine import FurtherSettings
+
+    assert FurtherSettings(betas=[0.5, 0]).betas == (0.5, 0.0)
+    for bad in (("a", 1), (0.9,), 0.9, (0.9, -0.1)):
+        with pytest.raises(InputError, match=r"^further\.betas: got .*two numbers in \[0, 1\)"):
+            FurtherSettings(betas=bad)
+    for bad in (["2"], [1.5], 3):
+        with pytest.raises(InputError, match=r"^further\.record_steps: got .*whole numbers"):
+            FurtherSettings(record_steps=bad)
+    assert FurtherSettings(record_steps=[np.int64(4), 2, 4]).record_steps == [2, 4]
 
 
 @settings(max_examples=40, deadline=None)
@@ -248,11 +307,6 @@ def test_arrays_written_by_numpy_read_back_unchanged(tmp_path_factory, matrix):
     assume(matrix.size > 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fimo.scores.load_matrix quotes torch.load's multi-line refusal as it is; the CLI "
-    "joins it into one line, the Python API does not (yet)",
-)
 def test_a_refused_pt_file_is_named_in_one_line(tmp_path):
     path = tmp_path / "garbage.pt"
     path.write_bytes(b"\x00")
@@ -261,10 +315,6 @@ def test_a_refused_pt_file_is_named_in_one_line(tmp_path):
     clean(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fimo.scores.load_indices lets UnicodeDecodeError out for a file that is not text",
-)
 def test_an_index_file_that_is_not_text_is_named(tmp_path):
     path = tmp_path / "indices.txt"
     path.write_bytes(b"\x80\x81")
@@ -279,3 +329,32 @@ def _is_utf8(blob: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+# -- every method checks its test and train indices from Python ----------------------------
+@pytest.mark.parametrize(
+    ("test", "train", "expected"),
+    [
+        ([0], [40], r"train: index 40 is out of range; there are 40 training instances"),
+        ([6], [0, 1], r"test: index 6 is out of range; there are 6 test instances"),
+        ([0], [-1, 2], r"train: index -1 is out of range"),
+        ([0], [1, 1], r"train: index 1 appears more than once"),
+        ([0.5], [0, 1], r"test: got \[0\.5\]; expected whole numbers"),
+        ([0], np.array([True, False]), r"train: got a boolean mask"),
+    ],
+)
+def test_every_method_checks_its_indices_before_any_work(test, train, expected):
+    from fimo.data import ArrayDataset
+    from fimo.methods import available_methods, get_method
+    from fimo.models import mlp
+
+    g = torch.Generator().manual_seed(0)
+    X, Xt = torch.randn(40, 4, generator=g), torch.randn(6, 4, generator=g)
+    y, yt = (X[:, 0] > 0).long(), (Xt[:, 0] > 0).long()
+    task = Task(mlp(4, 2, hidden=(5,), seed=1), ArrayDataset(X, y), ArrayDataset(Xt, yt))
+    names = available_methods()
+    assert len(names) == 11
+    for name in names:
+        with pytest.raises(InputError, match=rf"^{name}: {expected}") as info:
+            get_method(name)(task, test, train)
+        clean(info.value)

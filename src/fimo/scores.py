@@ -251,9 +251,13 @@ def load_matrix(path, key: str | None = None) -> np.ndarray:
         return _as_array(_pick(load_file(str(path)), key, path), str(path))
     except InputError:
         raise
-    except Exception as exc:  # a damaged or foreign file: say which and why
+    except Exception as exc:  # a damaged or foreign file: say which and why, in one line
+        reason = " ".join(str(exc).split())
+        if len(reason) > 300:
+            reason = reason[:297] + "..."
         raise InputError(
-            f"{path}: cannot read a score matrix ({type(exc).__name__}: {exc})"
+            f"{path}: cannot read a score matrix ({type(exc).__name__}: {reason}); is it a "
+            "matrix saved with numpy.save, numpy.savez, torch.save or safetensors?"
         ) from None
 
 
@@ -269,7 +273,13 @@ def load_indices(path) -> np.ndarray:
     if path.suffix.lower() in MATRIX_SUFFIXES:
         raw = np.asarray(load_matrix(path)).reshape(-1)
     else:
-        text = path.read_text(encoding="utf-8").replace(",", " ").split()
+        try:
+            text = path.read_text(encoding="utf-8").replace(",", " ").split()
+        except UnicodeDecodeError:
+            raise InputError(
+                f"{path}: not a text file of indices and not a matrix file; expected whole "
+                "numbers separated by commas, spaces or new lines, or a .npy / .npz / .pt file"
+            ) from None
         try:
             raw = np.array([float(t) for t in text])
         except ValueError as exc:

@@ -18,6 +18,7 @@ the value received and what is allowed (:class:`fimo.errors.InputError`, exit co
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -156,7 +157,49 @@ def _allowed(cls) -> dict:
     return {f.name: getattr(cls(), f.name) for f in fields(cls) if f.name != "extra"}
 
 
-def _check_type(section: str, key: str, value, default):
+_ELEMENT_TYPES = {"int": int, "float": float, "str": str}
+
+
+def _elements(cls, key: str) -> tuple[type | None, int | None]:
+    """The element type of a list or tuple setting and, for a fixed-size tuple, its length.
+
+    Read from the dataclass annotation (``list[int]``, ``tuple[float, float]``), which is a
+    string under ``from __future__ import annotations``.
+    """
+    annotation = next((f.type for f in fields(cls) if f.name == key), "")
+    text = annotation if isinstance(annotation, str) else repr(annotation)
+    found = re.fullmatch(r"\s*(list|tuple)\[([^\]]*)\]\s*", text)
+    if not found:
+        return None, None
+    parts = [part.strip() for part in found.group(2).split(",")]
+    kind = _ELEMENT_TYPES.get(parts[0])
+    length = len(parts) if found.group(1) == "tuple" and "..." not in parts else None
+    return kind, length
+
+
+def _check_elements(where: str, value: list, kind: type | None, length: int | None) -> list:
+    if length is not None and len(value) != length:
+        raise InputError(f"{where}: got {value!r}; expected a list of {length} values")
+    if kind is None:
+        return value
+    names = {int: "whole numbers", float: "numbers", str: "strings"}
+    out = []
+    for item in value:
+        wrong = isinstance(item, bool) or (
+            not isinstance(item, int | float) if kind is float else not isinstance(item, kind)
+        )
+        if wrong:
+            raise InputError(
+                f"{where}: got {value!r}; element {item!r} is not allowed: expected a list of "
+                f"{names[kind]}"
+            )
+        out.append(float(item) if kind is float else item)
+    return out
+
+
+def _check_type(section: str, key: str, value, default, elements=(None, None)):
+    """Check ``value`` against the type of ``default``; ``elements`` is the element type and
+    fixed length of a list setting (:func:`_elements`)."""
     where = f"{section}.{key}"
     if default is None:  # optional integers (max_steps)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
@@ -178,7 +221,7 @@ def _check_type(section: str, key: str, value, default):
     elif isinstance(default, list | tuple):
         if not isinstance(value, list | tuple):
             raise InputError(f"{where}: got {value!r}; expected a list")
-        value = list(value)
+        value = _check_elements(where, list(value), *elements)
     elif isinstance(default, dict):
         if not isinstance(value, dict):
             raise InputError(f"{where}: got {value!r}; expected a table of settings")
@@ -224,7 +267,7 @@ def from_dict(raw: dict) -> Config:
                     f"allowed: {', '.join(sorted(allowed))}"
                 )
             cls, default = allowed[key]
-            values[cls][key] = _check_type(section, key, value, default)
+            values[cls][key] = _check_type(section, key, value, default, _elements(cls, key))
         for cls in classes:
             built[cls] = cls(**values[cls])
     config = Config(

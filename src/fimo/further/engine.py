@@ -10,6 +10,7 @@ from a generator seeded with the seed, so the runs are paired by seed.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -64,9 +65,24 @@ class FurtherSettings:
         for name in ("momentum", "weight_decay", "clip_norm", "record_every"):
             if getattr(self, name) < 0:
                 raise InputError(f"further.{name}: got {getattr(self, name)!r}; must be ≥ 0")
-        self.betas = tuple(self.betas)
+        betas = tuple(self.betas) if isinstance(self.betas, list | tuple) else ()
+        if len(betas) != 2 or not all(
+            isinstance(b, numbers.Real) and not isinstance(b, bool) and 0 <= b < 1 for b in betas
+        ):
+            raise InputError(
+                f"further.betas: got {self.betas!r}; expected two numbers in [0, 1), "
+                "e.g. [0.9, 0.999]"
+            )
+        self.betas = tuple(float(b) for b in betas)
         if self.nesterov and self.momentum <= 0:
             raise InputError("further.nesterov: needs further.momentum > 0")
+        if not isinstance(self.record_steps, list | tuple) or not all(
+            isinstance(k, numbers.Integral) and not isinstance(k, bool) for k in self.record_steps
+        ):
+            raise InputError(
+                f"further.record_steps: got {self.record_steps!r}; expected a list of whole "
+                "numbers of steps, e.g. [2, 4, 8]"
+            )
         self.record_steps = sorted({int(k) for k in self.record_steps})
         if self.record_steps and self.record_steps[0] < 1:
             raise InputError(

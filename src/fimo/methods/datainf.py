@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from fimo.errors import InputError, check_choice
+from fimo.methods.common import test_and_train
 from fimo.methods.gradients import DEFAULT_BUDGET, chunk_size_for, per_instance_grads
 from fimo.methods.gradients import gradient_matrix as _gradient_matrix
 from fimo.scores import Scores
@@ -45,15 +46,6 @@ def parameter_blocks(task: Task, blocks: str = "module") -> list[tuple[str, list
         groups.setdefault(key, []).extend(range(start, start + p.numel()))
         start += p.numel()
     return list(groups.items())
-
-
-def _indices(values, size: int, which: str) -> np.ndarray:
-    idx = np.asarray(values, dtype=np.int64).reshape(-1)
-    if len(idx) and (idx.min() < 0 or idx.max() >= size):
-        raise InputError(
-            f"{which} indices must be in [0, {size - 1}]; got {idx.min()}..{idx.max()}"
-        )
-    return idx
 
 
 class _TrainGradients:
@@ -113,8 +105,7 @@ def datainf(
 
     >>> # scores = datainf(task, test=range(10), train=range(100))  # (10, 100)
     """
-    test = _indices(test, len(task.test), "datainf: test")
-    train = _indices(train, len(task.train), "datainf: train")
+    test, train = test_and_train(task, test, train, "datainf")
     n = len(task.train)
     if damping is None and not (isinstance(lambda_const, int | float) and lambda_const > 0):
         raise InputError(f"datainf lambda_const: got {lambda_const!r}; must be a number > 0")

@@ -28,6 +28,7 @@ from torch import nn
 from torch.func import hessian, vmap
 
 from fimo.errors import InputError, check_choice
+from fimo.methods.common import test_and_train
 from fimo.methods.damping import resolve_damping
 from fimo.methods.gradients import chunk_size_for, gradient_matrix, per_instance_grads
 from fimo.scores import Scores
@@ -348,15 +349,6 @@ def fit_ekfac(
     return layers, mode
 
 
-def _indices(values, size: int, which: str) -> np.ndarray:
-    idx = np.asarray(values, dtype=np.int64).reshape(-1)
-    if len(idx) and (idx.min() < 0 or idx.max() >= size):
-        raise InputError(
-            f"{which} indices must be in [0, {size - 1}]; got {idx.min()}..{idx.max()}"
-        )
-    return idx
-
-
 def ekfac(
     task: Task,
     test,
@@ -380,8 +372,7 @@ def ekfac(
 
     >>> # scores = ekfac(task, test=range(10), train=range(100))  # (10, 100)
     """
-    test = _indices(test, len(task.test), "ekfac: test")
-    train = _indices(train, len(task.train), "ekfac: train")
+    test, train = test_and_train(task, test, train, "ekfac")
     n = len(task.train)
     layers, mode = fit_ekfac(task, sampling=sampling, seed=seed, chunk_size=chunk_size)
     lam, record = resolve_damping(task, damping, damping_factor)

@@ -11,14 +11,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fimo.methods.common import test_and_train
 from fimo.methods.gradients import gradient_matrix, per_instance_grads
 from fimo.scores import Scores
 from fimo.task import Task
 
 
 def _scores(task: Task, test, train, normalise: bool, chunk_size=None, progress=None):
-    test = np.asarray(test, dtype=np.int64)
-    train = np.asarray(train, dtype=np.int64)
+    method = "grad_cos" if normalise else "grad_dot"
+    test, train = test_and_train(task, test, train, method)
     g_test = gradient_matrix(task, task.test, test, measure=True, chunk_size=chunk_size)
     if normalise:
         g_test = g_test / g_test.norm(dim=1, keepdim=True).clamp_min(1e-30)

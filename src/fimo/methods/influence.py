@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from fimo.errors import InputError, NumericalError, check_choice
+from fimo.methods.common import test_and_train
 from fimo.methods.curvature import (
     DEFAULT_BATCH,
     KINDS,
@@ -62,14 +63,6 @@ LISSA_SLACK = 100.0
 
 
 # -- shared pieces -------------------------------------------------------------------------
-def _indices(values, which: str, n: int) -> np.ndarray:
-    idx = np.asarray(values, dtype=np.int64).reshape(-1)
-    if len(idx) and (idx.min() < 0 or idx.max() >= n):
-        bad = int(idx[(idx < 0) | (idx >= n)][0])
-        raise InputError(f"{which}: index {bad} is out of range; the {which} set has {n} instances")
-    return idx
-
-
 def _positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
         raise InputError(f"{name}: got {value!r}; must be an integer ≥ 1")
@@ -128,6 +121,7 @@ def hessian_subset(n: int, samples: int | None, seed: int = 0) -> np.ndarray:
 
 
 def _prepare(
+    method,
     task,
     test,
     train,
@@ -140,8 +134,7 @@ def _prepare(
     hessian_seed=0,
 ):
     """Indices, λ with its record, the curvature operator and the test gradients (k, P)."""
-    test = _indices(test, "test", len(task.test))
-    train = _indices(train, "train", len(task.train))
+    test, train = test_and_train(task, test, train, method)
     if chunk_size is not None:
         _positive_int("chunk_size", chunk_size)
     check_choice("hessian", hessian, KINDS)
@@ -361,6 +354,7 @@ def explicit(
     """
     limits = _check_dense_size(task, max_params, max_memory_gb, "explicit")
     test, train, lam, record, op, g_test = _prepare(
+        "explicit",
         task,
         test,
         train,
@@ -418,6 +412,7 @@ def cg(
     tol = _positive("tol", tol)
     max_iter = _positive_int("max_iter", max_iter)
     test, train, lam, record, op, g_test = _prepare(
+        "cg",
         task,
         test,
         train,
@@ -580,6 +575,7 @@ def _lissa(
     # the operator's own batch (instances per pass) comes from the memory budget: a minibatch
     # that does not fit goes through the model in parts
     test, train, lam, record, op, g_test = _prepare(
+        method,
         task,
         test,
         train,
@@ -740,6 +736,7 @@ def arnoldi(
         raise InputError(f"complement: got {complement!r}; must be true or false")
     seed = _seed("seed", seed)
     test, train, lam, record, op, g_test = _prepare(
+        "arnoldi",
         task,
         test,
         train,
@@ -828,6 +825,7 @@ def generalized(
     if solver == "explicit":
         limits = _check_dense_size(task, max_params, max_memory_gb, "generalized")
     test, train, lam, record, op, g_test = _prepare(
+        "generalized",
         task,
         test,
         train,

@@ -32,6 +32,7 @@ import torch
 from torch.func import grad, jacrev, vmap
 
 from fimo.errors import InputError, check_choice
+from fimo.methods.common import test_and_train
 from fimo.methods.gradients import DEFAULT_BUDGET, chunk_size_for, flatten
 from fimo.methods.gradients import gradient_matrix as _gradient_matrix
 from fimo.scores import Scores
@@ -147,15 +148,6 @@ def _condition(kept: torch.Tensor, extra: float | None) -> float | None:
     return max(values) / min(values) if values else None
 
 
-def _indices(values, size: int, which: str) -> np.ndarray:
-    idx = np.asarray(values, dtype=np.int64).reshape(-1)
-    if len(idx) and (idx.min() < 0 or idx.max() >= size):
-        raise InputError(
-            f"{which} indices must be in [0, {size - 1}]; got {idx.min()}..{idx.max()}"
-        )
-    return idx
-
-
 def trak(
     task: Task,
     test,
@@ -185,8 +177,7 @@ def trak(
 
     >>> # scores = trak(task, test=range(10), train=range(100), proj_dim=512)  # (10, 100)
     """
-    test = _indices(test, len(task.test), "trak: test")
-    train = _indices(train, len(task.train), "trak: train")
+    test, train = test_and_train(task, test, train, "trak")
     if proj_dim is not None and not (isinstance(proj_dim, int) and proj_dim >= 1):
         raise InputError(f"trak proj_dim: got {proj_dim!r}; must be a positive integer or None")
     if not (isinstance(damping, int | float) and damping >= 0):
