@@ -70,17 +70,18 @@ def test_equals_direct_numpy_formula(blocks, loss, lambda_const):
 
 def test_hessian_subsample_is_seeded_and_matches_formula():
     task = trained_task(n=50, steps=50)
-    s = datainf(task, [0, 1], range(50), hessian_sample=12, seed=5)
+    s = datainf(task, [0, 1], range(50), hessian_samples=12, hessian_seed=5)
     rng = np.random.default_rng(5)
     sample = np.sort(rng.choice(50, size=12, replace=False))
     ref = numpy_datainf(task, [0, 1], range(50), sample=sample)
     np.testing.assert_allclose(s.values, ref, rtol=1e-10, atol=1e-14)
     assert np.array_equal(
-        s.values, datainf(task, [0, 1], range(50), hessian_sample=12, seed=5).values
+        s.values, datainf(task, [0, 1], range(50), hessian_samples=12, hessian_seed=5).values
     )
-    assert s.settings["n_hessian"] == 12
-    with pytest.raises(InputError, match="hessian_sample"):
-        datainf(task, [0], [0], hessian_sample=51)
+    assert s.settings["n_hessian"] == 12 and s.settings["hessian_samples"] == 12
+    assert "subset of 12 of the 50" in s.settings["hessian_data"]
+    with pytest.raises(InputError, match=r"hessian_samples: got 51; must be a whole number from 1"):
+        datainf(task, [0], [0], hessian_samples=51)
 
 
 def test_single_training_instance_is_exact_sherman_morrison():

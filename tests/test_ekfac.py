@@ -273,3 +273,23 @@ def test_cross_entropy_output_factors_are_rank_c_minus_one_and_exact(classes):
         label = y[b : b + 1]
         h = hessian(lambda o, t=label: nn.functional.cross_entropy(o[None], t))(out[b])
         assert torch.allclose(moments[b], h, atol=1e-12)
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_hessian_samples_fit_the_factors_on_exactly_that_subset(loss):
+    from fimo.methods.common import hessian_subset
+
+    task = mlp_task(n=60, loss=loss)
+    n, m, seed = 60, 24, 5
+    full = ekfac(task, range(5), range(n), damping=1e-2)
+    same = ekfac(task, range(5), range(n), damping=1e-2, hessian_samples=n)
+    np.testing.assert_array_equal(same.values, full.values)
+    part = ekfac(task, range(5), range(n), hessian_samples=m, hessian_seed=seed, chunk_size=7)
+    rows = hessian_subset(n, m, seed)
+    sub = Task(task.model, task.train[rows], task.test, loss=task.loss_name)
+    ref = ekfac(sub, range(5), range(m))  # factors and the damping base from the subset alone
+    assert part.settings["damping"] == pytest.approx(ref.settings["damping"], rel=1e-12)
+    np.testing.assert_allclose(part.values[:, rows] * n, ref.values * m, rtol=1e-9, atol=1e-12)
+    assert part.settings["n_hessian"] == m and part.settings["hessian_seed"] == seed
+    other = ekfac(task, range(5), range(n), damping=1e-2, hessian_samples=m)
+    assert np.abs(other.values - full.values).max() > 1e-3 * np.abs(full.values).max()

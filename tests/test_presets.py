@@ -41,7 +41,7 @@ def test_reviews_preset_runs_at_a_tiny_size(tmp_path):
     config.training.epochs = 1
     config.further.max_steps = 4
     config.methods.names = ["grad_dot", "datainf"]
-    config.methods.settings = {"datainf": {"hessian_sample": 30}}
+    config.methods.settings = {"datainf": {"hessian_samples": 30}}
     result = run(config, tmp_path / "reviews", quiet=True)
     gold = result.gold
     assert gold.steps.tolist() == [2, 4]
@@ -51,7 +51,7 @@ def test_reviews_preset_runs_at_a_tiny_size(tmp_path):
     diff = np.abs(gold.loss_without - gold.loss_full[..., None])
     assert 0 < diff.max() < 1e-2
     assert result.scores["grad_dot"].values.shape == (4, 3)
-    assert result.scores["datainf"].settings["hessian_sample"] == 30
+    assert result.scores["datainf"].settings["hessian_samples"] == 30
     assert result.task.num_params == 1_773_698
     assert 0.0 <= result.model_metrics["test_accuracy"] <= 1.0
     assert result.model_metrics["baseline"] == "logistic regression"

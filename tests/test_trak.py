@@ -297,3 +297,44 @@ def test_float32_features_of_a_singular_kernel_keep_exactly_its_rank():
     want = Gt @ np.linalg.pinv(K, rcond=1e-10, hermitian=True) @ G.T / n
     assert np.linalg.matrix_rank(K, tol=1e-10 * np.abs(K).max()) == r
     np.testing.assert_allclose(s.values, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("proj_dim", [16, 256])  # primal (m·d_f > k) and dual (m·d_f ≤ k)
+def test_hessian_samples_fit_the_kernel_on_exactly_that_subset(proj_dim):
+    from fimo.methods.common import hessian_subset
+
+    task = trained_mlp(n=60, steps=60)
+    n, m, seed = 60, 25, 3
+    full = trak(task, range(6), range(n), proj_dim=proj_dim, damping=1e-3)
+    same = trak(task, range(6), range(n), proj_dim=proj_dim, damping=1e-3, hessian_samples=n)
+    np.testing.assert_array_equal(same.values, full.values)
+    part = trak(
+        task,
+        range(6),
+        range(n),
+        proj_dim=proj_dim,
+        damping=1e-3,
+        hessian_samples=m,
+        hessian_seed=seed,
+        chunk_size=7,
+    )
+    rows = hessian_subset(n, m, seed)
+    # the same method on a task whose training set is the subset: its kernel is the subset's
+    sub = Task(task.model, task.train[rows], task.test, loss=task.loss_name)
+    ref = trak(sub, range(6), range(m), proj_dim=proj_dim, damping=1e-3)
+    np.testing.assert_allclose(part.values[:, rows] * n, ref.values * m, rtol=1e-9, atol=1e-12)
+    assert np.abs(part.values - full.values).max() > 1e-3 * np.abs(full.values).max()
+    assert part.settings["n_kernel"] == m and part.settings["hessian_samples"] == m
+    assert f"subset of {m} of the {n}" in part.settings["hessian_data"]
+    # scored instances outside the sample get features too: train only those
+    outside = np.setdiff1d(np.arange(n), rows)[:5]
+    only = trak(
+        task,
+        range(6),
+        outside,
+        proj_dim=proj_dim,
+        damping=1e-3,
+        hessian_samples=m,
+        hessian_seed=seed,
+    )
+    np.testing.assert_allclose(only.values, part.values[:, outside], rtol=1e-9, atol=1e-14)

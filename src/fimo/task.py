@@ -176,6 +176,19 @@ class Task:
             for n, value in params.items():
                 named[n].copy_(value)
 
+    def trunk_length(self) -> int:
+        """How many leading modules of an ``nn.Sequential`` model hold no trainable parameter
+        (the frozen trunk :meth:`with_cached_trunk` computes once); 0 for other models."""
+        if not isinstance(self.model, nn.Sequential):
+            return 0
+        names = list(self.model._modules)
+        owners = [
+            k
+            for k, name in enumerate(names)
+            if any(t.startswith(f"{name}.") for t in self.trainable)
+        ]
+        return min(owners, default=0)
+
     def with_cached_trunk(self, progress: Callable[[int, int], None] | None = None) -> Task:
         """An equivalent task whose frozen leading layers are computed once.
 
@@ -189,38 +202,29 @@ class Task:
         if cached is not None and cached[0] == self.trainable:
             return cached[1]
         result = self
-        if isinstance(self.model, nn.Sequential):
-            names = list(self.model._modules)
-            owners = [
-                k
-                for k, name in enumerate(names)
-                if any(t.startswith(f"{name}.") for t in self.trainable)
-            ]
-            first = min(owners, default=0)
-            if first > 0:
-                trunk, head = self.model[:first], self.model[first:]
-                # a slice is a new Sequential (training=True): restore each module's own mode
-                modes = [(m, m.training) for m in trunk.modules()]
-                trunk.eval()
-                total = len(self.train) + len(self.test)
-                size = _trunk_batch(trunk, self.train.inputs)
-                with torch.no_grad():
-                    train_x = _batched(trunk, self.train.inputs, size, progress, 0, total)
-                    test_x = _batched(
-                        trunk, self.test.inputs, size, progress, len(self.train), total
-                    )
-                for m, mode in modes:
-                    m.training = mode
-                head.training = self.model.training  # a slice starts in training mode
-                result = Task(
-                    head,
-                    ArrayDataset(train_x, self.train.targets, None, self.train.info),
-                    ArrayDataset(test_x, self.test.targets, None, self.test.info),
-                    loss=self.loss_fn if self.loss_name not in LOSSES else self.loss_name,
-                    trainable=self.trainable,
-                    measurement=self.measure_fn,
-                    name=self.name,
-                )
+        first = self.trunk_length()
+        if first > 0:
+            trunk, head = self.model[:first], self.model[first:]
+            # a slice is a new Sequential (training=True): restore each module's own mode
+            modes = [(m, m.training) for m in trunk.modules()]
+            trunk.eval()
+            total = len(self.train) + len(self.test)
+            size = _trunk_batch(trunk, self.train.inputs)
+            with torch.no_grad():
+                train_x = _batched(trunk, self.train.inputs, size, progress, 0, total)
+                test_x = _batched(trunk, self.test.inputs, size, progress, len(self.train), total)
+            for m, mode in modes:
+                m.training = mode
+            head.training = self.model.training  # a slice starts in training mode
+            result = Task(
+                head,
+                ArrayDataset(train_x, self.train.targets, None, self.train.info),
+                ArrayDataset(test_x, self.test.targets, None, self.test.info),
+                loss=self.loss_fn if self.loss_name not in LOSSES else self.loss_name,
+                trainable=self.trainable,
+                measurement=self.measure_fn,
+                name=self.name,
+            )
         self._cached_trunk = (self.trainable, result)
         return result
 

@@ -153,18 +153,27 @@ def build_task(config, train: ArrayDataset, test: ArrayDataset) -> Task:
     return Task(model, train, test, loss=loss_for(train), trainable=trainable, name=config.name)
 
 
-def final_training_task(config, task: Task) -> Task:
+def final_training_task(config, task: Task, cached=None) -> Task:
     """The task final training works on: ``task`` itself, or the same model and data with
     ``training.trainable`` as its parameters when that is set (e.g. more layers fine-tuned in
-    final training than further training updates)."""
+    final training than further training updates).
+
+    When final training leaves the whole of ``task``'s frozen trunk alone (its trainable
+    parameters all lie after it, :meth:`Task.trunk_length`), the returned task is built on
+    ``task``'s cached trunk (``cached(task)``, by default :meth:`Task.with_cached_trunk`), so
+    that one trunk pass serves final training, further training and the methods.
+    """
+    cached = cached or Task.with_cached_trunk
     if not config.training.trainable:
         return task
-    return Task(
-        task.model,
-        task.train,
-        task.test,
-        loss=task.loss_name if task.loss_name in ("cross_entropy", "mse") else task.loss_fn,
-        trainable=list(config.training.trainable),
-        measurement=task.measure_fn,
-        name=task.name,
-    )
+    kwargs = {
+        "loss": task.loss_name if task.loss_name in ("cross_entropy", "mse") else task.loss_fn,
+        "trainable": list(config.training.trainable),
+        "measurement": task.measure_fn,
+        "name": task.name,
+    }
+    full = Task(task.model, task.train, task.test, **kwargs)
+    if task.trunk_length() == 0 or full.trunk_length() < task.trunk_length():
+        return full  # final training changes the trunk further training keeps frozen
+    head = cached(task)
+    return Task(head.model, head.train, head.test, **{**kwargs, "trainable": full.trainable})

@@ -222,7 +222,8 @@ def _run(config: Config, out: Path, overwrite: bool, console, quiet: bool) -> Ru
                 "train afresh, or --out to write elsewhere"
             )
         task.to(device)
-        final_task = _trunk_cached(final_training_task(config, task), console, quiet)
+        final_task = final_training_task(config, task, lambda t: _trunk_cached(t, console, quiet))
+        final_task = _trunk_cached(final_task, console, quiet)
         with _progress(console, quiet) as bar:
             job = bar.add_task("final training", total=config.training.epochs)
             history = train_final(

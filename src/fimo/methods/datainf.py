@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from fimo.errors import InputError, check_choice
-from fimo.methods.common import test_and_train
+from fimo.methods.common import hessian_subset, seed_value, subset_record, test_and_train
 from fimo.methods.gradients import DEFAULT_BUDGET, chunk_size_for, per_instance_grads
 from fimo.methods.gradients import gradient_matrix as _gradient_matrix
 from fimo.scores import Scores
@@ -91,8 +91,8 @@ def datainf(
     lambda_const: float = 10.0,
     damping: float | None = None,
     blocks: str = "module",
-    hessian_sample: int | None = None,
-    seed: int = 0,
+    hessian_samples: int | None = None,
+    hessian_seed: int = 0,
     chunk_size: int | None = None,
 ) -> Scores:
     """DataInf scores (1/n)·Σ_l g_jlᵀ Ĥ_l⁻¹ ∇g_l(z_t) (Sherman-Morrison per instance), positive = helpful.
@@ -100,8 +100,9 @@ def datainf(
     λ_l = mean_i(mean_p g_il²) / ``lambda_const`` per block (the paper's default 10, i.e.
     0.1 × the block's mean squared gradient entry), or the absolute ``damping`` for every
     block. ``blocks`` is ``"module"`` (weight and bias of a layer together) or ``"tensor"``.
-    ``hessian_sample`` = m draws m training instances (without replacement, ``seed``) for the
-    sum over i and for λ_l (the paper's SST-2 setting used 1000); by default all n.
+    ``hessian_samples`` = m draws m training instances for the sum over i and for λ_l (the
+    paper's SST-2 setting used 1000; :func:`fimo.methods.common.hessian_subset` with
+    ``hessian_seed``, the same draw as the influence family's); by default all n.
 
     >>> # scores = datainf(task, test=range(10), train=range(100))  # (10, 100)
     """
@@ -111,15 +112,8 @@ def datainf(
         raise InputError(f"datainf lambda_const: got {lambda_const!r}; must be a number > 0")
     if damping is not None and not (isinstance(damping, int | float) and damping > 0):
         raise InputError(f"datainf damping: got {damping!r}; must be a number > 0 (or None)")
-    if hessian_sample is None:
-        sample = np.arange(n)
-    elif isinstance(hessian_sample, int) and 1 <= hessian_sample <= n:
-        rng = np.random.default_rng(seed)
-        sample = np.sort(rng.choice(n, size=hessian_sample, replace=False))
-    else:
-        raise InputError(
-            f"datainf hessian_sample: got {hessian_sample!r}; must be None or an integer in [1, {n}]"
-        )
+    hessian_seed = seed_value("hessian_seed", hessian_seed)
+    sample = hessian_subset(n, hessian_samples, hessian_seed)
     m = len(sample)
 
     groups = parameter_blocks(task, blocks)
@@ -169,9 +163,8 @@ def datainf(
         ),
         "layer_damping": {name: float(x) for (name, _), x in zip(groups, lam, strict=True)},
         "blocks": blocks,
-        "hessian_sample": hessian_sample,
+        **subset_record(n, hessian_samples, hessian_seed, sample),
         "n_hessian": m,
-        "seed": seed,
         "chunk_size": chunk_size,
     }
     return Scores(out, test, train, "datainf", settings, units="test-loss change (1/n scale)")

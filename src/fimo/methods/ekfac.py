@@ -28,7 +28,7 @@ from torch import nn
 from torch.func import hessian, vmap
 
 from fimo.errors import InputError, check_choice
-from fimo.methods.common import test_and_train
+from fimo.methods.common import hessian_subset, seed_value, subset_record, test_and_train
 from fimo.methods.damping import resolve_damping
 from fimo.methods.gradients import chunk_size_for, gradient_matrix, per_instance_grads
 from fimo.scores import Scores
@@ -291,9 +291,15 @@ def _chunks(n: int, size: int):
 
 
 def fit_ekfac(
-    task: Task, *, sampling: str = "auto", seed: int = 0, chunk_size: int | None = None
+    task: Task,
+    *,
+    sampling: str = "auto",
+    seed: int = 0,
+    chunk_size: int | None = None,
+    indices=None,
 ) -> tuple[list[LayerFactors], str]:
-    """Fit the EK-FAC factors over all training instances; returns (layers, resolved sampling).
+    """Fit the EK-FAC factors over the training instances ``indices`` (default: all);
+    returns (layers, resolved sampling).
 
     Two passes over the training data: A, S and their eigenvectors, then the eigenvalue
     correction Λ (with the same sampled labels, if sampling).
@@ -301,6 +307,9 @@ def fit_ekfac(
     check_choice("ekfac sampling", sampling, SAMPLING)
     layers = find_layers(task)
     x_all, y_all = task.train.inputs, task.train.targets
+    if indices is not None:
+        sel = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        x_all, y_all = x_all[sel], y_all[sel]
     n = len(x_all)
     params = task.params()
     dtype = next(iter(params.values())).dtype
@@ -360,10 +369,14 @@ def ekfac(
     sampling: str = "auto",
     chunk_size: int | None = None,
     seed: int = 0,
+    hessian_samples: int | None = None,
+    hessian_seed: int = 0,
 ) -> Scores:
     """EK-FAC influence: (1/n)·∇g(z_t)ᵀ(Ĥ_EKFAC + λI)⁻¹∇ℓ(z_i), positive = helpful.
 
-    Ĥ is fitted on all training instances. ``damping`` is an absolute λ; otherwise λ =
+    Ĥ is fitted on all training instances, or on ``hessian_samples`` of them drawn with
+    ``hessian_seed`` (:func:`fimo.methods.common.hessian_subset`, the draw of the influence
+    family and DataInf), which then also give the damping base. ``damping`` is an absolute λ; otherwise λ =
     ``damping_factor`` × the mean squared per-instance gradient entry (paper §4; kronfluence
     uses 0.1 × the mean corrected eigenvalue instead, recorded as ``mean_eigenvalue``).
     ``sampling``: ``"exact"`` expands the loss Hessian over all outputs (the exact Gauss-Newton
@@ -374,8 +387,13 @@ def ekfac(
     """
     test, train = test_and_train(task, test, train, "ekfac")
     n = len(task.train)
-    layers, mode = fit_ekfac(task, sampling=sampling, seed=seed, chunk_size=chunk_size)
-    lam, record = resolve_damping(task, damping, damping_factor)
+    hessian_seed = seed_value("hessian_seed", hessian_seed)
+    subset = hessian_subset(n, hessian_samples, hessian_seed)
+    fit_on = None if len(subset) == n else subset
+    layers, mode = fit_ekfac(
+        task, sampling=sampling, seed=seed, chunk_size=chunk_size, indices=fit_on
+    )
+    lam, record = resolve_damping(task, damping, damping_factor, indices=fit_on)
     g_test = gradient_matrix(task, task.test, test, measure=True, chunk_size=chunk_size)
     pre = torch.zeros_like(g_test)
     for layer in layers:
@@ -397,6 +415,7 @@ def ekfac(
         "layers": [layer.name for layer in layers],
         "mean_eigenvalue": float(eigen.mean()),
         "zero_curvature_directions": int(((eigen + lam) <= 0).sum()),
-        "n_hessian": n,
+        "n_hessian": len(subset),
+        **subset_record(n, hessian_samples, hessian_seed, subset),
     }
     return Scores(out, test, train, "ekfac", settings, units="test-loss change (1/n scale)")

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from fimo.errors import InputError, NumericalError, check_choice
-from fimo.methods.common import test_and_train
+from fimo.methods.common import hessian_subset, seed_value, subset_record, test_and_train
 from fimo.methods.curvature import (
     DEFAULT_BATCH,
     KINDS,
@@ -86,40 +86,6 @@ def _batch_size(value) -> int | None:
     return int(value)
 
 
-def _seed(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise InputError(f"{name}: got {value!r}; must be an integer")
-    return int(value)
-
-
-def hessian_subset(n: int, samples: int | None, seed: int = 0) -> np.ndarray:
-    """The training indices H is estimated from: all n, or ``samples`` of them drawn at random.
-
-    A sorted draw without replacement from ``numpy.random.default_rng(seed)``, so it is a
-    function of (n, samples, seed) only; ``samples=None`` or ``samples=n`` gives
-    ``arange(n)``. Raises :class:`InputError` unless ``samples`` is None or an integer in
-    [1, n].
-
-    >>> hessian_subset(10, 3, seed=0)
-    array([5, 6, 9])
-    """
-    if samples is None:
-        return np.arange(n)
-    if (
-        isinstance(samples, bool)
-        or not isinstance(samples, int | np.integer)
-        or not 1 <= samples <= n
-    ):
-        raise InputError(
-            f"hessian_samples: got {samples!r}; must be a whole number from 1 to n = {n} (the "
-            "training set size), or None to use every training instance"
-        )
-    if samples == n:
-        return np.arange(n)
-    rng = np.random.default_rng(_seed("hessian_seed", seed))
-    return np.sort(rng.choice(n, int(samples), replace=False))
-
-
 def _prepare(
     method,
     task,
@@ -139,10 +105,12 @@ def _prepare(
         _positive_int("chunk_size", chunk_size)
     check_choice("hessian", hessian, KINDS)
     batch_size = _batch_size(batch_size)
-    hessian_seed = _seed("hessian_seed", hessian_seed)
+    hessian_seed = seed_value("hessian_seed", hessian_seed)
     n = len(task.train)
     subset = hessian_subset(n, hessian_samples, hessian_seed)
-    lam, record = resolve_damping(task, damping, damping_factor)
+    lam, record = resolve_damping(
+        task, damping, damping_factor, indices=None if len(subset) == n else subset
+    )
     op = curvature(
         task, hessian, batch_size=batch_size, data_indices=None if len(subset) == n else subset
     )
@@ -151,14 +119,7 @@ def _prepare(
         hessian=hessian,
         num_params=op.size,
         n_train=n,
-        hessian_samples=None if hessian_samples is None else int(hessian_samples),
-        hessian_seed=hessian_seed,
-        hessian_data=(
-            f"all {n} training instances"
-            if len(subset) == n
-            else f"a random subset of {len(subset)} of the {n} training instances "
-            f"(hessian_subset(n={n}, samples={len(subset)}, seed={hessian_seed}))"
-        ),
+        **subset_record(n, hessian_samples, hessian_seed, subset),
         batch_size=batch_size,
         curvature_batch=op.plan(len(test))[0],
     )
@@ -567,7 +528,7 @@ def _lissa(
     depth = _positive_int("depth", depth)
     repeat = _positive_int("repeat", repeat)
     batch_size = _positive_int("batch_size", batch_size)
-    seed = _seed("seed", seed)
+    seed = seed_value("seed", seed)
     if scale != "auto":
         if isinstance(scale, str):
             raise InputError(f"scale: got {scale!r}; must be a number > 0 or 'auto'")
@@ -734,7 +695,7 @@ def arnoldi(
         iterations = _positive_int("iterations", iterations)
     if not isinstance(complement, bool):
         raise InputError(f"complement: got {complement!r}; must be true or false")
-    seed = _seed("seed", seed)
+    seed = seed_value("seed", seed)
     test, train, lam, record, op, g_test = _prepare(
         "arnoldi",
         task,

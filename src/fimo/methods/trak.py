@@ -32,7 +32,7 @@ import torch
 from torch.func import grad, jacrev, vmap
 
 from fimo.errors import InputError, check_choice
-from fimo.methods.common import test_and_train
+from fimo.methods.common import hessian_subset, seed_value, subset_record, test_and_train
 from fimo.methods.gradients import DEFAULT_BUDGET, chunk_size_for, flatten
 from fimo.methods.gradients import gradient_matrix as _gradient_matrix
 from fimo.scores import Scores
@@ -159,6 +159,8 @@ def trak(
     damping: float = 0.0,
     seed: int = 0,
     chunk_size: int | None = None,
+    hessian_samples: int | None = None,
+    hessian_seed: int = 0,
 ) -> Scores:
     """TRAK with one model, (1/n)·(Pᵀ∇g_t)ᵀ(ΦᵀΦ·h/n + λI)⁺(Pᵀ∇ℓ_i), positive = helpful.
 
@@ -174,6 +176,11 @@ def trak(
     the features' precision: the level at which rounding the features makes a null direction
     look non-null (7e-12 relative at k = 512 for float32 features). See the module docstring
     for the output function, Q and the sign.
+
+    The kernel is the mean over all n training instances, or over ``hessian_samples`` = m of
+    them drawn with ``hessian_seed`` (:func:`fimo.methods.common.hessian_subset`, the draw of
+    the other curvature methods): ΦᵀΦ·h/m over the sample; the scored instances' features are
+    computed whether or not they are in it.
 
     >>> # scores = trak(task, test=range(10), train=range(100), proj_dim=512)  # (10, 100)
     """
@@ -193,31 +200,44 @@ def trak(
         d_f = f(params, task.train.inputs[0], task.train.targets[0]).numel()
     size = chunk_size or chunk_size_for(task.num_params * d_f, task.train.inputs.element_size())
 
-    # one pass over all n: the kernel K = (h/n) Σ_j F_jᵀF_j, and Pᵀ∇ℓ_i = F_iᵀ ∂ℓ_i/∂f for
-    # the scored training instances (kept: len(train) × k, like TRAK's feature store).
-    # With N = n·d_f ≤ k rows, K has rank ≤ N: keep F itself and take its thin SVD (O(N²k))
+    # one pass over the kernel's m instances (all n by default) and the scored ones: the
+    # kernel K = (h/m) Σ_j F_jᵀF_j, and Pᵀ∇ℓ_i = F_iᵀ ∂ℓ_i/∂f for the scored training
+    # instances (kept: len(train) × k, like TRAK's feature store).
+    # With N = m·d_f ≤ k rows, K has rank ≤ N: keep F itself and take its thin SVD (O(N²k))
     # instead of accumulating and eigendecomposing the k × k kernel (O(k³)).
-    dual = n * d_f <= k
+    hessian_seed = seed_value("hessian_seed", hessian_seed)
+    subset = hessian_subset(n, hessian_samples, hessian_seed)
+    m = len(subset)
+    in_kernel = np.zeros(n, dtype=bool)
+    in_kernel[subset] = True
+    dual = m * d_f <= k
     wide = torch.float64  # the kernel, its factorisation and the solve
     kernel = None if dual else torch.zeros(k, k, dtype=wide)
     rows_all = []
     wanted = np.full(n, -1, dtype=np.int64)
     wanted[train] = np.arange(len(train))
     features = torch.zeros(len(train), k, dtype=dtype)
+    order = np.arange(n) if m == n else np.union1d(subset, train)
     was_training = task.model.training
     task.model.eval()
     try:
-        for start in range(0, n, size):
-            rows = slice(start, min(start + size, n))
-            x, y = task.train.inputs[rows], task.train.targets[rows]
+        for start in range(0, len(order), size):
+            pos = order[start : start + size]
+            sel = torch.as_tensor(pos) if m < n else slice(int(pos[0]), int(pos[-1]) + 1)
+            x, y = task.train.inputs[sel], task.train.targets[sel]
             J = flatten(jac(params, x, y), batch_dims=2)  # (B, d_f, P)
             F = proj.project(J.reshape(-1, J.shape[-1])).reshape(len(x), d_f, k)
-            if dual:
-                rows_all.append(F.reshape(-1, k))
+            use = np.nonzero(in_kernel[pos])[0]
+            if len(use) == len(pos):
+                F_kernel = F.reshape(-1, k)
             else:
-                F64 = F.reshape(-1, k).to(wide)
+                F_kernel = F[torch.as_tensor(use)].reshape(-1, k)
+            if dual:
+                rows_all.append(F_kernel)
+            elif len(use):
+                F64 = F_kernel.to(wide)
                 kernel.addmm_(F64.T, F64)
-            where = wanted[rows]
+            where = wanted[pos]
             keep = np.nonzero(where >= 0)[0]
             if len(keep):
                 with torch.no_grad():
@@ -235,11 +255,11 @@ def trak(
     # k · 1.2e-7 that dropped real directions, and above the floor of rounding.
     if dual:
         _, sv, vh = torch.linalg.svd(
-            torch.cat(rows_all).to(wide) * (curvature / n) ** 0.5, full_matrices=False
+            torch.cat(rows_all).to(wide) * (curvature / m) ** 0.5, full_matrices=False
         )
         w, basis = sv**2, vh.T
     else:
-        kernel = curvature * (kernel + kernel.T) / (2 * n)
+        kernel = curvature * (kernel + kernel.T) / (2 * m)
         w, basis = torch.linalg.eigh(kernel)
     denom = w + damping
     floor = max(torch.finfo(wide).eps, torch.finfo(dtype).eps ** 2)
@@ -274,6 +294,7 @@ def trak(
         "pseudo_inverse": rank < k,
         "kernel_dtype": "float64",
         "kernel_condition": _condition(denom[keep], damping if complement else None),
-        "n_kernel": n,
+        "n_kernel": m,
+        **subset_record(n, hessian_samples, hessian_seed, subset),
     }
     return Scores(out, test, train, "trak", settings, units="test-loss change (1/n scale)")
