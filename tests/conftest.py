@@ -1,3 +1,34 @@
+import pytest
+import tomli_w
 import torch
 
 torch.set_num_threads(2)
+
+
+#: The tiny experiment the fault tests run, kill and damage (seconds on this machine).
+TINY = {
+    "name": "tiny",
+    "data": {"dataset": "diabetes", "n_test": 8},
+    "training": {"epochs": 1},
+    "further": {"seeds": 2, "left_out": 4, "epochs": 1, "batch_size": 128, "lr": 0.05},
+    "methods": {"names": ["grad_dot", "grad_cos"], "train": "left_out"},
+}
+
+
+@pytest.fixture(scope="session")
+def config_path(tmp_path_factory):
+    """TINY as a TOML file (modules may override it with their own)."""
+    path = tmp_path_factory.mktemp("config") / "tiny.toml"
+    path.write_text(tomli_w.dumps(TINY))
+    return path
+
+
+@pytest.fixture(scope="session")
+def reference(config_path, tmp_path_factory):
+    """A run of TINY never stopped nor damaged: copy it before changing anything in it."""
+    from fimo.experiments.config import load_config
+    from fimo.experiments.pipeline import run
+
+    out = tmp_path_factory.mktemp("reference") / "run"
+    run(load_config(config_path), out, quiet=True)
+    return out

@@ -17,35 +17,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
-import tomli_w
 
-from fimo.experiments.config import load_config
-from fimo.experiments.pipeline import run
 from fimo.io import STOP_AT_ENV, checksum_matches, read_npz
-
-TINY = {
-    "name": "tiny",
-    "data": {"dataset": "diabetes", "n_test": 8},
-    "training": {"epochs": 1},
-    "further": {"seeds": 2, "left_out": 4, "epochs": 1, "batch_size": 128, "lr": 0.05},
-    "methods": {"names": ["grad_dot", "grad_cos"], "train": "left_out"},
-}
-
-
-@pytest.fixture(scope="module")
-def config_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("config") / "tiny.toml"
-    path.write_text(tomli_w.dumps(TINY))
-    return path
-
-
-@pytest.fixture(scope="module")
-def reference(config_path, tmp_path_factory):
-    """A run never stopped."""
-    out = tmp_path_factory.mktemp("reference") / "run"
-    run(load_config(config_path), out, quiet=True)
-    return out
 
 
 def fimo_run(config_path: Path, out: Path, stop_at: str | None = None) -> subprocess.Popen:

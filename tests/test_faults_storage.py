@@ -16,35 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tomli_w
 
 from fimo.cli import main
-from fimo.experiments.config import load_config
-from fimo.experiments.pipeline import run
 from fimo.io import checksum_matches, read_npz
 
-TINY = {
-    "name": "tiny",
-    "data": {"dataset": "diabetes", "n_test": 8},
-    "training": {"epochs": 1},
-    "further": {"seeds": 2, "left_out": 4, "epochs": 1, "batch_size": 128, "lr": 0.05},
-    "methods": {"names": ["grad_dot", "grad_cos"], "train": "left_out"},
-}
 SHARD = "further/shards/seed-00001_lo-00000-00004.npz"
-
-
-@pytest.fixture(scope="module")
-def config_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("config") / "tiny.toml"
-    path.write_text(tomli_w.dumps(TINY))
-    return path
-
-
-@pytest.fixture(scope="module")
-def reference(config_path, tmp_path_factory):
-    out = tmp_path_factory.mktemp("reference") / "run"
-    run(load_config(config_path), out, quiet=True)
-    return out
 
 
 def copy_of(reference: Path, tmp_path: Path, remove=()) -> Path:

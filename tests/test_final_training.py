@@ -51,7 +51,9 @@ def test_final_training_beyond_the_trunk_reuses_its_cache_and_trains_the_same_we
     settings = TrainingSettings(optimizer="adam", lr=0.05, epochs=3, batch_size=16, seed=3)
     train_final(final, settings)
     train_final(Task(reference, task.train, task.test, trainable=["4.weight"]), settings)
-    for (name, got), want in zip(task.model.named_parameters(), reference.parameters()):
+    for (name, got), want in zip(
+        task.model.named_parameters(), reference.parameters(), strict=True
+    ):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, msg=name)
     assert not torch.equal(task.model[4].weight, sequential_task(["4.*"]).model[4].weight)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -253,7 +254,10 @@ def load_matrix(path, key: str | None = None) -> np.ndarray:
         raise
     except Exception as exc:  # a damaged or foreign file: say which and why, in one line
         reason = " ".join(str(exc).split())
-        if len(reason) > 300:
+        refused = re.search(r"WeightsUnpickler error: ([^.]*)", reason)
+        if refused:  # torch.load(weights_only=True) refused pickled code: say what it was
+            reason = f"it holds pickled Python objects, which fimo never loads ({refused[1]})"
+        elif len(reason) > 300:
             reason = reason[:297] + "..."
         raise InputError(
             f"{path}: cannot read a score matrix ({type(exc).__name__}: {reason}); is it a "
