@@ -734,3 +734,54 @@ def test_curvature_batch_from_the_budget_and_products_independent_of_it():
     assert s.settings["batch_size"] is None and s.settings["curvature_batch"] == 40
     s = influence.cg(task, [0, 1], range(40), damping=1.0, batch_size=16)
     assert s.settings["batch_size"] == 16 and s.settings["curvature_batch"] == 16
+
+
+# -- Gauss-Newton products through per-instance Jacobian factors ---------------------------
+def test_gauss_newton_products_through_factors_equal_the_dense_matrix_for_any_rows():
+    from fimo.methods.curvature import FACTOR_VECTORS, CurvatureOperator
+
+    task = small_mlp_task()  # cross-entropy, 3 classes: factors of rank 2 per instance
+    X, y = task.train.inputs, task.train.targets
+    V = torch.randn(11, task.num_params, generator=torch.Generator().manual_seed(2), dtype=DT)
+    cached = CurvatureOperator(task, "gauss_newton")
+    assert cached.factors()[0].shape == (40, 2, task.num_params)
+    plain = CurvatureOperator(task, "gauss_newton", budget=4000)  # too small to hold them
+    assert plain.factors() is None
+    rows = [3, 3, 17, 0, 39]  # a minibatch drawn with replacement
+    G_rows = dense_gauss_newton_ce(task, X[rows], y[rows])
+    for op in (cached, plain):
+        torch.testing.assert_close(op.matmat(V), V @ dense_gauss_newton_ce(task, X, y))
+        torch.testing.assert_close(op.matmat(V, rows=rows), V @ G_rows, rtol=1e-10, atol=1e-12)
+        for k in (1, FACTOR_VECTORS):  # through the model, through the batch's factors
+            got = op.matmat(V[:k], X[rows], y[rows])
+            torch.testing.assert_close(got, V[:k] @ G_rows, rtol=1e-10, atol=1e-12)
+
+
+def test_gauss_newton_factors_of_a_loss_with_negative_output_curvature():
+    from fimo.methods.curvature import FACTOR_VECTORS, CurvatureOperator
+
+    def saturating(outputs, targets):  # a non-convex loss of the outputs: 1 − exp(−(o − t)²)
+        return 1 - torch.exp(-((outputs[:, 0] - targets) ** 2))
+
+    g = torch.Generator().manual_seed(4)
+    X, y = torch.randn(30, 3, generator=g, dtype=DT), 2 * torch.randn(30, generator=g, dtype=DT)
+    task = Task(mlp(3, 1, hidden=(4,), seed=2).to(DT), ArrayDataset(X, y), ArrayDataset(X, y),
+                loss=saturating)  # fmt: skip
+    op = CurvatureOperator(task, "gauss_newton")
+    A, W = op._gn_factor(X, y)
+    assert W is not None and bool((torch.linalg.eigvalsh(W)[:, 0] < 0).any())
+    assert op.factors() is None  # no PSD factors: products go through the model
+    dense = torch.zeros(task.num_params, task.num_params, dtype=DT)
+    for i in range(len(X)):  # J_iᵀ h_i J_i with h_i = ℓ''(o_i) by autograd
+        out = flat_function(task, lambda p, i=i: task.outputs(p, X[i : i + 1])[0, 0])
+        J = torch.autograd.functional.jacobian(out, flat_theta(task))
+        o = out(flat_theta(task)).detach().requires_grad_()
+        h = torch.autograd.functional.hessian(
+            lambda o: saturating(o[None, None], y[i : i + 1])[0], o
+        )
+        dense += h * torch.outer(J, J)
+    dense /= len(X)
+    V = torch.randn(FACTOR_VECTORS, task.num_params, generator=g, dtype=DT)
+    torch.testing.assert_close(op.matmat(V), V @ dense, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(op.matmat(V[:2]), V[:2] @ dense, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(op.matmat(V, X, y), V @ dense, rtol=1e-10, atol=1e-12)

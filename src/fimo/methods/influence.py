@@ -630,7 +630,7 @@ def _lissa_series(op, lam, V, depth, repeat, batch_size, scale, seed, full):
                 Hh = op(h)
             else:
                 rows = torch.randint(n, (batch_size,), generator=gen)
-                Hh = op.matmat(h, op.inputs[rows], op.targets[rows])
+                Hh = op.matmat(h, rows=rows)
             h_new = h + V - (Hh + lam * h) / scale
             norms = h_new.norm(dim=1)
             # a contracting series has ‖h_j‖ ≤ min(j + 1, scale/λ)·‖v‖ (H PSD)
