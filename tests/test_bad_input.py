@@ -287,3 +287,22 @@ def test_every_load_in_the_source_refuses_pickled_code():
             assert "weights_only=True" in args, f"{where}: torch.load({args})"
         else:
             assert "allow_pickle=False" in args, f"{where}: {fn}({args})"
+
+
+def test_fimo_run_from_python_writes_runs_name_and_refuses_a_name_with_path_parts(
+    config_path, tmp_path, monkeypatch
+):
+    import fimo
+    from fimo.experiments.config import load_config
+
+    monkeypatch.chdir(tmp_path)
+    config = load_config(config_path)
+    config.name = "../outside"
+    with pytest.raises(InputError, match=r"^name: got '\.\./outside'; the run directory is"):
+        fimo.run(config, quiet=True)
+    assert not (tmp_path.parent / "outside").exists() and not (tmp_path / "runs").exists()
+    with pytest.raises(InputError, match=r"^override 'seed' is unknown \(did you mean 'seeds'\?\)"):
+        fimo.run(str(config_path), quiet=True, seed=1)
+    result = fimo.run(str(config_path), quiet=True, seeds=1)
+    assert result.gold.loss_without.shape[0] == 1
+    assert (tmp_path / "runs" / "tiny" / "manifest.json").is_file()

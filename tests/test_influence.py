@@ -768,7 +768,7 @@ def test_gauss_newton_factors_of_a_loss_with_negative_output_curvature():
     task = Task(mlp(3, 1, hidden=(4,), seed=2).to(DT), ArrayDataset(X, y), ArrayDataset(X, y),
                 loss=saturating)  # fmt: skip
     op = CurvatureOperator(task, "gauss_newton")
-    A, W = op._gn_factor(X, y)
+    _, W = op._gn_factor(X, y)
     assert W is not None and bool((torch.linalg.eigvalsh(W)[:, 0] < 0).any())
     assert op.factors() is None  # no PSD factors: products go through the model
     dense = torch.zeros(task.num_params, task.num_params, dtype=DT)
@@ -777,7 +777,7 @@ def test_gauss_newton_factors_of_a_loss_with_negative_output_curvature():
         J = torch.autograd.functional.jacobian(out, flat_theta(task))
         o = out(flat_theta(task)).detach().requires_grad_()
         h = torch.autograd.functional.hessian(
-            lambda o: saturating(o[None, None], y[i : i + 1])[0], o
+            lambda o, i=i: saturating(o[None, None], y[i : i + 1])[0], o
         )
         dense += h * torch.outer(J, J)
     dense /= len(X)

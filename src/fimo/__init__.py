@@ -19,16 +19,27 @@ from fimo.scores import Scores
 from fimo.task import Task
 
 
-def run(config="adult", out="runs/adult", overwrite=False, quiet=False, **overrides):
+def run(config="adult", out=None, overwrite=False, quiet=False, scale="quick", **overrides):
     """Run a preset name, a TOML path or a Config into ``out``; returns a RunResult.
 
-    Overrides: seeds, left_out, epochs, optimizer, lr, methods, device, n_test, dtype.
+    ``out`` defaults to ``runs/<name>`` (the configuration's name, e.g. ``runs/concrete`` or
+    ``runs/concrete-paper`` for ``scale="paper"``), as ``fimo run`` does. ``scale`` is
+    ``"quick"`` or ``"paper"`` for presets and files with a ``[scales.paper]`` table.
+    Overrides: seeds, left_out, epochs, optimizer, lr, methods, device, n_test, dtype,
+    executor, workers, address.
+
+    >>> # result = fimo.run("concrete")                  # writes runs/concrete
+    >>> # result = fimo.run("adult", seeds=4, quiet=True)
     """
     from fimo.experiments import config as cfg
     from fimo.experiments.pipeline import run as run_pipeline
 
-    conf = config if isinstance(config, cfg.Config) else cfg.load_config(config)
+    if isinstance(config, cfg.Config):
+        conf = config
+    else:
+        conf = cfg.load_config(config, scale=scale)
     conf = cfg.with_overrides(conf, **overrides)
+    out = cfg.default_run_dir(conf) if out is None else out
     return run_pipeline(conf, out, overwrite=overwrite, quiet=quiet)
 
 

@@ -8,7 +8,6 @@ Warnings (a damaged shard being recomputed, a method's convergence) print as one
 
 from __future__ import annotations
 
-import re
 import sys
 import warnings
 from pathlib import Path
@@ -26,8 +25,6 @@ app = typer.Typer(
     "standard, and the gradient-based methods it unifies).",
 )
 err = Console(stderr=True)
-#: a configuration's name becomes the folder runs/<name>: no separators, no "..", not hidden
-RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @app.command("run")
@@ -77,7 +74,7 @@ def run_command(
     ] = "quick",
 ) -> None:
     """Run an experiment: final model, gold standard, methods, metrics and report."""
-    from fimo.experiments.config import load_config, with_overrides
+    from fimo.experiments.config import default_run_dir, load_config, with_overrides
     from fimo.experiments.pipeline import run
 
     config = load_config(source, scale=scale)
@@ -98,12 +95,7 @@ def run_command(
         address=address,
     )
     if out is None:
-        if not RUN_NAME.match(config.name):
-            raise InputError(
-                f"name: got {config.name!r}; the run directory is runs/<name>, so the name must "
-                "be a plain word (letters, digits, '_', '-', '.'); rename it or pass --out"
-            )
-        out = Path("runs") / config.name
+        out = default_run_dir(config)
     result = run(config, out, overwrite=overwrite, quiet=quiet)
     Console().print(f"Report: {result.report}")
 

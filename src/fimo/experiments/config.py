@@ -332,6 +332,20 @@ def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
+#: a configuration's name becomes the folder runs/<name>: no separators, no "..", not hidden
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def default_run_dir(config: Config) -> Path:
+    """``runs/<config.name>``, or an InputError if the name is not a plain word."""
+    if not RUN_NAME.match(config.name):
+        raise InputError(
+            f"name: got {config.name!r}; the run directory is runs/<name>, so the name must "
+            "be a plain word (letters, digits, '_', '-', '.'); rename it or pass --out"
+        )
+    return Path("runs") / config.name
+
+
 def load_config(source: str | Path | None = None, scale: str = "quick") -> Config:
     """A preset by name (default ``adult``), or a TOML file by path, at a ``scale``.
 
@@ -426,6 +440,11 @@ def with_overrides(config: Config, **overrides) -> Config:
         "address": ("run", "address"),
     }
     for key, value in overrides.items():
+        if key not in mapping:
+            raise InputError(
+                f"override {key!r} is unknown{closest(key, mapping)}; allowed: "
+                f"{', '.join(mapping)} (other settings: edit the Config or a TOML file)"
+            )
         if value is None:
             continue
         section, name = mapping[key]
