@@ -832,3 +832,35 @@ def test_load_matrix_formats(tmp_path):
     (tmp_path / "j.txt").write_text("1 1")
     with pytest.raises(InputError, match="more than once"):
         load_indices(tmp_path / "j.txt")
+
+
+def test_prepared_gold_rows_give_the_same_numbers_as_each_metric_row_by_row():
+    from fimo.evaluate.metrics import METRICS, PreparedRows, per_test_values
+
+    rng = np.random.default_rng(3)
+    gold = rng.normal(size=(3, 4, 5, 7)).round(1)  # (windows, checkpoints, T, L), with ties
+    gold[0, 1, 2] = 0.25  # a constant gold row
+    gold[2, 3, 4, 1] = np.nan  # a non-finite one
+    values = rng.normal(size=(5, 7)).round(1)
+    values[3] = 1.0  # a constant method row
+    undefined = np.zeros((4, 5), dtype=bool)
+    undefined[2, 0] = True
+    names = list(METRICS)
+    prepared = PreparedRows(gold, undefined=undefined)
+    for got in (
+        per_test_values(prepared, values, names),
+        per_test_values(gold, values, names, undefined),
+    ):
+        for name in names:
+            want = np.array(
+                METRICS[name](
+                    gold.reshape(-1, 7), np.broadcast_to(values, gold.shape).reshape(-1, 7)
+                )
+            )
+            want = want.reshape(3, 4, 5)
+            want[:, :, 3] = np.nan
+            want[:, 2, 0] = np.nan
+            want[0, 1, 2] = np.nan
+            want[2, 3, 4] = np.nan
+            np.testing.assert_array_equal(got[name], want, err_msg=name)
+    assert prepared._ranks is not None  # ranked once, kept for the next method

@@ -255,32 +255,69 @@ def gold_flat(gold, adjusted_mean: np.ndarray) -> np.ndarray:
     return ~np.isfinite(a).all(axis=-1) | (spread <= tol)
 
 
+class PreparedRows:
+    """Gold rows (..., T, L) with what comparing them to many methods reuses: the rows as a
+    (N, L) matrix, the mask of rows where a metric is undefined (constant, non-finite, or
+    marked ``undefined`` (..., T)), and, computed once when first asked for, their centred
+    ranks. Pass it to :func:`per_test_values` in place of the array.
+    """
+
+    def __init__(self, gold_rows, undefined=None):
+        rows = np.asarray(gold_rows, dtype=np.float64)
+        self.shape, self.lead = rows.shape, rows.shape[:-1]
+        self.flat = rows.reshape(-1, rows.shape[-1])
+        mask = constant_rows(self.flat)
+        if undefined is not None:
+            mask = mask | np.broadcast_to(np.asarray(undefined, dtype=bool), self.lead).reshape(-1)
+        self.mask = mask
+        self._ranks = None
+
+    def centred_ranks(self) -> np.ndarray:
+        if self._ranks is None:
+            self._ranks = _centred_ranks(self.flat)
+        return self._ranks
+
+
+def _centred_ranks(x: np.ndarray) -> np.ndarray:
+    r = rankdata(x, axis=-1) if x.shape[-1] else np.zeros_like(x)
+    return r - r.mean(axis=-1, keepdims=True)
+
+
 def per_test_values(
-    gold_rows: np.ndarray, values: np.ndarray, metrics: Sequence[str], undefined=None
+    gold_rows, values: np.ndarray, metrics: Sequence[str], undefined=None
 ) -> dict[str, np.ndarray]:
     """Each metric for every gold row against the method's rows.
 
-    ``gold_rows`` has shape (..., T, L), ``values`` (T, L) or any shape that broadcasts to
-    it; ``undefined`` (..., T) marks gold rows to treat as constant. Returns
-    ``{metric: array (..., T)}``; a constant method row gives NaN throughout.
+    ``gold_rows`` has shape (..., T, L) (or is a :class:`PreparedRows`, whose ``undefined``
+    then applies), ``values`` (T, L) or any shape that broadcasts to it; ``undefined``
+    (..., T) marks gold rows to treat as constant. Returns ``{metric: array (..., T)}``; a
+    constant method row gives NaN throughout. Spearman ranks the method's rows once at their
+    own shape, and a PreparedRows ranks the gold rows once for every method.
 
     >>> per_test_values(np.array([[1.0, 2.0, 3.0]]), np.array([[3.0, 2.0, 1.0]]), ["spearman"])
     {'spearman': array([-1.])}
     """
-    gold_rows = np.asarray(gold_rows, dtype=np.float64)
+    gold = gold_rows if isinstance(gold_rows, PreparedRows) else PreparedRows(gold_rows, undefined)
     values = np.asarray(values, dtype=np.float64)
-    lead = gold_rows.shape[:-1]
-    L = gold_rows.shape[-1]
-    a = gold_rows.reshape(-1, L)
-    b = np.broadcast_to(values, gold_rows.shape).reshape(-1, L)
-    mask = np.broadcast_to(constant_rows(values), lead).reshape(-1) | constant_rows(a)
-    if undefined is not None:
-        mask = mask | np.broadcast_to(np.asarray(undefined, dtype=bool), lead).reshape(-1)
+    L = gold.shape[-1]
+    a = gold.flat
+
+    def spread(x):  # a method-shaped array as rows of the gold's shape
+        return np.broadcast_to(x, gold.shape).reshape(-1, L)
+
+    b = spread(values)
+    mask = np.broadcast_to(constant_rows(values), gold.lead).reshape(-1) | gold.mask
     out = {}
     for name in metrics:
-        v = np.array(METRICS[name](a, b), dtype=np.float64)
+        if name == "spearman":
+            if L == 0:
+                v = np.full(a.shape[0], np.nan)
+            else:
+                v = _row_correlation(gold.centred_ranks(), spread(_centred_ranks(values)))
+        else:
+            v = np.array(METRICS[name](a, b), dtype=np.float64)
         v[mask] = np.nan
-        out[name] = v.reshape(lead)
+        out[name] = v.reshape(gold.lead)
     return out
 
 
@@ -352,11 +389,12 @@ def agreement_by_checkpoint(
     steps = np.asarray(gold.steps)
     epochs = np.asarray(gold.epochs)
 
+    prepared = {flag: PreparedRows(golds[flag], undefined=flat) for flag in flags}
     rows: list[dict] = []
     for method, sc in scores.items():
         values = method_values(gold, sc)
         for flag in flags:
-            per = per_test_values(golds[flag], values, metrics, undefined=flat)
+            per = per_test_values(prepared[flag], values, metrics)
             stats = {name: summarise(per[name]) for name in metrics}
             for c in range(len(steps)):
                 for name in metrics:

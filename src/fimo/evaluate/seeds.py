@@ -28,6 +28,7 @@ import numpy as np
 
 from fimo.errors import InputError
 from fimo.evaluate.metrics import (
+    PreparedRows,
     check_metrics,
     gold_flat,
     method_values,
@@ -91,8 +92,9 @@ def seed_count_study(
         W = adjusted.shape[0]
         for flag in flags:
             windows = adjusted - adjusted.mean(axis=-1, keepdims=True) if flag else adjusted
+            windows = PreparedRows(windows, undefined=flat)  # ranked once for all methods
             for method, v in values.items():
-                per = per_test_values(windows, v, metrics, undefined=flat)  # (W, C, T)
+                per = per_test_values(windows, v, metrics)  # (W, C, T)
                 for name in metrics:
                     mean, sem, n = summarise(nanmean(per[name], axis=0))  # over windows
                     finite = np.flatnonzero(np.isfinite(mean))
