@@ -785,3 +785,16 @@ def test_gauss_newton_factors_of_a_loss_with_negative_output_curvature():
     torch.testing.assert_close(op.matmat(V), V @ dense, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(op.matmat(V[:2]), V[:2] @ dense, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(op.matmat(V, X, y), V @ dense, rtol=1e-10, atol=1e-12)
+
+
+def test_damping_base_comes_from_the_hessian_subset(data):
+    from fimo.methods.common import hessian_subset
+    from fimo.methods.damping import mean_squared_gradient
+
+    task = off_optimum_task(data)
+    rows = hessian_subset(N_TRAIN, 30, 2)
+    s = influence.cg(task, [0], [0, 1], hessian_samples=30, hessian_seed=2, damping_factor=10.0)
+    sub = mean_squared_gradient(task, rows)
+    assert s.settings["damping_base"] == pytest.approx(sub, rel=1e-12)
+    assert s.settings["damping"] == pytest.approx(10.0 * sub, rel=1e-12)
+    assert abs(sub - mean_squared_gradient(task)) > 1e-3 * sub  # the subset's own value
