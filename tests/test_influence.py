@@ -744,7 +744,7 @@ def test_gauss_newton_products_through_factors_equal_the_dense_matrix_for_any_ro
     X, y = task.train.inputs, task.train.targets
     V = torch.randn(11, task.num_params, generator=torch.Generator().manual_seed(2), dtype=DT)
     cached = CurvatureOperator(task, "gauss_newton")
-    assert cached.factors()[0].shape == (40, 2, task.num_params)
+    assert cached.factors().shape == (40, 2, task.num_params)
     plain = CurvatureOperator(task, "gauss_newton", budget=4000)  # too small to hold them
     assert plain.factors() is None
     rows = [3, 3, 17, 0, 39]  # a minibatch drawn with replacement

@@ -282,9 +282,11 @@ class CurvatureOperator:
         if V.ndim != 2 or V.shape[1] != self.size:
             raise InputError(f"curvature product: expected (k, {self.size}); got {tuple(V.shape)}")
         V = V.to(self.dtype)
-        held = getattr(self, "_factors", None) is not None
-        if inputs is None and (held or (len(V) >= FACTOR_VECTORS and self.factors())):
-            A = self._factors[0] if rows is None else self._factors[0][torch.as_tensor(rows)]
+        held = getattr(self, "_factors", None)
+        if inputs is None and held is None and len(V) >= FACTOR_VECTORS:
+            held = self.factors()  # built by the first product of many vectors
+        if inputs is None and held is not None:
+            A = held if rows is None else held[torch.as_tensor(rows)]
             return _factor_apply(A.reshape(-1, self.size), V) / len(A)
         if rows is not None:
             sel = torch.as_tensor(rows)
@@ -308,20 +310,13 @@ class CurvatureOperator:
         batch = fit_count(C * (self.size + len(V)) * self.theta.element_size(), self.budget)
         batch = min(len(inputs), batch if self.batch_size is None else self.batch_size)
         out = torch.zeros_like(V)
-        with eval_mode(self.task.model):
-            for start in range(0, len(inputs), batch):
-                A, W = self._gn_factor(
-                    inputs[start : start + batch], targets[start : start + batch]
-                )
-                if W is None:
-                    out += _factor_apply(A.reshape(-1, self.size), V)
-                else:
-                    U = torch.einsum(
-                        "kbc,bcd->kbd",
-                        (V @ A.reshape(-1, self.size).mT).reshape(len(V), *W.shape[:2]),
-                        W,
-                    )
-                    out += U.reshape(len(V), -1) @ A.reshape(-1, self.size)
+        for A, W in self._gn_chunks(inputs, targets, batch):
+            M = A.reshape(-1, self.size)
+            if W is None:
+                out += _factor_apply(M, V)
+            else:  # Σ_j J_jᵀ H_ℓ,j (J_j v): H_ℓ,j applied per instance
+                U = torch.einsum("kbc,bcd->kbd", (V @ M.mT).reshape(len(V), *W.shape[:2]), W)
+                out += U.reshape(len(V), -1) @ M
         return out / len(inputs)
 
     def gradient(
@@ -387,17 +382,13 @@ class CurvatureOperator:
         C = math.prod(self.output_tail)
         chunk = max(1, chunk_size_for(P * C, self.theta.element_size(), DEFAULT_BUDGET))
         H = torch.zeros(P, P, dtype=self.dtype, device=self.device)
-        with eval_mode(self.task.model):
-            for start in range(0, self.count, chunk):
-                A, W = self._gn_factor(
-                    self.inputs[start : start + chunk], self.targets[start : start + chunk]
-                )
-                if W is None:
-                    if A.shape[1]:
-                        M = A.reshape(-1, P)
-                        _add_lower_(H, M, M)
-                else:  # an output-space Hessian with negative curvature: no factor
-                    _add_lower_(H, A.reshape(-1, P), (W @ A).reshape(-1, P))
+        for A, W in self._gn_chunks(self.inputs, self.targets, chunk):
+            if W is None:
+                if A.shape[1]:
+                    M = A.reshape(-1, P)
+                    _add_lower_(H, M, M)
+            else:  # an output-space Hessian with negative curvature: no factor
+                _add_lower_(H, A.reshape(-1, P), (W @ A).reshape(-1, P))
         H /= self.count
         return _mirror_lower_(H)
 
@@ -428,9 +419,16 @@ class CurvatureOperator:
         vals, vecs = vals[:, C - rank :], vecs[:, :, C - rank :]
         return (vecs * vals.clamp_min(0).sqrt()[:, None, :]).mT @ J, None  # (B, r, P)
 
-    def factors(self):
-        """The Gauss-Newton factors (A, W) of all the operator's data (:meth:`_gn_factor`),
-        computed once, or None: for the Hessian, or when A would not fit in the budget.
+    def _gn_chunks(self, inputs: torch.Tensor, targets: torch.Tensor, chunk: int):
+        """Yield :meth:`_gn_factor` (A, W) of consecutive chunks of ``chunk`` instances."""
+        with eval_mode(self.task.model):
+            for start in range(0, len(inputs), chunk):
+                yield self._gn_factor(inputs[start : start + chunk], targets[start : start + chunk])
+
+    def factors(self) -> torch.Tensor | None:
+        """The Gauss-Newton factors A (n, q, P) of all the operator's data, C = (1/n) Σ_j A_jᵀA_j
+        (:meth:`_gn_factor`), computed once; None for the Hessian, for a loss whose output-space
+        Hessians are not PSD, or when A would not fit in the budget.
 
         With them a product over any rows S is two matrix products, (V A_Sᵀ) A_S, instead of a
         pass through the model per vector. Memory: n × q × P numbers (q = C − 1 for
@@ -442,26 +440,21 @@ class CurvatureOperator:
             return None
         if not hasattr(self, "_factors"):
             self._factors = None
-            C = math.prod(self.output_tail)
             item = self.theta.element_size()
             if self.count * self.size * item > self.budget:  # not even one row each
                 return None
-            chunk = max(1, chunk_size_for(self.size * C, item))
+            chunk = max(1, chunk_size_for(self.size * math.prod(self.output_tail), item))
             parts = []
-            with eval_mode(self.task.model):
-                for start in range(0, self.count, chunk):
-                    A, W = self._gn_factor(
-                        self.inputs[start : start + chunk], self.targets[start : start + chunk]
-                    )
-                    # the rank q of the first chunk (C − 1 for cross-entropy) sizes the whole
-                    if (
-                        W is not None
-                        or self.count * max(A.shape[1], 1) * self.size * item > self.budget
-                    ):
-                        return None  # a non-convex loss, or too large: products per batch
-                    parts.append(A)
+            for A, W in self._gn_chunks(self.inputs, self.targets, chunk):
+                # each chunk's rank q (C − 1 for cross-entropy) sizes the whole
+                if (
+                    W is not None
+                    or self.count * max(A.shape[1], 1) * self.size * item > self.budget
+                ):
+                    return None  # a non-convex loss, or too large: products per batch
+                parts.append(A)
             q = max(A.shape[1] for A in parts)  # pad every chunk to one rank
-            self._factors = (torch.cat([F.pad(A, (0, 0, 0, q - A.shape[1])) for A in parts]), None)
+            self._factors = torch.cat([F.pad(A, (0, 0, 0, q - A.shape[1])) for A in parts])
         return self._factors
 
     def per_instance(
@@ -623,9 +616,8 @@ def dense_matrix(operator, size: int | None = None, block: int | None = None) ->
     per-instance Jacobians (P² · n · C flops), the Hessian from P products with unit vectors,
     each batch's graph built once and all P unit vectors pulled back through it ``block`` at a
     time (``None``: from the memory budget, 32 or more for small batches). Any other callable
-    V (k, P) → (k, P) is
-    applied to blocks of unit vectors (32 by default). Memory: P² numbers (symmetrised in
-    place).
+    V (k, P) → (k, P) is applied to blocks of unit vectors (32 by default). Memory: P² numbers
+    (symmetrised in place).
     """
     if isinstance(operator, CurvatureOperator):
         return operator.dense(block)

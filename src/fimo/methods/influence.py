@@ -21,7 +21,7 @@ n is the size of the whole training set, whatever subset ``train`` scores.
 (:func:`hessian_subset`, seeded by ``hessian_seed``) instead of all n: the curvature products,
 the dense matrix and LiSSA's minibatches use only those m, so their cost falls by n/m. The
 scores are still computed for every requested training instance, with the same 1/n; the
-damping rule and ``generalized``'s ∇R(D) still use all n (one cheap pass each).
+damping rule uses the same m, and ``generalized``'s ∇R(D) all n (one cheap pass).
 """
 
 from __future__ import annotations
