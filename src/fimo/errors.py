@@ -11,17 +11,35 @@ import difflib
 
 
 class InputError(ValueError):
-    """Bad input: the message names the setting, the value received and what is allowed."""
+    """Bad input: the message names the setting, the value received and what is allowed.
+
+    >>> try:
+    ...     check_choice("optimizer", "sgdd", ["sgd", "adam"])
+    ... except InputError as error:
+    ...     print(error)
+    optimizer: got 'sgdd' (did you mean 'sgd'?); allowed: 'sgd', 'adam'
+    """
 
 
 def closest(name: str, choices) -> str:
-    """' (did you mean X?)' when a close match exists, else ''."""
+    """' (did you mean X?)' when a close match exists, else ''.
+
+    >>> closest("adlt", ["adult", "credit"]), closest("zzz", ["adult", "credit"])
+    (" (did you mean 'adult'?)", '')
+    """
     match = difflib.get_close_matches(name, list(choices), n=1)
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
 def check_choice(setting: str, value, choices) -> None:
-    """Raise InputError unless ``value`` is one of ``choices``."""
+    """Raise InputError unless ``value`` is one of ``choices``.
+
+    >>> check_choice("dtype", "float64", ["float32", "float64"])  # allowed: returns None
+    >>> check_choice("dtype", "half", ["float32", "float64"])
+    Traceback (most recent call last):
+    ...
+    fimo.errors.InputError: dtype: got 'half'; allowed: 'float32', 'float64'
+    """
     if value not in choices:
         allowed = ", ".join(repr(c) for c in choices)
         raise InputError(
@@ -31,4 +49,9 @@ def check_choice(setting: str, value, choices) -> None:
 
 
 class NumericalError(RuntimeError):
-    """Numerical trouble (NaN or infinite losses, divergence): the message says where and what to try."""
+    """Numerical trouble (NaN or infinite losses, divergence): the message says where and what to try.
+
+    >>> error = NumericalError("further training: loss is nan at step 3; lower lr")
+    >>> isinstance(error, RuntimeError), str(error)
+    (True, 'further training: loss is nan at step 3; lower lr')
+    """
