@@ -68,7 +68,15 @@ class ArrayDataset:
         return ArrayDataset(self.inputs[index], self.targets[index], self.feature_names, self.info)
 
     def to(self, device=None, dtype=None) -> ArrayDataset:
-        """Move to a device; cast floating inputs (and float targets) to ``dtype``."""
+        """Move to a device; cast floating inputs (and float targets) to ``dtype``.
+
+        >>> ds = ArrayDataset(torch.ones(2, 3), torch.tensor([0.5, 1.5])).to(dtype=torch.float64)
+        >>> ds.inputs.dtype, ds.targets.dtype
+        (torch.float64, torch.float64)
+        >>> labelled = ArrayDataset(torch.ones(2, 3), torch.tensor([0, 1]))
+        >>> labelled.to(dtype=torch.float64).targets.dtype  # class indices stay int64
+        torch.int64
+        """
         inputs = self.inputs.to(device)
         targets = self.targets.to(device)
         if dtype is not None:

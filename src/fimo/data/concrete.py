@@ -54,7 +54,12 @@ def _read() -> tuple[np.ndarray, np.ndarray]:
 
 
 def split_indices(n: int, test_fraction: float = TEST_FRACTION, seed: int = SEED):
-    """(train, test) row indices of this dataset's split (:func:`fimo.data.splits.split_indices`)."""
+    """(train, test) row indices of this dataset's split (:func:`fimo.data.splits.split_indices`).
+
+    >>> train, test = split_indices(1030)
+    >>> len(train), len(test)
+    (927, 103)
+    """
     return splits.split_indices(n, test_fraction, seed)
 
 

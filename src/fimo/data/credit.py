@@ -112,7 +112,12 @@ def _read() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def split_indices(n: int, test_fraction: float = TEST_FRACTION, seed: int = SEED):
-    """(train, test) row indices of this dataset's split (:func:`fimo.data.splits.split_indices`)."""
+    """(train, test) row indices of this dataset's split (:func:`fimo.data.splits.split_indices`).
+
+    >>> train, test = split_indices(30000)
+    >>> len(train), len(test)
+    (27000, 3000)
+    """
     return splits.split_indices(n, test_fraction, seed)
 
 

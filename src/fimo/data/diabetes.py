@@ -63,7 +63,12 @@ def _read() -> tuple[np.ndarray, np.ndarray]:
 
 
 def split_indices(n: int, test_fraction: float = TEST_FRACTION, seed: int = SEED):
-    """(train, test) row indices of this dataset's split (:func:`fimo.data.splits.split_indices`)."""
+    """(train, test) row indices of this dataset's split (:func:`fimo.data.splits.split_indices`).
+
+    >>> train, test = split_indices(442)
+    >>> len(train), len(test)
+    (397, 45)
+    """
     return splits.split_indices(n, test_fraction, seed)
 
 

@@ -167,6 +167,11 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int):
     indices are permuted with ``rng.permutation`` and the first ``round(test_fraction *
     count)`` go to the test split, the rest to training; then each split is put in the
     order ``rng.permutation`` (training first) gives it.
+
+    >>> labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    >>> train, test = stratified_split(labels, 0.25, seed=0)
+    >>> len(train), sorted(labels[test].tolist())
+    (6, [0, 1])
     """
     rng = np.random.default_rng(seed)
     train, test = [], []
@@ -219,7 +224,11 @@ def _fashion_paths(root: Path) -> dict[str, Path] | None:
 
 def fashion_mnist_available(root: str | Path | None = None) -> bool:
     """Whether the four Fashion-MNIST IDX files are under ``root`` (default: the Debian
-    package's folder ``/usr/share/datasets/fashion-mnist``)."""
+    package's folder ``/usr/share/datasets/fashion-mnist``).
+
+    >>> fashion_mnist_available("/no/such/folder")
+    False
+    """
     return _fashion_paths(Path(root) if root is not None else FASHION_ROOT) is not None
 
 
@@ -229,6 +238,11 @@ def balanced_subset(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.
     Classes in increasing order; class k gets ``n // K`` indices, plus one for the first
     ``n % K`` classes; each class's indices are drawn with ``rng.permutation``, and the
     union is put in ``rng.permutation`` order.
+
+    >>> labels = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+    >>> picks = balanced_subset(labels, 5, np.random.default_rng(0))
+    >>> np.bincount(labels[picks]).tolist()
+    [2, 2, 1]
     """
     classes = np.unique(labels)
     base, extra = divmod(n, len(classes))
@@ -286,6 +300,24 @@ def load_fashion_mnist(
 
     Raises :class:`fimo.InputError` when the files are missing (see
     :func:`fashion_mnist_available`). Cached per arguments.
+
+    Four tiny IDX files (20 training and 20 test images, two of each class) stand in for
+    the package's:
+
+    >>> import tempfile
+    >>> def idx(*shape):  # the header of an IDX file of uint8 elements
+    ...     return bytes([0, 0, 8, len(shape)]) + b"".join(s.to_bytes(4, "big") for s in shape)
+    >>> pixels = idx(20, 28, 28) + bytes(k % 251 for k in range(20 * 28 * 28))
+    >>> labels = idx(20) + bytes(range(10)) * 2
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     for part in ("train", "t10k"):
+    ...         _ = Path(folder, f"{part}-images-idx3-ubyte").write_bytes(pixels)
+    ...         _ = Path(folder, f"{part}-labels-idx1-ubyte").write_bytes(labels)
+    ...     train, test = load_fashion_mnist(n_train=10, n_test=None, root=folder)
+    >>> len(train), len(test), tuple(train.inputs.shape[1:]), sorted(train.targets.tolist())
+    (10, 20, (1, 28, 28), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+    >>> train.info["label_names"][:2]
+    ('T-shirt/top', 'Trouser')
     """
     root_path = Path(root) if root is not None else FASHION_ROOT
     arrays = _fashion_arrays(root_path)

