@@ -60,6 +60,12 @@ class GoldStandard:
         """Paper eq. 17: loss without i minus loss of the full run, same seed and checkpoint.
 
         Shape (S, C, T, L); positive = removing i raised the test loss (i was helpful).
+
+        >>> g = GoldStandard(
+        ...     loss_full=np.ones((2, 1, 1)), loss_without=np.arange(4.0).reshape(2, 1, 1, 2),
+        ...     steps=[10], epochs=[1.0], left_out=[4, 9], test=[0], seeds=[0, 1])
+        >>> g.adjusted()[:, 0, 0].tolist()  # seeds x left-out instances
+        [[-1.0, 0.0], [1.0, 2.0]]
         """
         return self.loss_without - self.loss_full[..., None]
 
@@ -68,26 +74,61 @@ class GoldStandard:
 
         Centring removes the term common to every i (further training moves the model
         even on the full data). Shape (S, C, T, L).
+
+        >>> g = GoldStandard(
+        ...     loss_full=np.ones((2, 1, 1)), loss_without=np.arange(4.0).reshape(2, 1, 1, 2),
+        ...     steps=[10], epochs=[1.0], left_out=[4, 9], test=[0], seeds=[0, 1])
+        >>> g.centred()[:, 0, 0].tolist()
+        [[-0.5, 0.5], [-0.5, 0.5]]
         """
         diff = self.adjusted()
         return diff - diff.mean(axis=-1, keepdims=True)
 
     def view(self, centred: bool = True) -> np.ndarray:
+        """:meth:`centred` (eq. 13) or :meth:`adjusted` (eq. 17) differences, (S, C, T, L).
+
+        >>> g = GoldStandard(
+        ...     loss_full=np.ones((2, 1, 1)), loss_without=np.arange(4.0).reshape(2, 1, 1, 2),
+        ...     steps=[10], epochs=[1.0], left_out=[4, 9], test=[0], seeds=[0, 1])
+        >>> g.view(centred=False)[1, 0, 0].tolist(), g.view()[1, 0, 0].tolist()
+        ([1.0, 2.0], [-0.5, 0.5])
+        """
         return self.centred() if centred else self.adjusted()
 
     def mean(self, centred: bool = True) -> np.ndarray:
-        """The gold-standard attribution: the seed mean of the (centred) difference, (C, T, L)."""
+        """The gold-standard attribution: the seed mean of the (centred) difference, (C, T, L).
+
+        >>> g = GoldStandard(
+        ...     loss_full=np.ones((2, 1, 1)), loss_without=np.arange(4.0).reshape(2, 1, 1, 2),
+        ...     steps=[10], epochs=[1.0], left_out=[4, 9], test=[0], seeds=[0, 1])
+        >>> g.mean(centred=False)[0, 0].tolist(), g.mean()[0, 0].tolist()
+        ([0.0, 1.0], [-0.5, 0.5])
+        """
         return self.view(centred).mean(axis=0)
 
     def sem(self, centred: bool = True) -> np.ndarray:
-        """Standard error of :meth:`mean` over seeds, (C, T, L); NaN with a single seed."""
+        """Standard error of :meth:`mean` over seeds, (C, T, L); NaN with a single seed.
+
+        >>> g = GoldStandard(
+        ...     loss_full=np.ones((2, 1, 1)), loss_without=np.arange(4.0).reshape(2, 1, 1, 2),
+        ...     steps=[10], epochs=[1.0], left_out=[4, 9], test=[0], seeds=[0, 1])
+        >>> g.sem(centred=False)[0, 0].tolist()  # sample std of (-1, 1) over sqrt(2)
+        [1.0, 1.0]
+        """
         S = len(self.seeds)
         if S < 2:
             return np.full(self.loss_without.shape[1:], np.nan)
         return self.view(centred).std(axis=0, ddof=1) / np.sqrt(S)
 
     def windows(self, k: int, centred: bool = True) -> np.ndarray:
-        """Means over non-overlapping windows of k seeds (paper Fig. 3), (S // k, C, T, L)."""
+        """Means over non-overlapping windows of k seeds (paper Fig. 3), (S // k, C, T, L).
+
+        >>> g = GoldStandard(
+        ...     loss_full=np.ones((2, 1, 1)), loss_without=np.arange(4.0).reshape(2, 1, 1, 2),
+        ...     steps=[10], epochs=[1.0], left_out=[4, 9], test=[0], seeds=[0, 1])
+        >>> g.windows(1, centred=False).shape, g.windows(2, centred=False)[:, 0, 0].tolist()
+        ((2, 1, 1, 2), [[0.0, 1.0]])
+        """
         S = len(self.seeds)
         if not 1 <= k <= S:
             raise InputError(f"windows: k must be between 1 and the number of seeds {S}; got {k}")
@@ -97,7 +138,12 @@ class GoldStandard:
     def select(self, seeds=None, steps=None, test=None, left_out=None) -> GoldStandard:
         """A gold standard restricted by value: seed numbers, step counts, dataset indices.
 
-        >>> # gold.select(steps=[255], test=[0, 1, 2])   # one checkpoint, three test instances
+
+        >>> g = GoldStandard(
+        ...     loss_full=np.ones((2, 1, 1)), loss_without=np.arange(4.0).reshape(2, 1, 1, 2),
+        ...     steps=[10], epochs=[1.0], left_out=[4, 9], test=[0], seeds=[0, 1])
+        >>> g.select(seeds=[1], left_out=[9]).loss_without.tolist()  # by value, not position
+        [[[[3.0]]]]
         """
         s = _positions(self.seeds, seeds, "seed")
         c = _positions(self.steps, steps, "checkpoint step")
@@ -116,13 +162,32 @@ class GoldStandard:
 
     # -- files -----------------------------------------------------------------------------
     def save(self, path) -> Path:
+        """Write the raw arrays to ``path`` (a ``.npz`` with a checksum beside it); the path.
+
+        >>> g = GoldStandard(
+        ...     loss_full=np.ones((2, 1, 1)), loss_without=np.arange(4.0).reshape(2, 1, 1, 2),
+        ...     steps=[10], epochs=[1.0], left_out=[4, 9], test=[0], seeds=[0, 1])
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = g.save(Path(folder) / "gold.npz")
+        ...     print(path.name, sorted(p.name for p in path.parent.iterdir()))
+        gold.npz ['gold.npz', 'gold.npz.sha256']
+        """
         return write_npz(path, **{name: getattr(self, name) for name in _ARRAYS})
 
     @classmethod
     def load(cls, path, settings: dict | None = None) -> GoldStandard:
         """Load ``gold.npz``, or the gold standard of a run directory (``further/gold.npz``).
 
-        >>> # gold = GoldStandard.load("runs/adult")
+
+        >>> g = GoldStandard(
+        ...     loss_full=np.ones((2, 1, 1)), loss_without=np.arange(4.0).reshape(2, 1, 1, 2),
+        ...     steps=[10], epochs=[1.0], left_out=[4, 9], test=[0], seeds=[0, 1])
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     back = GoldStandard.load(g.save(Path(folder) / "gold.npz"))
+        >>> back.loss_without.tolist() == g.loss_without.tolist(), back.left_out.tolist()
+        (True, [4, 9])
         """
         path = Path(path)
         if path.is_dir():

@@ -33,6 +33,14 @@ SCHEMES = ("drop", "mask", "downweight")
 
 @dataclass
 class Step:
+    """One optimizer step of all R runs of a seed: run r's step loss is
+    ``Σ_b w[r, b] · ℓ(z_idx[r, b])``; ``active`` is None when every run steps.
+
+    >>> step = next(schedule(5, np.array([0]), batch_size=2, epochs=1, seed=0))
+    >>> tuple(step.idx.shape), step.w.sum(1).tolist(), step.active, step.epoch, step.last_in_epoch
+    ((2, 2), [1.0, 1.0], None, 0, False)
+    """
+
     idx: torch.Tensor  # (R, W) long
     w: torch.Tensor  # (R, W) float
     active: torch.Tensor | None  # (R,) bool, or None when every run steps
@@ -41,7 +49,11 @@ class Step:
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
-    """Steps in one epoch of the full run (a left-out run never takes more)."""
+    """Steps in one epoch of the full run (a left-out run never takes more).
+
+    >>> steps_per_epoch(5, batch_size=2)
+    3
+    """
     return math.ceil(n / batch_size)
 
 
@@ -54,7 +66,22 @@ def schedule(
     scheme: str = "drop",
     max_steps: int | None = None,
 ) -> Iterator[Step]:
-    """Yield the steps of all runs of one seed (run 0 full, then one per left-out index)."""
+    """Yield the steps of all runs of one seed (run 0 full, then one per left-out index).
+
+    Five instances in batches of two, the full run and the run without instance 0; each line
+    is one step, the instances each run sees (weight > 0):
+
+    >>> for step in schedule(5, np.array([0]), batch_size=2, epochs=1, seed=0):
+    ...     print([row[w > 0].tolist() for row, w in zip(step.idx, step.w)], step.active)
+    [[4, 0], [4, 1]] None
+    [[1, 3], [3, 2]] None
+    [[2], []] tensor([ True, False])
+    >>> for step in schedule(5, np.array([0]), batch_size=2, epochs=1, seed=0, scheme="mask"):
+    ...     print([row[w > 0].tolist() for row, w in zip(step.idx, step.w)])
+    [[4, 0], [4]]
+    [[1, 3], [1, 3]]
+    [[2], [2]]
+    """
     check_choice("further.scheme", scheme, SCHEMES)
     left = torch.as_tensor(np.asarray(left_out), dtype=torch.long)
     n_runs = 1 + len(left)
