@@ -38,7 +38,11 @@ from fimo.io import (
 
 @dataclass(frozen=True, order=True)
 class Shard:
-    """One unit of work: seed ``seed``, left-out positions ``start:stop`` (in ``left_out``)."""
+    """One unit of work: seed ``seed``, left-out positions ``start:stop`` (in ``left_out``).
+
+    >>> sorted([Shard(seed=1, start=0, stop=2), Shard(seed=0, start=2, stop=4)])[0]
+    Shard(seed=0, start=2, stop=4)
+    """
 
     seed: int
     start: int
@@ -46,11 +50,20 @@ class Shard:
 
     @property
     def name(self) -> str:
+        """The shard's file name without suffix: seed and left-out positions, zero-padded.
+
+        >>> Shard(seed=3, start=0, stop=4).name
+        'seed-00003_lo-00000-00004'
+        """
         return f"seed-{self.seed:05d}_lo-{self.start:05d}-{self.stop:05d}"
 
 
 def plan_shards(seeds, n_left_out: int, per_shard: int) -> list[Shard]:
-    """Every (seed, chunk) pair, chunks of ``per_shard`` consecutive left-out positions."""
+    """Every (seed, chunk) pair, chunks of ``per_shard`` consecutive left-out positions.
+
+    >>> [(s.seed, s.start, s.stop) for s in plan_shards(seeds=[0, 1], n_left_out=3, per_shard=2)]
+    [(0, 0, 2), (0, 2, 3), (1, 0, 2), (1, 2, 3)]
+    """
     if per_shard < 1:
         raise InputError(f"further.left_out_per_shard: got {per_shard}; must be ≥ 1")
     return [
@@ -61,7 +74,21 @@ def plan_shards(seeds, n_left_out: int, per_shard: int) -> list[Shard]:
 
 
 def assemble(results: dict[Shard, SeedResult], seeds, left_out, test, settings) -> GoldStandard:
-    """Stack shard results into a GoldStandard (full run from each seed's first chunk)."""
+    """Stack shard results into a GoldStandard (full run from each seed's first chunk).
+
+    Two seeds, three left-out instances in chunks of two; here a left-out run's loss is
+    10 × seed + its position in ``left_out``:
+
+    >>> from fimo.further.engine import SeedResult
+    >>> def result(shard):
+    ...     without = 10.0 * shard.seed + np.arange(shard.start, shard.stop)
+    ...     return SeedResult(np.full((1, 1), 1.0 * shard.seed), without.reshape(1, 1, -1),
+    ...                       np.array([5]), np.array([1.0]))
+    >>> results = {shard: result(shard) for shard in plan_shards([0, 1], 3, per_shard=2)}
+    >>> gold = assemble(results, seeds=[0, 1], left_out=[7, 8, 9], test=[0], settings={})
+    >>> gold.loss_without[:, 0, 0].tolist(), gold.loss_full[:, 0, 0].tolist()
+    ([[0.0, 1.0, 2.0], [10.0, 11.0, 12.0]], [0.0, 1.0])
+    """
     seeds = [int(s) for s in seeds]
     full, without, steps, epochs = [], [], None, None
     for seed in seeds:
@@ -87,7 +114,19 @@ def assemble(results: dict[Shard, SeedResult], seeds, left_out, test, settings) 
 
 
 class ShardStore:
-    """Shards of one gold standard, tied to one fingerprint."""
+    """Shards of one gold standard, tied to one fingerprint.
+
+    >>> import tempfile
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> store = ShardStore(Path(folder.name), fingerprint="abc", description={"seeds": 2})
+    >>> json.loads((store.folder / "fingerprint.json").read_text())
+    {'fingerprint': 'abc', 'seeds': 2}
+    >>> ShardStore(Path(folder.name), fingerprint="xyz", description={})
+    Traceback (most recent call last):
+    ...
+    fimo.errors.InputError: ... other weights, data or settings (fingerprint abc, now xyz); ...
+    >>> folder.cleanup()
+    """
 
     def __init__(self, folder: Path, fingerprint: str, description: dict, overwrite=False):
         self.folder = Path(folder)
@@ -109,6 +148,15 @@ class ShardStore:
         write_json(stamp, {"fingerprint": fingerprint, **description})
 
     def path(self, shard: Shard) -> Path:
+        """Where ``shard`` is kept: ``shards/<name>.npz`` in the store's folder.
+
+        >>> import tempfile
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> store = ShardStore(Path(folder.name), fingerprint="abc", description={})
+        >>> store.path(Shard(0, 0, 2)).relative_to(folder.name).as_posix()
+        'shards/seed-00000_lo-00000-00002.npz'
+        >>> folder.cleanup()
+        """
         return self.folder / "shards" / f"{shard.name}.npz"
 
     def _checksum_path(self, shard: Shard) -> Path:
@@ -119,6 +167,26 @@ class ShardStore:
 
         A shard counts only with its checksum file, written with it: a shard whose bytes no
         longer match (cut short, altered) is reported and recomputed, never used.
+
+        >>> import tempfile
+        >>> from fimo.further.engine import SeedResult
+        >>> losses = {"loss_full": np.array([[0.5]]), "loss_without": np.array([[[0.6, 0.4]]])}
+        >>> result = SeedResult(**losses, steps=np.array([5]), epochs=np.array([1.0]))
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> store = ShardStore(Path(folder.name), fingerprint="abc", description={"seeds": 1})
+        >>> shard = Shard(0, 0, 2)
+        >>> print(store.load(shard))  # not made yet
+        None
+        >>> path = store.save(shard, result)
+        >>> store.load(shard).loss_without.tolist()
+        [[[0.6, 0.4]]]
+        >>> _ = path.write_bytes(path.read_bytes()[:-10])  # cut short: recomputed, never used
+        >>> import warnings
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")
+        ...     print(store.load(shard))
+        None
+        >>> folder.cleanup()
         """
         path = self.path(shard)
         if not path.exists():
@@ -146,7 +214,19 @@ class ShardStore:
         return SeedResult(data["loss_full"], data["loss_without"], data["steps"], data["epochs"])
 
     def save(self, shard: Shard, result: SeedResult) -> Path:
-        """Write a shard and its checksum file (see :func:`fimo.io.atomic_write`)."""
+        """Write a shard and its checksum file (see :func:`fimo.io.atomic_write`).
+
+        >>> import tempfile
+        >>> from fimo.further.engine import SeedResult
+        >>> losses = {"loss_full": np.array([[0.5]]), "loss_without": np.array([[[0.6, 0.4]]])}
+        >>> result = SeedResult(**losses, steps=np.array([5]), epochs=np.array([1.0]))
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> store = ShardStore(Path(folder.name), fingerprint="abc", description={"seeds": 1})
+        >>> path = store.save(Shard(0, 0, 2), result)
+        >>> sorted(p.name for p in path.parent.iterdir())
+        ['seed-00000_lo-00000-00002.npz', 'seed-00000_lo-00000-00002.npz.sha256']
+        >>> folder.cleanup()
+        """
         legacy = self.folder / "shards" / f"{shard.name}.sha256"
         legacy.unlink(missing_ok=True)  # a new shard must not be judged by an old checksum
         return write_npz(
@@ -159,4 +239,18 @@ class ShardStore:
         )
 
     def save_gold(self, gold: GoldStandard) -> Path:
+        """Write the assembled gold standard as ``gold.npz`` in the store's folder.
+
+        >>> import tempfile
+        >>> from fimo.further.engine import SeedResult
+        >>> losses = {"loss_full": np.array([[0.5]]), "loss_without": np.array([[[0.6, 0.4]]])}
+        >>> result = SeedResult(**losses, steps=np.array([5]), epochs=np.array([1.0]))
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> store = ShardStore(Path(folder.name), fingerprint="abc", description={"seeds": 1})
+        >>> gold = assemble({Shard(0, 0, 2): result}, [0], left_out=[7, 8], test=[0], settings={})
+        >>> path = store.save_gold(gold)
+        >>> path.name, GoldStandard.load(path).left_out.tolist()
+        ('gold.npz', [7, 8])
+        >>> folder.cleanup()
+        """
         return gold.save(self.folder / "gold.npz")
