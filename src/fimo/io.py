@@ -38,7 +38,16 @@ STOP_AT_ENV = "FIMO_TEST_STOP_AT"
 
 
 class StorageError(OSError):
-    """A file could not be written: the message names it, the reason and what to do."""
+    """A file could not be written: the message names it, the reason and what to do.
+
+    >>> full = OSError(errno.ENOSPC, "No space left on device")
+    >>> error = StorageError("runs/adult/gold.npz", full)
+    >>> print(error)
+    cannot write runs/adult/gold.npz: No space left on device; free some space on that disk
+    (or write the run elsewhere with --out) and start again: finished work is kept
+    >>> isinstance(error, OSError), error.errno == errno.ENOSPC
+    (True, True)
+    """
 
     def __init__(self, path: str | os.PathLike, exc: OSError):
         super().__init__(exc.errno, exc.strerror or str(exc), str(path))
@@ -62,7 +71,11 @@ def _fix(code: int | None, path) -> str:
 
 
 def describe_os_error(exc: OSError) -> str:
-    """A one-line message for an error the operating system raised, naming the file."""
+    """A one-line message for an error the operating system raised, naming the file.
+
+    >>> print(describe_os_error(PermissionError(errno.EACCES, "Permission denied", "runs/a.csv")))
+    runs/a.csv: Permission denied; make runs writable, or write the run elsewhere with --out
+    """
     if isinstance(exc, StorageError):
         return str(exc)
     where = exc.filename if exc.filename is not None else "a file"
@@ -71,17 +84,43 @@ def describe_os_error(exc: OSError) -> str:
 
 
 class DamagedFileError(InputError):
-    """A file whose bytes no longer match its checksum, or that cannot be read as written."""
+    """A file whose bytes no longer match its checksum, or that cannot be read as written.
+
+    >>> import tempfile
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> root = Path(folder.name)
+    >>> path = root / "gold.npz"
+    >>> _ = path.write_text("not a zip archive")
+    >>> try:
+    ...     read_npz(path)
+    ... except InputError as error:  # a DamagedFileError is an InputError
+    ...     print(type(error).__name__, str(error).endswith("(fimo recomputes its own files)"))
+    DamagedFileError True
+    >>> folder.cleanup()
+    """
 
 
 def checksum_path(path: str | os.PathLike) -> Path:
-    """Where the checksum of ``path`` is kept: ``<name>.sha256`` beside it."""
+    """Where the checksum of ``path`` is kept: ``<name>.sha256`` beside it.
+
+    >>> checksum_path("runs/adult/further/gold.npz").as_posix()
+    'runs/adult/further/gold.npz.sha256'
+    """
     path = Path(path)
     return path.with_name(f"{path.name}.sha256")
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    """The SHA-256 of a file's bytes (hex)."""
+    """The SHA-256 of a file's bytes (hex).
+
+    >>> import tempfile
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> root = Path(folder.name)
+    >>> _ = (root / "a.txt").write_bytes(b"abc")
+    >>> sha256_file(root / "a.txt")[:16]
+    'ba7816bf8f01cfea'
+    >>> folder.cleanup()
+    """
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -90,7 +129,21 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def checksum_matches(path: str | os.PathLike, sidecar: str | os.PathLike | None = None):
-    """True if ``path`` matches its recorded checksum, False if not, None if none is recorded."""
+    """True if ``path`` matches its recorded checksum, False if not, None if none is recorded.
+
+    >>> import tempfile
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> root = Path(folder.name)
+    >>> path = write_text(root / "a.csv", "x,1")  # a .csv gets a checksum file
+    >>> checksum_matches(path)
+    True
+    >>> _ = path.write_text("x,2")  # altered afterwards
+    >>> checksum_matches(path)
+    False
+    >>> print(checksum_matches(write_text(root / "a.txt", "x")))  # a .txt gets none
+    None
+    >>> folder.cleanup()
+    """
     sidecar = Path(sidecar) if sidecar is not None else checksum_path(path)
     try:
         recorded = sidecar.read_text(encoding="utf-8").split()
@@ -100,7 +153,20 @@ def checksum_matches(path: str | os.PathLike, sidecar: str | os.PathLike | None 
 
 
 def verify(path: str | os.PathLike) -> None:
-    """Raise :class:`DamagedFileError` if ``path`` no longer matches its recorded checksum."""
+    """Raise :class:`DamagedFileError` if ``path`` no longer matches its recorded checksum.
+
+    >>> import tempfile
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> root = Path(folder.name)
+    >>> path = write_text(root / "a.csv", "x,1")
+    >>> verify(path)  # matches: nothing happens
+    >>> _ = path.write_text("x,2")
+    >>> verify(path)
+    Traceback (most recent call last):
+    ...
+    fimo.io.DamagedFileError: .../a.csv is damaged: its bytes no longer match a.csv.sha256 ...
+    >>> folder.cleanup()
+    """
     if checksum_matches(path) is False:
         raise DamagedFileError(
             f"{path} is damaged: its bytes no longer match {checksum_path(path).name} (cut "
@@ -111,7 +177,18 @@ def verify(path: str | os.PathLike) -> None:
 
 def verify_folder(folder: str | os.PathLike) -> tuple[int, list[Path]]:
     """Check every file under ``folder`` that has a checksum file: (number checked, the
-    files that are damaged or missing)."""
+    files that are damaged or missing).
+
+    >>> import tempfile
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> root = Path(folder.name)
+    >>> _ = write_text(root / "a.csv", "1")
+    >>> _ = write_text(root / "sub" / "b.csv", "2").write_text("3")  # b.csv is altered
+    >>> checked, damaged = verify_folder(root)
+    >>> checked, [p.relative_to(root).as_posix() for p in damaged]
+    (2, ['sub/b.csv'])
+    >>> folder.cleanup()
+    """
     checked, damaged = 0, []
     for sidecar in sorted(Path(folder).rglob("*.sha256")):
         if sidecar.name.startswith("."):
@@ -135,6 +212,23 @@ def atomic_write(
     failure before the renames leaves the old file and its checksum untouched; a stop
     between the two renames leaves a checksum that does not match, so the file is taken as
     damaged and recomputed, never used.
+
+    >>> import tempfile
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> root = Path(folder.name)
+    >>> path = atomic_write(root / "table.csv", lambda tmp: tmp.write_text("x,1"))
+    >>> sorted(p.name for p in root.iterdir()), checksum_matches(path)
+    (['table.csv', 'table.csv.sha256'], True)
+    >>> def stopped(tmp):
+    ...     tmp.write_text("x,2")
+    ...     raise RuntimeError("stopped halfway")
+    >>> atomic_write(path, stopped)
+    Traceback (most recent call last):
+    ...
+    RuntimeError: stopped halfway
+    >>> path.read_text(), sorted(p.name for p in root.iterdir())  # as before
+    ('x,1', ['table.csv', 'table.csv.sha256'])
+    >>> folder.cleanup()
     """
     path = Path(path)
     if checksum is None:
@@ -190,6 +284,14 @@ def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Delete the temporary files a stopped process left in ``folder`` (recursively).
 
     Call only while holding the folder's run lock: another writer's temporaries look the same.
+
+    >>> import tempfile
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> root = Path(folder.name)
+    >>> _ = (root / ".table.csv.1a2b.tmp").write_text("half a table")
+    >>> [p.name for p in remove_temporaries(root)], list(root.iterdir())
+    (['.table.csv.1a2b.tmp'], [])
+    >>> folder.cleanup()
     """
     removed = []
     for tmp in Path(folder).rglob(".*.tmp"):
@@ -206,15 +308,52 @@ def _umask() -> int:
 
 
 def write_text(path, text: str) -> Path:
+    """Write ``text`` (UTF-8) with :func:`atomic_write`; the path.
+
+    >>> import tempfile
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> root = Path(folder.name)
+    >>> path = write_text(root / "notes.txt", "hello")
+    >>> path.read_text(), checksum_path(path).exists()
+    ('hello', False)
+    >>> folder.cleanup()
+    """
     return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
 def write_json(path, obj) -> Path:
+    """Write ``obj`` as indented JSON with sorted keys (numpy values and paths as plain
+    JSON) with :func:`atomic_write`; the path.
+
+    >>> import tempfile
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> root = Path(folder.name)
+    >>> path = write_json(root / "settings.json", {"seeds": np.arange(2), "lr": np.float32(0.5)})
+    >>> print(path.read_text())
+    {
+      "lr": 0.5,
+      "seeds": [
+        0,
+        1
+      ]
+    }
+    <BLANKLINE>
+    >>> folder.cleanup()
+    """
     return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
 
 
 def write_npz(path, **arrays) -> Path:
-    """Save arrays (numpy-readable, no pickles) atomically."""
+    """Save arrays (numpy-readable, no pickles) atomically.
+
+    >>> import tempfile
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> root = Path(folder.name)
+    >>> path = write_npz(root / "losses.npz", loss=np.array([0.5, 0.25]), step=np.array(3))
+    >>> sorted(p.name for p in root.iterdir()), checksum_matches(path)
+    (['losses.npz', 'losses.npz.sha256'], True)
+    >>> folder.cleanup()
+    """
 
     def write(p: Path) -> None:
         with open(p, "wb") as fh:
@@ -228,6 +367,19 @@ def read_npz(path, verify_checksum: bool = True) -> dict[str, np.ndarray]:
 
     A file that is damaged, or holds pickled Python objects (which are never loaded, as
     loading them could run code), raises :class:`DamagedFileError` naming it.
+
+    >>> import tempfile
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> root = Path(folder.name)
+    >>> path = write_npz(root / "losses.npz", loss=np.array([0.5, 0.25]), step=np.array(3))
+    >>> {name: array.tolist() for name, array in read_npz(path).items()}
+    {'loss': [0.5, 0.25], 'step': 3}
+    >>> np.savez(root / "objects.npz", a=np.array([{"x": 1}], dtype=object))
+    >>> read_npz(root / "objects.npz")
+    Traceback (most recent call last):
+    ...
+    fimo.io.DamagedFileError: .../objects.npz holds pickled Python objects, which fimo never ...
+    >>> folder.cleanup()
     """
     if verify_checksum:
         verify(path)
@@ -278,7 +430,16 @@ RESULTS_VERSION = 1
 
 
 def non_default(settings) -> dict:
-    """The fields of a dataclass instance that differ from their defaults (for fingerprints)."""
+    """The fields of a dataclass instance that differ from their defaults (for fingerprints).
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class Settings:
+    ...     lr: float = 0.1
+    ...     epochs: int = 1
+    >>> non_default(Settings(lr=0.5)), non_default(Settings())
+    ({'lr': 0.5}, {})
+    """
     import dataclasses
 
     out = {}
@@ -298,7 +459,15 @@ def non_default(settings) -> dict:
 
 
 def fingerprint(*parts) -> str:
-    """A short SHA-256 of tensors, arrays and JSON-able settings, in order."""
+    """A short SHA-256 of tensors, arrays and JSON-able settings, in order.
+
+    >>> import torch
+    >>> a = fingerprint(np.arange(3), {"lr": 0.1})
+    >>> a == fingerprint(torch.arange(3), {"lr": 0.1}), a == fingerprint(np.arange(3), {"lr": 0.2})
+    (True, False)
+    >>> len(a)
+    16
+    """
     h = hashlib.sha256()
     h.update(f"fimo-results-{RESULTS_VERSION}".encode())
     for part in parts:
