@@ -70,7 +70,19 @@ def calibration(
     (per test instance, mean ± SEM), ``scale_median`` (per test instance, the median).
     ``n`` counts the test instances whose rows are not constant.
 
-    >>> # rows = calibration(gold, {"grad_dot": s})
+
+    A method whose scores are the gold standard's divided by 2 on one test instance and by 4
+    on the other: each row is fitted exactly (R² 1), one pooled scale is not.
+
+    >>> from fimo.further.gold import GoldStandard
+    >>> from fimo.scores import Scores
+    >>> gold = GoldStandard(
+    ...     loss_full=np.zeros((1, 1, 2)), loss_without=[[[[3.0, 0.0, -4.0], [0.0, 3.0, -4.0]]]],
+    ...     steps=[10], epochs=[1.0], left_out=[4, 5, 6], test=[0, 1], seeds=[0])
+    >>> s = Scores([[1.5, 0.0, -2.0], [0.0, 0.75, -1.0]], test=[0, 1], train=[4, 5, 6], method="m")
+    >>> rows = calibration(gold, {"m": s}, centred=False)
+    >>> {r["quantity"]: round(r["value"], 3) for r in rows}
+    {'pooled_scale': 2.4, 'pooled_r2': 0.899, 'scale': 3.0, 'scale_median': 3.0, 'r2': 1.0}
     """
     flags = [bool(c) for c in ((centred,) if isinstance(centred, bool) else centred)]
     adjusted = np.asarray(gold.mean(False), dtype=np.float64)  # (C, T, L)

@@ -22,7 +22,13 @@ def reference_checkpoint(gold) -> int:
     """The position of the first checkpoint at one epoch or later (the paper's usual
     choice), else of the last checkpoint.
 
-    >>> # reference_checkpoint(gold)   # 0 when the checkpoints are epochs 1 and 2
+
+    >>> from fimo.further.gold import GoldStandard
+    >>> gold = GoldStandard(
+    ...     loss_full=np.zeros((1, 3, 1)), loss_without=np.zeros((1, 3, 1, 2)),
+    ...     steps=[5, 10, 20], epochs=[0.5, 1.0, 2.0], left_out=[0, 1], test=[0], seeds=[0])
+    >>> reference_checkpoint(gold)  # epoch 1.0
+    1
     """
     epochs = np.asarray(gold.epochs, dtype=np.float64)
     late = np.flatnonzero(epochs >= 1.0 - 1e-9)
@@ -33,7 +39,13 @@ def default_curve_checkpoints(gold) -> list[int]:
     """Positions of the checkpoints whose gold-standard curves are drawn by default: the
     reference checkpoint (:func:`reference_checkpoint`) and the last one.
 
-    >>> # default_curve_checkpoints(gold)   # [0, 1] for epochs 1 and 2
+
+    >>> from fimo.further.gold import GoldStandard
+    >>> gold = GoldStandard(
+    ...     loss_full=np.zeros((1, 3, 1)), loss_without=np.zeros((1, 3, 1, 2)),
+    ...     steps=[5, 10, 20], epochs=[0.5, 1.0, 2.0], left_out=[0, 1], test=[0], seeds=[0])
+    >>> default_curve_checkpoints(gold)  # epochs 1.0 and 2.0
+    [1, 2]
     """
     return sorted({reference_checkpoint(gold), len(gold.steps) - 1})
 
@@ -41,7 +53,17 @@ def default_curve_checkpoints(gold) -> list[int]:
 def checkpoint_positions(gold, steps) -> list[int]:
     """Positions of the checkpoints with the given step counts (InputError for others).
 
-    >>> # checkpoint_positions(gold, [255])   # [0]
+
+    >>> from fimo.further.gold import GoldStandard
+    >>> gold = GoldStandard(
+    ...     loss_full=np.zeros((1, 3, 1)), loss_without=np.zeros((1, 3, 1, 2)),
+    ...     steps=[5, 10, 20], epochs=[0.5, 1.0, 2.0], left_out=[0, 1], test=[0], seeds=[0])
+    >>> checkpoint_positions(gold, [20, 5])
+    [2, 0]
+    >>> checkpoint_positions(gold, 15)
+    Traceback (most recent call last):
+    ...
+    fimo.errors.InputError: checkpoint: no checkpoint at step 15; the steps are [5, 10, 20]
     """
     have = [int(s) for s in gold.steps]
     if isinstance(steps, int | np.integer):
@@ -83,7 +105,17 @@ def sorted_score_curves(
     (None for methods), ``centred`` (None for methods), ``rank`` (0 = most harmful) and
     ``value``.
 
-    >>> # curves = sorted_score_curves(gold, {"grad_dot": s}, steps=[255])
+
+    >>> from fimo.further.gold import GoldStandard
+    >>> from fimo.scores import Scores
+    >>> gold = GoldStandard(
+    ...     loss_full=np.zeros((1, 1, 2)), loss_without=[[[[3.0, 0.0, -4.0], [0.0, 3.0, -4.0]]]],
+    ...     steps=[10], epochs=[1.0], left_out=[4, 5, 6], test=[0, 1], seeds=[0])
+    >>> s = Scores([[1.0, 0.0, -1.0], [0.0, 1.0, -1.0]], test=[0, 1], train=[4, 5, 6], method="m")
+    >>> rows = sorted_score_curves(gold, {"grad_dot": s}, centred=False)
+    >>> [(r["source"], r["rank"], round(r["value"], 4)) for r in rows]
+    [('gold', 0, -0.8), ('gold', 1, 0.0), ('gold', 2, 0.6),
+     ('grad_dot', 0, -0.7071), ('grad_dot', 1, 0.0), ('grad_dot', 2, 0.7071)]
     """
     positions = (
         default_curve_checkpoints(gold) if steps is None else checkpoint_positions(gold, steps)
