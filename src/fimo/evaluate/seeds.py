@@ -79,7 +79,20 @@ def seed_count_study(
     Columns: ``method, k, windows, checkpoint, step, epoch, metric, centred, mean, sem, n,
     best``.
 
-    >>> # rows = seed_count_study(gold, {"grad_dot": s}); [r for r in rows if r["best"]]
+
+    Two seeds: the method's cosine with each seed alone (1 and 0.5, averaged over the two
+    windows of k = 1) and with their mean (k = 2):
+
+    >>> from fimo.further.gold import GoldStandard
+    >>> gold = GoldStandard(
+    ...     loss_full=np.zeros((2, 1, 1)),
+    ...     loss_without=[[[[1.0, 0.0, -1.0]]], [[[1.0, -1.0, 0.0]]]],  # seeds 0 and 1
+    ...     steps=[10], epochs=[1.0], left_out=[4, 5, 6], test=[0], seeds=[0, 1])
+    >>> from fimo.scores import Scores
+    >>> s = Scores([[1.0, 0.0, -1.0]], test=[0], train=[4, 5, 6], method="m")
+    >>> rows = seed_count_study(gold, {"m": s}, metrics=["cosine"], centred=True)
+    >>> [(r["k"], r["windows"], round(r["mean"], 4), r["best"]) for r in rows]
+    [(1, 2, 0.75, True), (2, 1, 0.866, True)]
     """
     metrics = check_metrics(metrics)
     flags = [bool(c) for c in ((centred,) if isinstance(centred, bool) else centred)]
@@ -177,7 +190,18 @@ def noise_floor(
     Columns: ``checkpoint, step, epoch, metric, centred, estimate, seeds, splits, mean, sem,
     n``.
 
-    >>> # floor = noise_floor(gold); [r for r in floor if r["estimate"] == "ceiling"]
+
+    The two seeds' centred scores have cosine 0.5; stepped up to two seeds, 2/3; a perfect
+    method's ceiling is its square root:
+
+    >>> from fimo.further.gold import GoldStandard
+    >>> gold = GoldStandard(
+    ...     loss_full=np.zeros((2, 1, 1)),
+    ...     loss_without=[[[[1.0, 0.0, -1.0]]], [[[1.0, -1.0, 0.0]]]],  # seeds 0 and 1
+    ...     steps=[10], epochs=[1.0], left_out=[4, 5, 6], test=[0], seeds=[0, 1])
+    >>> floor = noise_floor(gold, metrics=["cosine"], centred=True)
+    >>> [(r["estimate"], r["seeds"], round(r["mean"], 4)) for r in floor]
+    [('split_half', 1, 0.5), ('spearman_brown', 2, 0.6667), ('ceiling', 2, 0.8165)]
     """
     metrics = check_metrics(metrics)
     flags = [bool(c) for c in ((centred,) if isinstance(centred, bool) else centred)]
