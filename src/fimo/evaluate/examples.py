@@ -42,7 +42,17 @@ def most_influential(
     (the gold standard's score for the same pair) and ``gold_rank`` (its place in the gold
     standard's order, 1 = most helpful, L = most harmful). Ties keep the left-out order.
 
-    >>> # picks = most_influential(gold, {"grad_dot": s}, test=[0], k=3)
+
+    >>> from fimo.further.gold import GoldStandard
+    >>> from fimo.scores import Scores
+    >>> gold = GoldStandard(
+    ...     loss_full=np.zeros((1, 1, 1)), loss_without=[[[[0.5, -0.2, 0.1]]]],
+    ...     steps=[10], epochs=[1.0], left_out=[4, 5, 6], test=[7], seeds=[0])
+    >>> s = Scores([[0.3, 0.1, -0.4]], test=[7], train=[4, 5, 6], method="m")
+    >>> picks = most_influential(gold, {"m": s}, k=1)
+    >>> [(r["source"], r["direction"], r["train"], r["gold_rank"]) for r in picks]
+    [('gold', 'helpful', 4, 1), ('gold', 'harmful', 5, 3),
+     ('m', 'helpful', 4, 1), ('m', 'harmful', 6, 2)]
     """
     if k < 1:
         raise InputError(f"most influential: k must be at least 1; got {k}")
@@ -236,7 +246,15 @@ def describe_examples(picks: Sequence[Mapping], train=None, test=None) -> dict:
     Returns ``{"test": {index: description}, "train": {index: description}}``; empty when
     the datasets are not given. A description that fails is replaced by a note.
 
-    >>> # describe_examples(picks, train=train_set, test=test_set)["test"][0]["label"]
+
+    >>> import torch
+    >>> from fimo.data import ArrayDataset
+    >>> data = ArrayDataset(torch.tensor([[1.0], [2.0], [3.0]]), torch.tensor([0, 1, 1]), ("x",),
+    ...                     {"label_names": ("no", "yes")})
+    >>> picks = [{"test": 0, "train": 2}, {"test": 0, "train": 1}]
+    >>> described = describe_examples(picks, train=data, test=data)
+    >>> described["test"], described["train"]
+    ({0: {'label': 'no', 'x': '1'}}, {2: {'label': 'yes', 'x': '3'}, 1: {'label': 'yes', 'x': '2'}})
     """
     out: dict[str, dict[int, dict]] = {"test": {}, "train": {}}
     for role, dataset, key in (("test", test, "test"), ("train", train, "train")):
