@@ -5,6 +5,8 @@ pyproject.toml); this file counts them and holds the finished modules to the rul
 """
 
 import ast
+import doctest
+import importlib
 from pathlib import Path
 
 import pytest
@@ -143,10 +145,15 @@ def test_census_counts_examples(capsys):
 def test_done_modules_have_an_example_on_every_public_function(module):
     path = PACKAGE / module
     assert path.is_file(), f"{module} is not a module of src/fimo"
-    missing = [
-        name for name, doc in public_definitions(path.read_text()) if not has_runnable_example(doc)
-    ]
+    definitions = public_definitions(path.read_text())
+    missing = [name for name, doc in definitions if not has_runnable_example(doc)]
     assert missing == [], f"{module}: no runnable example on {missing}"
+    # and doctest finds each of them (an example it cannot see would never run)
+    name = "fimo." + module.removesuffix(".py").replace("/", ".").removesuffix(".__init__")
+    found = doctest.DocTestFinder().find(importlib.import_module(name))
+    with_examples = {test.name.removeprefix(name + ".") for test in found if test.examples}
+    unseen = [qualname for qualname, _ in definitions if qualname not in with_examples]
+    assert unseen == [], f"{module}: doctest finds no example on {unseen}"
 
 
 def test_the_suite_runs_the_examples_of_the_package(request):
