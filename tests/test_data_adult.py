@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import gzip
 import hashlib
 import re
@@ -206,8 +205,3 @@ def test_repeated_calls_are_cached_and_identical(splits):
     assert torch.equal(fresh_test.inputs, test.inputs)
     assert torch.equal(fresh_test.targets, test.targets)
     assert fresh_train.feature_names == train.feature_names
-
-
-def test_docstring_example():
-    result = doctest.testmod(adult_module, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.failed == 0 and result.attempted > 0

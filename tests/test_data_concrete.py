@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import doctest
 import gzip
 import hashlib
 import io
@@ -14,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-import fimo.data.concrete as concrete_module
 from fimo.data import DATASETS, load_concrete
 
 FILES = files("fimo.data") / "files"
@@ -119,8 +117,3 @@ def test_cached_and_deterministic(splits):
         load_concrete.cache_clear()
     assert fresh is not train and torch.equal(fresh.inputs, train.inputs)
     assert torch.equal(fresh.targets, train.targets)
-
-
-def test_docstring_example():
-    result = doctest.testmod(concrete_module, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.failed == 0 and result.attempted > 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import doctest
 import gzip
 import hashlib
 import io
@@ -14,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-import fimo.data.credit as credit_module
 from fimo.data import DATASETS, load_credit
 
 FILES = files("fimo.data") / "files"
@@ -164,8 +162,3 @@ def test_cached_and_deterministic(splits):
     assert fresh_train is not train
     assert torch.equal(fresh_train.inputs, train.inputs)
     assert torch.equal(fresh_test.targets, test.targets)
-
-
-def test_docstring_example():
-    result = doctest.testmod(credit_module, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.failed == 0 and result.attempted > 0

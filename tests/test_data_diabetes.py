@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import gzip
 import hashlib
 import re
@@ -12,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-import fimo.data.diabetes as diabetes_module
 from fimo.data import DATASETS, load_diabetes
 
 FILES = files("fimo.data") / "files"
@@ -110,8 +108,3 @@ def test_cached_and_deterministic(splits):
         load_diabetes.cache_clear()
     assert fresh is not train and torch.equal(fresh.inputs, train.inputs)
     assert torch.equal(fresh.targets, train.targets)
-
-
-def test_docstring_example():
-    result = doctest.testmod(diabetes_module, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.failed == 0 and result.attempted > 0

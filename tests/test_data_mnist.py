@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import gzip
 import hashlib
 import re
@@ -229,8 +228,3 @@ def test_installed_fashion_mnist():
     assert train.inputs.shape == (10_000, 1, 28, 28) and test.inputs.shape == (2_000, 1, 28, 28)
     assert train.targets.bincount().tolist() == [1000] * 10
     assert train.info["mean"] == pytest.approx(0.286, abs=0.01)
-
-
-def test_docstring_examples():
-    result = doctest.testmod(mnist_module, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.failed == 0 and result.attempted > 0

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import doctest
-
 import pytest
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-import fimo.models as models_module
 from fimo.data import load_mnist
 from fimo.models import mlp, resnet_small
 
@@ -143,8 +140,3 @@ def test_mlp_unchanged():
     model = mlp(10, 2)
     assert [type(m) for m in model] == [nn.Linear, nn.ReLU, nn.Linear, nn.ReLU, nn.Linear]
     assert n_params(model) == 10 * 128 + 128 + 128 * 128 + 128 + 128 * 2 + 2
-
-
-def test_docstring_examples():
-    result = doctest.testmod(models_module, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.failed == 0 and result.attempted > 0
