@@ -103,8 +103,9 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_import_cycles():
     found = cycles(import_graph())
-    assert found == [], "import cycles (each line one group of modules that import each other):\n" + (
-        "\n".join(" <-> ".join(c) for c in found)
+    assert found == [], (
+        "import cycles (each line one group of modules that import each other):\n"
+        + ("\n".join(" <-> ".join(c) for c in found))
     )
 
 

@@ -8,8 +8,6 @@ other gradient-based methods are approximations of it, and fimo measures how goo
 >>> # result.rows[:2]                                  # agreement per method and checkpoint
 """
 
-__version__ = "0.1.0"
-
 from fimo import evaluate  # a package that can be called: fimo.evaluate(run_dir_or_gold, ...)
 from fimo.data import ArrayDataset
 from fimo.evaluate import agreement_by_checkpoint
@@ -17,6 +15,7 @@ from fimo.further import FurtherSettings, GoldStandard, gold_standard
 from fimo.methods import grad_cos, grad_dot
 from fimo.scores import Scores
 from fimo.task import Task
+from fimo.version import __version__ as __version__
 
 
 def run(config="adult", out=None, overwrite=False, quiet=False, scale="quick", **overrides):

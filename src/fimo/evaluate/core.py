@@ -211,8 +211,8 @@ def evaluate(source, scores=None, *, frames: bool | None = None, **options) -> E
         if scores is None:
             raise InputError("evaluate: give scores to compare with the gold standard")
         return compute(source, scores, frames=frames, **options)
-    if isinstance(source, str | Path):
-        from fimo.evaluate.rundir import load_run
+    if isinstance(source, str | Path):  # the thin entry: the run directory reads its files
+        from fimo.experiments.rundir import load_run
 
         run = load_run(source)
         merged = dict(run.scores)
