@@ -92,7 +92,6 @@ class Config:
 
     def to_dict(self) -> dict:
         further = self.further.as_dict()
-        further.pop("extra")
         further.update(_plain(self.gold))
         if further.get("max_steps") is None:
             further.pop("max_steps", None)
@@ -154,7 +153,7 @@ def _plain(obj) -> dict:
 
 
 def _allowed(cls) -> dict:
-    return {f.name: getattr(cls(), f.name) for f in fields(cls) if f.name != "extra"}
+    return {f.name: getattr(cls(), f.name) for f in fields(cls)}
 
 
 _ELEMENT_TYPES = {"int": int, "float": float, "str": str}
@@ -197,35 +196,41 @@ def _check_elements(where: str, value: list, kind: type | None, length: int | No
     return out
 
 
+#: (type of the default, does a value fit it, what is expected, the value as stored), in the
+#: order they are tried: bool before int, of which it is a subclass
+_TYPE_RULES = (
+    (bool, lambda v: isinstance(v, bool), "true or false", None),
+    (int, lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number", None),
+    (float, lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number", float),
+    (str, lambda v: isinstance(v, str), "a string", None),
+    (list | tuple, lambda v: isinstance(v, list | tuple), "a list", list),
+    (dict, lambda v: isinstance(v, dict), "a table of settings", dict),
+)
+
+
 def _check_type(section: str, key: str, value, default, elements=(None, None)):
     """Check ``value`` against the type of ``default``; ``elements`` is the element type and
-    fixed length of a list setting (:func:`_elements`)."""
+    fixed length of a list setting (:func:`_elements`).
+
+    >>> _check_type("further", "lr", 1, 0.5)
+    1.0
+    >>> _check_type("further", "epochs", 2.5, 1)
+    Traceback (most recent call last):
+    ...
+    fimo.errors.InputError: further.epochs: got 2.5; expected a whole number
+    """
     where = f"{section}.{key}"
     if default is None:  # optional integers (max_steps)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
             raise InputError(f"{where}: got {value!r}; expected a whole number")
         return value
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise InputError(f"{where}: got {value!r}; expected true or false")
-    elif isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InputError(f"{where}: got {value!r}; expected a whole number")
-    elif isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise InputError(f"{where}: got {value!r}; expected a number")
-        value = float(value)
-    elif isinstance(default, str):
-        if not isinstance(value, str):
-            raise InputError(f"{where}: got {value!r}; expected a string")
-    elif isinstance(default, list | tuple):
-        if not isinstance(value, list | tuple):
-            raise InputError(f"{where}: got {value!r}; expected a list")
-        value = _check_elements(where, list(value), *elements)
-    elif isinstance(default, dict):
-        if not isinstance(value, dict):
-            raise InputError(f"{where}: got {value!r}; expected a table of settings")
-        value = dict(value)
+    for kind, fits, expected, convert in _TYPE_RULES:
+        if isinstance(default, kind):
+            if not fits(value):
+                raise InputError(f"{where}: got {value!r}; expected {expected}")
+            if convert is list:
+                return _check_elements(where, list(value), *elements)
+            return value if convert is None else convert(value)
     return value
 
 
@@ -285,10 +290,29 @@ def from_dict(raw: dict) -> Config:
 
 
 def validate(config: Config) -> None:
-    """Range checks across the whole configuration (before any work starts)."""
-    from fimo.methods import available_methods
+    """Range checks across the whole configuration (before any work starts).
 
-    g = config.gold
+    >>> validate(Config())
+    >>> validate(Config(run=RunConfig(workers=0)))
+    Traceback (most recent call last):
+    ...
+    fimo.errors.InputError: run.workers: got 0; must be ≥ 1
+    """
+    _validate_gold(config.gold)
+    _validate_run(config.run)
+    if config.data.n_train < 0:
+        raise InputError(f"data.n_train: got {config.data.n_train}; must be ≥ 0 (0: all)")
+    if config.data.n_test < 1:
+        raise InputError(f"data.n_test: got {config.data.n_test}; need at least 1 test instance")
+    if not config.model.hidden or any(h < 1 for h in config.model.hidden):
+        raise InputError(f"model.hidden: got {config.model.hidden}; widths must be ≥ 1")
+    check_choice("model.kind", config.model.kind, MODEL_KINDS)
+    _validate_methods(config.methods)
+    if not (config.run.device == "cpu" or config.run.device.startswith("cuda")):
+        raise InputError(f"run.device: got {config.run.device!r}; allowed: 'cpu', 'cuda', 'cuda:N'")
+
+
+def _validate_gold(g: GoldConfig) -> None:
     if g.seeds < 1:
         raise InputError(f"further.seeds: got {g.seeds}; need at least 1 seed")
     if g.first_seed < 0:
@@ -303,24 +327,23 @@ def validate(config: Config) -> None:
         raise InputError(f"further.left_out_per_shard: got {g.left_out_per_shard}; must be ≥ 0")
     if g.memory_budget_mb < 1:
         raise InputError(f"further.memory_budget_mb: got {g.memory_budget_mb}; must be ≥ 1")
-    check_choice("run.executor", config.run.executor, ("local", "ray"))
-    if config.run.workers < 1:
-        raise InputError(f"run.workers: got {config.run.workers}; must be ≥ 1")
-    if config.data.n_train < 0:
-        raise InputError(f"data.n_train: got {config.data.n_train}; must be ≥ 0 (0: all)")
-    if config.data.n_test < 1:
-        raise InputError(f"data.n_test: got {config.data.n_test}; need at least 1 test instance")
-    if not config.model.hidden or any(h < 1 for h in config.model.hidden):
-        raise InputError(f"model.hidden: got {config.model.hidden}; widths must be ≥ 1")
-    check_choice("model.kind", config.model.kind, MODEL_KINDS)
-    check_choice("methods.train", config.methods.train, ("all", "left_out"))
+
+
+def _validate_run(run: RunConfig) -> None:
+    check_choice("run.executor", run.executor, ("local", "ray"))
+    if run.workers < 1:
+        raise InputError(f"run.workers: got {run.workers}; must be ≥ 1")
+
+
+def _validate_methods(methods: MethodsConfig) -> None:
+    from fimo.methods import available_methods
+
+    check_choice("methods.train", methods.train, ("all", "left_out"))
     available = available_methods()
-    for name in config.methods.names:
+    for name in methods.names:
         check_choice("methods.names", name, tuple(available))
-    if len(set(config.methods.names)) != len(config.methods.names):
-        raise InputError(f"methods.names: got duplicates in {config.methods.names}")
-    if not (config.run.device == "cpu" or config.run.device.startswith("cuda")):
-        raise InputError(f"run.device: got {config.run.device!r}; allowed: 'cpu', 'cuda', 'cuda:N'")
+    if len(set(methods.names)) != len(methods.names):
+        raise InputError(f"methods.names: got duplicates in {methods.names}")
 
 
 MODEL_KINDS = ("mlp", "resnet_small", "minilm")
