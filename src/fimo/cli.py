@@ -250,7 +250,11 @@ def presets_command() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app and map errors to exit codes."""
+    """Entry point: run the app and map errors to exit codes.
+
+    >>> main(["verify", "no/such/run"])  # the message goes to stderr
+    2
+    """
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         return _main(argv)

@@ -91,6 +91,11 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict:
+        """The configuration as a TOML-ready dict (``further`` holds the gold settings too).
+
+        >>> Config().to_dict()["further"]["seeds"]
+        16
+        """
         further = self.further.as_dict()
         further.update(_plain(self.gold))
         if further.get("max_steps") is None:
@@ -106,6 +111,11 @@ class Config:
         }
 
     def to_toml(self) -> str:
+        """The configuration as TOML text (what ``config.toml`` holds).
+
+        >>> Config(name="tiny").to_toml().splitlines()[0]
+        'name = "tiny"'
+        """
         return tomli_w.dumps(self.to_dict())
 
 
@@ -235,7 +245,15 @@ def _check_type(section: str, key: str, value, default, elements=(None, None)):
 
 
 def from_dict(raw: dict) -> Config:
-    """Validate a configuration dict (as read from TOML) and build a Config."""
+    """Validate a configuration dict (as read from TOML) and build a Config.
+
+    >>> from_dict({"name": "tiny", "further": {"seeds": 2, "lr": 0.05}}).gold.seeds
+    2
+    >>> from_dict({"further": {"seed": 3}})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    fimo.errors.InputError: further: unknown key 'seed' (did you mean 'seeds'?); allowed: ...
+    """
     if not isinstance(raw, dict):
         raise InputError(f"configuration: expected a table of settings; got {type(raw).__name__}")
     top = {"name", *SECTIONS}
@@ -249,32 +267,7 @@ def from_dict(raw: dict) -> Config:
         raise InputError(f"name: got {name!r}; expected a non-empty string")
     built = {}
     for section, classes in SECTIONS.items():
-        table = raw.get(section, {})
-        if not isinstance(table, dict):
-            raise InputError(f"{section}: expected a table of settings; got {table!r}")
-        classes = classes if isinstance(classes, tuple) else (classes,)
-        allowed = {}
-        for cls in classes:
-            allowed.update({k: (cls, v) for k, v in _allowed(cls).items()})
-        values = {cls: {} for cls in classes}
-        if section == "methods":
-            from fimo.methods import ALL_METHOD_NAMES
-
-            per_method = {k: table[k] for k in table if k in ALL_METHOD_NAMES}
-            table = {k: v for k, v in table.items() if k not in ALL_METHOD_NAMES}
-            values[MethodsConfig]["settings"] = {
-                name: _method_settings(name, sub) for name, sub in per_method.items()
-            }
-        for key, value in table.items():
-            if key not in allowed or key == "settings":
-                raise InputError(
-                    f"{section}: unknown key {key!r}{closest(key, allowed)}; "
-                    f"allowed: {', '.join(sorted(allowed))}"
-                )
-            cls, default = allowed[key]
-            values[cls][key] = _check_type(section, key, value, default, _elements(cls, key))
-        for cls in classes:
-            built[cls] = cls(**values[cls])
+        built.update(_build_section(section, classes, raw.get(section, {})))
     config = Config(
         name=name,
         data=built[DataConfig],
@@ -287,6 +280,35 @@ def from_dict(raw: dict) -> Config:
     )
     validate(config)
     return config
+
+
+def _build_section(section: str, classes, table) -> dict:
+    """The settings objects of one section (``further`` fills two classes), each key checked
+    against the classes' fields and their types."""
+    if not isinstance(table, dict):
+        raise InputError(f"{section}: expected a table of settings; got {table!r}")
+    classes = classes if isinstance(classes, tuple) else (classes,)
+    allowed = {}
+    for cls in classes:
+        allowed.update({k: (cls, v) for k, v in _allowed(cls).items()})
+    values = {cls: {} for cls in classes}
+    if section == "methods":
+        from fimo.methods import ALL_METHOD_NAMES
+
+        per_method = {k: table[k] for k in table if k in ALL_METHOD_NAMES}
+        table = {k: v for k, v in table.items() if k not in ALL_METHOD_NAMES}
+        values[MethodsConfig]["settings"] = {
+            name: _method_settings(name, sub) for name, sub in per_method.items()
+        }
+    for key, value in table.items():
+        if key not in allowed or key == "settings":
+            raise InputError(
+                f"{section}: unknown key {key!r}{closest(key, allowed)}; "
+                f"allowed: {', '.join(sorted(allowed))}"
+            )
+        cls, default = allowed[key]
+        values[cls][key] = _check_type(section, key, value, default, _elements(cls, key))
+    return {cls: cls(**values[cls]) for cls in classes}
 
 
 def validate(config: Config) -> None:
@@ -351,6 +373,11 @@ SCALES = ("quick", "paper")
 
 
 def preset_names() -> list[str]:
+    """The built-in presets, by name.
+
+    >>> "adult" in preset_names()
+    True
+    """
     folder = resources.files("fimo.experiments") / "presets"
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
 
@@ -360,7 +387,11 @@ RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def default_run_dir(config: Config) -> Path:
-    """``runs/<config.name>``, or an InputError if the name is not a plain word."""
+    """``runs/<config.name>``, or an InputError if the name is not a plain word.
+
+    >>> default_run_dir(Config(name="adult")).as_posix()
+    'runs/adult'
+    """
     if not RUN_NAME.match(config.name):
         raise InputError(
             f"name: got {config.name!r}; the run directory is runs/<name>, so the name must "
@@ -376,19 +407,30 @@ def load_config(source: str | Path | None = None, scale: str = "quick") -> Confi
     as the configuration itself) that ``scale="paper"`` applies on top; ``"quick"`` (the
     default) uses the configuration as written. An ``[about]`` table (what the preset
     stands for, measured times) is descriptive and read by :func:`preset_about`.
+
+    >>> load_config("concrete").name, load_config("concrete", scale="paper").name
+    ('concrete', 'concrete-paper')
     """
     raw = _read_raw(source)
     return from_dict(apply_scale(raw, scale, source))
 
 
 def preset_about(source: str) -> dict:
-    """The ``[about]`` table of a preset or configuration file (empty when it has none)."""
+    """The ``[about]`` table of a preset or configuration file (empty when it has none).
+
+    >>> "summary" in preset_about("adult")
+    True
+    """
     about = _read_raw(source).get("about", {})
     return about if isinstance(about, dict) else {}
 
 
 def apply_scale(raw: dict, scale: str, source=None) -> dict:
-    """``raw`` without its ``about`` and ``scales`` tables, with ``scales.<scale>`` merged in."""
+    """``raw`` without its ``about`` and ``scales`` tables, with ``scales.<scale>`` merged in.
+
+    >>> apply_scale({"name": "x", "scales": {"paper": {"further": {"seeds": 100}}}}, "paper")
+    {'name': 'x', 'further': {'seeds': 100}}
+    """
     check_choice("scale", scale, SCALES)
     raw = copy.deepcopy(raw)
     raw.pop("about", None)
@@ -446,7 +488,11 @@ def _read_raw(source: str | Path | None) -> dict:
 
 
 def with_overrides(config: Config, **overrides) -> Config:
-    """Apply CLI-style overrides (None = keep), revalidating the result."""
+    """Apply CLI-style overrides (None = keep), revalidating the result.
+
+    >>> with_overrides(Config(), seeds=4, lr=None).gold.seeds
+    4
+    """
     raw = config.to_dict()
     mapping = {
         "seeds": ("further", "seeds"),

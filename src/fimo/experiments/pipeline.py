@@ -301,49 +301,37 @@ def _gold_stage(r: _Run, task: Task) -> tuple[GoldStandard, dict]:
     )
     gold = _further_train(r, task, store, seeds, plan)
     r.fingerprints["gold_standard"] = gold_fp
-    record = {
+    return gold, _gold_record(r, gold, seeds, plan)
+
+
+def _gold_record(r: _Run, gold: GoldStandard, seeds: list[int], plan: ShardPlan) -> dict:
+    """The manifest's record of the gold standard: what was run, and how it was split."""
+    return {
         "seeds": seeds,
         "left_out": r.left_out.tolist(),
         "test": [int(r.test_idx[0]), int(r.test_idx[-1]) + 1],
         "steps": gold.steps.tolist(),
         "left_out_per_shard": plan.per_shard,
         "shards": len(plan.shards),
-        "executor": config.run.executor,
+        "executor": r.config.run.executor,
     }
-    return gold, record
 
 
 def _further_train(r: _Run, task: Task, store, seeds: list[int], plan: ShardPlan):
     """Run the shards of ``plan`` not yet in ``store``, with a progress bar."""
-    config, shards = r.config, plan.shards
+    config = r.config
     with warnings.catch_warnings():  # a damaged shard is reported once, by gold_standard
         warnings.simplefilter("ignore", RuntimeWarning)
-        todo = [sh for sh in shards if store.load(sh) is None]
+        todo = [sh for sh in plan.shards if store.load(sh) is None]
     executor = make_executor(
         config.run.executor,
         config.run.workers,
         None if config.run.address == "local" else config.run.address,
     )
     in_process = config.run.executor == "local" and config.run.workers == 1
-    runs = f"{len(seeds)} seeds × {1 + len(r.left_out)} runs"
-    done = [len(shards) - len(todo)]
     started = time.perf_counter()
     with _progress(r.console, r.quiet) as bar:
-        job = bar.add_task(
-            f"further training: {done[0]}/{len(shards)} shards done, {runs}",
-            total=len(todo) * plan.steps_per_shard,
-        )
-
-        def on_shard(shard, reused):
-            if reused:
-                return
-            done[0] += 1
-            if not in_process:
-                bar.advance(job, plan.steps_per_shard)
-            bar.update(
-                job, description=f"further training: {done[0]}/{len(shards)} shards done, {runs}"
-            )
-
+        shown = _ShardProgress(bar, plan, len(todo), f"{len(seeds)} seeds × {1 + len(r.left_out)}")
         gold = gold_standard(
             task,
             config.further,
@@ -353,13 +341,41 @@ def _further_train(r: _Run, task: Task, store, seeds: list[int], plan: ShardPlan
             store=store,
             executor=executor,
             left_out_per_shard=plan.per_shard,
-            on_step=(lambda k: bar.advance(job, k)) if in_process else None,
-            on_shard=on_shard,
+            on_step=shown.step if in_process else None,
+            on_shard=shown.shard if in_process else shown.shard_with_steps,
         )
     r.timings["further_training"] = time.perf_counter() - started
     if todo:
         r.timings["further_training_per_seed"] = r.timings["further_training"] / len(todo)
     return gold
+
+
+class _ShardProgress:
+    """The further-training progress bar: steps as they are taken (in this process) or a
+    shard's steps when it arrives (from workers), and the count of shards done."""
+
+    def __init__(self, bar: Progress, plan: ShardPlan, n_todo: int, runs: str):
+        self.bar, self.plan, self.runs = bar, plan, runs
+        self.done = len(plan.shards) - n_todo
+        self.job = bar.add_task(self._describe(), total=n_todo * plan.steps_per_shard)
+
+    def _describe(self) -> str:
+        return (
+            f"further training: {self.done}/{len(self.plan.shards)} shards done, {self.runs} runs"
+        )
+
+    def step(self, k: int) -> None:
+        self.bar.advance(self.job, k)
+
+    def shard(self, shard, reused: bool) -> None:
+        if not reused:
+            self.done += 1
+            self.bar.update(self.job, description=self._describe())
+
+    def shard_with_steps(self, shard, reused: bool) -> None:
+        if not reused:
+            self.bar.advance(self.job, self.plan.steps_per_shard)
+        self.shard(shard, reused)
 
 
 def _methods_stage(r: _Run, task: Task) -> tuple[dict[str, Scores], dict[str, str]]:

@@ -54,7 +54,16 @@ def bytes_per_run(task: Task, settings: FurtherSettings, n_test: int) -> int:
 
 
 def runs_per_shard(task, settings, n_left_out: int, n_test: int, budget=DEFAULT_BUDGET) -> int:
-    """How many left-out runs fit in one shard under ``budget`` bytes (with the full run)."""
+    """How many left-out runs fit in one shard under ``budget`` bytes (with the full run).
+
+    >>> import torch
+    >>> from fimo import ArrayDataset, FurtherSettings, Task
+    >>> data = ArrayDataset(torch.zeros(10, 3), torch.zeros(10))
+    >>> task = Task(torch.nn.Linear(3, 1), data, data, loss="mse")
+    >>> one = bytes_per_run(task, FurtherSettings(batch_size=4), n_test=10)
+    >>> runs_per_shard(task, FurtherSettings(batch_size=4), 50, 10, budget=6 * one)
+    5
+    """
     fit = int(budget // bytes_per_run(task, settings, n_test)) - 1
     if fit < 1:
         raise InputError(
@@ -199,6 +208,12 @@ def _ray_compute(compute, task, settings, shard, left_out, test):
 
 
 def make_executor(name: str = "local", workers: int = 1, address: str | None = "auto"):
+    """The executor ``name`` (``"local"`` with ``workers`` processes, or ``"ray"`` at
+    ``address``).
+
+    >>> make_executor("local", workers=2).workers
+    2
+    """
     if name == "local":
         return LocalExecutor(workers)
     if name == "ray":
@@ -208,7 +223,16 @@ def make_executor(name: str = "local", workers: int = 1, address: str | None = "
 
 def check_request(task: Task, seeds, left_out, test) -> tuple[list[int], np.ndarray, np.ndarray]:
     """Seeds, left-out and test indices checked against the task: whole numbers, in range,
-    each once, at least one of each (InputError otherwise)."""
+    each once, at least one of each (InputError otherwise).
+
+    >>> import torch
+    >>> from fimo import ArrayDataset, Task
+    >>> data = ArrayDataset(torch.zeros(10, 3), torch.zeros(10))
+    >>> task = Task(torch.nn.Linear(3, 1), data, data, loss="mse")
+    >>> seeds, left_out, test = check_request(task, range(2), [4, 1], range(3))
+    >>> seeds, left_out.tolist(), test.tolist()
+    ([0, 1], [4, 1], [0, 1, 2])
+    """
     left_out = check_indices("left_out", left_out, len(task.train), "training instances")
     test = check_indices("test", test, len(task.test), "test instances")
     if isinstance(seeds, int):

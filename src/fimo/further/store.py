@@ -53,7 +53,11 @@ class Shard:
 
 
 def plan_shards(seeds, n_left_out: int, per_shard: int) -> list[Shard]:
-    """Every (seed, chunk) pair, chunks of ``per_shard`` consecutive left-out positions."""
+    """Every (seed, chunk) pair, chunks of ``per_shard`` consecutive left-out positions.
+
+    >>> [sh.name for sh in plan_shards([3], n_left_out=5, per_shard=3)]
+    ['seed-00003_lo-00000-00003', 'seed-00003_lo-00003-00005']
+    """
     if per_shard < 1:
         raise InputError(f"further.left_out_per_shard: got {per_shard}; must be ≥ 1")
     return [
