@@ -284,7 +284,7 @@ def load_fashion_mnist(
     training drawn first). Inputs and ``info`` are as in :func:`load_mnist` (``rows`` are
     indices into the official split; ``label_names`` the ten clothing classes).
 
-    Raises :class:`fimo.InputError` when the files are missing (see
+    Raises :class:`fimo.errors.InputError` when the files are missing (see
     :func:`fashion_mnist_available`). Cached per arguments.
     """
     root_path = Path(root) if root is not None else FASHION_ROOT
