@@ -31,7 +31,7 @@ def _cell(row: dict) -> str:
 
 def table(run: Path) -> str:
     manifest = json.loads((run / "manifest.json").read_text())
-    from fimo.evaluate.rundir import model_summary
+    from fimo.experiments.outputs import model_summary
 
     lines = [f"### {run.name}", ""]
     model = manifest.get("model", {})

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from fimo.cli import main
-from fimo.evaluate import compare_run, read_metrics_csv, rebuild_report
+from fimo.evaluate import read_metrics_csv
+from fimo.experiments.outputs import compare_run, rebuild_report
 from fimo.scores import Scores
 from test_report import make_run_dir
 

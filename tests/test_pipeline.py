@@ -154,6 +154,17 @@ def test_unknown_config_key_names_the_closest(tmp_path, capsys):
     assert "unknown key 'seed'" in capsys.readouterr().err
 
 
+def test_a_further_extra_table_is_refused_in_one_line(tmp_path, capsys):
+    # FurtherSettings once had an `extra` field no configuration could set; it is gone, and a
+    # file that names it is refused as before, naming the key and what is allowed
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[further]\nextra = {}\n")
+    assert main(["run", str(bad), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "further: unknown key 'extra'" in err and "allowed:" in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_wrong_type_in_config_is_named(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[further]\nepochs = "two"\n')

@@ -18,9 +18,10 @@ import pytest
 
 import fimo
 from fimo.cli import main
-from fimo.evaluate import headline, read_metrics_csv, rebuild_report
+from fimo.evaluate import headline, read_metrics_csv
 from fimo.evaluate.metrics import COLUMNS
 from fimo.experiments.config import Config, DataConfig, MethodsConfig
+from fimo.experiments.outputs import rebuild_report
 from fimo.further.gold import GoldStandard
 from fimo.io import fingerprint, write_json, write_text
 from fimo.scores import Scores
@@ -156,8 +157,8 @@ def test_metrics_match_a_direct_computation(built):
 def test_figures_are_reused_when_nothing_changed(built, tmp_path, monkeypatch):
     import shutil
 
-    from fimo.evaluate import rundir
     from fimo.evaluate.plots import plot_sorted_curves
+    from fimo.experiments import outputs
 
     path = tmp_path / "copy"
     shutil.copytree(built[0], path)
@@ -171,7 +172,7 @@ def test_figures_are_reused_when_nothing_changed(built, tmp_path, monkeypatch):
         drawn.append(ev)
         return {"sorted_scores": plot_sorted_curves(ev.rows["sorted_curves"])}
 
-    monkeypatch.setattr(rundir, "evaluation_figures", one_figure)
+    monkeypatch.setattr(outputs, "evaluation_figures", one_figure)
     sc = Scores.load(path / "scores" / "grad_cos.npz")
     Scores(-sc.values, sc.test, sc.train, sc.method, sc.settings).save(
         path / "scores" / "grad_cos.npz"
@@ -247,7 +248,7 @@ def test_report_without_data_or_config_still_works(tmp_path):
 
 
 def test_scores_not_in_the_run_or_stale_are_left_out_with_a_note(tmp_path):
-    from fimo.evaluate import load_run
+    from fimo.experiments.rundir import load_run
 
     path = tmp_path / "stale"
     _, scores = make_run_dir(path)

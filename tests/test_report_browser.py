@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from fimo.evaluate import rebuild_report
+from fimo.experiments.outputs import rebuild_report
 from test_report import FIGURES, make_run_dir
 
 CHROMIUM = shutil.which("chromium") or (

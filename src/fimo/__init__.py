@@ -3,12 +3,20 @@
 Further training from the final weights is the gold standard; Grad-Dot, Grad-Cos and the
 other gradient-based methods are approximations of it, and fimo measures how good they are.
 
->>> import fimo
->>> # result = fimo.run("adult", out="runs/adult")   # the default experiment
->>> # result.rows[:2]                                  # agreement per method and checkpoint
-"""
+A whole experiment is ``fimo.run("adult")`` (writes ``runs/adult``); the parts work on their
+own, here on a tiny linear model:
 
-__version__ = "0.1.0"
+>>> import fimo, torch
+>>> x = torch.linspace(-1, 1, 16).reshape(8, 2)
+>>> task = fimo.Task(torch.nn.Linear(2, 1), fimo.ArrayDataset(x, x.sum(1)),
+...                  fimo.ArrayDataset(x[:2], x[:2].sum(1)), loss="mse")
+>>> gold = fimo.gold_standard(task, fimo.FurtherSettings(lr=0.1, batch_size=4),
+...                           seeds=range(3), left_out=[0, 3, 5], test=[0, 1])
+>>> scores = fimo.grad_dot(task, [0, 1], [0, 3, 5])
+>>> rows = fimo.evaluate(gold, scores, frames=False)["by_checkpoint"]
+>>> sorted({(r["method"], r["metric"]) for r in rows})[:2]
+[('grad_dot', 'cosine'), ('grad_dot', 'pearson')]
+"""
 
 from fimo import evaluate  # a package that can be called: fimo.evaluate(run_dir_or_gold, ...)
 from fimo.data import ArrayDataset
@@ -17,6 +25,7 @@ from fimo.further import FurtherSettings, GoldStandard, gold_standard
 from fimo.methods import grad_cos, grad_dot
 from fimo.scores import Scores
 from fimo.task import Task
+from fimo.version import __version__ as __version__
 
 
 def run(config="adult", out=None, overwrite=False, quiet=False, scale="quick", **overrides):
@@ -28,8 +37,13 @@ def run(config="adult", out=None, overwrite=False, quiet=False, scale="quick", *
     Overrides: seeds, left_out, epochs, optimizer, lr, methods, device, n_test, dtype,
     executor, workers, address.
 
-    >>> # result = fimo.run("concrete")                  # writes runs/concrete
-    >>> # result = fimo.run("adult", seeds=4, quiet=True)
+    Every setting is checked before any work starts:
+
+    >>> import fimo
+    >>> fimo.run("adult", seeds=0)
+    Traceback (most recent call last):
+    ...
+    fimo.errors.InputError: further.seeds: got 0; need at least 1 seed
     """
     from fimo.experiments import config as cfg
     from fimo.experiments.pipeline import run as run_pipeline

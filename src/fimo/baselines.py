@@ -27,13 +27,13 @@ def _features(x: torch.Tensor) -> torch.Tensor:
 def _standardise(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     mean, std = train.mean(0), train.std(0)
     std = torch.where(std > 1e-12, std, torch.ones_like(std))
-    ones = torch.ones(1, dtype=train.dtype)
+    ones = torch.ones(1, dtype=train.dtype, device=train.device)
     add = lambda a: torch.cat([(a - mean) / std, ones.expand(len(a), 1)], dim=1)  # noqa: E731
     return add(train), add(test)
 
 
 def _logistic(X, y, Xt, classes: int, l2: float = 1e-4, iterations: int = 100):
-    W = torch.zeros(X.shape[1], classes, dtype=X.dtype, requires_grad=True)
+    W = torch.zeros(X.shape[1], classes, dtype=X.dtype, device=X.device, requires_grad=True)
     opt = torch.optim.LBFGS(
         [W],
         lr=1,

@@ -102,15 +102,17 @@ def run_command(
 
 def _print_evaluation(ev, run_dir: Path, quiet: bool) -> None:
     from fimo.evaluate import rich_summary_table
+    from fimo.experiments.rundir import RunDir
 
+    report = RunDir(run_dir).report
     if quiet:
-        Console().print(f"Report: {run_dir / 'report.html'}")
+        Console().print(f"Report: {report}")
         return
     console = Console()
     if not console.is_terminal:  # files and pipes get the whole table, unwrapped
         console = Console(width=120)
     console.print(rich_summary_table(ev.rows["by_checkpoint"], metric="cosine", centred=True))
-    console.print(f"Report: {run_dir / 'report.html'}")
+    console.print(f"Report: {report}")
 
 
 @app.command("report")
@@ -126,7 +128,7 @@ def report_command(
     quiet: Annotated[bool, typer.Option(help="Print only the report's path.")] = False,
 ) -> None:
     """Rebuild the metrics tables, plots and report.html of a run from its files."""
-    from fimo.evaluate import rebuild_report
+    from fimo.experiments.outputs import rebuild_report
 
     options = {}
     if examples is not None:
@@ -180,12 +182,13 @@ def compare_command(
     quiet: Annotated[bool, typer.Option(help="Print only the report's path.")] = False,
 ) -> None:
     """Score a matrix made elsewhere against the run's gold standard and add it to the report."""
-    from fimo.evaluate import compare_run
+    from fimo.experiments.outputs import compare_run
+    from fimo.experiments.rundir import RunDir
 
     sc, ev = compare_run(run_dir, scores, name, orientation, sign, test_indices, train_indices, key)
     if not quiet:
         Console().print(
-            f"Saved {run_dir / 'scores' / (name + '.npz')}: {sc.shape[0]} test × "
+            f"Saved {RunDir(run_dir).scores_file(name)}: {sc.shape[0]} test × "
             f"{sc.shape[1]} train, {sc.settings['orientation']}, sign {sign}.",
             soft_wrap=True,
         )
@@ -197,11 +200,10 @@ def verify_command(
     run_dir: Annotated[Path, typer.Argument(help="A run directory made by `fimo run`.")],
 ) -> None:
     """Check every file of a run against its recorded checksum (<file>.sha256)."""
-    from fimo.io import DamagedFileError, verify_folder
+    from fimo.experiments.rundir import RunDir
+    from fimo.io import DamagedFileError
 
-    if not run_dir.is_dir():
-        raise InputError(f"run directory {str(run_dir)!r} does not exist")
-    checked, damaged = verify_folder(run_dir)
+    checked, damaged = RunDir(run_dir).verify()
     if damaged:
         names = ", ".join(str(p.relative_to(run_dir)) for p in damaged[:5])
         raise DamagedFileError(
@@ -248,7 +250,11 @@ def presets_command() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app and map errors to exit codes."""
+    """Entry point: run the app and map errors to exit codes.
+
+    >>> main(["verify", "no/such/run"])  # the message goes to stderr
+    2
+    """
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         return _main(argv)

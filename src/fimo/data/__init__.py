@@ -3,7 +3,7 @@
 ``DATASETS`` maps each built-in dataset's name to its loader; every loader returns
 ``(train, test)`` when called without arguments. ``fashion_mnist`` needs the Debian
 package ``dataset-fashion-mnist`` and ``reviews`` the extra ``fimo[text]``; without them
-their loaders raise :class:`fimo.InputError` saying so.
+their loaders raise :class:`fimo.errors.InputError` saying so.
 """
 
 from fimo.data.adult import load_adult

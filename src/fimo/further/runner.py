@@ -11,8 +11,8 @@ already in the store, hands the rest to an executor and writes each result as it
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from fimo.data.base import check_indices
 from fimo.errors import InputError
 from fimo.further.engine import FurtherSettings, SeedResult, further_train_seed
 from fimo.further.gold import GoldStandard
+from fimo.further.plan import steps_per_epoch
 from fimo.further.store import Shard, ShardStore, assemble, plan_shards
 from fimo.task import Task
 
@@ -53,7 +54,16 @@ def bytes_per_run(task: Task, settings: FurtherSettings, n_test: int) -> int:
 
 
 def runs_per_shard(task, settings, n_left_out: int, n_test: int, budget=DEFAULT_BUDGET) -> int:
-    """How many left-out runs fit in one shard under ``budget`` bytes (with the full run)."""
+    """How many left-out runs fit in one shard under ``budget`` bytes (with the full run).
+
+    >>> import torch
+    >>> from fimo import ArrayDataset, FurtherSettings, Task
+    >>> data = ArrayDataset(torch.zeros(10, 3), torch.zeros(10))
+    >>> task = Task(torch.nn.Linear(3, 1), data, data, loss="mse")
+    >>> one = bytes_per_run(task, FurtherSettings(batch_size=4), n_test=10)
+    >>> runs_per_shard(task, FurtherSettings(batch_size=4), 50, 10, budget=6 * one)
+    5
+    """
     fit = int(budget // bytes_per_run(task, settings, n_test)) - 1
     if fit < 1:
         raise InputError(
@@ -62,6 +72,46 @@ def runs_per_shard(task, settings, n_left_out: int, n_test: int, budget=DEFAULT_
             "raise the budget"
         )
     return max(1, min(n_left_out, fit))
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """The shards of a gold standard and the work in each.
+
+    ``shards``: every (seed, chunk) pair, in order; ``per_shard``: left-out runs per chunk;
+    ``steps_per_shard``: the optimizer steps a shard's runs take (they advance together).
+    """
+
+    shards: list[Shard]
+    per_shard: int
+    steps_per_shard: int
+
+
+def plan_gold(
+    task: Task,
+    settings: FurtherSettings,
+    seeds,
+    n_left_out: int,
+    n_test: int,
+    per_shard: int | None = None,
+    budget: int = DEFAULT_BUDGET,
+) -> ShardPlan:
+    """How :func:`gold_standard` splits the work: ``per_shard`` left-out runs per shard (by
+    default as many as fit in ``budget`` bytes, :func:`runs_per_shard`).
+
+    >>> import torch
+    >>> from fimo import ArrayDataset, FurtherSettings, Task
+    >>> data = ArrayDataset(torch.zeros(10, 3), torch.zeros(10))
+    >>> task = Task(torch.nn.Linear(3, 1), data, data, loss="mse")
+    >>> plan = plan_gold(task, FurtherSettings(epochs=2, batch_size=4), [0, 1], 5, 10, 2)
+    >>> [sh.name for sh in plan.shards[:3]], plan.steps_per_shard
+    (['seed-00000_lo-00000-00002', 'seed-00000_lo-00002-00004', 'seed-00000_lo-00004-00005'], 6)
+    """
+    per_shard = per_shard or runs_per_shard(task, settings, n_left_out, n_test, budget)
+    steps = settings.epochs * steps_per_epoch(len(task.train), settings.batch_size)
+    if settings.max_steps is not None:
+        steps = min(steps, settings.max_steps)
+    return ShardPlan(plan_shards(seeds, n_left_out, per_shard), per_shard, steps)
 
 
 class LocalExecutor:
@@ -158,6 +208,12 @@ def _ray_compute(compute, task, settings, shard, left_out, test):
 
 
 def make_executor(name: str = "local", workers: int = 1, address: str | None = "auto"):
+    """The executor ``name`` (``"local"`` with ``workers`` processes, or ``"ray"`` at
+    ``address``).
+
+    >>> make_executor("local", workers=2).workers
+    2
+    """
     if name == "local":
         return LocalExecutor(workers)
     if name == "ray":
@@ -167,7 +223,16 @@ def make_executor(name: str = "local", workers: int = 1, address: str | None = "
 
 def check_request(task: Task, seeds, left_out, test) -> tuple[list[int], np.ndarray, np.ndarray]:
     """Seeds, left-out and test indices checked against the task: whole numbers, in range,
-    each once, at least one of each (InputError otherwise)."""
+    each once, at least one of each (InputError otherwise).
+
+    >>> import torch
+    >>> from fimo import ArrayDataset, Task
+    >>> data = ArrayDataset(torch.zeros(10, 3), torch.zeros(10))
+    >>> task = Task(torch.nn.Linear(3, 1), data, data, loss="mse")
+    >>> seeds, left_out, test = check_request(task, range(2), [4, 1], range(3))
+    >>> seeds, left_out.tolist(), test.tolist()
+    ([0, 1], [4, 1], [0, 1, 2])
+    """
     left_out = check_indices("left_out", left_out, len(task.train), "training instances")
     test = check_indices("test", test, len(task.test), "test instances")
     if isinstance(seeds, int):
@@ -198,12 +263,17 @@ def gold_standard(
 ) -> GoldStandard:
     """Further-train every (seed, chunk) shard not yet in ``store`` → GoldStandard.
 
-    >>> # gold = gold_standard(task, FurtherSettings(lr=1e-4), seeds=range(8),
-    >>> #                      left_out=[0, 5, 9], test=range(100))
+    >>> import torch
+    >>> from fimo import ArrayDataset, FurtherSettings, Task
+    >>> x = torch.linspace(-1, 1, 12).reshape(6, 2)
+    >>> data = ArrayDataset(x, x.sum(1))
+    >>> task = Task(torch.nn.Linear(2, 1), data, data, loss="mse")
+    >>> gold = gold_standard(task, FurtherSettings(lr=0.1, batch_size=3), [0, 1], [0, 5], [1, 2])
+    >>> gold.loss_without.shape  # (seeds, checkpoints: one per epoch, test, left out)
+    (2, 2, 2, 2)
     """
     seeds, left_out, test = check_request(task, seeds, left_out, test)
-    per_shard = left_out_per_shard or runs_per_shard(task, settings, len(left_out), len(test))
-    shards = plan_shards(seeds, len(left_out), per_shard)
+    shards = plan_gold(task, settings, seeds, len(left_out), len(test), left_out_per_shard).shards
     results: dict[Shard, SeedResult] = {}
     todo = []
     for shard in shards:
@@ -229,7 +299,3 @@ def gold_standard(
     if store is not None:
         store.save_gold(gold)
     return gold
-
-
-def available_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -35,6 +35,9 @@ from fimo.io import (
     write_npz,
 )
 
+#: the files of a store's folder: its fingerprint, its shards and the assembled gold standard
+FINGERPRINT, SHARDS, GOLD = "fingerprint.json", "shards", "gold.npz"
+
 
 @dataclass(frozen=True, order=True)
 class Shard:
@@ -131,7 +134,7 @@ class ShardStore:
     def __init__(self, folder: Path, fingerprint: str, description: dict, overwrite=False):
         self.folder = Path(folder)
         self.fingerprint = fingerprint
-        stamp = self.folder / "fingerprint.json"
+        stamp = self.folder / FINGERPRINT
         if stamp.exists():
             old = json.loads(stamp.read_text())
             if old.get("fingerprint") != fingerprint:
@@ -157,7 +160,7 @@ class ShardStore:
         'shards/seed-00000_lo-00000-00002.npz'
         >>> folder.cleanup()
         """
-        return self.folder / "shards" / f"{shard.name}.npz"
+        return self.folder / SHARDS / f"{shard.name}.npz"
 
     def _checksum_path(self, shard: Shard) -> Path:
         return checksum_path(self.path(shard))
@@ -193,7 +196,7 @@ class ShardStore:
             return None
         matches = checksum_matches(path)
         if matches is None:  # the checksum file of runs made before it was renamed
-            matches = checksum_matches(path, self.folder / "shards" / f"{shard.name}.sha256")
+            matches = checksum_matches(path, self.folder / SHARDS / f"{shard.name}.sha256")
         if not matches:
             warnings.warn(
                 f"{path} is damaged or incomplete (its checksum does not match); recomputing it",
@@ -227,7 +230,7 @@ class ShardStore:
         ['seed-00000_lo-00000-00002.npz', 'seed-00000_lo-00000-00002.npz.sha256']
         >>> folder.cleanup()
         """
-        legacy = self.folder / "shards" / f"{shard.name}.sha256"
+        legacy = self.folder / SHARDS / f"{shard.name}.sha256"
         legacy.unlink(missing_ok=True)  # a new shard must not be judged by an old checksum
         return write_npz(
             self.path(shard),
@@ -253,4 +256,4 @@ class ShardStore:
         ('gold.npz', [7, 8])
         >>> folder.cleanup()
         """
-        return gold.save(self.folder / "gold.npz")
+        return gold.save(self.folder / GOLD)

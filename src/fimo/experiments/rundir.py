@@ -1,0 +1,531 @@
+"""The run directory: every file of a run is named here, and read and written through here.
+
+Layout (DESIGN.md ◆ Runs are data)::
+
+    config.toml          the resolved settings
+    manifest.json        fingerprints of data, model, gold standard and scores; timings; the
+                         evaluation's settings and the scores brought in with `fimo compare`
+    model/final.pt       the final weights (state dict; loaded with weights_only=True)
+    model/meta.json      the final-training record and its fingerprint
+    further/             fingerprint.json, shards/seed-SSSSS_lo-AAAAA-BBBBB.npz, gold.npz
+                         (the shard store's folder, :mod:`fimo.further.store`)
+    scores/<name>.npz    one Scores matrix per method, or brought in with `fimo compare`
+    metrics/<table>.csv  the evaluation's tables (and .parquet with pyarrow)
+    plots/               PNG and SVG figures, and fingerprint.json of what they were drawn from
+    report.html          one self-contained page
+    .lock                held while a process works in the directory
+    <file>.sha256        the checksum of each .npz, .pt and .csv file (:mod:`fimo.io`)
+
+Scores in ``scores/`` belong to the run when they are one of its methods (and carry the
+fingerprint the manifest records for them) or were brought in with ``fimo compare``
+(``settings["origin"] == "external"``); any other file there is left out, with a note.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import pickle
+import platform
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fimo.errors import InputError, check_choice
+from fimo.further.gold import GoldStandard
+from fimo.further.store import FINGERPRINT, GOLD, ShardStore
+from fimo.io import (
+    atomic_write,
+    checksum_matches,
+    remove_temporaries,
+    verify_folder,
+    write_json,
+    write_text,
+)
+from fimo.scores import Scores
+
+#: names a `fimo compare` matrix may take (it becomes scores/<name>.npz)
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class RunFiles:
+    """What :meth:`RunDir.load` found in a run directory."""
+
+    path: Path
+    gold: object
+    scores: dict
+    config: object | None
+    settings: dict
+    manifest: dict
+    train: object | None = None
+    test: object | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class RunDir:
+    """One run directory: the path of each of its files, and reading and writing them.
+
+    >>> import tempfile
+    >>> run = RunDir(tempfile.mkdtemp())
+    >>> run.scores_file("grad_dot").relative_to(run.path).as_posix()
+    'scores/grad_dot.npz'
+    >>> run.write_manifest({"model": {"test_loss": 0.5}})
+    >>> run.read_manifest()
+    {'model': {'test_loss': 0.5}}
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # -- the files ---------------------------------------------------------------------------
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.toml"
+
+    @property
+    def manifest_file(self) -> Path:
+        return self.path / "manifest.json"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path / "model"
+
+    @property
+    def final_weights(self) -> Path:
+        return self.model_dir / "final.pt"
+
+    @property
+    def model_meta(self) -> Path:
+        return self.model_dir / "meta.json"
+
+    @property
+    def further(self) -> Path:
+        """The shard store's folder (its files: :mod:`fimo.further.store`)."""
+        return self.path / "further"
+
+    @property
+    def gold_file(self) -> Path:
+        return self.further / GOLD
+
+    @property
+    def scores_dir(self) -> Path:
+        return self.path / "scores"
+
+    def scores_file(self, name: str) -> Path:
+        return self.scores_dir / f"{name}.npz"
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.path / "metrics"
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.path / "plots"
+
+    @property
+    def plots_fingerprint(self) -> Path:
+        return self.plots_dir / "fingerprint.json"
+
+    @property
+    def report(self) -> Path:
+        return self.path / "report.html"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / ".lock"
+
+    # -- the directory as a whole ------------------------------------------------------------
+    def check_exists(self) -> None:
+        """InputError unless the directory exists."""
+        if not self.path.is_dir():
+            raise InputError(f"run directory {str(self.path)!r} does not exist")
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold an exclusive lock on the directory; a second process stops at once.
+
+        ``flock`` locks die with their process, so a killed run never leaves it stuck.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        fh = open(self.lock_file, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            owner = fh.read().strip() or "another process"
+            fh.close()
+            raise InputError(
+                f"{self.path} is in use by another fimo run ({owner}); wait for it to finish, "
+                "or use another --out"
+            ) from None
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"pid {os.getpid()} on {platform.node()}")
+            fh.flush()
+            yield self
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            fh.close()
+
+    def remove_temporaries(self) -> list[Path]:
+        """Remove the files left by a process killed while writing (they are never read)."""
+        return remove_temporaries(self.path)
+
+    def verify(self) -> tuple[int, list[Path]]:
+        """``(files checked, damaged files)``: every file against its ``.sha256`` checksum."""
+        self.check_exists()
+        return verify_folder(self.path)
+
+    # -- configuration and manifest ----------------------------------------------------------
+    def read_config(self, notes: list[str]):
+        """``(Config or None, settings dict)`` from ``config.toml``; what could not be read is
+        said in ``notes``."""
+        import tomllib
+
+        from fimo.experiments.config import load_config
+
+        if not self.config_file.is_file():
+            notes.append("config.toml is missing: settings and examples' data are not shown.")
+            return None, {}
+        try:
+            config = load_config(self.config_file)
+            return config, config.to_dict()
+        except InputError as exc:
+            notes.append(f"config.toml could not be read as a fimo configuration ({exc}).")
+            try:
+                return None, tomllib.loads(self.config_file.read_text(encoding="utf-8"))
+            except tomllib.TOMLDecodeError:
+                return None, {}
+
+    def write_config(self, config) -> Path:
+        return write_text(self.config_file, config.to_toml())
+
+    def read_manifest(self, notes: list[str] | None = None) -> dict:
+        """The manifest, or ``{}`` when there is none (or it cannot be read: said in notes)."""
+        if not self.manifest_file.is_file():
+            return {}
+        try:
+            return json.loads(self.manifest_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            if notes is None:
+                raise
+            notes.append(f"manifest.json could not be read ({exc}).")
+            return {}
+
+    def write_manifest(self, manifest: dict) -> None:
+        write_json(self.manifest_file, manifest)
+
+    # -- the final model ---------------------------------------------------------------------
+    def read_model_meta(self) -> dict:
+        return json.loads(self.model_meta.read_text()) if self.model_meta.exists() else {}
+
+    def write_model_meta(self, meta: dict) -> None:
+        write_json(self.model_meta, meta)
+
+    def save_final(self, model: torch.nn.Module) -> Path:
+        """Save the model's weights (as CPU tensors) to ``model/final.pt``, with checksum."""
+        state = model.state_dict()
+        if any(t.device.type != "cpu" for t in state.values()):
+            cpu = type(state)((k, t.cpu()) for k, t in state.items())
+            cpu._metadata = getattr(state, "_metadata", None)
+            state = cpu
+        return atomic_write(self.final_weights, lambda p: torch.save(state, p))
+
+    def load_final(self, model: torch.nn.Module) -> dict | None:
+        """Load the saved final weights into ``model`` (weights only: no pickled code is run).
+
+        Returns the state dict, or None when the file is damaged (its checksum does not
+        match: a warning says so and the model is trained again, to the same weights).
+        """
+        path = self.final_weights
+        if checksum_matches(path) is False:
+            warnings.warn(
+                f"{path} is damaged (its checksum does not match); training the final model again",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return None
+        fix = "delete it (or pass --overwrite) to train the final model again"
+        try:
+            state = torch.load(path, weights_only=True, map_location="cpu")
+        except pickle.UnpicklingError:
+            raise InputError(
+                f"{path} holds pickled Python objects beyond plain tensors, which fimo never "
+                f"loads (they could run code); {fix}"
+            ) from None
+        except Exception as exc:  # cut short, or not a PyTorch file
+            raise InputError(
+                f"{path} is damaged or not a PyTorch state dict ({type(exc).__name__}: "
+                f"{_first_line(exc)}); {fix}"
+            ) from None
+        try:
+            model.load_state_dict(state)
+        except Exception as exc:  # another architecture (e.g. a model factory that changed)
+            raise InputError(
+                f"{path} does not fit the configured model ({_first_line(exc)}); {fix}"
+            ) from None
+        return state
+
+    # -- the gold standard and the scores ----------------------------------------------------
+    def shard_store(self, fingerprint: str, description: dict, overwrite: bool) -> ShardStore:
+        """The gold standard's shard store in ``further/`` (see :class:`ShardStore`)."""
+        return ShardStore(self.further, fingerprint, description, overwrite=overwrite)
+
+    def load_gold(self) -> GoldStandard:
+        """The gold standard in ``further/gold.npz``, with the settings recorded beside it."""
+        stamp = self.further / FINGERPRINT
+        settings = json.loads(stamp.read_text()).get("settings") if stamp.exists() else None
+        return GoldStandard.load(self.gold_file, settings)
+
+    def cached_scores(self, name: str, fp: str) -> Scores | None:
+        """The scores saved for method ``name`` under fingerprint ``fp``, or None: absent,
+        made under other settings, or damaged (a warning says so; they are recomputed)."""
+        path = self.scores_file(name)
+        if not path.exists():
+            return None
+        if not checksum_matches(path):
+            warnings.warn(
+                f"{path} is damaged or incomplete (no checksum, or its bytes do not match it); "
+                "recomputing it",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return None
+        try:
+            cached = Scores.load(path)
+        except (InputError, KeyError, ValueError) as exc:
+            warnings.warn(f"{path} cannot be read ({exc}); recomputing it", RuntimeWarning, 3)
+            return None
+        return cached if cached.settings.get("fingerprint") == fp else None
+
+    def run_scores(self, config=None, manifest: dict | None = None, notes=None) -> dict:
+        """The scores in ``scores/`` that belong to the run (see the module's docstring).
+
+        Returns ``{name: Scores}``: the configuration's methods first, in its order, then the
+        external ones by name; what is left out is said in ``notes``.
+
+        >>> import tempfile
+        >>> run = RunDir(tempfile.mkdtemp())
+        >>> _ = Scores(np.ones((1, 2)), [0], [3, 4], "grad_dot").save(run.scores_file("grad_dot"))
+        >>> list(run.run_scores())
+        ['grad_dot']
+        """
+        notes = [] if notes is None else notes
+        names = list(config.methods.names) if config is not None else []
+        recorded = ((manifest or {}).get("fingerprints") or {}).get("scores") or {}
+        found = {}
+        folder = self.scores_dir
+        for file in sorted(folder.glob("*.npz")) if folder.is_dir() else []:
+            sc = _belonging_scores(
+                file, config is not None and file.stem not in names, recorded.get(file.stem), notes
+            )
+            if sc is not None:
+                found[file.stem] = sc
+        order = [n for n in names if n in found] + sorted(n for n in found if n not in names)
+        return {n: found[n] for n in order}
+
+    # -- the whole run -----------------------------------------------------------------------
+    def load(self) -> RunFiles:
+        """The gold standard, scores, configuration, manifest and data of the run.
+
+        >>> import tempfile
+        >>> RunDir(tempfile.mkdtemp() + "/none").load()  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        fimo.errors.InputError: run directory '.../none' does not exist
+        """
+        self.check_exists()
+        notes: list[str] = []
+        gold = self.load_gold()
+        config, settings = self.read_config(notes)
+        manifest = self.read_manifest(notes)
+        scores = self.run_scores(config, manifest, notes)
+        train = test = None
+        if config is not None:
+            from fimo.experiments.build import load_data
+
+            try:
+                train, test = load_data(config)
+            except Exception as exc:  # the report is still useful without the data
+                notes.append(f"The data {config.data.dataset!r} could not be loaded ({exc}).")
+        return RunFiles(self.path, gold, scores, config, settings, manifest, train, test, notes)
+
+    # -- scores made elsewhere (`fimo compare`) ----------------------------------------------
+    def read_external(self, scores_file, name: str, orientation: str, sign: str, key=None):
+        """The matrix of ``fimo compare``, after checking its name, orientation and sign and
+        that this directory exists (before any lock is taken)."""
+        from fimo.methods import ALL_METHOD_NAMES
+        from fimo.scores import ORIENTATIONS, SIGNS, load_matrix
+
+        if not NAME.match(name or ""):
+            raise InputError(
+                f"--name: got {name!r}; use letters, digits, '_', '-' or '.', starting with a "
+                "letter or digit (it becomes scores/<name>.npz)"
+            )
+        if name in ALL_METHOD_NAMES:
+            raise InputError(
+                f"--name: {name!r} is a built-in method's name; choose another, e.g. "
+                f"'{name}_external', so that fimo never mistakes it for its own scores"
+            )
+        check_choice("--orientation", orientation, list(ORIENTATIONS))
+        check_choice("--sign", sign, list(SIGNS))
+        self.check_exists()
+        matrix = load_matrix(scores_file, key)
+        if getattr(matrix, "ndim", 0) != 2:
+            raise InputError(
+                f"{scores_file}: expected a 2-D score matrix; got shape {tuple(matrix.shape)}"
+            )
+        return matrix
+
+    def add_external(
+        self,
+        run: RunFiles,
+        matrix,
+        name: str,
+        orientation: str,
+        sign: str,
+        source: str,
+        test_indices=None,
+        train_indices=None,
+    ) -> Scores:
+        """Save the matrix as ``scores/<name>.npz`` once it is known to cover the gold
+        standard, and refresh ``run.scores``. The caller holds the lock."""
+        from fimo.scores import ORIENTATIONS, load_indices
+
+        layout = ORIENTATIONS[orientation]
+        rows, cols = matrix.shape if layout == "test,train" else matrix.shape[::-1]
+        gold = run.gold
+        test = gold.test if test_indices is None else _indices(test_indices, load_indices)
+        if train_indices is not None:
+            train = _indices(train_indices, load_indices)
+        else:
+            train = _default_train(run, cols)
+        if (rows, cols) != (len(test), 0 if train is None else len(train)):
+            raise InputError(_shape_message(matrix.shape, orientation, layout, run, test, train))
+        scores = Scores.from_external(matrix, orientation, sign, test, train, name, source=source)
+        _check_external_coverage(name, gold, test, scores)
+        target = self.scores_file(name)
+        if target.exists() and Scores.load(target).settings.get("origin") != "external":
+            raise InputError(
+                f"scores/{name}.npz holds a method computed by fimo; choose another --name"
+            )
+        scores.save(target)
+        run.scores = self.run_scores(run.config, run.manifest, [])
+        return scores
+
+
+def run_lock(out: str | os.PathLike):
+    """:meth:`RunDir.lock` of the directory ``out``.
+
+    >>> import tempfile
+    >>> with run_lock(tempfile.mkdtemp()) as run:
+    ...     run.lock_file.read_text().startswith("pid ")
+    True
+    """
+    return RunDir(out).lock()
+
+
+def load_run(path) -> RunFiles:
+    """:meth:`RunDir.load` of the directory ``path``."""
+    return RunDir(path).load()
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:160]
+
+
+def _belonging_scores(file: Path, foreign: bool, recorded: str | None, notes: list):
+    """The Scores in ``file`` if they belong to the run (``foreign``: not one of its methods;
+    ``recorded``: the fingerprint the manifest records for them), else None and a note."""
+    try:
+        sc = Scores.load(file)
+    except Exception as exc:  # a damaged file must not stop the report
+        notes.append(f"scores/{file.name} could not be read ({exc}); left out.")
+        return None
+    external = sc.settings.get("origin") == "external"
+    if foreign and not external:
+        notes.append(f"scores/{file.name} is not one of this run's methods; left out.")
+        return None
+    fp = sc.settings.get("fingerprint")
+    if not external and recorded is not None and fp is not None and fp != recorded:
+        notes.append(
+            f"scores/{file.name} was made under another fingerprint ({fp}) than the "
+            f"manifest records ({recorded}); left out."
+        )
+        return None
+    return sc
+
+
+def _check_external_coverage(name: str, gold, test, scores: Scores) -> None:
+    missing = [int(t) for t in gold.test if int(t) not in set(test.tolist())]
+    if missing:
+        raise InputError(
+            f"scores {name!r} cover {len(test)} test instances but not the gold standard's "
+            f"{missing[:5]}{' ...' if len(missing) > 5 else ''}; pass --test-indices"
+        )
+    have = set(scores.train.tolist())
+    no_train = [int(i) for i in gold.left_out if int(i) not in have]
+    if no_train:
+        raise InputError(
+            f"scores {name!r} do not cover the left-out training instances "
+            f"{no_train[:5]}{' ...' if len(no_train) > 5 else ''}; pass --train-indices"
+        )
+
+
+def _indices(value, loader):
+    if isinstance(value, str | Path):
+        return loader(value)
+    return np.asarray(value, dtype=np.int64).reshape(-1)
+
+
+def _train_size(run: RunFiles) -> int | None:
+    if run.train is not None:
+        return len(run.train)
+    sizes = [len(sc.train) for sc in run.scores.values() if sc.settings.get("origin") != "external"]
+    full = [n for n in sizes if n > len(run.gold.left_out)]
+    return max(full) if full else None
+
+
+def _default_train(run: RunFiles, cols: int):
+    if cols == len(run.gold.left_out):
+        return run.gold.left_out
+    n = _train_size(run)
+    if n is not None and cols == n:
+        return np.arange(n)
+    return None
+
+
+def _shape_message(shape, orientation, layout, run, test, train) -> str:
+    L = len(run.gold.left_out)
+    n = _train_size(run)
+    want_cols = (
+        f"{len(train)} training instances (from --train-indices)"
+        if train is not None
+        else f"{L} (the left-out instances)" + (f" or {n} (the whole training set)" if n else "")
+    )
+    read_as = orientation if orientation == layout else f"{orientation} ({layout})"
+    text = (
+        f"the matrix has shape {tuple(shape)}; read as {read_as} it is "
+        f"{shape[0] if layout == 'test,train' else shape[1]} test × "
+        f"{shape[1] if layout == 'test,train' else shape[0]} train, but the run needs "
+        f"{len(test)} test rows and {want_cols} columns"
+    )
+    other = shape if layout == "train,test" else shape[::-1]
+    if other[0] == len(test) and (
+        (train is not None and other[1] == len(train)) or other[1] in (L, n)
+    ):
+        text += "; the other orientation would fit: check --orientation"
+    else:
+        text += "; pass --test-indices / --train-indices if it covers other instances"
+    return text
