@@ -31,6 +31,7 @@ from fimo.evaluate.metrics import (
     top_k_overlap_rows,
     write_metrics_csv,
 )
+from fimo.evaluate.narrative import headline, summary, summary_sentences
 from fimo.evaluate.plots import (
     evaluation_figures,
     plot_agreement,
@@ -40,13 +41,7 @@ from fimo.evaluate.plots import (
     plot_sorted_curves,
     save_figure,
 )
-from fimo.evaluate.report import (
-    headline,
-    rich_summary_table,
-    summary,
-    summary_sentences,
-    write_report,
-)
+from fimo.evaluate.report import write_report
 from fimo.evaluate.rundir import (
     compare_run,
     evaluate_run,
@@ -56,6 +51,10 @@ from fimo.evaluate.rundir import (
 )
 from fimo.evaluate.seeds import noise_floor, seed_count_study, seed_counts, spearman_brown
 from fimo.evaluate.tables import read_table, write_table
+
+# the terminal table lives with the command line; re-exported here for the callers that
+# import it from fimo.evaluate (the CLI, the pipeline and the tests)
+from fimo.terminal import rich_summary_table
 
 __all__ = [
     "ALL_METRICS",

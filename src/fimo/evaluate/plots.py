@@ -16,38 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from fimo.errors import InputError
+from fimo.evaluate.formatting import gold_name, label
+from fimo.evaluate.narrative import by_method
 from fimo.io import atomic_write
 
-METRIC_LABELS = {
-    "cosine": "cosine similarity",
-    "spearman": "Spearman rank correlation",
-    "pearson": "Pearson correlation",
-    "top5_helpful": "top-5 overlap, most helpful",
-    "top10_helpful": "top-10 overlap, most helpful",
-    "top5_harmful": "top-5 overlap, most harmful",
-    "top10_harmful": "top-10 overlap, most harmful",
-    "sign": "sign agreement",
-}
 MARKERS = "osD^vP*Xhp<>"
 DPI = 120
-
-
-def label(metric: str) -> str:
-    """The readable name of a metric ("cosine similarity" for "cosine").
-
-    >>> label("top5_helpful")
-    'top-5 overlap, most helpful'
-    """
-    return METRIC_LABELS.get(metric, metric)
-
-
-def gold_name(centred: bool) -> str:
-    """'centred' or 'adjusted-only' (the gold standard of paper eq. 13 or eq. 17).
-
-    >>> gold_name(False)
-    'adjusted-only'
-    """
-    return "centred" if centred else "adjusted-only"
 
 
 def _figure(width: float, height: float, layout: str | None = "constrained"):
@@ -87,22 +61,6 @@ def _colors(methods: Sequence[str]) -> dict[str, str]:
 
 def _methods(rows: Iterable[Mapping], key: str = "method") -> list[str]:
     return list(dict.fromkeys(str(r[key]) for r in rows))
-
-
-def by_method(rows, metric: str, centred: bool) -> dict[str, list[Mapping]]:
-    """Rows of one metric and centring, grouped by method (first-seen order), by checkpoint.
-
-    >>> by_method([{"method": "a", "metric": "cosine", "centred": True, "checkpoint": 0,
-    ...             "epoch": 1.0}], "cosine", True)["a"][0]["epoch"]
-    1.0
-    """
-    out: dict[str, list[Mapping]] = {}
-    for row in rows:
-        if row["metric"] == metric and bool(row["centred"]) == bool(centred):
-            out.setdefault(str(row["method"]), []).append(row)
-    for rs in out.values():
-        rs.sort(key=lambda r: (int(r["checkpoint"]), float(r["epoch"])))
-    return out
 
 
 def _ceiling(noise, metric: str, centred: bool) -> tuple[np.ndarray, np.ndarray, int] | None:
