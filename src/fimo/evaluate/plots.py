@@ -22,6 +22,10 @@ from fimo.io import atomic_write
 
 MARKERS = "osD^vP*Xhp<>"
 DPI = 120
+#: more checkpoints than this per line: markers thinned, bands lighter
+DENSE_CHECKPOINTS = 30
+#: a largest-to-smallest epoch ratio above this puts the epochs on a log axis
+LOG_EPOCH_SPAN = 100.0
 
 
 def _figure(width: float, height: float, layout: str | None = "constrained"):
@@ -87,15 +91,37 @@ def _ceiling(noise, metric: str, centred: bool) -> tuple[np.ndarray, np.ndarray,
 
 
 def _draw_agreement(ax, groups, colors, ceiling=None, legend=True) -> None:
+    """One line per method (±1 SEM band) and the noise ceiling, on an epoch axis that is
+    logarithmic when the checkpoints span more than two orders of magnitude.
+
+    With many checkpoints the markers are thinned to a few per line (spaced along the
+    curve) and the bands made lighter, so that crowded lines stay apart; methods beyond
+    the ten colours of the cycle are drawn dash-dotted. The legend sits outside the axes,
+    to the right, where it hides no curve.
+    """
+    dense = max((len(rs) for rs in groups.values()), default=0) > DENSE_CHECKPOINTS
+    crowded = dense or len(groups) > 5
+    epochs = []
     for k, (method, rs) in enumerate(groups.items()):
         x = np.array([float(r["epoch"]) for r in rs])
         y = np.array([float(r["mean"]) for r in rs])
         s = np.array([float(r["sem"]) for r in rs])
         s = np.where(np.isfinite(s), s, 0.0)
         ax.plot(
-            x, y, marker=MARKERS[k % len(MARKERS)], markersize=4, label=method, color=colors[method]
+            x,
+            y,
+            marker=MARKERS[k % len(MARKERS)],
+            markersize=4,
+            markevery=0.08 if dense else None,
+            linestyle="-" if k < 10 else "-.",
+            linewidth=1.2 if dense else 1.5,
+            label=method,
+            color=colors[method],
         )
-        ax.fill_between(x, y - s, y + s, color=colors[method], alpha=0.2, linewidth=0)
+        ax.fill_between(
+            x, y - s, y + s, color=colors[method], alpha=0.1 if crowded else 0.2, linewidth=0
+        )
+        epochs.extend(x)
     if ceiling is not None:
         x, y, seeds = ceiling
         ax.plot(
@@ -109,9 +135,18 @@ def _draw_agreement(ax, groups, colors, ceiling=None, legend=True) -> None:
     ax.axhline(0.0, color="0.6", linewidth=0.8, zorder=0)
     lo, hi = ax.get_ylim()
     ax.set_ylim(min(lo, 0.0), max(hi, 0.0))
+    if epochs and min(epochs) > 0 and max(epochs) / min(epochs) > LOG_EPOCH_SPAN:
+        ax.set_xscale("log")
     ax.grid(True, alpha=0.3)
     if legend:
-        ax.legend(fontsize="small", loc="best")
+        n = len(ax.get_legend_handles_labels()[1])
+        ax.legend(
+            fontsize="small",
+            loc="upper left",
+            bbox_to_anchor=(1.02, 1.0),
+            borderaxespad=0.0,
+            ncols=1 if n <= 16 else 2,
+        )
 
 
 def plot_agreement(
@@ -134,7 +169,7 @@ def plot_agreement(
             f"plot_agreement: no rows for metric={metric!r}, centred={centred}; "
             f"available: {shown or 'none'}"
         )
-    fig = _figure(7.0, 4.2)
+    fig = _figure(8.6, 4.2)  # the legend takes the right-hand 1.6 inches
     ax = fig.add_subplot()
     _draw_agreement(ax, groups, _colors(list(groups)), _ceiling(noise, metric, centred))
     ax.set_xlabel("further-training epochs")
@@ -162,7 +197,11 @@ def plot_agreement_grid(rows, centred: bool = True, noise: Sequence | None = Non
     metrics = [m for m in ALL_METRICS if m in present] + sorted(present - set(ALL_METRICS))
     if not metrics:
         raise InputError(f"plot_agreement_grid: no rows for the {gold_name(centred)} gold standard")
-    fig, nrows, cols = _grid(len(metrics), 3.2, 2.45, top=0.55, bottom=0.8)
+    # the legend below the panels: as many entries a row as fit, and room for every row
+    n_labels = len(_methods(rows)) + any(_ceiling(noise, m, centred) for m in metrics)
+    legend_cols = max(1, min(n_labels, 6, int(3.2 * min(len(metrics), 4) // 2.0)))
+    bottom = 0.55 + 0.25 * math.ceil(n_labels / legend_cols)
+    fig, nrows, cols = _grid(len(metrics), 3.2, 2.45, top=0.55, bottom=bottom)
     colors = _colors(_methods(rows))
     for j, metric in enumerate(metrics):
         ax = fig.add_subplot(nrows, cols, j + 1)
@@ -179,9 +218,7 @@ def plot_agreement_grid(rows, centred: bool = True, noise: Sequence | None = Non
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
-    fig.legend(
-        handles, labels, loc="lower center", ncols=min(len(labels), 6), bbox_to_anchor=(0.5, 0.0)
-    )
+    fig.legend(handles, labels, loc="lower center", ncols=legend_cols, bbox_to_anchor=(0.5, 0.0))
     fig.suptitle(
         f"Agreement with the {gold_name(centred)} gold standard, every metric "
         "(mean ± SEM over test instances)",
