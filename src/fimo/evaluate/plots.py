@@ -158,7 +158,12 @@ def plot_agreement(
     dashed line. Returns a matplotlib Figure drawn with the Agg backend. If ``path`` is
     given the figure is saved there atomically (PNG, or SVG for a ``.svg`` path).
 
-    >>> # plot_agreement(rows, "cosine", True, path="plots/cosine.png", noise=floor)
+    >>> rows = [{"method": "a", "checkpoint": c, "step": 5 * c, "epoch": e, "metric": "cosine",
+    ...          "centred": True, "mean": m, "sem": 0.02, "n": 4}
+    ...         for c, (e, m) in enumerate([(0.01, 0.4), (1.0, 0.6), (10.0, 0.7)])]
+    >>> ax = plot_agreement(rows).axes[0]  # epochs 0.01 to 10: a log axis
+    >>> ax.get_xscale(), [t.get_text() for t in ax.get_legend().get_texts()]
+    ('log', ['a'])
     """
     rows = list(rows)
     groups = by_method(rows, metric, centred)
@@ -188,7 +193,11 @@ def plot_agreement(
 def plot_agreement_grid(rows, centred: bool = True, noise: Sequence | None = None):
     """Small multiples: one panel per metric present in ``rows``, one line per method.
 
-    >>> # plot_agreement_grid(rows, centred=True, noise=floor)
+    >>> rows = [{"method": "a", "checkpoint": c, "step": 5 * c, "epoch": c + 1.0, "metric": m,
+    ...          "centred": True, "mean": 0.5, "sem": 0.02, "n": 4}
+    ...         for c in (0, 1) for m in ("sign", "cosine")]
+    >>> [ax.get_title() for ax in plot_agreement_grid(rows).axes]
+    ['cosine similarity', 'sign agreement']
     """
     from fimo.evaluate.metrics import ALL_METRICS
 
@@ -233,7 +242,10 @@ def plot_seed_count(seed_rows, metric: str = "cosine"):
     """Agreement at the best checkpoint against the number of seeds averaged (log scale),
     one panel per gold-standard view, one line per method with ±1 SEM error bars.
 
-    >>> # plot_seed_count(seed_count_study(gold, scores))
+    >>> seeds = [{"method": "a", "k": k, "metric": "cosine", "centred": True, "best": True,
+    ...           "mean": m, "sem": 0.01} for k, m in ((1, 0.5), (2, 0.6), (4, 0.65))]
+    >>> [t.get_text() for t in plot_seed_count(seeds).axes[0].get_xticklabels()]
+    ['1', '2', '4']
     """
     rows = [r for r in seed_rows if r["metric"] == metric and r["best"]]
     if not rows:
@@ -280,7 +292,10 @@ def plot_sorted_curves(curve_rows, centred: bool = True):
     """Sorted-score curves: the gold standard at its checkpoints (grey, solid) and each
     method (coloured, dashed), unit-normalised, against the rank (most harmful first).
 
-    >>> # plot_sorted_curves(sorted_score_curves(gold, scores))
+    >>> curves = [{"source": s, "checkpoint": 0, "epoch": 1.0, "centred": True, "rank": r,
+    ...            "value": v} for s in ("gold", "a") for r, v in enumerate((-0.8, 0.6))]
+    >>> [line.get_label() for line in plot_sorted_curves(curves).axes[0].get_lines()][:2]
+    ['gold standard, epoch 1', 'a']
     """
     rows = list(curve_rows)
     gold = [r for r in rows if r["source"] == "gold" and bool(r["centred"]) == bool(centred)]
@@ -326,7 +341,15 @@ def plot_calibration(gold, scores: Mapping[str, object], checkpoint: int, centre
     """Scatter of the gold standard against each method's scores at one checkpoint (all test
     instances pooled), with the least-squares line through the origin.
 
-    >>> # plot_calibration(gold, scores, checkpoint=0)
+    >>> import numpy as np
+    >>> from fimo.further.gold import GoldStandard
+    >>> from fimo.scores import Scores
+    >>> gold = GoldStandard(loss_full=np.zeros((1, 1, 1)), loss_without=[[[[1.0, 2.0, 6.0]]]],
+    ...                     steps=[5], epochs=[1.0], left_out=[0, 1, 2], test=[0], seeds=[0])
+    >>> scores = {"a": Scores(np.array([[-1.0, 0.0, 1.0]]), [0], [0, 1, 2], "a")}
+    >>> # centred gold [-2, -1, 3]: scale (2 + 3) / 2, R² 1 - 1.5 / 14
+    >>> plot_calibration(gold, scores, checkpoint=0).axes[0].texts[0].get_text()
+    'scale 2.5\\nR² 0.89'
     """
     from fimo.evaluate.calibration import fit_scale
     from fimo.evaluate.metrics import gold_flat, method_values
@@ -385,7 +408,15 @@ def evaluation_figures(ev) -> dict[str, object]:
     ``agreement_centred``, ``agreement_adjusted``, ``seed_count``, ``calibration``,
     ``sorted_scores``. A figure with nothing to draw is left out.
 
-    >>> # for name, fig in evaluation_figures(fimo.evaluate("runs/adult")).items(): ...
+    >>> import numpy as np, fimo
+    >>> from fimo.further.gold import GoldStandard
+    >>> from fimo.scores import Scores
+    >>> gold = GoldStandard(loss_full=np.zeros((1, 1, 1)), loss_without=[[[[1.0, 2.0, 6.0]]]],
+    ...                     steps=[5], epochs=[1.0], left_out=[0, 1, 2], test=[0], seeds=[0])
+    >>> ev = fimo.evaluate(gold, Scores(np.array([[-1.0, 0.0, 1.0]]), [0], [0, 1, 2], "a"),
+    ...                    frames=False)
+    >>> sorted(evaluation_figures(ev))
+    ['agreement_adjusted', 'agreement_centred', 'calibration', 'cosine', 'seed_count', 'sorted_scores']
     """
     from fimo.evaluate.curves import reference_checkpoint
 
@@ -416,7 +447,10 @@ def evaluation_figures(ev) -> dict[str, object]:
 def figure_bytes(fig, formats: Sequence[str] = ("png", "svg")) -> dict[str, bytes]:
     """The figure encoded in each format, without dates or version strings.
 
-    >>> # figure_bytes(fig)["png"][:8] == b"\\x89PNG\\r\\n\\x1a\\n"
+    >>> from matplotlib.figure import Figure
+    >>> data = figure_bytes(Figure(figsize=(1, 1)))
+    >>> data["png"][:8], b"<dc:date>" in data["svg"]
+    (b'\\x89PNG\\r\\n\\x1a\\n', False)
     """
     from matplotlib import rc_context
 
@@ -438,7 +472,13 @@ def figure_bytes(fig, formats: Sequence[str] = ("png", "svg")) -> dict[str, byte
 def save_figure(fig, base, formats: Sequence[str] = ("png", "svg")) -> dict[str, bytes]:
     """Write ``<base>.png`` and ``<base>.svg`` atomically; returns the encoded bytes.
 
-    >>> # save_figure(fig, "runs/adult/plots/cosine")
+    >>> import tempfile, pathlib
+    >>> from matplotlib.figure import Figure
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     data = save_figure(Figure(figsize=(1, 1)), pathlib.Path(tmp) / "empty")
+    ...     files = sorted(p.name for p in pathlib.Path(tmp).iterdir())
+    >>> files, sorted(data)
+    (['empty.png', 'empty.svg'], ['png', 'svg'])
     """
     base = Path(base)
     data = figure_bytes(fig, formats)
