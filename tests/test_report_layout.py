@@ -70,7 +70,9 @@ def test_metric_table_marks_the_best_of_each_checkpoint():
             if entry["method"] not in means:
                 assert cell is None and not entry["best"][c]
                 continue
-            assert cell["mean"] is means[entry["method"]] or math.isnan(cell["mean"])
+            assert cell["mean"] == means[entry["method"]] or (
+                math.isnan(cell["mean"]) and math.isnan(means[entry["method"]])
+            )
             assert entry["best"][c] == (cell["mean"] == max(finite))
     assert [r["mean"] for r in table["ceiling"]] == [0.95] * 3
     # no ceiling against the adjusted-only gold standard
