@@ -17,7 +17,6 @@ from fimo.evaluate import (
     mean_sem,
     plot_agreement,
     read_metrics_csv,
-    rich_summary_table,
     spearman_rows,
     summary,
     summary_sentences,
@@ -299,6 +298,8 @@ def test_summary_sentences_are_derived_from_numbers():
 
 
 def test_rich_summary_table_renders():
+    from fimo.terminal import rich_summary_table
+
     from rich.console import Console
 
     table = rich_summary_table(hand_rows())

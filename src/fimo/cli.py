@@ -97,21 +97,24 @@ def run_command(
     if out is None:
         out = default_run_dir(config)
     result = run(config, out, overwrite=overwrite, quiet=quiet)
-    Console().print(f"Report: {result.report}")
+    _print_summary(result.rows, result.report, quiet)
 
 
 def _print_evaluation(ev, run_dir: Path, quiet: bool) -> None:
-    from fimo.evaluate import rich_summary_table
     from fimo.experiments.rundir import RunDir
 
-    report = RunDir(run_dir).report
-    if quiet:
-        Console().print(f"Report: {report}")
-        return
+    _print_summary(ev.rows["by_checkpoint"], RunDir(run_dir).report, quiet)
+
+
+def _print_summary(rows: list[dict], report: Path, quiet: bool) -> None:
+    """The agreement table (cosine with the centred gold standard), then the report's path."""
+    from fimo.terminal import rich_summary_table
+
     console = Console()
-    if not console.is_terminal:  # files and pipes get the whole table, unwrapped
-        console = Console(width=120)
-    console.print(rich_summary_table(ev.rows["by_checkpoint"], metric="cosine", centred=True))
+    if not quiet:
+        if not console.is_terminal:  # files and pipes get the whole table, unwrapped
+            console = Console(width=120)
+        console.print(rich_summary_table(rows, metric="cosine", centred=True))
     console.print(f"Report: {report}")
 
 

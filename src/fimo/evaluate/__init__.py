@@ -38,6 +38,8 @@ from fimo.evaluate.metrics import (
     top_k_overlap_rows,
     write_metrics_csv,
 )
+from fimo.evaluate.narrative import headline, summary, summary_sentences
+from fimo.evaluate.narrative import headline, summary, summary_sentences
 from fimo.evaluate.plots import (
     evaluation_figures,
     plot_agreement,
@@ -47,12 +49,7 @@ from fimo.evaluate.plots import (
     plot_sorted_curves,
     save_figure,
 )
-from fimo.evaluate.report import (
-    headline,
-    rich_summary_table,
-    summary,
-    summary_sentences,
-    write_report,
+from fimo.evaluate.report import write_report
 )
 from fimo.evaluate.seeds import noise_floor, seed_count_study, seed_counts, spearman_brown
 from fimo.evaluate.tables import read_table, write_table
@@ -84,7 +81,6 @@ __all__ = [
     "plot_sorted_curves",
     "read_metrics_csv",
     "read_table",
-    "rich_summary_table",
     "save_figure",
     "seed_count_study",
     "seed_counts",

@@ -16,38 +16,16 @@ from pathlib import Path
 import numpy as np
 
 from fimo.errors import InputError
+from fimo.evaluate.formatting import gold_name, label
+from fimo.evaluate.narrative import by_method
 from fimo.io import atomic_write
 
-METRIC_LABELS = {
-    "cosine": "cosine similarity",
-    "spearman": "Spearman rank correlation",
-    "pearson": "Pearson correlation",
-    "top5_helpful": "top-5 overlap, most helpful",
-    "top10_helpful": "top-10 overlap, most helpful",
-    "top5_harmful": "top-5 overlap, most harmful",
-    "top10_harmful": "top-10 overlap, most harmful",
-    "sign": "sign agreement",
-}
 MARKERS = "osD^vP*Xhp<>"
 DPI = 120
-
-
-def label(metric: str) -> str:
-    """The readable name of a metric ("cosine similarity" for "cosine").
-
-    >>> label("top5_helpful")
-    'top-5 overlap, most helpful'
-    """
-    return METRIC_LABELS.get(metric, metric)
-
-
-def gold_name(centred: bool) -> str:
-    """'centred' or 'adjusted-only' (the gold standard of paper eq. 13 or eq. 17).
-
-    >>> gold_name(False)
-    'adjusted-only'
-    """
-    return "centred" if centred else "adjusted-only"
+#: more checkpoints than this per line: markers thinned, bands lighter
+DENSE_CHECKPOINTS = 30
+#: a largest-to-smallest epoch ratio above this puts the epochs on a log axis
+LOG_EPOCH_SPAN = 100.0
 
 
 def _figure(width: float, height: float, layout: str | None = "constrained"):
@@ -89,22 +67,6 @@ def _methods(rows: Iterable[Mapping], key: str = "method") -> list[str]:
     return list(dict.fromkeys(str(r[key]) for r in rows))
 
 
-def by_method(rows, metric: str, centred: bool) -> dict[str, list[Mapping]]:
-    """Rows of one metric and centring, grouped by method (first-seen order), by checkpoint.
-
-    >>> by_method([{"method": "a", "metric": "cosine", "centred": True, "checkpoint": 0,
-    ...             "epoch": 1.0}], "cosine", True)["a"][0]["epoch"]
-    1.0
-    """
-    out: dict[str, list[Mapping]] = {}
-    for row in rows:
-        if row["metric"] == metric and bool(row["centred"]) == bool(centred):
-            out.setdefault(str(row["method"]), []).append(row)
-    for rs in out.values():
-        rs.sort(key=lambda r: (int(r["checkpoint"]), float(r["epoch"])))
-    return out
-
-
 def _ceiling(noise, metric: str, centred: bool) -> tuple[np.ndarray, np.ndarray, int] | None:
     """(epochs, ceiling, seeds) of the noise-floor rows for one metric, or None.
 
@@ -129,15 +91,37 @@ def _ceiling(noise, metric: str, centred: bool) -> tuple[np.ndarray, np.ndarray,
 
 
 def _draw_agreement(ax, groups, colors, ceiling=None, legend=True) -> None:
+    """One line per method (±1 SEM band) and the noise ceiling, on an epoch axis that is
+    logarithmic when the checkpoints span more than two orders of magnitude.
+
+    With many checkpoints the markers are thinned to a few per line (spaced along the
+    curve) and the bands made lighter, so that crowded lines stay apart; methods beyond
+    the ten colours of the cycle are drawn dash-dotted. The legend sits outside the axes,
+    to the right, where it hides no curve.
+    """
+    dense = max((len(rs) for rs in groups.values()), default=0) > DENSE_CHECKPOINTS
+    crowded = dense or len(groups) > 5
+    epochs = []
     for k, (method, rs) in enumerate(groups.items()):
         x = np.array([float(r["epoch"]) for r in rs])
         y = np.array([float(r["mean"]) for r in rs])
         s = np.array([float(r["sem"]) for r in rs])
         s = np.where(np.isfinite(s), s, 0.0)
         ax.plot(
-            x, y, marker=MARKERS[k % len(MARKERS)], markersize=4, label=method, color=colors[method]
+            x,
+            y,
+            marker=MARKERS[k % len(MARKERS)],
+            markersize=4,
+            markevery=0.08 if dense else None,
+            linestyle="-" if k < 10 else "-.",
+            linewidth=1.2 if dense else 1.5,
+            label=method,
+            color=colors[method],
         )
-        ax.fill_between(x, y - s, y + s, color=colors[method], alpha=0.2, linewidth=0)
+        ax.fill_between(
+            x, y - s, y + s, color=colors[method], alpha=0.1 if crowded else 0.2, linewidth=0
+        )
+        epochs.extend(x)
     if ceiling is not None:
         x, y, seeds = ceiling
         ax.plot(
@@ -151,9 +135,18 @@ def _draw_agreement(ax, groups, colors, ceiling=None, legend=True) -> None:
     ax.axhline(0.0, color="0.6", linewidth=0.8, zorder=0)
     lo, hi = ax.get_ylim()
     ax.set_ylim(min(lo, 0.0), max(hi, 0.0))
+    if epochs and min(epochs) > 0 and max(epochs) / min(epochs) > LOG_EPOCH_SPAN:
+        ax.set_xscale("log")
     ax.grid(True, alpha=0.3)
     if legend:
-        ax.legend(fontsize="small", loc="best")
+        n = len(ax.get_legend_handles_labels()[1])
+        ax.legend(
+            fontsize="small",
+            loc="upper left",
+            bbox_to_anchor=(1.02, 1.0),
+            borderaxespad=0.0,
+            ncols=1 if n <= 16 else 2,
+        )
 
 
 def plot_agreement(
@@ -165,7 +158,12 @@ def plot_agreement(
     dashed line. Returns a matplotlib Figure drawn with the Agg backend. If ``path`` is
     given the figure is saved there atomically (PNG, or SVG for a ``.svg`` path).
 
-    >>> # plot_agreement(rows, "cosine", True, path="plots/cosine.png", noise=floor)
+    >>> rows = [{"method": "a", "checkpoint": c, "step": 5 * c, "epoch": e, "metric": "cosine",
+    ...          "centred": True, "mean": m, "sem": 0.02, "n": 4}
+    ...         for c, (e, m) in enumerate([(0.01, 0.4), (1.0, 0.6), (10.0, 0.7)])]
+    >>> ax = plot_agreement(rows).axes[0]  # epochs 0.01 to 10: a log axis
+    >>> ax.get_xscale(), [t.get_text() for t in ax.get_legend().get_texts()]
+    ('log', ['a'])
     """
     rows = list(rows)
     groups = by_method(rows, metric, centred)
@@ -176,7 +174,7 @@ def plot_agreement(
             f"plot_agreement: no rows for metric={metric!r}, centred={centred}; "
             f"available: {shown or 'none'}"
         )
-    fig = _figure(7.0, 4.2)
+    fig = _figure(8.6, 4.2)  # the legend takes the right-hand 1.6 inches
     ax = fig.add_subplot()
     _draw_agreement(ax, groups, _colors(list(groups)), _ceiling(noise, metric, centred))
     ax.set_xlabel("further-training epochs")
@@ -195,7 +193,11 @@ def plot_agreement(
 def plot_agreement_grid(rows, centred: bool = True, noise: Sequence | None = None):
     """Small multiples: one panel per metric present in ``rows``, one line per method.
 
-    >>> # plot_agreement_grid(rows, centred=True, noise=floor)
+    >>> rows = [{"method": "a", "checkpoint": c, "step": 5 * c, "epoch": c + 1.0, "metric": m,
+    ...          "centred": True, "mean": 0.5, "sem": 0.02, "n": 4}
+    ...         for c in (0, 1) for m in ("sign", "cosine")]
+    >>> [ax.get_title() for ax in plot_agreement_grid(rows).axes]
+    ['cosine similarity', 'sign agreement']
     """
     from fimo.evaluate.metrics import ALL_METRICS
 
@@ -204,7 +206,11 @@ def plot_agreement_grid(rows, centred: bool = True, noise: Sequence | None = Non
     metrics = [m for m in ALL_METRICS if m in present] + sorted(present - set(ALL_METRICS))
     if not metrics:
         raise InputError(f"plot_agreement_grid: no rows for the {gold_name(centred)} gold standard")
-    fig, nrows, cols = _grid(len(metrics), 3.2, 2.45, top=0.55, bottom=0.8)
+    # the legend below the panels: as many entries a row as fit, and room for every row
+    n_labels = len(_methods(rows)) + any(_ceiling(noise, m, centred) for m in metrics)
+    legend_cols = max(1, min(n_labels, 6, int(3.2 * min(len(metrics), 4) // 2.0)))
+    bottom = 0.55 + 0.25 * math.ceil(n_labels / legend_cols)
+    fig, nrows, cols = _grid(len(metrics), 3.2, 2.45, top=0.55, bottom=bottom)
     colors = _colors(_methods(rows))
     for j, metric in enumerate(metrics):
         ax = fig.add_subplot(nrows, cols, j + 1)
@@ -221,9 +227,7 @@ def plot_agreement_grid(rows, centred: bool = True, noise: Sequence | None = Non
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
-    fig.legend(
-        handles, labels, loc="lower center", ncols=min(len(labels), 6), bbox_to_anchor=(0.5, 0.0)
-    )
+    fig.legend(handles, labels, loc="lower center", ncols=legend_cols, bbox_to_anchor=(0.5, 0.0))
     fig.suptitle(
         f"Agreement with the {gold_name(centred)} gold standard, every metric "
         "(mean ± SEM over test instances)",
@@ -238,7 +242,10 @@ def plot_seed_count(seed_rows, metric: str = "cosine"):
     """Agreement at the best checkpoint against the number of seeds averaged (log scale),
     one panel per gold-standard view, one line per method with ±1 SEM error bars.
 
-    >>> # plot_seed_count(seed_count_study(gold, scores))
+    >>> seeds = [{"method": "a", "k": k, "metric": "cosine", "centred": True, "best": True,
+    ...           "mean": m, "sem": 0.01} for k, m in ((1, 0.5), (2, 0.6), (4, 0.65))]
+    >>> [t.get_text() for t in plot_seed_count(seeds).axes[0].get_xticklabels()]
+    ['1', '2', '4']
     """
     rows = [r for r in seed_rows if r["metric"] == metric and r["best"]]
     if not rows:
@@ -285,7 +292,10 @@ def plot_sorted_curves(curve_rows, centred: bool = True):
     """Sorted-score curves: the gold standard at its checkpoints (grey, solid) and each
     method (coloured, dashed), unit-normalised, against the rank (most harmful first).
 
-    >>> # plot_sorted_curves(sorted_score_curves(gold, scores))
+    >>> curves = [{"source": s, "checkpoint": 0, "epoch": 1.0, "centred": True, "rank": r,
+    ...            "value": v} for s in ("gold", "a") for r, v in enumerate((-0.8, 0.6))]
+    >>> [line.get_label() for line in plot_sorted_curves(curves).axes[0].get_lines()][:2]
+    ['gold standard, epoch 1', 'a']
     """
     rows = list(curve_rows)
     gold = [r for r in rows if r["source"] == "gold" and bool(r["centred"]) == bool(centred)]
@@ -331,7 +341,15 @@ def plot_calibration(gold, scores: Mapping[str, object], checkpoint: int, centre
     """Scatter of the gold standard against each method's scores at one checkpoint (all test
     instances pooled), with the least-squares line through the origin.
 
-    >>> # plot_calibration(gold, scores, checkpoint=0)
+    >>> import numpy as np
+    >>> from fimo.further.gold import GoldStandard
+    >>> from fimo.scores import Scores
+    >>> gold = GoldStandard(loss_full=np.zeros((1, 1, 1)), loss_without=[[[[1.0, 2.0, 6.0]]]],
+    ...                     steps=[5], epochs=[1.0], left_out=[0, 1, 2], test=[0], seeds=[0])
+    >>> scores = {"a": Scores(np.array([[-1.0, 0.0, 1.0]]), [0], [0, 1, 2], "a")}
+    >>> # centred gold [-2, -1, 3]: scale (2 + 3) / 2, R² 1 - 1.5 / 14
+    >>> plot_calibration(gold, scores, checkpoint=0).axes[0].texts[0].get_text()
+    'scale 2.5\\nR² 0.89'
     """
     from fimo.evaluate.calibration import fit_scale
     from fimo.evaluate.metrics import gold_flat, method_values
@@ -390,7 +408,15 @@ def evaluation_figures(ev) -> dict[str, object]:
     ``agreement_centred``, ``agreement_adjusted``, ``seed_count``, ``calibration``,
     ``sorted_scores``. A figure with nothing to draw is left out.
 
-    >>> # for name, fig in evaluation_figures(fimo.evaluate("runs/adult")).items(): ...
+    >>> import numpy as np, fimo
+    >>> from fimo.further.gold import GoldStandard
+    >>> from fimo.scores import Scores
+    >>> gold = GoldStandard(loss_full=np.zeros((1, 1, 1)), loss_without=[[[[1.0, 2.0, 6.0]]]],
+    ...                     steps=[5], epochs=[1.0], left_out=[0, 1, 2], test=[0], seeds=[0])
+    >>> ev = fimo.evaluate(gold, Scores(np.array([[-1.0, 0.0, 1.0]]), [0], [0, 1, 2], "a"),
+    ...                    frames=False)
+    >>> sorted(evaluation_figures(ev))
+    ['agreement_adjusted', 'agreement_centred', 'calibration', 'cosine', 'seed_count', 'sorted_scores']
     """
     from fimo.evaluate.curves import reference_checkpoint
 
@@ -421,7 +447,10 @@ def evaluation_figures(ev) -> dict[str, object]:
 def figure_bytes(fig, formats: Sequence[str] = ("png", "svg")) -> dict[str, bytes]:
     """The figure encoded in each format, without dates or version strings.
 
-    >>> # figure_bytes(fig)["png"][:8] == b"\\x89PNG\\r\\n\\x1a\\n"
+    >>> from matplotlib.figure import Figure
+    >>> data = figure_bytes(Figure(figsize=(1, 1)))
+    >>> data["png"][:8], b"<dc:date>" in data["svg"]
+    (b'\\x89PNG\\r\\n\\x1a\\n', False)
     """
     from matplotlib import rc_context
 
@@ -443,7 +472,13 @@ def figure_bytes(fig, formats: Sequence[str] = ("png", "svg")) -> dict[str, byte
 def save_figure(fig, base, formats: Sequence[str] = ("png", "svg")) -> dict[str, bytes]:
     """Write ``<base>.png`` and ``<base>.svg`` atomically; returns the encoded bytes.
 
-    >>> # save_figure(fig, "runs/adult/plots/cosine")
+    >>> import tempfile, pathlib
+    >>> from matplotlib.figure import Figure
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     data = save_figure(Figure(figsize=(1, 1)), pathlib.Path(tmp) / "empty")
+    ...     files = sorted(p.name for p in pathlib.Path(tmp).iterdir())
+    >>> files, sorted(data)
+    (['empty.png', 'empty.svg'], ['png', 'svg'])
     """
     base = Path(base)
     data = figure_bytes(fig, formats)

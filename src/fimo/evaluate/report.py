@@ -1,552 +1,66 @@
-"""Summaries in words, a rich table for the terminal, and the self-contained HTML report.
+"""The self-contained HTML report: the content of :mod:`fimo.evaluate.narrative` as one page.
 
-Everything here reads the rows made by the evaluation (:mod:`fimo.evaluate.metrics`,
-:mod:`~fimo.evaluate.seeds`, :mod:`~fimo.evaluate.calibration`, ...); no number is
-hard-coded. The page has inline CSS, images as data URIs, no script and no link outside
-itself, so it can be mailed or archived as one file.
+The page has inline CSS, images as data URIs, no script and no link outside itself, so it
+can be mailed or archived as one file. The sentences and the numbers in the tables come from
+:mod:`~fimo.evaluate.narrative`; this module only lays them out (and escapes them).
 """
 
 from __future__ import annotations
 
 import datetime
 import html
-import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from fimo.evaluate.formatting import (
+    epoch_text,
+    gold_name,
+    label,
+    mean_sem_text,
+    plural,
+    sci,
+    upper_first,
+)
 from fimo.evaluate.metrics import ALL_METRICS
-from fimo.evaluate.plots import by_method as _by_method
-from fimo.evaluate.plots import label, plot_agreement, png_data_uri
+from fimo.evaluate.narrative import (
+    calibration_table,
+    example_groups,
+    headline,
+    metric_table,
+    noise_table,
+    seed_table,
+    summary_sentences,
+    views,
+)
+from fimo.evaluate.plots import plot_agreement, png_data_uri
 from fimo.io import write_text
 
-__all__ = [
-    "headline",
-    "plot_agreement",
-    "rich_summary_table",
-    "summary",
-    "summary_sentences",
-    "write_report",
-]
+__all__ = ["describe_html", "write_report"]
 
+SECTIONS = (
+    ("summary", "Summary"),
+    ("agreement", "Agreement"),
+    ("metrics", "Every metric"),
+    ("noise", "Noise floor"),
+    ("seeds", "Seeds"),
+    ("calibration", "Calibration"),
+    ("curves", "Sorted scores"),
+    ("examples", "Examples"),
+    ("reading", "How to read"),
+    ("settings", "Settings"),
+)
 
-# -- formatting --------------------------------------------------------------------------------
-def _available(rows: Iterable[Mapping]) -> list[tuple[str, bool]]:
-    """(metric, centred) pairs present in ``rows``: centred first, then known metrics first."""
-    pairs = {(str(r["metric"]), bool(r["centred"])) for r in rows}
-    order = list(ALL_METRICS)
-    return sorted(
-        pairs,
-        key=lambda p: (not p[1], order.index(p[0]) if p[0] in order else len(order), p[0]),
-    )
+FIGURE_ALT = {
+    "cosine": "cosine similarity with the centred gold standard against further-training "
+    "epochs, one line per method, with the noise ceiling",
+    "agreement_centred": "every metric against further-training epochs, centred gold standard",
+    "agreement_adjusted": "every metric against further-training epochs, adjusted-only gold "
+    "standard",
+    "seed_count": "cosine similarity at the best checkpoint against the number of seeds",
+    "calibration": "gold standard against each method's scores, with the least-squares line",
+    "sorted_scores": "sorted-score curves of the gold standard and of each method",
+}
 
-
-def _finite(x) -> bool:
-    try:
-        return math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False
-
-
-def _epoch(e) -> str:
-    return f"{float(e):g}"
-
-
-def _fixed(x, digits: int) -> str:
-    text = f"{float(x):.{digits}f}"
-    # a value that rounds to zero is shown as 0.00, not -0.00
-    return text[1:] if text.startswith("-") and float(text) == 0.0 else text
-
-
-def _num(mean, sem=None, digits: int = 2) -> str:
-    """'0.91 ± 0.01' (or '0.91' without a finite SEM; 'n/a' for a NaN mean)."""
-    if not _finite(mean):
-        return "n/a"
-    text = _fixed(mean, digits)
-    if sem is not None and _finite(sem):
-        text += f" ± {_fixed(sem, digits)}"
-    return text
-
-
-def _num3(mean, sem=None) -> str:
-    return _num(mean, sem, 3)
-
-
-def _sci(x) -> str:
-    return f"{float(x):.3g}" if _finite(x) else "n/a"
-
-
-def _lower_first(text: str) -> str:
-    return text[:1].lower() + text[1:]
-
-
-def _join(items: Sequence[str]) -> str:
-    items = list(items)
-    if len(items) <= 2:
-        return " and ".join(items)
-    return ", ".join(items[:-1]) + " and " + items[-1]
-
-
-# -- summaries of the agreement table ----------------------------------------------------------
-def _point(row: Mapping) -> dict:
-    return {
-        "checkpoint": int(row["checkpoint"]),
-        "step": int(row["step"]),
-        "epoch": float(row["epoch"]),
-        "mean": float(row["mean"]),
-        "sem": float(row["sem"]),
-        "n": int(row["n"]),
-    }
-
-
-def summary(rows, metric: str = "cosine", centred: bool = True) -> list[dict]:
-    """Per method: the agreement at the first and last checkpoints and at its peak.
-
-    Each entry is ``{"method", "first", "last", "peak"}`` where the last three are dicts
-    with ``checkpoint, step, epoch, mean, sem, n`` (``peak`` is the checkpoint with the
-    largest mean; ``None`` if every mean is NaN). Sorted by peak mean, descending.
-
-    >>> # summary(rows)[0]["method"]   # the method with the highest peak cosine
-    """
-    out = []
-    for method, rs in _by_method(rows, metric, centred).items():
-        finite = [r for r in rs if _finite(r["mean"])]
-        peak = max(finite, key=lambda r: float(r["mean"])) if finite else None
-        out.append(
-            {
-                "method": method,
-                "first": _point(rs[0]),
-                "last": _point(rs[-1]),
-                "peak": _point(peak) if peak is not None else None,
-            }
-        )
-    out.sort(key=lambda s: -s["peak"]["mean"] if s["peak"] else math.inf)
-    return out
-
-
-def _best(entries: list[dict], which: str) -> tuple[dict | None, float]:
-    """The entry with the largest finite mean at ``which`` ('first' or 'last')."""
-    good = [e for e in entries if _finite(e[which]["mean"])]
-    if not good:
-        return None, math.nan
-    best = max(good, key=lambda e: e[which]["mean"])
-    return best, best[which]["mean"]
-
-
-def summary_sentences(rows, metrics: Sequence[str] | None = None) -> list[str]:
-    """Plain-English sentences describing which method agrees best, per metric and centring.
-
-    ``metrics`` limits the metrics described (default: every metric in ``rows``).
-
-    >>> # summary_sentences(rows, metrics=["cosine"])[0]
-    """
-    rows = list(rows)
-    sentences: list[str] = []
-    pairs = [p for p in _available(rows) if metrics is None or p[0] in metrics]
-    both = len({c for _, c in pairs}) > 1
-    for metric, centred in pairs:
-        entries = summary(rows, metric, centred)
-        if not entries:
-            continue
-        start = len(sentences)
-        name = metric
-        lead = "Against the uncentred gold standard: " if both and not centred else ""
-        first_best, _ = _best(entries, "first")
-        last_best, _ = _best(entries, "last")
-        e_first = entries[0]["first"]["epoch"]
-        e_last = entries[0]["last"]["epoch"]
-        single = len(entries) == 1
-        verb = "agrees with the gold standard" if single else "agrees best with the gold standard"
-
-        if first_best is None and last_best is None:
-            msg = f"No finite {name} values were computed."
-            sentences.append(lead + _lower_first(msg) if lead else msg)
-            continue
-        if first_best is None:
-            head = f"At the first checkpoint (epoch {_epoch(e_first)}) no {name} is defined"
-        else:
-            f = first_best["first"]
-            head = (
-                f"At the first checkpoint (epoch {_epoch(f['epoch'])}), "
-                f"{first_best['method']} {verb} ({name} {_num(f['mean'], f['sem'])})"
-            )
-        same_checkpoint = all(e["first"]["checkpoint"] == e["last"]["checkpoint"] for e in entries)
-        if same_checkpoint:
-            sentences.append(
-                head.replace("At the first checkpoint", "At the only checkpoint") + "."
-            )
-        else:
-            if last_best is None:
-                tail = f"at the last (epoch {_epoch(e_last)}) no {name} is defined"
-            else:
-                last = last_best["last"]
-                tail = (
-                    f"at the last (epoch {_epoch(last['epoch'])}), "
-                    f"{last_best['method']} ({_num(last['mean'], last['sem'])})"
-                )
-            sentences.append(f"{head}; {tail}.")
-
-        peaks = [e for e in entries if e["peak"] is not None]
-        if peaks and not same_checkpoint:
-            top = peaks[0]
-            p = top["peak"]
-            where = (
-                "at the first checkpoint"
-                if p["checkpoint"] == top["first"]["checkpoint"]
-                else "at the last checkpoint"
-                if p["checkpoint"] == top["last"]["checkpoint"]
-                else f"at epoch {_epoch(p['epoch'])}"
-            )
-            sentences.append(
-                f"The highest {name} overall is {top['method']}'s {_num(p['mean'], p['sem'])}, "
-                f"reached {where}."
-            )
-        if len(entries) > 1 and last_best is not None:
-            ranked = sorted(
-                (e for e in entries if _finite(e["last"]["mean"])),
-                key=lambda e: -e["last"]["mean"],
-            )
-            order = ", ".join(f"{e['method']} ({_num(e['last']['mean'])})" for e in ranked)
-            when = "at the only checkpoint" if same_checkpoint else "at the last checkpoint"
-            sentences.append(f"Ranking by {name} {when}: {order}.")
-        if lead:
-            sentences[start:] = [lead + _lower_first(x) for x in sentences[start:]]
-    return sentences
-
-
-# -- the headline of a full evaluation ---------------------------------------------------------
-def _cell_rows(rows, metric: str, centred: bool) -> dict[tuple[str, int], Mapping]:
-    return {
-        (str(r["method"]), int(r["checkpoint"])): r
-        for r in rows
-        if r["metric"] == metric and bool(r["centred"]) == centred
-    }
-
-
-def _tied(a: Mapping, b: Mapping) -> bool:
-    """Whether two rows' means are within two combined standard errors."""
-    sa, sb = float(a["sem"]), float(b["sem"])
-    if not (_finite(sa) and _finite(sb)):
-        return False
-    return abs(float(a["mean"]) - float(b["mean"])) <= 2.0 * math.hypot(sa, sb)
-
-
-def _best_by_checkpoint(rows, metric: str, centred: bool, checkpoints) -> list[tuple]:
-    """Per checkpoint: (checkpoint, best row, runner-up row or None)."""
-    cells = _cell_rows(rows, metric, centred)
-    methods = list(dict.fromkeys(m for m, _ in cells))
-    out = []
-    for c in checkpoints:
-        ranked = sorted(
-            (cells[(m, c)] for m in methods if (m, c) in cells and _finite(cells[(m, c)]["mean"])),
-            key=lambda r: -float(r["mean"]),
-        )
-        if ranked:
-            out.append((c, ranked[0], ranked[1] if len(ranked) > 1 else None))
-    return out
-
-
-def headline(ev) -> list[str]:
-    """The report's summary in words, derived from an evaluation's numbers.
-
-    Which method agrees best with the centred gold standard at which amount of further
-    training; the ranking at the reference checkpoint; the noise ceiling; what more seeds
-    would bring; the adjusted-only view; the magnitudes; undefined values.
-
-    >>> # for sentence in headline(fimo.evaluate("runs/adult")): print(sentence)
-    """
-    from fimo.evaluate.curves import reference_checkpoint
-
-    gold = ev.gold
-    rows = ev.rows["by_checkpoint"]
-    S, C, T, L = len(gold.seeds), len(gold.steps), len(gold.test), len(gold.left_out)
-    methods = list(dict.fromkeys(str(r["method"]) for r in rows))
-    epochs = [float(e) for e in gold.epochs]
-    ref = reference_checkpoint(gold)
-    out = [
-        f"The gold standard averages {S} seed{'s' if S != 1 else ''} of further training for "
-        f"{L} left-out training instances and {T} test instances, recorded at {C} "
-        f"checkpoint{'s' if C != 1 else ''} "
-        + (
-            f"from epoch {_epoch(epochs[0])} to epoch {_epoch(epochs[-1])}."
-            if C > 1
-            else f"(epoch {_epoch(epochs[0])})."
-        )
-    ]
-    if not methods:
-        out.append("No method was scored, so there is nothing to compare.")
-        return out
-    # the paper's view: cosine against the centred gold standard (else what was computed)
-    pairs = _available(rows)
-    metric, centred = ("cosine", True) if ("cosine", True) in pairs else pairs[0]
-    view = "centred" if centred else "adjusted-only"
-    best = _best_by_checkpoint(rows, metric, centred, range(C))
-    if not best:
-        out.append(f"No {label(metric)} is defined (every score vector is constant).")
-    else:
-        groups: list[list[tuple]] = []
-        for item in best:
-            if groups and groups[-1][-1][1]["method"] == item[1]["method"]:
-                groups[-1].append(item)
-            else:
-                groups.append([item])
-        if len(methods) == 1:
-            m = methods[0]
-            first, last = best[0][1], best[-1][1]
-            out.append(
-                f"{m}'s {label(metric)} with the {view} gold standard is "
-                f"{_num3(first['mean'], first['sem'])} at epoch {_epoch(first['epoch'])}"
-                + (
-                    f" and {_num3(last['mean'], last['sem'])} at epoch {_epoch(last['epoch'])}."
-                    if len(best) > 1
-                    else "."
-                )
-            )
-        elif len(groups) == 1:
-            g = groups[0]
-            m = g[0][1]["method"]
-            where = "at every checkpoint" if len(g) == C else "wherever it is defined"
-            first, last = g[0][1], g[-1][1]
-            text = (
-                f"{m} agrees best with the {view} gold standard {where}: {metric} "
-                f"{_num3(first['mean'], first['sem'])} at epoch {_epoch(first['epoch'])}"
-            )
-            if len(g) > 1:
-                text += f", {_num3(last['mean'], last['sem'])} at epoch {_epoch(last['epoch'])}"
-            out.append(text + _tie_note(g) + ".")
-        else:
-            parts = []
-            for g in groups:
-                m = g[0][1]["method"]
-                lo, hi = _epoch(g[0][1]["epoch"]), _epoch(g[-1][1]["epoch"])
-                span = f"at epoch {lo}" if lo == hi else f"from epoch {lo} to {hi}"
-                top = max(g, key=lambda item: float(item[1]["mean"]))[1]
-                parts.append(
-                    f"{m} {span} ({metric} up to {_num3(top['mean'], top['sem'])})" + _tie_note(g)
-                )
-            out.append(
-                f"Which method agrees best with the {view} gold standard depends on how much "
-                "further training the question is about: " + "; ".join(parts) + "."
-            )
-        # the ranking at the reference checkpoint, by the metric and by Spearman
-        cells = _cell_rows(rows, metric, centred)
-        ranked = sorted(
-            (cells[(m, ref)] for m in methods if (m, ref) in cells),
-            key=lambda r: -float(r["mean"]) if _finite(r["mean"]) else math.inf,
-        )
-        if len(ranked) > 1:
-            order = ", ".join(f"{r['method']} {_num3(r['mean'], r['sem'])}" for r in ranked)
-            text = f"Ranking at epoch {_epoch(epochs[ref])} by {metric}: {order}"
-            sp = _cell_rows(rows, "spearman", centred) if metric != "spearman" else {}
-            sp_ranked = sorted(
-                (sp[(m, ref)] for m in methods if (m, ref) in sp and _finite(sp[(m, ref)]["mean"])),
-                key=lambda r: -float(r["mean"]),
-            )
-            if sp_ranked:
-                same = [r["method"] for r in sp_ranked] == [
-                    r["method"] for r in ranked if _finite(r["mean"])
-                ]
-                if same:
-                    text += "; Spearman rank correlation orders them the same way"
-                else:
-                    text += "; by Spearman rank correlation: " + ", ".join(
-                        f"{r['method']} {_num3(r['mean'], r['sem'])}" for r in sp_ranked
-                    )
-            out.append(text + ".")
-    out.extend(_noise_sentences(ev, ref, rows))
-    out.extend(_seed_sentences(ev))
-    out.extend(_adjusted_sentences(rows, ref, epochs))
-    out.extend(_calibration_sentences(ev, ref, epochs))
-    out.extend(_undefined_sentences(rows, T))
-    return out
-
-
-def _tie_note(group: list[tuple]) -> str:
-    """' (within two standard errors of X at epoch e)' for the checkpoints where the
-    runner-up is that close (a rough rule: the SEMs are combined as if independent)."""
-    tied: dict[str, list[str]] = {}
-    for _, best, runner in group:
-        if runner is not None and _tied(best, runner):
-            tied.setdefault(runner["method"], []).append(_epoch(best["epoch"]))
-    if not tied:
-        return ""
-    parts = []
-    for method, epochs in tied.items():
-        everywhere = len(epochs) == len(group) and len(group) > 1
-        parts.append(method if everywhere else f"{method} at epoch {_join(epochs)}")
-    return f" (within two standard errors of {_join(parts)})"
-
-
-def _noise_sentences(ev, ref: int, rows) -> list[str]:
-    S = len(ev.gold.seeds)
-    if S < 2:
-        return [
-            "With a single seed the gold standard's own noise cannot be measured; more seeds "
-            "(--seeds) show how much of the disagreement is noise."
-        ]
-    floor = {
-        (r["estimate"]): r
-        for r in ev.rows["noise_floor"]
-        if r["metric"] == "cosine" and r["centred"] and int(r["checkpoint"]) == ref
-    }
-    half, ceiling = floor.get("split_half"), floor.get("ceiling")
-    if not half or not _finite(half["mean"]):
-        return []
-    text = (
-        f"Noise floor at epoch {_epoch(half['epoch'])}: two halves of {half['seeds']} seeds "
-        f"agree at cosine {_num3(half['mean'], half['sem'])}"
-    )
-    if ceiling and _finite(ceiling["mean"]):
-        text += (
-            f"; stepped up to {S} seeds (Spearman–Brown), a perfect method would reach about "
-            f"{_num3(ceiling['mean'])} against this gold standard"
-        )
-        cells = _cell_rows(rows, "cosine", True)
-        top = max(
-            (r for (m, c), r in cells.items() if c == ref and _finite(r["mean"])),
-            key=lambda r: float(r["mean"]),
-            default=None,
-        )
-        if top is not None and float(ceiling["mean"]) > 0:
-            share = 100.0 * float(top["mean"]) / float(ceiling["mean"])
-            text += f", and {top['method']} reaches {share:.{1 if share >= 95 else 0}f}% of that"
-    return [text + "."]
-
-
-def _seed_sentences(ev) -> list[str]:
-    rows = [
-        r for r in ev.rows["seed_count"] if r["metric"] == "cosine" and r["centred"] and r["best"]
-    ]
-    ks = sorted({int(r["k"]) for r in rows})
-    if len(ks) < 2:
-        return []
-    by = {(r["method"], int(r["k"])): r for r in rows}
-    complete = [
-        m
-        for m in dict.fromkeys(r["method"] for r in rows)
-        if all((m, k) in by and _finite(by[(m, k)]["mean"]) for k in ks)
-    ]
-    if not complete:
-        return []
-    top = max(complete, key=lambda m: float(by[(m, ks[-1])]["mean"]))
-    first, prev, last = by[(top, ks[0])], by[(top, ks[-2])], by[(top, ks[-1])]
-    text = (
-        f"Seeds: with gold standards of {ks[0]} seed{'s' if ks[0] != 1 else ''}, {top}'s best "
-        f"cosine is {_num3(first['mean'], first['sem'])}; with all {ks[-1]}, "
-        f"{_num3(last['mean'], last['sem'])}"
-    )
-    gain = float(last["mean"]) - float(prev["mean"])
-    err = math.hypot(*(float(r["sem"]) if _finite(r["sem"]) else 0.0 for r in (last, prev)))
-    if gain > 2 * err and gain > 0.005:
-        text += (
-            f" — still rising from {ks[-2]} to {ks[-1]} seeds, so more seeds would likely "
-            "raise the measured agreement"
-        )
-    else:
-        text += f" — little change from {ks[-2]} to {ks[-1]} seeds"
-    return [text + "."]
-
-
-def _adjusted_sentences(rows, ref: int, epochs) -> list[str]:
-    adj = _cell_rows(rows, "cosine", False)
-    cen = _cell_rows(rows, "cosine", True)
-    at = [r for (m, c), r in adj.items() if c == ref and _finite(r["mean"])]
-    if not at:
-        return []
-    top = max(at, key=lambda r: float(r["mean"]))
-    text = (
-        f"Against the adjusted-only gold standard (eq. 17, not centred), {top['method']} "
-        f"agrees best at epoch {_epoch(epochs[ref])} (cosine {_num3(top['mean'], top['sem'])})"
-    )
-    c = cen.get((top["method"], ref))
-    if c is not None and _finite(c["mean"]):
-        text += f"; centred it reaches {_num3(c['mean'], c['sem'])}"
-    return [text + "."]
-
-
-def _calibration_sentences(ev, ref: int, epochs) -> list[str]:
-    rows = [r for r in ev.rows["calibration"] if r["centred"] and int(r["checkpoint"]) == ref]
-    by = {(r["method"], r["quantity"]): r for r in rows}
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    parts = []
-    for m in methods:
-        a, r2 = by.get((m, "pooled_scale")), by.get((m, "pooled_r2"))
-        if a and _finite(a["value"]):
-            parts.append(f"{m} {_sci(a['value'])} (R² {_num(r2['value'])})")
-    if not parts:
-        return []
-    return [
-        f"Magnitudes at epoch {_epoch(epochs[ref])}: the centred gold standard ≈ scale × "
-        f"score, with the least-squares scale (one for all test instances) "
-        + "; ".join(parts)
-        + "."
-    ]
-
-
-def _undefined_sentences(rows, T: int) -> list[str]:
-    short = {}
-    for r in rows:
-        if r["metric"] == "cosine" and r["centred"] and int(r["n"]) < T:
-            short[r["method"]] = max(short.get(r["method"], 0), T - int(r["n"]))
-    if not short:
-        return []
-    parts = [f"{m} for up to {k} of {T}" for m, k in short.items()]
-    return [
-        "Some values are undefined because a score vector is constant (see the n counts in "
-        f"the tables): the cosine is missing for {_join(parts)} test instances."
-    ]
-
-
-# -- rich table for the CLI --------------------------------------------------------------------
-def rich_summary_table(
-    rows, metric: str = "cosine", centred: bool = True, also: str | None = "spearman"
-):
-    """A ``rich.table.Table``: per method, ``metric`` at the first and last checkpoints
-    (± SEM), its peak (and epoch), and ``also`` (default Spearman) at the first and last.
-
-    >>> # rich.console.Console().print(rich_summary_table(rows))
-    """
-    from rich.table import Table
-
-    rows = list(rows)
-    entries = summary(rows, metric, centred)
-    other = {}
-    if also and also != metric:
-        other = {e["method"]: e for e in summary(rows, also, centred)}
-    e_first = entries[0]["first"]["epoch"] if entries else math.nan
-    e_last = entries[0]["last"]["epoch"] if entries else math.nan
-
-    title = f"Agreement with the {'centred' if centred else 'uncentred'} gold standard"
-    table = Table(title=title, caption="mean ± SEM over test instances")
-    table.add_column("method", style="bold")
-    table.add_column(f"{metric} first (epoch {_epoch(e_first)})", justify="right")
-    table.add_column(f"{metric} last (epoch {_epoch(e_last)})", justify="right")
-    table.add_column(f"{metric} peak (epoch)", justify="right")
-    if other:
-        table.add_column(f"{also} first", justify="right")
-        table.add_column(f"{also} last", justify="right")
-    for e in entries:
-        peak = e["peak"]
-        cells = [
-            e["method"],
-            _num(e["first"]["mean"], e["first"]["sem"], 3),
-            _num(e["last"]["mean"], e["last"]["sem"], 3),
-            f"{_num(peak['mean'], None, 3)} ({_epoch(peak['epoch'])})" if peak else "n/a",
-        ]
-        if other:
-            o = other.get(e["method"])
-            cells += (
-                [
-                    _num(o["first"]["mean"], o["first"]["sem"], 3),
-                    _num(o["last"]["mean"], o["last"]["sem"], 3),
-                ]
-                if o
-                else ["n/a", "n/a"]
-            )
-        table.add_row(*cells)
-    return table
-
-
-# -- HTML --------------------------------------------------------------------------------------
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222;
        max-width: 64rem; margin: 2rem auto; padding: 0 1rem; line-height: 1.45; }
@@ -584,8 +98,89 @@ ul.defs li { margin-bottom: 0.3rem; }
 """
 
 
+def write_report(
+    path,
+    rows,
+    *,
+    title: str,
+    settings: Mapping,
+    manifest: Mapping,
+    notes: Sequence[str] = (),
+    evaluation=None,
+    figures: Mapping[str, bytes] | None = None,
+) -> Path:
+    """Write one self-contained HTML report (inline CSS, plots as base64 PNGs), atomically.
+
+    With ``rows`` alone: the summary sentences, a mean ± SEM table per metric (methods ×
+    checkpoints), the centred cosine plot, the notes, the settings and the manifest's
+    fingerprints. With an ``evaluation`` (:class:`fimo.evaluate.Evaluation`) the full report:
+    the summary in words, agreement over further training with the noise ceiling, every
+    metric, the noise floor, the seed-count study, calibration, sorted scores and the most
+    influential training instances; ``figures`` maps figure names to PNG bytes already drawn
+    (as :func:`fimo.evaluate.evaluation_figures` and :func:`fimo.evaluate.plots.figure_bytes`
+    make them; drawn here when None). Returns the path written.
+
+    >>> import tempfile, pathlib
+    >>> rows = [{"method": "a", "checkpoint": 0, "step": 5, "epoch": 1.0, "metric": "spearman",
+    ...          "centred": True, "mean": 0.5, "sem": 0.1, "n": 4}]
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     page = write_report(pathlib.Path(tmp) / "r.html", rows, title="t", settings={},
+    ...                         manifest={}).read_text()
+    >>> "0.500 ± 0.100" in page and page.endswith("</body></html>\\n")
+    True
+    """
+    rows = list(rows)
+    parts: list[str] = [
+        "<!DOCTYPE html>",
+        "<html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        f"<title>{_esc(title)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{_esc(title)}</h1>",
+        f"<p class='meta'>Generated by fimo on "
+        f"{_esc(datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z'))}; "
+        f"{len({r['method'] for r in rows})} methods, "
+        f"{len({int(r['checkpoint']) for r in rows})} checkpoints.</p>",
+    ]
+    if evaluation is None:
+        parts.extend(_rows_page(rows, settings, manifest, notes))
+    else:
+        parts.extend(_evaluation_page(evaluation, rows, settings, manifest, notes, figures))
+    parts.append("</body></html>\n")
+    return write_text(path, "\n".join(parts))
+
+
+# -- elements ----------------------------------------------------------------------------------
 def _esc(x) -> str:
     return html.escape(str(x), quote=True)
+
+
+def _img(uri: str, alt: str) -> str:
+    return f"<img class='plot' alt='{_esc(alt)}' src='{uri}'>"
+
+
+def _figure(figures: Mapping[str, bytes], name: str) -> str:
+    if name not in figures:
+        return f"<p class='meta'>(no {_esc(name.replace('_', ' '))} figure: nothing to draw)</p>"
+    return _img(png_data_uri(figures[name]), FIGURE_ALT.get(name, name))
+
+
+def _table(head: str, body: Sequence[str]) -> str:
+    """A scrollable table from the cells of its header row and its body rows."""
+    return (
+        f"<div class='table-wrap'><table><thead><tr>{head}</tr></thead>"
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
+
+
+def _epoch_heads(epochs) -> str:
+    return "".join(f"<th>epoch {_esc(epoch_text(e))}</th>" for e in epochs)
+
+
+def _notes(notes: Sequence[str]) -> list[str]:
+    if not notes:
+        return []
+    return ["<h2 id='notes'>Notes</h2><ul>", *(f"<li>{_esc(n)}</li>" for n in notes), "</ul>"]
 
 
 def _scalar(value) -> str:
@@ -641,6 +236,23 @@ def _fingerprints(manifest: Mapping) -> list[tuple[str, str]]:
     return found
 
 
+def _settings_sections(settings, manifest) -> list[str]:
+    parts = ["<h2 id='settings'>Settings</h2>", _definition_list(settings or {})]
+    parts.append("<h2 id='fingerprints'>Fingerprints</h2>")
+    prints = _fingerprints(manifest or {})
+    if prints:
+        parts.append("<div class='table-wrap'><table><thead><tr><th>what</th>")
+        parts.append("<th>fingerprint</th></tr></thead><tbody>")
+        parts.extend(
+            f"<tr><td>{_esc(k)}</td><td><code>{_esc(v)}</code></td></tr>" for k, v in prints
+        )
+        parts.append("</tbody></table></div>")
+    else:
+        parts.append("<p class='meta'>The manifest records no fingerprints.</p>")
+    return parts
+
+
+# -- the agreement tables ----------------------------------------------------------------------
 def _n_mark(row: Mapping, expected: int | None) -> str:
     if expected is None or int(row["n"]) >= expected:
         return ""
@@ -650,76 +262,45 @@ def _n_mark(row: Mapping, expected: int | None) -> str:
 def _metric_table(
     rows, metric: str, centred: bool, expected: int | None = None, noise=None, caption=True
 ) -> str:
-    groups = _by_method(rows, metric, centred)
-    checkpoints: dict[int, float] = {}
-    for rs in groups.values():
-        for r in rs:
-            checkpoints.setdefault(int(r["checkpoint"]), float(r["epoch"]))
-    cols = sorted(checkpoints)
-    cells: dict[tuple[str, int], Mapping] = {
-        (m, int(r["checkpoint"])): r for m, rs in groups.items() for r in rs
-    }
-    best: dict[int, float] = {}
-    for c in cols:
-        means = [float(cells[(m, c)]["mean"]) for m in groups if (m, c) in cells]
-        means = [v for v in means if math.isfinite(v)]
-        if means and len(groups) > 1:
-            best[c] = max(means)
-
-    head = "".join(f"<th>epoch {_esc(_epoch(checkpoints[c]))}</th>" for c in cols)
+    """One metric's table (:func:`fimo.evaluate.narrative.metric_table`) with its heading;
+    ``expected`` test instances: a value defined for fewer is marked with its n."""
+    table = metric_table(rows, metric, centred, noise)
     body = []
-    for method in [s["method"] for s in summary(rows, metric, centred)]:
+    for entry in table["rows"]:
         tds = []
-        for c in cols:
-            r = cells.get((method, c))
+        for r, best in zip(entry["cells"], entry["best"], strict=True):
             if r is None:
                 tds.append("<td>–</td>")
                 continue
-            mean = float(r["mean"])
-            cls = " class='best'" if c in best and math.isfinite(mean) and mean == best[c] else ""
+            cls = " class='best'" if best else ""
             tip = f"n = {int(r['n'])} test instances, step {int(r['step'])}"
             tds.append(
-                f"<td{cls} title='{_esc(tip)}'>{_esc(_num(mean, r['sem'], 3))}"
+                f"<td{cls} title='{_esc(tip)}'>{_esc(mean_sem_text(r['mean'], r['sem'], 3))}"
                 f"{_n_mark(r, expected)}</td>"
             )
-        body.append(f"<tr><td>{_esc(method)}</td>{''.join(tds)}</tr>")
-    if noise and centred:  # see fimo.evaluate.plots._ceiling for why not uncentred
-        ceil = {
-            int(r["checkpoint"]): r
-            for r in noise
-            if r["metric"] == metric
-            and bool(r["centred"]) == centred
-            and r["estimate"] == "ceiling"
-        }
-        if ceil:
-            tds = "".join(
-                f"<td class='floor'>{_esc(_num(ceil[c]['mean'], ceil[c]['sem'], 3))}</td>"
-                if c in ceil
-                else "<td>–</td>"
-                for c in cols
-            )
-            body.append(f"<tr><td class='floor'>noise ceiling</td>{tds}</tr>")
+        body.append(f"<tr><td>{_esc(entry['method'])}</td>{''.join(tds)}</tr>")
+    if table["ceiling"] is not None:
+        tds = "".join(
+            f"<td class='floor'>{_esc(mean_sem_text(r['mean'], r['sem'], 3))}</td>"
+            if r is not None
+            else "<td>–</td>"
+            for r in table["ceiling"]
+        )
+        body.append(f"<tr><td class='floor'>noise ceiling</td>{tds}</tr>")
     title = ""
     if caption:
         text = (
             f"{label(metric)} with the {'centred' if centred else 'uncentred'} gold standard "
             f"(mean ± SEM over test instances; best per checkpoint in bold)"
         )
-        title = f"<h3>{_esc(text[:1].upper() + text[1:])}</h3>"
-    return (
-        f"{title}<div class='table-wrap'><table>"
-        f"<thead><tr><th>method</th>{head}</tr></thead>"
-        f"<tbody>{''.join(body)}</tbody></table></div>"
-    )
+        title = f"<h3>{_esc(upper_first(text))}</h3>"
+    return title + _table(f"<th>method</th>{_epoch_heads(table['epochs'])}", body)
 
 
-def _img(uri: str, alt: str) -> str:
-    return f"<img class='plot' alt='{_esc(alt)}' src='{uri}'>"
-
-
-def _simple_report(rows, title, settings, manifest, notes) -> list[str]:
+# -- the page of agreement rows alone ----------------------------------------------------------
+def _rows_page(rows, settings, manifest, notes) -> list[str]:
     """The report of agreement rows alone (no seeds, noise floor or examples)."""
-    pairs = _available(rows)
+    pairs = views(rows)
     parts = ["<h2>Summary</h2>"]
     sentences = summary_sentences(rows)
     if sentences:
@@ -744,63 +325,341 @@ def _simple_report(rows, title, settings, manifest, notes) -> list[str]:
     return parts
 
 
-def _settings_sections(settings, manifest) -> list[str]:
-    parts = ["<h2 id='settings'>Settings</h2>", _definition_list(settings or {})]
-    parts.append("<h2 id='fingerprints'>Fingerprints</h2>")
-    prints = _fingerprints(manifest or {})
-    if prints:
-        parts.append("<div class='table-wrap'><table><thead><tr><th>what</th>")
-        parts.append("<th>fingerprint</th></tr></thead><tbody>")
-        parts.extend(
-            f"<tr><td>{_esc(k)}</td><td><code>{_esc(v)}</code></td></tr>" for k, v in prints
-        )
-        parts.append("</tbody></table></div>")
-    else:
-        parts.append("<p class='meta'>The manifest records no fingerprints.</p>")
+# -- the page of a full evaluation -------------------------------------------------------------
+def _evaluation_page(ev, rows, settings, manifest, notes, figures) -> list[str]:
+    """The body of the full report, as a list of HTML fragments."""
+    if figures is None:
+        from fimo.evaluate.plots import evaluation_figures, figure_bytes
+
+        figures = {k: figure_bytes(f, ("png",))["png"] for k, f in evaluation_figures(ev).items()}
+    gold = ev.gold
+    methods = list(dict.fromkeys(str(r["method"]) for r in rows))
+    parts = [
+        "<nav>" + "".join(f"<a href='#{k}'>{_esc(v)}</a>" for k, v in SECTIONS) + "</nav>",
+        f"<p class='meta'>Methods: {_esc(', '.join(methods) or 'none')}. Gold standard: "
+        f"{len(gold.seeds)} seeds × {len(gold.left_out)} left-out × {len(gold.test)} test "
+        f"instances; checkpoints at epochs {_esc(', '.join(epoch_text(e) for e in gold.epochs))}"
+        ".</p>",
+        "<h2 id='summary'>Summary</h2><div class='summary'>",
+        "".join(f"<p>{_esc(s)}</p>" for s in headline(ev)),
+        "</div>",
+    ]
+    parts += _agreement_section(ev, rows, figures)
+    parts += ["<h2 id='noise'>Noise floor</h2>", *_noise_section(ev)]
+    parts += ["<h2 id='seeds'>Number of seeds</h2>", *_seed_section(ev, figures)]
+    parts += ["<h2 id='calibration'>Calibration</h2>", *_calibration_section(ev, figures)]
+    parts += [
+        "<h2 id='curves'>Sorted scores</h2>",
+        "<p>Each test instance's scores over the left-out instances, sorted (most harmful "
+        "first), averaged over test instances and scaled to unit length (paper Fig. 10). A "
+        "method whose curve follows the gold standard's puts its mass on as few or as many "
+        "instances as further training does.</p>",
+        _figure(figures, "sorted_scores"),
+    ]
+    parts += ["<h2 id='examples'>Most influential training instances</h2>", *_examples(ev)]
+    parts += ["<h2 id='reading'>How to read this page</h2>", _reading(ev)]
+    parts += _notes(notes)
+    parts += _settings_sections(settings, manifest)
     return parts
 
 
-def write_report(
-    path,
-    rows,
-    *,
-    title: str,
-    settings: Mapping,
-    manifest: Mapping,
-    notes: Sequence[str] = (),
-    evaluation=None,
-    figures: Mapping[str, bytes] | None = None,
-) -> Path:
-    """Write one self-contained HTML report (inline CSS, plots as base64 PNGs), atomically.
-
-    With ``rows`` alone: the summary sentences, a mean ± SEM table per metric (methods ×
-    checkpoints), the centred cosine plot, the notes, the settings and the manifest's
-    fingerprints. With an ``evaluation`` (:class:`fimo.evaluate.Evaluation`) the full report:
-    the summary in words, agreement over further training with the noise ceiling, every
-    metric, the noise floor, the seed-count study, calibration, sorted scores and the most
-    influential training instances; ``figures`` maps figure names to PNG bytes already drawn
-    (see :func:`fimo.evaluate.draw_figures`). Returns the path written.
-
-    >>> # write_report("report.html", rows, title="adult", settings={}, manifest={})
-    """
-    rows = list(rows)
-    parts: list[str] = [
-        "<!DOCTYPE html>",
-        "<html lang='en'><head><meta charset='utf-8'>",
-        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
-        f"<title>{_esc(title)}</title>",
-        f"<style>{_CSS}</style></head><body>",
-        f"<h1>{_esc(title)}</h1>",
-        f"<p class='meta'>Generated by fimo on "
-        f"{_esc(datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z'))}; "
-        f"{len({r['method'] for r in rows})} methods, "
-        f"{len({int(r['checkpoint']) for r in rows})} checkpoints.</p>",
+def _agreement_section(ev, rows, figures) -> list[str]:
+    """Agreement over further training, then every metric (figures and folded tables)."""
+    T, noise = len(ev.gold.test), ev.rows["noise_floor"]
+    parts = [
+        "<h2 id='agreement'>Agreement over further training</h2>",
+        "<p>Each method's scores against the centred gold standard (paper eq. 13) at every "
+        "checkpoint of further training: the mean over test instances of the per-instance "
+        "cosine similarity, with a band of ±1 standard error. The dashed line is the noise "
+        "ceiling: what a perfect method would reach against a gold standard of this many "
+        "seeds (see <a href='#noise'>Noise floor</a>).</p>",
+        _figure(figures, "cosine"),
+        _metric_table(rows, "cosine", True, expected=T, noise=noise),
+        _metric_table(rows, "spearman", True, expected=T, noise=noise),
+        "<h2 id='metrics'>Every metric</h2>",
+        "<p>Cosine, Spearman and Pearson correlation; the overlap of the 5 and 10 most "
+        "helpful and most harmful instances; sign agreement — against the centred gold "
+        "standard and against the adjusted-only one (eq. 17, without centring).</p>",
+        _figure(figures, "agreement_centred"),
+        _figure(figures, "agreement_adjusted"),
     ]
-    if evaluation is None:
-        parts.extend(_simple_report(rows, title, settings, manifest, notes))
-    else:
-        from fimo.evaluate.report_sections import full_report
+    for flag in (True, False):
+        tables = [
+            _metric_table(rows, m, flag, expected=T, noise=noise)
+            for m in ALL_METRICS
+            if any(r["metric"] == m and bool(r["centred"]) == flag for r in rows)
+        ]
+        if tables:
+            parts.append(
+                f"<details><summary>Tables: every metric, {gold_name(flag)} gold standard"
+                f"</summary>{''.join(tables)}</details>"
+            )
+    return parts
 
-        parts.extend(full_report(evaluation, rows, settings, manifest, notes, figures))
-    parts.append("</body></html>\n")
-    return write_text(path, "\n".join(parts))
+
+def _noise_section(ev) -> list[str]:
+    rows = ev.rows["noise_floor"]
+    S = len(ev.gold.seeds)
+    intro = (
+        "<p>How well the gold standard agrees with itself. The seeds are split into two "
+        "halves; the mean of each half is a gold standard of its own, and their agreement "
+        "(per test instance, averaged over splits) is the split-half value. The "
+        "Spearman–Brown formula steps it up to two independent gold standards of all the "
+        "seeds; its square root is the agreement a perfect, noise-free method would reach "
+        "against this gold standard — the ceiling drawn in the plots. Read a method's "
+        "agreement against the ceiling, not against 1.</p>"
+    )
+    if S < 2 or not rows:
+        return [
+            intro,
+            "<p class='meta'>With a single seed there is nothing to split: the noise floor "
+            "needs at least two seeds.</p>",
+        ]
+    out = [intro]
+    for flag in (True, False):
+        table = noise_table(rows, flag)
+        if not table["rows"]:
+            continue
+        body = [
+            f"<tr><td>{_esc(entry['name'])}</td>"
+            + "".join(
+                f"<td>{_esc(mean_sem_text(r['mean'], r['sem'], 3))}</td>" if r else "<td>–</td>"
+                for r in entry["cells"]
+            )
+            + "</tr>"
+            for entry in table["rows"]
+        ]
+        html_table = _table(
+            f"<th>{_esc(gold_name(flag))} gold standard</th>{_epoch_heads(table['epochs'])}", body
+        )
+        if flag:
+            out.append(html_table)
+        else:
+            caveat = (
+                "<p class='meta'>Without centring, most of the seed noise is a shift shared by "
+                "every left-out instance (the full run's own noise). A method that ignores such "
+                "shifts does not see it, so these values do not bound the methods' agreement "
+                "with the adjusted-only gold standard; no ceiling is drawn for it.</p>"
+            )
+            out.append(
+                f"<details><summary>Adjusted-only gold standard</summary>{caveat}{html_table}"
+                "</details>"
+            )
+    splits = int(rows[0]["splits"])
+    out.append(
+        f"<p class='meta'>{splits} {plural(splits, 'split')} of the {S} seeds "
+        f"(mean ± SEM over test instances; the SEM of the stepped-up values is carried "
+        f"through the formula).</p>"
+    )
+    return out
+
+
+def _seed_table(rows, metric: str, centred: bool) -> str:
+    table = seed_table(rows, metric, centred)
+    if table is None:
+        return ""
+    head = "".join(
+        f"<th>k = {k} ({w} {plural(w, 'window')})</th>"
+        for k, w in zip(table["ks"], table["windows"], strict=True)
+    )
+    body = []
+    for entry in table["rows"]:
+        tds = [
+            "<td>n/a</td>"
+            if r is None
+            else f"<td>{_esc(mean_sem_text(r['mean'], r['sem'], 3))} "
+            f"<small>(epoch {_esc(epoch_text(r['epoch']))})</small></td>"
+            for r in entry["cells"]
+        ]
+        body.append(f"<tr><td>{_esc(entry['method'])}</td>{''.join(tds)}</tr>")
+    return (
+        f"<h3>{_esc(upper_first(label(metric)))}, {gold_name(centred)} gold standard: best "
+        f"checkpoint for each k</h3>" + _table(f"<th>method</th>{head}", body)
+    )
+
+
+def _seed_section(ev, figures) -> list[str]:
+    rows = ev.rows["seed_count"]
+    out = [
+        "<p>The seed-count study of the paper (its Figs 3 and 7): the seeds are cut into "
+        "non-overlapping windows of k, each window's mean is a gold standard of k seeds, every "
+        "method is scored against each window (per test instance, averaged over windows), "
+        "and the best checkpoint is taken for each k. A curve that still rises at the right "
+        "says that more seeds would measure a higher agreement.</p>",
+        _figure(figures, "seed_count"),
+        _seed_table(rows, "cosine", True),
+    ]
+    others = [
+        _seed_table(rows, m, flag)
+        for flag in (True, False)
+        for m in dict.fromkeys(r["metric"] for r in rows)
+        if (m, flag) != ("cosine", True)
+    ]
+    others = [t for t in others if t]
+    if others:
+        out.append(
+            f"<details><summary>Other metrics and views</summary>{''.join(others)}</details>"
+        )
+    return out
+
+
+def _calibration_table(rows, centred: bool) -> str:
+    table = calibration_table(rows, centred)
+    if table is None:
+        return ""
+    body = []
+    for entry in table["rows"]:
+        tds = []
+        for cell in entry["cells"]:
+            if cell is None:
+                tds.append("<td>–</td>")
+                continue
+            per = cell["r2_per_test"]
+            tds.append(
+                f"<td>scale {_esc(sci(cell['scale']['value']))}, "
+                f"R² {_esc(mean_sem_text(cell['r2']['value'], None, 2))}<br><small>per test: "
+                f"R² {_esc(mean_sem_text(per['value'], per['sem'], 2))}, median scale "
+                f"{_esc(sci(cell['scale_median']['value']))}</small></td>"
+            )
+        body.append(f"<tr><td>{_esc(entry['method'])}</td>{''.join(tds)}</tr>")
+    return _table(f"<th>method ({gold_name(centred)})</th>{_epoch_heads(table['epochs'])}", body)
+
+
+def _calibration_section(ev, figures) -> list[str]:
+    rows = ev.rows["calibration"]
+    out = [
+        "<p>Directions are not magnitudes. The least-squares scale maps a method's scores "
+        "onto the gold standard (gold ≈ scale × score, one scale for all test instances); "
+        "R² is the share of the gold standard's variance within each test instance's row "
+        "that the scaled scores explain (negative: worse than a constant). A method whose "
+        "scale changes little across checkpoints predicts the size of the effect of further "
+        "training, not only its direction.</p>",
+        _figure(figures, "calibration"),
+        _calibration_table(rows, True),
+    ]
+    adjusted = _calibration_table(rows, False)
+    if adjusted:
+        out.append(f"<details><summary>Adjusted-only gold standard</summary>{adjusted}</details>")
+    return out
+
+
+# -- examples ----------------------------------------------------------------------------------
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def describe_html(desc: Mapping | None) -> str:
+    """A compact HTML rendering of a :func:`fimo.evaluate.describe` dict.
+
+    >>> describe_html({"label": ">50K", "age": "38", "education": "Masters"})
+    "<span class='lab'>&gt;50K</span> · <span title='age: 38; education: Masters'>age 38, Masters</span>"
+    """
+    if not desc:
+        return ""
+    desc = dict(desc)
+    parts = []
+    if "label" in desc:
+        parts.append(f"<span class='lab'>{_esc(desc.pop('label'))}</span>")
+    if "image" in desc:
+        parts.append(f"<img class='thumb' alt='instance' src='{_esc(desc.pop('image'))}'>")
+    if "text" in desc:
+        parts.append(f"“{_esc(desc.pop('text'))}”")
+    if desc:
+        full = "; ".join(f"{k}: {v}" for k, v in desc.items())
+        short = ", ".join(f"{k} {v}" if _is_number(str(v)) else str(v) for k, v in desc.items())
+        parts.append(f"<span title='{_esc(full)}'>{_esc(short)}</span>")
+    return " · ".join(parts)
+
+
+def _pick(row: Mapping, L: int, desc: Mapping | None, source: str) -> str:
+    score = f"{float(row['score']):+.3g}"
+    extra = (
+        ""
+        if source == "gold"
+        else f"; gold {float(row['gold']):+.3g}, gold rank {row['gold_rank']}/{L}"
+    )
+    return (
+        f"<div class='pick'><span class='lab'>#{int(row['train'])}</span> "
+        f"<span class='score'>{_esc(score + extra)}</span>"
+        + (f"<br><span class='desc'>{describe_html(desc)}</span>" if desc else "")
+        + "</div>"
+    )
+
+
+def _examples(ev) -> list[str]:
+    rows = ev.rows["examples"]
+    if not rows:
+        return ["<p class='meta'>No examples were chosen.</p>"]
+    L = len(ev.gold.left_out)
+    out = [
+        f"<p>For each chosen test instance, the left-out training instances with the largest "
+        f"(most helpful: removing them raises the test loss) and smallest (most harmful) "
+        f"scores, by the centred gold standard at epoch {_esc(epoch_text(rows[0]['epoch']))} "
+        f"and by each method. Next to a method's pick: the gold standard's score for it and "
+        f"its rank among the {L} left-out instances (1 = most helpful).</p>"
+    ]
+    desc_test = ev.descriptions.get("test", {})
+    desc_train = ev.descriptions.get("train", {})
+    for group in example_groups(rows):
+        t = group["test"]
+        head = f"<h3>Test instance #{t}</h3>"
+        if t in desc_test:
+            head += f"<p class='desc'>{describe_html(desc_test[t])}</p>"
+        body = []
+        for entry in group["sources"]:
+            source = entry["source"]
+            cells = [
+                "<td class='left'>"
+                + "".join(
+                    _pick(r, L, desc_train.get(int(r["train"])), source) for r in entry[direction]
+                )
+                + "</td>"
+                for direction in ("helpful", "harmful")
+            ]
+            name = "gold standard" if source == "gold" else source
+            body.append(f"<tr><td><b>{_esc(name)}</b></td>{''.join(cells)}</tr>")
+        out.append(
+            head
+            + _table(
+                "<th>by</th><th class='left'>most helpful</th><th class='left'>most harmful</th>",
+                body,
+            )
+        )
+    if not desc_train:
+        out.append(
+            "<p class='meta'>The data could not be loaded for this run, so instances are shown "
+            "by index only.</p>"
+        )
+    return out
+
+
+# -- reading -----------------------------------------------------------------------------------
+def _reading(ev) -> str:
+    S = len(ev.gold.seeds)
+    items = [
+        "<b>Scores</b>: positive = helpful — removing the training instance would raise the "
+        "test instance's loss. Every method and the gold standard use this sign.",
+        "<b>Gold standard</b>: further training from the final weights with and without each "
+        "left-out instance, paired by seed; <i>adjusted</i> = loss without minus loss with "
+        "(eq. 17); <i>centred</i> = minus its mean over the left-out instances (eq. 13).",
+        "<b>mean ± SEM</b>: over test instances (SEM = standard deviation / √n). "
+        "<small class='n'>n=…</small> after a value: it is defined for fewer test instances "
+        "than were scored, because a score vector was constant (undefined values are left "
+        "out, never counted as zero); n/a: defined for none.",
+        "<b>Top-k overlap</b>: the share of the gold standard's k most helpful (or harmful) "
+        "instances that the method also puts in its k; ties at the boundary count by their "
+        "chance of being picked. Chance level is k / L.",
+        "<b>Sign agreement</b>: the share of instances whose score has the gold standard's "
+        "sign (exact zeros are not counted).",
+        f"<b>Seeds</b>: this gold standard averages {S} {plural(S, 'seed')}; its noise "
+        "limits every agreement (see the noise ceiling).",
+        "<b>Files</b>: the numbers are in <code>metrics/*.csv</code> (and <code>.parquet</code> "
+        "when pyarrow is installed): <code>by_checkpoint</code>, <code>seed_count</code>, "
+        "<code>noise_floor</code>, <code>calibration</code>, <code>sorted_curves</code>, "
+        "<code>examples</code>; the figures in <code>plots/</code> as PNG and SVG.",
+    ]
+    return "<ul class='defs'>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"

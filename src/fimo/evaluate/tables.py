@@ -97,12 +97,22 @@ SCHEMAS: dict[str, dict[str, type]] = {
 
 
 def have_pyarrow() -> bool:
-    """True when pyarrow is importable (then tables are also written as Parquet)."""
+    """True when pyarrow is importable (then tables are also written as Parquet).
+
+    >>> import importlib.util
+    >>> have_pyarrow() == (importlib.util.find_spec("pyarrow") is not None)
+    True
+    """
     return importlib.util.find_spec("pyarrow") is not None
 
 
 def have_pandas() -> bool:
-    """True when pandas is importable (then :func:`fimo.evaluate` returns DataFrames)."""
+    """True when pandas is importable (then :func:`fimo.evaluate` returns DataFrames).
+
+    >>> import importlib.util
+    >>> have_pandas() == (importlib.util.find_spec("pandas") is not None)
+    True
+    """
     return importlib.util.find_spec("pandas") is not None
 
 
@@ -165,7 +175,14 @@ def write_table(directory, name: str, rows: Iterable[Mapping], parquet: bool | N
     when ``parquet=True``; otherwise an older ``.parquet`` is removed), atomically; returns
     the paths written.
 
-    >>> # write_table("runs/adult/metrics", "seed_count", rows)
+    >>> import tempfile, pathlib
+    >>> row = {"method": "a", "checkpoint": 0, "step": 5, "epoch": 1.0, "metric": "cosine",
+    ...        "centred": True, "mean": 0.1 + 0.2, "sem": float("nan"), "n": 4}
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     paths = write_table(tmp, "by_checkpoint", [row], parquet=False)
+    ...     text = paths[0].read_text()
+    >>> [p.name for p in paths], text.splitlines()[1]
+    (['by_checkpoint.csv'], 'a,0,5,1.0,cosine,true,0.30000000000000004,nan,4')
     """
     rows = list(rows)
     directory = Path(directory)
@@ -211,7 +228,15 @@ def read_table(path, name: str | None = None) -> list[dict]:
 
     ``name`` defaults to the file name without its extension.
 
-    >>> # rows = read_table("runs/adult/metrics/seed_count.csv")
+    >>> import tempfile, pathlib
+    >>> row = {"method": "a", "checkpoint": 0, "step": 5, "epoch": 1.0, "metric": "cosine",
+    ...        "centred": True, "mean": 0.1 + 0.2, "sem": 0.01, "n": 4}
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     write_table(tmp, "by_checkpoint", [row], parquet=False)
+    ...     back = read_table(pathlib.Path(tmp) / "by_checkpoint.csv")
+    [...]
+    >>> back == [row]  # every value back with its type, floats to the last bit
+    True
     """
     path = Path(path)
     name = name or path.stem
@@ -240,7 +265,17 @@ def read_table(path, name: str | None = None) -> list[dict]:
 def to_frame(name: str, rows: Iterable[Mapping]):
     """A pandas DataFrame of a table, with the schema's columns (needs pandas).
 
-    >>> # to_frame("by_checkpoint", rows).pivot_table(...)
+    >>> row = {"test": 3, "source": "gold", "checkpoint": 0, "step": 5, "epoch": 1.0,
+    ...        "direction": "helpful", "rank": 1, "train": 8, "score": 0.5, "gold": 0.5,
+    ...        "gold_rank": 1}
+    >>> try:
+    ...     frame = to_frame("examples", [row])
+    ... except InputError as err:  # pandas is optional: the error says how to get it
+    ...     ok = "pip install pandas" in str(err)
+    ... else:
+    ...     ok = frame.shape == (1, 11) and str(frame["train"].dtype) == "int64"
+    >>> ok
+    True
     """
     try:
         import pandas as pd

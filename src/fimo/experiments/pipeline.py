@@ -26,7 +26,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fimo.baselines import baseline
 from fimo.data.base import ArrayDataset, check_pair
 from fimo.errors import InputError, NumericalError
-from fimo.evaluate import rich_summary_table
 from fimo.experiments.build import build_task, final_training_task, load_data
 from fimo.experiments.config import Config
 from fimo.experiments.outputs import evaluate_run, model_summary, run_notes
@@ -435,15 +434,11 @@ def _run_method(r: _Run, task: Task, name: str, train_idx, fp: str) -> Scores:
 
 def _report_stage(r: _Run, gold: GoldStandard, scores: dict, manifest: dict) -> list[dict]:
     """Write ``manifest.json``, then the evaluation: ``metrics/``, ``plots/`` and
-    ``report.html`` (:func:`evaluate_run`); print the summary table. Returns its rows."""
+    ``report.html`` (:func:`evaluate_run`). Returns the agreement rows by checkpoint (the
+    command line prints them as its summary table)."""
     r.dir.write_manifest(manifest)
     notes = run_notes(r.config, manifest, gold)
     evaluation = evaluate_run(
         r.dir, gold, scores, r.config, manifest, train=r.train, test=r.test, notes=notes
     )
-    rows = evaluation.rows["by_checkpoint"]
-    table_console = Console(quiet=r.quiet)
-    if not table_console.is_terminal:  # files and pipes get the whole table, unwrapped
-        table_console = Console(quiet=r.quiet, width=120)
-    table_console.print(rich_summary_table(rows, metric="cosine", centred=True))
-    return rows
+    return evaluation.rows["by_checkpoint"]

@@ -1,0 +1,71 @@
+"""What the command line prints: the agreement of each method as a rich table.
+
+The numbers come from :func:`fimo.evaluate.narrative.summary`, the same as the report's.
+"""
+
+from __future__ import annotations
+
+import math
+
+from fimo.evaluate.formatting import epoch_text, mean_sem_text
+from fimo.evaluate.narrative import summary
+
+__all__ = ["rich_summary_table"]
+
+
+def rich_summary_table(
+    rows, metric: str = "cosine", centred: bool = True, also: str | None = "spearman"
+):
+    """A ``rich.table.Table``: per method, ``metric`` at the first and last checkpoints
+    (± SEM), its peak (and epoch), and ``also`` (default Spearman) at the first and last.
+
+    >>> from rich.console import Console
+    >>> rows = [{"method": "a", "checkpoint": c, "step": 5 * c, "epoch": c + 1.0,
+    ...          "metric": "cosine", "centred": True, "mean": v, "sem": 0.01, "n": 4}
+    ...         for c, v in ((0, 0.5), (1, 0.7))]
+    >>> console = Console(width=100, record=True, file=open("/dev/null", "w"))
+    >>> console.print(rich_summary_table(rows))
+    >>> print(console.export_text().splitlines()[4].strip())
+    │ a      │          0.500 ± 0.010 │         0.700 ± 0.010 │           0.700 (2) │
+    """
+    from rich.table import Table
+
+    rows = list(rows)
+    entries = summary(rows, metric, centred)
+    other = {}
+    if also and also != metric:
+        other = {e["method"]: e for e in summary(rows, also, centred)}
+    e_first = entries[0]["first"]["epoch"] if entries else math.nan
+    e_last = entries[0]["last"]["epoch"] if entries else math.nan
+
+    title = f"Agreement with the {'centred' if centred else 'uncentred'} gold standard"
+    table = Table(title=title, caption="mean ± SEM over test instances")
+    table.add_column("method", style="bold")
+    table.add_column(f"{metric} first (epoch {epoch_text(e_first)})", justify="right")
+    table.add_column(f"{metric} last (epoch {epoch_text(e_last)})", justify="right")
+    table.add_column(f"{metric} peak (epoch)", justify="right")
+    if other:
+        table.add_column(f"{also} first", justify="right")
+        table.add_column(f"{also} last", justify="right")
+    for e in entries:
+        peak = e["peak"]
+        cells = [
+            e["method"],
+            mean_sem_text(e["first"]["mean"], e["first"]["sem"], 3),
+            mean_sem_text(e["last"]["mean"], e["last"]["sem"], 3),
+            f"{mean_sem_text(peak['mean'], None, 3)} ({epoch_text(peak['epoch'])})"
+            if peak
+            else "n/a",
+        ]
+        if other:
+            o = other.get(e["method"])
+            cells += (
+                [
+                    mean_sem_text(o["first"]["mean"], o["first"]["sem"], 3),
+                    mean_sem_text(o["last"]["mean"], o["last"]["sem"], 3),
+                ]
+                if o
+                else ["n/a", "n/a"]
+            )
+        table.add_row(*cells)
+    return table
