@@ -298,9 +298,9 @@ def test_summary_sentences_are_derived_from_numbers():
 
 
 def test_rich_summary_table_renders():
-    from fimo.terminal import rich_summary_table
-
     from rich.console import Console
+
+    from fimo.terminal import rich_summary_table
 
     table = rich_summary_table(hand_rows())
     console = Console(record=True, width=200)

@@ -39,7 +39,6 @@ from fimo.evaluate.metrics import (
     write_metrics_csv,
 )
 from fimo.evaluate.narrative import headline, summary, summary_sentences
-from fimo.evaluate.narrative import headline, summary, summary_sentences
 from fimo.evaluate.plots import (
     evaluation_figures,
     plot_agreement,
@@ -50,7 +49,6 @@ from fimo.evaluate.plots import (
     save_figure,
 )
 from fimo.evaluate.report import write_report
-)
 from fimo.evaluate.seeds import noise_floor, seed_count_study, seed_counts, spearman_brown
 from fimo.evaluate.tables import read_table, write_table
 
