@@ -8,8 +8,10 @@ training can stack many runs along a leading axis and methods can differentiate 
 
 from __future__ import annotations
 
+import contextlib
+import enum
 import fnmatch
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -22,17 +24,109 @@ Params = dict[str, torch.Tensor]
 
 
 def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-instance cross-entropy of logits (B, k) against class indices (B,)."""
+    """Per-instance cross-entropy of logits (B, k) against class indices (B,).
+
+    >>> cross_entropy(torch.zeros(2, 4), torch.tensor([0, 3]))  # log 4 each
+    tensor([1.3863, 1.3863])
+    """
     return nn.functional.cross_entropy(outputs, targets, reduction="none")
 
 
 def squared_error(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-instance squared error, summed over output dimensions."""
+    """Per-instance squared error, summed over output dimensions.
+
+    >>> squared_error(torch.tensor([[1.0, 2.0], [0.0, 0.0]]), torch.tensor([[0.0, 0.0], [3.0, 0]]))
+    tensor([5., 9.])
+    """
     diff = outputs.reshape(targets.shape[0], -1) - targets.reshape(targets.shape[0], -1)
     return (diff**2).sum(dim=1)
 
 
 LOSSES: dict[str, Callable] = {"cross_entropy": cross_entropy, "mse": squared_error}
+
+
+class LossKind(str, enum.Enum):
+    """Which loss a task trains with, for the methods' closed forms of the built-in losses.
+
+    Decided by the identity of the loss function (:func:`loss_kind`), never by its name: a
+    user's own function called ``cross_entropy`` is ``CUSTOM`` and gets the generic paths.
+    """
+
+    CROSS_ENTROPY = "cross_entropy"
+    SQUARED_ERROR = "squared_error"
+    CUSTOM = "custom"
+
+
+def loss_kind(fn: Callable) -> LossKind:
+    """The kind of the loss function ``fn``: built-in (by identity) or custom.
+
+    >>> loss_kind(squared_error), loss_kind(lambda out, y: (out - y).abs().sum(1))
+    (<LossKind.SQUARED_ERROR: 'squared_error'>, <LossKind.CUSTOM: 'custom'>)
+    """
+    if fn is cross_entropy:
+        return LossKind.CROSS_ENTROPY
+    if fn is squared_error:
+        return LossKind.SQUARED_ERROR
+    return LossKind.CUSTOM
+
+
+@contextlib.contextmanager
+def kept_modes(model: nn.Module) -> Iterator[None]:
+    """On exit (also by an exception), every module of ``model`` gets back its own training
+    flag: ``model.train(flag)`` would set all of them to the root's, and a Sequential slice or
+    a module put in eval mode on purpose may differ from its parent.
+
+    >>> model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))
+    >>> model[1].training = False
+    >>> with kept_modes(model):
+    ...     _ = model.train()
+    >>> [m.training for m in model.modules()]
+    [True, True, False]
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode (no dropout, running normalisation statistics), each module's
+    own mode restored on exit (:func:`kept_modes`).
+
+    >>> model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))
+    >>> with eval_mode(model):
+    ...     print(model[1].training)
+    False
+    >>> model[1].training
+    True
+    """
+    with kept_modes(model):
+        model.eval()
+        yield
+
+
+@contextlib.contextmanager
+def train_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in train mode (dropout on) with its normalisation layers in eval mode, so
+    that their statistics, part of the final model, stay fixed and each instance's loss
+    depends on that instance alone; each module's own mode restored on exit.
+
+    >>> model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Dropout(0.5)).eval()
+    >>> with train_mode(model):
+    ...     print([m.training for m in model])
+    [True, False, True]
+    >>> model.training
+    False
+    """
+    with kept_modes(model):
+        model.train()
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._NormBase):
+                module.eval()
+        yield
 
 
 class in_float64:
@@ -90,7 +184,10 @@ def select_parameters(model: nn.Module, names: Sequence[str]) -> list[str]:
 class Task:
     """What the user supplies: model, per-instance loss, train and test data, trainable θ.
 
-    ``loss`` is ``"cross_entropy"``, ``"mse"`` or a function ``(outputs, targets) -> (B,)``.
+    ``loss`` is ``"cross_entropy"``, ``"mse"`` or a function ``(outputs, targets) -> (B,)``;
+    ``loss_spec`` keeps it as given (so that ``Task(..., loss=task.loss_spec)`` has the same
+    loss), ``loss_name`` is the name to show and ``loss_kind`` (:class:`LossKind`) says whether
+    it is one of fimo's built-in losses, which some methods treat in closed form.
     ``trainable`` names the parameters (or shell-style patterns, :func:`select_parameters`)
     that further training updates and that every method
     differentiates (all by default). ``measurement`` is the test function g
@@ -121,6 +218,7 @@ class Task:
                 raise InputError(
                     f"Task: {which} must be a fimo ArrayDataset; got {type(data).__name__}"
                 )
+        self.loss_spec = loss
         if isinstance(loss, str):
             if loss not in LOSSES:
                 raise InputError(
@@ -132,6 +230,7 @@ class Task:
             loss_name = getattr(loss, "__name__", "custom")
         self.model, self.train, self.test, self.name = model, train, test, name
         self.loss_fn, self.loss_name = loss, loss_name
+        self.loss_kind = loss_kind(loss)
         self.measure_fn = measurement or in_float64(loss)
         if trainable is None:
             trainable = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -205,22 +304,17 @@ class Task:
         first = self.trunk_length()
         if first > 0:
             trunk, head = self.model[:first], self.model[first:]
-            # a slice is a new Sequential (training=True): restore each module's own mode
-            modes = [(m, m.training) for m in trunk.modules()]
-            trunk.eval()
             total = len(self.train) + len(self.test)
-            size = _trunk_batch(trunk, self.train.inputs)
-            with torch.no_grad():
+            with torch.no_grad(), eval_mode(trunk):
+                size = _trunk_batch(trunk, self.train.inputs)
                 train_x = _batched(trunk, self.train.inputs, size, progress, 0, total)
                 test_x = _batched(trunk, self.test.inputs, size, progress, len(self.train), total)
-            for m, mode in modes:
-                m.training = mode
             head.training = self.model.training  # a slice starts in training mode
             result = Task(
                 head,
                 ArrayDataset(train_x, self.train.targets, None, self.train.info),
                 ArrayDataset(test_x, self.test.targets, None, self.test.info),
-                loss=self.loss_fn if self.loss_name not in LOSSES else self.loss_name,
+                loss=self.loss_spec,
                 trainable=self.trainable,
                 measurement=self.measure_fn,
                 name=self.name,
@@ -240,16 +334,37 @@ class Task:
             head.train, head.test = head.train.to(device, dtype), head.test.to(device, dtype)
         return self
 
+    def eval_mode(self):
+        """A context in which the model is in eval mode (:func:`eval_mode`): gradients and
+        outputs of the final model, no dropout; each module's own mode restored on exit.
+
+        >>> data = ArrayDataset(torch.randn(4, 3), torch.randint(0, 2, (4,)))
+        >>> task = Task(nn.Sequential(nn.Linear(3, 2), nn.Dropout(0.5)), data, data)
+        >>> with task.eval_mode():
+        ...     print(task.model[1].training)
+        False
+        >>> task.model[1].training
+        True
+        """
+        return eval_mode(self.model)
+
+    def train_mode(self):
+        """A context in which the model is in train mode with its normalisation layers in eval
+        mode (:func:`train_mode`), as further training runs it; modes restored on exit.
+
+        >>> data = ArrayDataset(torch.randn(4, 3), torch.randint(0, 2, (4,)))
+        >>> task = Task(nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2)).eval(), data, data)
+        >>> with task.train_mode():
+        ...     print(task.model.training, task.model[1].training)
+        True False
+        """
+        return train_mode(self.model)
+
     def _check_output(self) -> None:
         """The model's outputs fit the loss on both sets, and labels fit the outputs."""
-        modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()  # a check must not move BatchNorm statistics or draw dropout masks
-        try:
+        with self.eval_mode():  # a check must not move BatchNorm statistics or draw dropout masks
             for which, data in (("training", self.train), ("test", self.test)):
                 self._check_fit(which, data)
-        finally:
-            for m, mode in modes:  # each module's own mode (a Sequential slice may differ)
-                m.training = mode
 
     def _check_fit(self, which: str, data: ArrayDataset) -> None:
         x, y = data.inputs[:2], data.targets[:2]
@@ -269,7 +384,7 @@ class Task:
                 f"Task: the loss must return one value per instance, shape ({x.shape[0]},); "
                 f"got {got}"
             )
-        if self.loss_name == "mse" and outputs[:1].numel() != y[:1].numel():
+        if self.loss_kind == LossKind.SQUARED_ERROR and outputs[:1].numel() != y[:1].numel():
             raise InputError(
                 f"Task: the model gives {outputs[:1].numel()} outputs per instance but the "
                 f"{which} targets have {y[:1].numel()}; they must match for the loss 'mse'"
@@ -280,7 +395,7 @@ class Task:
                 "model's current weights; check the model, its weights and the data"
             )
         labels = data.targets
-        if self.loss_name == "cross_entropy" and not labels.is_floating_point():
+        if self.loss_kind == LossKind.CROSS_ENTROPY and not labels.is_floating_point():
             k = outputs.shape[-1]
             if labels.min() < 0 or labels.max() >= k:
                 raise InputError(

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from fimo.errors import InputError, NumericalError, check_choice
-from fimo.task import Task
+from fimo.task import LossKind, Task
 
 
 @dataclass
@@ -86,15 +86,9 @@ def train_final(
 
 def evaluate_model(task: Task) -> dict[str, float]:
     """Test loss, and accuracy for classification, of the current model."""
-    model = task.model
-    was = model.training
-    model.eval()
-    with torch.no_grad():
-        out = model(task.test.inputs)
-        loss = float(task.loss_fn(out, task.test.targets).mean())
-        result = {"test_loss": loss}
-        if task.loss_name == "cross_entropy":
-            acc = (out.argmax(-1) == task.test.targets).double().mean()
-            result["test_accuracy"] = float(acc)
-    model.train(was)
+    with torch.no_grad(), task.eval_mode():
+        out = task.model(task.test.inputs)
+    result = {"test_loss": float(task.loss_fn(out, task.test.targets).mean())}
+    if task.loss_kind == LossKind.CROSS_ENTROPY:
+        result["test_accuracy"] = float((out.argmax(-1) == task.test.targets).double().mean())
     return result

@@ -1,13 +1,20 @@
-"""What every attribution method shares: its argument checks and the seeded subset of training
-instances a curvature estimate may be fitted on (`hessian_samples`)."""
+"""What every attribution method shares: its argument checks, the seeded subset of training
+instances a curvature estimate may be fitted on (`hessian_samples`), and the last step of
+every method, the score matrix from streamed training gradients (:func:`score_matrix`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import numpy as np
+import torch
 
 from fimo.data.base import check_indices
 from fimo.errors import InputError
+from fimo.methods.gradients import per_instance_grads
 from fimo.task import Task
+
+Chunks = Iterable[tuple[slice, torch.Tensor]]
 
 
 def test_and_train(task: Task, test, train, method: str) -> tuple[np.ndarray, np.ndarray]:
@@ -69,3 +76,63 @@ def subset_record(n: int, samples: int | None, seed: int, subset: np.ndarray) ->
             f"(hessian_subset(n={n}, samples={len(subset)}, seed={seed}))"
         ),
     }
+
+
+def training_gradients(task: Task, train, chunk_size: int | None = None) -> Chunks:
+    """``(rows, G)`` chunks of the per-instance loss gradients of the training instances
+    ``train`` (rows index into ``train``), sized from the memory budget unless ``chunk_size``.
+
+    >>> from fimo.data import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(5, 3), torch.randint(0, 2, (5,)))
+    >>> task = Task(torch.nn.Linear(3, 2), data, data)
+    >>> [(rows, G.shape) for rows, G in training_gradients(task, [4, 0, 2], chunk_size=2)]
+    [(slice(0, 2, None), torch.Size([2, 8])), (slice(2, 3, None), torch.Size([1, 8]))]
+    """
+    idx = torch.as_tensor(np.asarray(train), dtype=torch.long)
+    x, y = task.train.inputs[idx], task.train.targets[idx]
+    return per_instance_grads(task, x, y, chunk_size=chunk_size)
+
+
+def score_matrix(
+    task: Task,
+    train,
+    test_side: torch.Tensor,
+    *,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    per_n: bool = True,
+    progress: Callable[[int], None] | None = None,
+    chunk_size: int | None = None,
+    chunks: Chunks | None = None,
+) -> np.ndarray:
+    """The (len(test_side), len(train)) float64 scores ``test_side · transform(G)ᵀ``, divided
+    by n = len(task.train) when ``per_n``.
+
+    G are the training-side vectors of the instances ``train``, streamed chunk by chunk (never
+    all at once): the per-instance loss gradients (:func:`training_gradients`) unless
+    ``chunks`` gives other ``(rows, G)`` pairs (rows index into ``train``). ``transform`` is
+    applied to each chunk (e.g. normalising for Grad-Cos); ``test_side`` (k, D) is the test
+    side, already preconditioned (and projected) by the method. ``progress(m)`` is called
+    with the number of training instances each chunk scored.
+
+    >>> from fimo.data import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(5, 3), torch.randint(0, 2, (5,)))
+    >>> task = Task(torch.nn.Linear(3, 2), data, data)
+    >>> S = score_matrix(task, [0, 1, 2], torch.ones(2, 8), per_n=False, chunk_size=2)
+    >>> G = torch.cat([g for _, g in training_gradients(task, [0, 1, 2])])
+    >>> S.shape, bool(np.allclose(S, (torch.ones(2, 8) @ G.T).numpy()))
+    ((2, 3), True)
+    """
+    if chunks is None:
+        chunks = training_gradients(task, train, chunk_size)
+    n = len(task.train)
+    out = np.empty((len(test_side), len(train)), dtype=np.float64)
+    for rows, G in chunks:
+        if transform is not None:
+            G = transform(G)
+        block = test_side @ G.to(test_side.dtype).T
+        if per_n:
+            block = block / n
+        out[:, rows] = block.double().cpu().numpy()
+        if progress is not None:
+            progress(rows.stop - rows.start)
+    return out

@@ -21,7 +21,13 @@ import numpy as np
 import torch
 
 from fimo.errors import InputError, check_choice
-from fimo.methods.common import hessian_subset, seed_value, subset_record, test_and_train
+from fimo.methods.common import (
+    hessian_subset,
+    score_matrix,
+    seed_value,
+    subset_record,
+    test_and_train,
+)
 from fimo.methods.gradients import DEFAULT_BUDGET, chunk_size_for, per_instance_grads
 from fimo.methods.gradients import gradient_matrix as _gradient_matrix
 from fimo.scores import Scores
@@ -148,11 +154,7 @@ def datainf(
         pre[:, s] = inverse[k] * (v[:, s] - acc[:, s] / m)
 
     # pass 3: the scores, (1/n) Σ_l ⟨Ĥ_l⁻¹ ∇g_l(z_t), g_jl⟩
-    out = np.empty((len(test), len(train)), dtype=np.float64)
-    for rows, g in grads.chunks(train):
-        out[:, rows] = (pre @ g.T / n).double().cpu().numpy()
-        if progress is not None:
-            progress(rows.stop - rows.start)
+    out = score_matrix(task, train, pre, progress=progress, chunks=grads.chunks(train))
     settings = {
         "lambda_const": lambda_const if damping is None else None,
         "damping": None if damping is None else float(damping),

@@ -28,11 +28,17 @@ from torch import nn
 from torch.func import hessian, vmap
 
 from fimo.errors import InputError, check_choice
-from fimo.methods.common import hessian_subset, seed_value, subset_record, test_and_train
+from fimo.methods.common import (
+    hessian_subset,
+    score_matrix,
+    seed_value,
+    subset_record,
+    test_and_train,
+)
 from fimo.methods.damping import resolve_damping
-from fimo.methods.gradients import chunk_size_for, gradient_matrix, per_instance_grads
+from fimo.methods.gradients import chunk_size_for, gradient_matrix
 from fimo.scores import Scores
-from fimo.task import Task
+from fimo.task import LossKind, Task
 
 #: Layer types EK-FAC factors; a trainable parameter anywhere else is an error.
 SUPPORTED = (nn.Linear, nn.Conv2d)
@@ -224,7 +230,7 @@ def _output_vectors(task: Task, out: torch.Tensor, y: torch.Tensor, mode: str, n
     """Vectors u (C, B, d_o) with Σ_c u_c u_cᵀ = H_ℓ (exact) or E[u uᵀ] = H_ℓ (sample)."""
     out = out.detach().reshape(out.shape[0], -1)
     batch, d_o = out.shape
-    if task.loss_name == "cross_entropy":
+    if task.loss_kind == LossKind.CROSS_ENTROPY:
         p = torch.softmax(out, dim=-1)
         if mode == "exact":
             # diag(p) − ppᵀ has rank C − 1 (its null space is the all-ones direction), so C − 1
@@ -240,7 +246,7 @@ def _output_vectors(task: Task, out: torch.Tensor, y: torch.Tensor, mode: str, n
         # a label drawn from the model's own predictive distribution (inverse CDF of a uniform)
         label = (p.cumsum(-1) < noise[:, :1]).sum(-1).clamp(max=d_o - 1)
         return (nn.functional.one_hot(label, d_o).to(out.dtype) - p)[None]
-    if task.loss_name == "mse":  # fimo's squared error Σ(out − y)² has H_ℓ = 2I
+    if task.loss_kind == LossKind.SQUARED_ERROR:  # fimo's squared error Σ(out − y)² has H_ℓ = 2I
         if mode == "exact":
             eye = torch.eye(d_o, dtype=out.dtype) * 2**0.5
             return eye[:, None, :].expand(d_o, batch, d_o)
@@ -319,15 +325,13 @@ def fit_ekfac(
     noise = None
     if mode == "sample":  # drawn once, so that both passes see the same labels
         gen = torch.Generator().manual_seed(int(seed))
-        if task.loss_name == "cross_entropy":
+        if task.loss_kind == LossKind.CROSS_ENTROPY:
             noise = torch.rand(n, 1, generator=gen, dtype=dtype)
         else:
             noise = torch.randn(n, d_o, generator=gen, dtype=dtype)
     vectors = d_o if mode == "exact" else 1  # an upper bound (cross-entropy needs C − 1)
     size = chunk_size or chunk_size_for(task.num_params * vectors, x_all.element_size())
-    was_training = task.model.training
-    task.model.eval()
-    try:
+    with task.eval_mode():
         for layer in layers:
             layer.A, layer.S = 0, 0
         for rows in _chunks(n, size):
@@ -353,8 +357,6 @@ def fit_ekfac(
                     g = torch.einsum("cbto,btd->cbod", d_rot, a_rot)
                     lam = (g**2).sum(dim=(0, 1))
                 layer.eigen = layer.eigen + lam / n
-    finally:
-        task.model.train(was_training)
     return layers, mode
 
 
@@ -398,13 +400,7 @@ def ekfac(
     pre = torch.zeros_like(g_test)
     for layer in layers:
         layer.scatter(layer.precondition(layer.gather(g_test), lam), pre)
-    idx = torch.as_tensor(train)
-    x, y = task.train.inputs[idx], task.train.targets[idx]
-    out = np.empty((len(test), len(train)), dtype=np.float64)
-    for rows, g_train in per_instance_grads(task, x, y, chunk_size=chunk_size):
-        out[:, rows] = (pre @ g_train.T / n).double().cpu().numpy()
-        if progress is not None:
-            progress(rows.stop - rows.start)
+    out = score_matrix(task, train, pre, progress=progress, chunk_size=chunk_size)
     eigen = torch.cat([layer.eigen.reshape(-1) for layer in layers])
     settings = {
         **record,

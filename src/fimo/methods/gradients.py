@@ -96,14 +96,10 @@ def per_instance_grads(
 
     grads = vmap(grad(one), in_dims=(None, 0, 0))
     size = chunk_size or chunk_size_for(task.num_params, inputs.element_size())
-    was_training = task.model.training
-    task.model.eval()
-    try:
+    with task.eval_mode():
         for start in range(0, len(inputs), size):
             rows = slice(start, min(start + size, len(inputs)))
             yield rows, flatten(grads(params, inputs[rows], targets[rows]))
-    finally:
-        task.model.train(was_training)
 
 
 def gradient_matrix(task: Task, data, indices, measure: bool = False, **kw) -> torch.Tensor:

@@ -11,7 +11,8 @@ at a stationary point, and by Proposition 1's ``generalized`` form otherwise. Th
 only in how they apply (H + λI)⁻¹: exactly (``explicit``, Cholesky), by conjugate gradients
 (``cg``), by a stochastic Neumann series (``lissa``, ``lissa_hessian``) or on a Krylov subspace
 (``arnoldi``). Every one solves the system for the k *test* gradients (s_t = (H+λI)⁻¹∇g(z_t)),
-then streams the training gradients in chunks: scores = (1/n) S Gᵀ; no n × P matrix is stored.
+then streams the training gradients in chunks: scores = (1/n) S Gᵀ
+(:func:`fimo.methods.common.score_matrix`); no n × P matrix is stored.
 n is the size of the whole training set, whatever subset ``train`` scores.
 
 λ defaults to 100 × the mean squared per-instance gradient entry (the paper's choice,
@@ -33,7 +34,13 @@ import numpy as np
 import torch
 
 from fimo.errors import InputError, NumericalError, check_choice
-from fimo.methods.common import hessian_subset, seed_value, subset_record, test_and_train
+from fimo.methods.common import (
+    hessian_subset,
+    score_matrix,
+    seed_value,
+    subset_record,
+    test_and_train,
+)
 from fimo.methods.curvature import (
     DEFAULT_BATCH,
     KINDS,
@@ -49,7 +56,6 @@ from fimo.methods.gradients import (
     available_memory,
     chunk_size_for,
     gradient_matrix,
-    per_instance_grads,
 )
 from fimo.scores import Scores
 from fimo.task import Task
@@ -124,19 +130,6 @@ def _prepare(
         curvature_batch=op.plan(len(test))[0],
     )
     return test, train, lam, record, op, g_test.to(op.dtype)
-
-
-def _stream_scores(task: Task, S: torch.Tensor, train, chunk_size, progress) -> np.ndarray:
-    """(1/n) S Gᵀ over chunks of training gradients (never all of them at once)."""
-    n = len(task.train)
-    idx = torch.as_tensor(train, dtype=torch.long)
-    x, y = task.train.inputs[idx], task.train.targets[idx]
-    out = np.empty((len(S), len(train)), dtype=np.float64)
-    for rows, g in per_instance_grads(task, x, y, chunk_size=chunk_size):
-        out[:, rows] = (S @ g.to(S.dtype).T / n).double().cpu().numpy()
-        if progress is not None:
-            progress(rows.stop - rows.start)
-    return out
 
 
 def _check_dense_size(task: Task, max_params: int, max_memory_gb, method: str) -> dict:
@@ -330,7 +323,7 @@ def explicit(
     L = _damped_dense(op, lam, "explicit")
     S = _cholesky_solve(L, g_test)
     del L
-    values = _stream_scores(task, S, train, chunk_size, progress)
+    values = score_matrix(task, train, S, progress=progress, chunk_size=chunk_size)
     record.update(limits, solver="cholesky", chunk_size=chunk_size)
     if hessian == "gauss_newton":  # built from per-instance Jacobians, not from batches
         record.pop("curvature_batch")
@@ -386,7 +379,7 @@ def cg(
         hessian_seed,
     )
     S, info = _cg_solve(op, lam, g_test, tol, max_iter, "cg")
-    values = _stream_scores(task, S, train, chunk_size, progress)
+    values = score_matrix(task, train, S, progress=progress, chunk_size=chunk_size)
     record.update(info, solver="cg", chunk_size=chunk_size)
     return Scores(values, test, train, "cg", record, UNITS)
 
@@ -610,7 +603,7 @@ def _lissa(
         truncation_bound=float((1 - lam / s) ** depth) if 0 < lam < s else None,
         chunk_size=chunk_size,
     )
-    values = _stream_scores(task, H_inv_v, train, chunk_size, progress)
+    values = score_matrix(task, train, H_inv_v, progress=progress, chunk_size=chunk_size)
     return Scores(values, test, train, method, record, UNITS)
 
 
@@ -727,7 +720,7 @@ def arnoldi(
         if lam <= 0:
             raise InputError("arnoldi: complement=True needs damping λ > 0 (it applies 1/λ)")
         S += (g_test - coef @ U) / lam
-    values_out = _stream_scores(task, S, train, chunk_size, progress)
+    values_out = score_matrix(task, train, S, progress=progress, chunk_size=chunk_size)
     record.update(
         rank=rank,
         iterations=steps,
