@@ -137,6 +137,9 @@ class in_float64:
     at about 1e-6 and those differences vanish. Upcasting the logits before the loss keeps them
     (the logits themselves are accurate to about 1e-7 relative). A class, not a closure, so
     that a Task pickles into worker processes.
+
+    >>> in_float64(cross_entropy)(torch.zeros(1, 2), torch.tensor([0])).dtype
+    torch.float64
     """
 
     def __init__(self, fn: Callable):
@@ -155,6 +158,9 @@ def select_parameters(model: nn.Module, names: Sequence[str]) -> list[str]:
     Each entry is a parameter name or a shell-style pattern (``*``, ``?``, ``[...]``, matched
     with :func:`fnmatch.fnmatchcase`), e.g. ``"6.attention.*.weight"``. A name that is not in
     the model, or a pattern that matches nothing, is an error naming the closest parameter.
+
+    >>> select_parameters(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1)), ["1.*", "0.bias"])
+    ['0.bias', '1.weight', '1.bias']
     """
     if isinstance(names, str):
         names = [names]
@@ -243,33 +249,82 @@ class Task:
 
     # -- the functional view ---------------------------------------------------------------
     def params(self) -> Params:
-        """The trainable parameters θ (detached), keyed by name."""
+        """The trainable parameters θ (detached), keyed by name.
+
+        >>> data = ArrayDataset(torch.randn(4, 3), torch.randint(0, 2, (4,)))
+        >>> {n: tuple(p.shape) for n, p in Task(nn.Linear(3, 2), data, data).params().items()}
+        {'weight': (2, 3), 'bias': (2,)}
+        """
         named = dict(self.model.named_parameters())
         return {n: named[n].detach() for n in self.trainable}
 
     def frozen(self) -> Params:
-        """Everything else the model needs: frozen parameters and buffers."""
+        """Everything else the model needs: frozen parameters and buffers.
+
+        >>> data = ArrayDataset(torch.randn(4, 3), torch.randint(0, 2, (4,)))
+        >>> model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+        >>> sorted(Task(model, data, data, trainable=["0.*"]).frozen())[:3]
+        ['1.bias', '1.num_batches_tracked', '1.running_mean']
+        """
         out = {n: p.detach() for n, p in self.model.named_parameters() if n not in self.trainable}
         out.update({n: b for n, b in self.model.named_buffers()})
         return out
 
     def outputs(self, params: Params, inputs: torch.Tensor) -> torch.Tensor:
+        """The model's outputs at ``params`` (the other parameters and buffers as they are).
+
+        >>> data = ArrayDataset(torch.randn(4, 3), torch.randint(0, 2, (4,)))
+        >>> task = Task(nn.Linear(3, 2), data, data)
+        >>> zero = {n: torch.zeros_like(p) for n, p in task.params().items()}
+        >>> task.outputs(zero, data.inputs)
+        tensor([[0., 0.],
+                [0., 0.],
+                [0., 0.],
+                [0., 0.]])
+        """
         return functional_call(self.model, {**self.frozen(), **params}, (inputs,))
 
     def losses(self, params: Params, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Per-instance training losses (B,) at ``params``."""
+        """Per-instance training losses (B,) at ``params``.
+
+        >>> data = ArrayDataset(torch.randn(4, 3), torch.randint(0, 2, (4,)))
+        >>> task = Task(nn.Linear(3, 2), data, data)
+        >>> zero = {n: torch.zeros_like(p) for n, p in task.params().items()}
+        >>> task.losses(zero, data.inputs, data.targets)  # log 2: equal logits
+        tensor([0.6931, 0.6931, 0.6931, 0.6931])
+        """
         return self.loss_fn(self.outputs(params, inputs), targets)
 
     def measure(self, params: Params, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The test function g, per instance (B,) at ``params``."""
+        """The test function g, per instance (B,) at ``params``.
+
+        >>> data = ArrayDataset(torch.randn(4, 3), torch.randint(0, 2, (4,)))
+        >>> task = Task(nn.Linear(3, 2), data, data)
+        >>> task.measure(task.params(), data.inputs, data.targets).dtype  # the loss, in float64
+        torch.float64
+        """
         return self.measure_fn(self.outputs(params, inputs), targets)
 
     @property
     def num_params(self) -> int:
+        """How many trainable numbers θ holds.
+
+        >>> data = ArrayDataset(torch.randn(4, 3), torch.randint(0, 2, (4,)))
+        >>> Task(nn.Linear(3, 2), data, data, trainable=["weight"]).num_params
+        6
+        """
         return sum(p.numel() for p in self.params().values())
 
     def load_params(self, params: Params) -> None:
-        """Copy ``params`` into the model's trainable parameters."""
+        """Copy ``params`` into the model's trainable parameters.
+
+        >>> data = ArrayDataset(torch.randn(4, 3), torch.randint(0, 2, (4,)))
+        >>> task = Task(nn.Linear(3, 2), data, data)
+        >>> task.load_params({"bias": torch.tensor([1.0, -1.0])})
+        >>> task.model.bias
+        Parameter containing:
+        tensor([ 1., -1.], requires_grad=True)
+        """
         named = dict(self.model.named_parameters())
         with torch.no_grad():
             for n, value in params.items():
@@ -277,7 +332,13 @@ class Task:
 
     def trunk_length(self) -> int:
         """How many leading modules of an ``nn.Sequential`` model hold no trainable parameter
-        (the frozen trunk :meth:`with_cached_trunk` computes once); 0 for other models."""
+        (the frozen trunk :meth:`with_cached_trunk` computes once); 0 for other models.
+
+        >>> data = ArrayDataset(torch.randn(4, 3), torch.randint(0, 2, (4,)))
+        >>> model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+        >>> Task(model, data, data, trainable=["2.*"]).trunk_length()
+        2
+        """
         if not isinstance(self.model, nn.Sequential):
             return 0
         names = list(self.model._modules)
@@ -296,6 +357,14 @@ class Task:
         (same parameter names) whose inputs are the trunk's outputs, computed once in eval
         mode; otherwise returns ``self``. The result is memoised (and kept by :meth:`to`).
         ``progress(done, total)`` is called after each batch of instances through the trunk.
+
+        >>> data = ArrayDataset(torch.randn(4, 3), torch.randint(0, 2, (4,)))
+        >>> model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+        >>> head = Task(model, data, data, trainable=["2.*"]).with_cached_trunk()
+        >>> head.model, head.train.inputs.shape, head.trainable
+        (Sequential(
+          (2): Linear(in_features=4, out_features=2, bias=True)
+        ), torch.Size([4, 4]), ('2.weight', '2.bias'))
         """
         cached = getattr(self, "_cached_trunk", None)
         if cached is not None and cached[0] == self.trainable:
@@ -323,7 +392,12 @@ class Task:
         return result
 
     def to(self, device=None, dtype=None) -> Task:
-        """Move the model and the data (in place for the model); returns self."""
+        """Move the model and the data (in place for the model); returns self.
+
+        >>> data = ArrayDataset(torch.randn(4, 3), torch.randint(0, 2, (4,)))
+        >>> Task(nn.Linear(3, 2), data, data).to(dtype=torch.float64).train.inputs.dtype
+        torch.float64
+        """
         self.model.to(device=device, dtype=dtype)
         self.train = self.train.to(device, dtype)
         self.test = self.test.to(device, dtype)

@@ -22,7 +22,11 @@ def test_and_train(task: Task, test, train, method: str) -> tuple[np.ndarray, np
     or an :class:`~fimo.errors.InputError` that names the method, the argument, the value and
     the allowed range.
 
-    >>> # test, train = test_and_train(task, range(10), [3, 1, 4], "grad_dot")
+    >>> from fimo.data.base import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(5, 3), torch.randint(0, 2, (5,)))
+    >>> task = Task(torch.nn.Linear(3, 2), data, data)
+    >>> test_and_train(task, range(2), [3, 1, 4], "grad_dot")
+    (array([0, 1]), array([3, 1, 4]))
     """
     test = check_indices(f"{method}: test", test, len(task.test), "test instances")
     train = check_indices(f"{method}: train", train, len(task.train), "training instances")
@@ -30,7 +34,11 @@ def test_and_train(task: Task, test, train, method: str) -> tuple[np.ndarray, np
 
 
 def seed_value(name: str, value) -> int:
-    """``value`` as an int, or an InputError naming ``name``."""
+    """``value`` as an int, or an InputError naming ``name``.
+
+    >>> seed_value("hessian_seed", np.int64(3))
+    3
+    """
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise InputError(f"{name}: got {value!r}; must be an integer")
     return int(value)
@@ -65,7 +73,11 @@ def hessian_subset(n: int, samples: int | None, seed: int = 0) -> np.ndarray:
 
 
 def subset_record(n: int, samples: int | None, seed: int, subset: np.ndarray) -> dict:
-    """What ``Scores.settings`` records about the training instances a fit used."""
+    """What ``Scores.settings`` records about the training instances a fit used.
+
+    >>> subset_record(10, 3, 0, hessian_subset(10, 3))["hessian_data"]
+    'a random subset of 3 of the 10 training instances (hessian_subset(n=10, samples=3, seed=0))'
+    """
     return {
         "hessian_samples": None if samples is None else int(samples),
         "hessian_seed": int(seed),
@@ -82,7 +94,7 @@ def training_gradients(task: Task, train, chunk_size: int | None = None) -> Chun
     """``(rows, G)`` chunks of the per-instance loss gradients of the training instances
     ``train`` (rows index into ``train``), sized from the memory budget unless ``chunk_size``.
 
-    >>> from fimo.data import ArrayDataset
+    >>> from fimo.data.base import ArrayDataset
     >>> data = ArrayDataset(torch.randn(5, 3), torch.randint(0, 2, (5,)))
     >>> task = Task(torch.nn.Linear(3, 2), data, data)
     >>> [(rows, G.shape) for rows, G in training_gradients(task, [4, 0, 2], chunk_size=2)]
@@ -114,12 +126,13 @@ def score_matrix(
     side, already preconditioned (and projected) by the method. ``progress(m)`` is called
     with the number of training instances each chunk scored.
 
-    >>> from fimo.data import ArrayDataset
+    >>> from fimo.data.base import ArrayDataset
     >>> data = ArrayDataset(torch.randn(5, 3), torch.randint(0, 2, (5,)))
     >>> task = Task(torch.nn.Linear(3, 2), data, data)
-    >>> S = score_matrix(task, [0, 1, 2], torch.ones(2, 8), per_n=False, chunk_size=2)
+    >>> V = torch.randn(2, 8)  # the test side: one row per test vector
+    >>> S = score_matrix(task, [0, 1, 2], V, per_n=False, chunk_size=2)
     >>> G = torch.cat([g for _, g in training_gradients(task, [0, 1, 2])])
-    >>> S.shape, bool(np.allclose(S, (torch.ones(2, 8) @ G.T).numpy()))
+    >>> S.shape, bool(np.allclose(S, (V @ G.T).numpy()))
     ((2, 3), True)
     """
     if chunks is None:

@@ -42,7 +42,12 @@ def _scores(task: Task, test, train, normalise: bool, chunk_size=None, progress=
 def grad_dot(task: Task, test, train, *, progress=None, chunk_size: int | None = None) -> Scores:
     """Grad-Dot: ∇g(z_test)ᵀ∇ℓ(z_i) at the final weights, for every (test, train) pair.
 
-    >>> # scores = grad_dot(task, test=range(10), train=range(100))  # (10, 100)
+    >>> from fimo.data.base import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(20, 3, dtype=torch.float64), torch.randint(0, 2, (20,)))
+    >>> task = Task(torch.nn.Linear(3, 2).double(), data, data)
+    >>> scores = grad_dot(task, test=range(4), train=range(20))
+    >>> scores.values.shape, bool((scores.values.diagonal() >= 0).all())  # ‖∇ℓ‖² ≥ 0
+    ((4, 20), True)
     """
     test, train, values = _scores(task, test, train, False, chunk_size, progress)
     return Scores(
@@ -51,6 +56,14 @@ def grad_dot(task: Task, test, train, *, progress=None, chunk_size: int | None =
 
 
 def grad_cos(task: Task, test, train, *, progress=None, chunk_size: int | None = None) -> Scores:
-    """Grad-Cos: the cosine of ∇g(z_test) and ∇ℓ(z_i) at the final weights."""
+    """Grad-Cos: the cosine of ∇g(z_test) and ∇ℓ(z_i) at the final weights.
+
+    >>> from fimo.data.base import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(20, 3, dtype=torch.float64), torch.randint(0, 2, (20,)))
+    >>> task = Task(torch.nn.Linear(3, 2).double(), data, data)
+    >>> scores = grad_cos(task, test=range(4), train=range(20))
+    >>> bool(abs(scores.values.diagonal() - 1).max() < 1e-12)  # each instance with itself
+    True
+    """
     test, train, values = _scores(task, test, train, True, chunk_size, progress)
     return Scores(values, test, train, "grad_cos", {"chunk_size": chunk_size}, units="cosine")

@@ -302,9 +302,14 @@ def explicit(
     2.0 / 3.7 GiB. The build grows like P²·n (n → ``hessian_samples`` when given), the
     factorisation like P³: expect about 3× the 20k time at 30k.
 
-    >>> # scores = explicit(task, test=range(10), train=range(len(task.train)))
-    >>> # on a large training set, H from 4,000 of its instances:
-    >>> # scores = explicit(task, range(10), range(len(task.train)), hessian_samples=4000)
+    >>> from fimo.data.base import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(20, 3, dtype=torch.float64), torch.randint(0, 2, (20,)))
+    >>> task = Task(torch.nn.Linear(3, 2).double(), data, data)
+    >>> explicit(task, test=range(4), train=range(20)).values.shape
+    (4, 20)
+    >>> # on a large training set, H from a random subset of its instances:
+    >>> explicit(task, range(4), range(20), hessian_samples=10).settings["hessian_samples"]
+    10
     """
     limits = _check_dense_size(task, max_params, max_memory_gb, "explicit")
     test, train, lam, record, op, g_test = _prepare(
@@ -361,7 +366,13 @@ def cg(
     still running (``batch_size`` fixes it; the batch used for all k is recorded as
     ``curvature_batch``); ``hessian_samples`` restricts H to a seeded random subset.
 
-    >>> # scores = cg(task, test=range(10), train=range(len(task.train)), tol=1e-8)
+    >>> from fimo.data.base import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(20, 3, dtype=torch.float64), torch.randint(0, 2, (20,)))
+    >>> task = Task(torch.nn.Linear(3, 2).double(), data, data)
+    >>> by_cg = cg(task, test=range(4), train=range(20), tol=1e-10)
+    >>> by_cholesky = explicit(task, test=range(4), train=range(20))
+    >>> bool(np.allclose(by_cg.values, by_cholesky.values, rtol=1e-6, atol=1e-12))
+    True
     """
     tol = _positive("tol", tol)
     max_iter = _positive_int("max_iter", max_iter)
@@ -426,7 +437,12 @@ def lissa(
     how far the series still moves. Cost: depth × repeat minibatch products per group of 32
     test vectors; memory a few (k, P) blocks.
 
-    >>> # scores = lissa(task, test=range(10), train=range(len(task.train)), depth=5000)
+    >>> from fimo.data.base import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(20, 3, dtype=torch.float64), torch.randint(0, 2, (20,)))
+    >>> task = Task(torch.nn.Linear(3, 2).double(), data, data)
+    >>> scores = lissa(task, test=range(4), train=range(20), depth=20, batch_size=20)
+    >>> scores.values.shape, scores.settings["batches"]
+    ((4, 20), 'full training set every step')
     """
     return _lissa(
         task,
@@ -471,6 +487,12 @@ def lissa_hessian(
     for every scale. With ``scale="auto"`` the Lanczos run that sizes the scale also detects
     it (a Ritz value below −λ) and raises :class:`NumericalError` at once, asking for more
     damping; with a given scale it shows as a divergence.
+
+    >>> from fimo.data.base import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(20, 3, dtype=torch.float64), torch.randint(0, 2, (20,)))
+    >>> task = Task(torch.nn.Linear(3, 2).double(), data, data)
+    >>> lissa_hessian(task, test=range(4), train=range(20), depth=20).values.shape
+    (4, 20)
     """
     return _lissa(
         task,
@@ -681,7 +703,13 @@ def arnoldi(
     O(iterations² · P); memory iterations × P. A kept μ + λ ≤ 0 raises
     :class:`NumericalError`; the eigenvalues and the largest Ritz residual are recorded.
 
-    >>> # scores = arnoldi(task, test=range(10), train=range(len(task.train)), rank=100)
+    >>> from fimo.data.base import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(20, 3, dtype=torch.float64), torch.randint(0, 2, (20,)))
+    >>> task = Task(torch.nn.Linear(3, 2).double(), data, data)
+    >>> full_rank = arnoldi(task, test=range(4), train=range(20), rank=task.num_params)
+    >>> exact = explicit(task, test=range(4), train=range(20))
+    >>> bool(np.allclose(full_rank.values, exact.values, rtol=1e-6, atol=1e-12))
+    True
     """
     rank = _positive_int("rank", rank)
     if iterations is not None:
@@ -771,7 +799,12 @@ def generalized(
     m training instances, while ∇R(D) is still the mean gradient over all n (one pass) and
     the per-instance terms are computed for every scored instance.
 
-    >>> # scores = generalized(task, test=range(10), train=range(len(task.train)))
+    >>> from fimo.data.base import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(20, 3, dtype=torch.float64), torch.randint(0, 2, (20,)))
+    >>> task = Task(torch.nn.Linear(3, 2).double(), data, data)
+    >>> scores = generalized(task, test=range(4), train=range(20))
+    >>> scores.values.shape, scores.settings["gradient_norm"] > 0  # not at a stationary point
+    ((4, 20), True)
     """
     check_choice("solver", solver, ("cg", "explicit"))
     tol = _positive("tol", tol)

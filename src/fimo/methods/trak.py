@@ -91,15 +91,28 @@ class Projector:
 
     @property
     def dim(self) -> int:
-        """The projected dimension."""
+        """The projected dimension.
+
+        >>> Projector(10, 4).dim, Projector(10, None).dim
+        (4, 10)
+        """
         return self.num_params if self.k is None else self.k
 
     @property
     def num_blocks(self) -> int:
+        """How many row blocks P is drawn in.
+
+        >>> Projector(10, 4).num_blocks
+        1
+        """
         return -(-self.num_params // self.rows)
 
     def block(self, b: int) -> torch.Tensor:
-        """Rows [b·rows, (b+1)·rows) of P."""
+        """Rows [b·rows, (b+1)·rows) of P.
+
+        >>> Projector(10, 4).block(0).abs().unique()  # Rademacher: ±1/√k
+        tensor([0.5000])
+        """
         state = np.random.SeedSequence([int(self.seed), b]).generate_state(2)
         gen = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
         shape = (min(self.rows, self.num_params - b * self.rows), self.k)
@@ -110,7 +123,12 @@ class Projector:
         return values.to(self.dtype) / self.k**0.5
 
     def project(self, g: torch.Tensor) -> torch.Tensor:
-        """G (m, num_params) → G P (m, k)."""
+        """G (m, num_params) → G P (m, k).
+
+        >>> proj = Projector(10, 4)
+        >>> torch.equal(proj.project(torch.eye(10)), proj.matrix)
+        True
+        """
         if self.k is None:
             return g
         if self.matrix is not None:
@@ -334,7 +352,12 @@ def trak(
     the other curvature methods): ΦᵀΦ·h/m over the sample; the scored instances' features are
     computed whether or not they are in it.
 
-    >>> # scores = trak(task, test=range(10), train=range(100), proj_dim=512)  # (10, 100)
+    >>> from fimo.data.base import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(20, 3, dtype=torch.float64), torch.randint(0, 2, (20,)))
+    >>> task = Task(torch.nn.Linear(3, 2).double(), data, data)
+    >>> scores = trak(task, test=range(4), train=range(20), proj_dim=4)
+    >>> scores.values.shape, scores.settings["output_function"]
+    ((4, 20), 'margin')
     """
     test, train = test_and_train(task, test, train, "trak")
     _check_settings(proj_dim, damping)
