@@ -50,6 +50,10 @@ class LossKind(str, enum.Enum):
 
     Decided by the identity of the loss function (:func:`loss_kind`), never by its name: a
     user's own function called ``cross_entropy`` is ``CUSTOM`` and gets the generic paths.
+
+    >>> data = ArrayDataset(torch.randn(4, 3), torch.randn(4, 2))
+    >>> Task(nn.Linear(3, 2), data, data, loss="mse").loss_kind == LossKind.SQUARED_ERROR
+    True
     """
 
     CROSS_ENTROPY = "cross_entropy"
