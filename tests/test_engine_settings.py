@@ -159,3 +159,17 @@ def test_diverging_further_training_names_the_run_the_step_and_the_fix():
         match=r"seed 0\) produced NaN or infinite test losses at step \d+ in the .*lower further\.lr",
     ):
         further_train_seed(task, s, 0, [1, 2], np.arange(5))
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(lr=0.0), "further.lr"),
+        (dict(lr=float("nan")), "further.lr"),
+        (dict(lr=float("inf")), "further.lr"),
+        (dict(optimizer="rmsprop"), "further.optimizer"),
+    ],
+)
+def test_optimizer_settings_are_checked_at_the_door(bad, match):
+    with pytest.raises(InputError, match=match):
+        FurtherSettings(**bad)

@@ -8,8 +8,10 @@ training can stack many runs along a leading axis and methods can differentiate 
 
 from __future__ import annotations
 
+import contextlib
+import enum
 import fnmatch
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -22,17 +24,113 @@ Params = dict[str, torch.Tensor]
 
 
 def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-instance cross-entropy of logits (B, k) against class indices (B,)."""
+    """Per-instance cross-entropy of logits (B, k) against class indices (B,).
+
+    >>> cross_entropy(torch.zeros(2, 4), torch.tensor([0, 3]))  # log 4 each
+    tensor([1.3863, 1.3863])
+    """
     return nn.functional.cross_entropy(outputs, targets, reduction="none")
 
 
 def squared_error(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-instance squared error, summed over output dimensions."""
+    """Per-instance squared error, summed over output dimensions.
+
+    >>> squared_error(torch.tensor([[1.0, 2.0], [0.0, 0.0]]), torch.tensor([[0.0, 0.0], [3.0, 0]]))
+    tensor([5., 9.])
+    """
     diff = outputs.reshape(targets.shape[0], -1) - targets.reshape(targets.shape[0], -1)
     return (diff**2).sum(dim=1)
 
 
 LOSSES: dict[str, Callable] = {"cross_entropy": cross_entropy, "mse": squared_error}
+
+
+class LossKind(str, enum.Enum):
+    """Which loss a task trains with, for the methods' closed forms of the built-in losses.
+
+    Decided by the identity of the loss function (:func:`loss_kind`), never by its name: a
+    user's own function called ``cross_entropy`` is ``CUSTOM`` and gets the generic paths.
+
+    >>> data = ArrayDataset(torch.randn(4, 3), torch.randn(4, 2))
+    >>> Task(nn.Linear(3, 2), data, data, loss="mse").loss_kind == LossKind.SQUARED_ERROR
+    True
+    """
+
+    CROSS_ENTROPY = "cross_entropy"
+    SQUARED_ERROR = "squared_error"
+    CUSTOM = "custom"
+
+
+def loss_kind(fn: Callable) -> LossKind:
+    """The kind of the loss function ``fn``: built-in (by identity) or custom.
+
+    >>> loss_kind(squared_error), loss_kind(lambda out, y: (out - y).abs().sum(1))
+    (<LossKind.SQUARED_ERROR: 'squared_error'>, <LossKind.CUSTOM: 'custom'>)
+    """
+    if fn is cross_entropy:
+        return LossKind.CROSS_ENTROPY
+    if fn is squared_error:
+        return LossKind.SQUARED_ERROR
+    return LossKind.CUSTOM
+
+
+@contextlib.contextmanager
+def kept_modes(model: nn.Module) -> Iterator[None]:
+    """On exit (also by an exception), every module of ``model`` gets back its own training
+    flag: ``model.train(flag)`` would set all of them to the root's, and a Sequential slice or
+    a module put in eval mode on purpose may differ from its parent.
+
+    >>> model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))
+    >>> model[1].training = False
+    >>> with kept_modes(model):
+    ...     _ = model.train()
+    >>> [m.training for m in model.modules()]
+    [True, True, False]
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode (no dropout, running normalisation statistics), each module's
+    own mode restored on exit (:func:`kept_modes`).
+
+    >>> model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))
+    >>> with eval_mode(model):
+    ...     print(model[1].training)
+    False
+    >>> model[1].training
+    True
+    """
+    with kept_modes(model):
+        model.eval()
+        yield
+
+
+@contextlib.contextmanager
+def train_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in train mode (dropout on) with its normalisation layers in eval mode, so
+    that their statistics, part of the final model, stay fixed and each instance's loss
+    depends on that instance alone; each module's own mode restored on exit.
+
+    >>> model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Dropout(0.5)).eval()
+    >>> with train_mode(model):
+    ...     print([m.training for m in model])
+    [True, False, True]
+    >>> model.training
+    False
+    """
+    with kept_modes(model):
+        model.train()
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._NormBase):
+                module.eval()
+        yield
 
 
 class in_float64:
@@ -43,6 +141,9 @@ class in_float64:
     at about 1e-6 and those differences vanish. Upcasting the logits before the loss keeps them
     (the logits themselves are accurate to about 1e-7 relative). A class, not a closure, so
     that a Task pickles into worker processes.
+
+    >>> in_float64(cross_entropy)(torch.zeros(1, 2), torch.tensor([0])).dtype
+    torch.float64
     """
 
     def __init__(self, fn: Callable):
@@ -61,6 +162,9 @@ def select_parameters(model: nn.Module, names: Sequence[str]) -> list[str]:
     Each entry is a parameter name or a shell-style pattern (``*``, ``?``, ``[...]``, matched
     with :func:`fnmatch.fnmatchcase`), e.g. ``"6.attention.*.weight"``. A name that is not in
     the model, or a pattern that matches nothing, is an error naming the closest parameter.
+
+    >>> select_parameters(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1)), ["1.*", "0.bias"])
+    ['0.bias', '1.weight', '1.bias']
     """
     if isinstance(names, str):
         names = [names]
@@ -90,7 +194,10 @@ def select_parameters(model: nn.Module, names: Sequence[str]) -> list[str]:
 class Task:
     """What the user supplies: model, per-instance loss, train and test data, trainable θ.
 
-    ``loss`` is ``"cross_entropy"``, ``"mse"`` or a function ``(outputs, targets) -> (B,)``.
+    ``loss`` is ``"cross_entropy"``, ``"mse"`` or a function ``(outputs, targets) -> (B,)``;
+    ``loss_spec`` keeps it as given (so that ``Task(..., loss=task.loss_spec)`` has the same
+    loss), ``loss_name`` is the name to show and ``loss_kind`` (:class:`LossKind`) says whether
+    it is one of fimo's built-in losses, which some methods treat in closed form.
     ``trainable`` names the parameters (or shell-style patterns, :func:`select_parameters`)
     that further training updates and that every method
     differentiates (all by default). ``measurement`` is the test function g
@@ -121,6 +228,7 @@ class Task:
                 raise InputError(
                     f"Task: {which} must be a fimo ArrayDataset; got {type(data).__name__}"
                 )
+        self.loss_spec = loss
         if isinstance(loss, str):
             if loss not in LOSSES:
                 raise InputError(
@@ -132,6 +240,7 @@ class Task:
             loss_name = getattr(loss, "__name__", "custom")
         self.model, self.train, self.test, self.name = model, train, test, name
         self.loss_fn, self.loss_name = loss, loss_name
+        self.loss_kind = loss_kind(loss)
         self.measure_fn = measurement or in_float64(loss)
         if trainable is None:
             trainable = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -144,33 +253,82 @@ class Task:
 
     # -- the functional view ---------------------------------------------------------------
     def params(self) -> Params:
-        """The trainable parameters θ (detached), keyed by name."""
+        """The trainable parameters θ (detached), keyed by name.
+
+        >>> data = ArrayDataset(torch.randn(4, 3), torch.randint(0, 2, (4,)))
+        >>> {n: tuple(p.shape) for n, p in Task(nn.Linear(3, 2), data, data).params().items()}
+        {'weight': (2, 3), 'bias': (2,)}
+        """
         named = dict(self.model.named_parameters())
         return {n: named[n].detach() for n in self.trainable}
 
     def frozen(self) -> Params:
-        """Everything else the model needs: frozen parameters and buffers."""
+        """Everything else the model needs: frozen parameters and buffers.
+
+        >>> data = ArrayDataset(torch.randn(4, 3), torch.randint(0, 2, (4,)))
+        >>> model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+        >>> sorted(Task(model, data, data, trainable=["0.*"]).frozen())[:3]
+        ['1.bias', '1.num_batches_tracked', '1.running_mean']
+        """
         out = {n: p.detach() for n, p in self.model.named_parameters() if n not in self.trainable}
         out.update({n: b for n, b in self.model.named_buffers()})
         return out
 
     def outputs(self, params: Params, inputs: torch.Tensor) -> torch.Tensor:
+        """The model's outputs at ``params`` (the other parameters and buffers as they are).
+
+        >>> data = ArrayDataset(torch.randn(4, 3), torch.randint(0, 2, (4,)))
+        >>> task = Task(nn.Linear(3, 2), data, data)
+        >>> zero = {n: torch.zeros_like(p) for n, p in task.params().items()}
+        >>> task.outputs(zero, data.inputs)
+        tensor([[0., 0.],
+                [0., 0.],
+                [0., 0.],
+                [0., 0.]])
+        """
         return functional_call(self.model, {**self.frozen(), **params}, (inputs,))
 
     def losses(self, params: Params, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Per-instance training losses (B,) at ``params``."""
+        """Per-instance training losses (B,) at ``params``.
+
+        >>> data = ArrayDataset(torch.randn(4, 3), torch.randint(0, 2, (4,)))
+        >>> task = Task(nn.Linear(3, 2), data, data)
+        >>> zero = {n: torch.zeros_like(p) for n, p in task.params().items()}
+        >>> task.losses(zero, data.inputs, data.targets)  # log 2: equal logits
+        tensor([0.6931, 0.6931, 0.6931, 0.6931])
+        """
         return self.loss_fn(self.outputs(params, inputs), targets)
 
     def measure(self, params: Params, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The test function g, per instance (B,) at ``params``."""
+        """The test function g, per instance (B,) at ``params``.
+
+        >>> data = ArrayDataset(torch.randn(4, 3), torch.randint(0, 2, (4,)))
+        >>> task = Task(nn.Linear(3, 2), data, data)
+        >>> task.measure(task.params(), data.inputs, data.targets).dtype  # the loss, in float64
+        torch.float64
+        """
         return self.measure_fn(self.outputs(params, inputs), targets)
 
     @property
     def num_params(self) -> int:
+        """How many trainable numbers θ holds.
+
+        >>> data = ArrayDataset(torch.randn(4, 3), torch.randint(0, 2, (4,)))
+        >>> Task(nn.Linear(3, 2), data, data, trainable=["weight"]).num_params
+        6
+        """
         return sum(p.numel() for p in self.params().values())
 
     def load_params(self, params: Params) -> None:
-        """Copy ``params`` into the model's trainable parameters."""
+        """Copy ``params`` into the model's trainable parameters.
+
+        >>> data = ArrayDataset(torch.randn(4, 3), torch.randint(0, 2, (4,)))
+        >>> task = Task(nn.Linear(3, 2), data, data)
+        >>> task.load_params({"bias": torch.tensor([1.0, -1.0])})
+        >>> task.model.bias
+        Parameter containing:
+        tensor([ 1., -1.], requires_grad=True)
+        """
         named = dict(self.model.named_parameters())
         with torch.no_grad():
             for n, value in params.items():
@@ -178,7 +336,13 @@ class Task:
 
     def trunk_length(self) -> int:
         """How many leading modules of an ``nn.Sequential`` model hold no trainable parameter
-        (the frozen trunk :meth:`with_cached_trunk` computes once); 0 for other models."""
+        (the frozen trunk :meth:`with_cached_trunk` computes once); 0 for other models.
+
+        >>> data = ArrayDataset(torch.randn(4, 3), torch.randint(0, 2, (4,)))
+        >>> model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+        >>> Task(model, data, data, trainable=["2.*"]).trunk_length()
+        2
+        """
         if not isinstance(self.model, nn.Sequential):
             return 0
         names = list(self.model._modules)
@@ -197,6 +361,14 @@ class Task:
         (same parameter names) whose inputs are the trunk's outputs, computed once in eval
         mode; otherwise returns ``self``. The result is memoised (and kept by :meth:`to`).
         ``progress(done, total)`` is called after each batch of instances through the trunk.
+
+        >>> data = ArrayDataset(torch.randn(4, 3), torch.randint(0, 2, (4,)))
+        >>> model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+        >>> head = Task(model, data, data, trainable=["2.*"]).with_cached_trunk()
+        >>> head.model, head.train.inputs.shape, head.trainable
+        (Sequential(
+          (2): Linear(in_features=4, out_features=2, bias=True)
+        ), torch.Size([4, 4]), ('2.weight', '2.bias'))
         """
         cached = getattr(self, "_cached_trunk", None)
         if cached is not None and cached[0] == self.trainable:
@@ -205,22 +377,17 @@ class Task:
         first = self.trunk_length()
         if first > 0:
             trunk, head = self.model[:first], self.model[first:]
-            # a slice is a new Sequential (training=True): restore each module's own mode
-            modes = [(m, m.training) for m in trunk.modules()]
-            trunk.eval()
             total = len(self.train) + len(self.test)
-            size = _trunk_batch(trunk, self.train.inputs)
-            with torch.no_grad():
+            with torch.no_grad(), eval_mode(trunk):
+                size = _trunk_batch(trunk, self.train.inputs)
                 train_x = _batched(trunk, self.train.inputs, size, progress, 0, total)
                 test_x = _batched(trunk, self.test.inputs, size, progress, len(self.train), total)
-            for m, mode in modes:
-                m.training = mode
             head.training = self.model.training  # a slice starts in training mode
             result = Task(
                 head,
                 ArrayDataset(train_x, self.train.targets, None, self.train.info),
                 ArrayDataset(test_x, self.test.targets, None, self.test.info),
-                loss=self.loss_fn if self.loss_name not in LOSSES else self.loss_name,
+                loss=self.loss_spec,
                 trainable=self.trainable,
                 measurement=self.measure_fn,
                 name=self.name,
@@ -229,7 +396,12 @@ class Task:
         return result
 
     def to(self, device=None, dtype=None) -> Task:
-        """Move the model and the data (in place for the model); returns self."""
+        """Move the model and the data (in place for the model); returns self.
+
+        >>> data = ArrayDataset(torch.randn(4, 3), torch.randint(0, 2, (4,)))
+        >>> Task(nn.Linear(3, 2), data, data).to(dtype=torch.float64).train.inputs.dtype
+        torch.float64
+        """
         self.model.to(device=device, dtype=dtype)
         self.train = self.train.to(device, dtype)
         self.test = self.test.to(device, dtype)
@@ -240,16 +412,37 @@ class Task:
             head.train, head.test = head.train.to(device, dtype), head.test.to(device, dtype)
         return self
 
+    def eval_mode(self):
+        """A context in which the model is in eval mode (:func:`eval_mode`): gradients and
+        outputs of the final model, no dropout; each module's own mode restored on exit.
+
+        >>> data = ArrayDataset(torch.randn(4, 3), torch.randint(0, 2, (4,)))
+        >>> task = Task(nn.Sequential(nn.Linear(3, 2), nn.Dropout(0.5)), data, data)
+        >>> with task.eval_mode():
+        ...     print(task.model[1].training)
+        False
+        >>> task.model[1].training
+        True
+        """
+        return eval_mode(self.model)
+
+    def train_mode(self):
+        """A context in which the model is in train mode with its normalisation layers in eval
+        mode (:func:`train_mode`), as further training runs it; modes restored on exit.
+
+        >>> data = ArrayDataset(torch.randn(4, 3), torch.randint(0, 2, (4,)))
+        >>> task = Task(nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2)).eval(), data, data)
+        >>> with task.train_mode():
+        ...     print(task.model.training, task.model[1].training)
+        True False
+        """
+        return train_mode(self.model)
+
     def _check_output(self) -> None:
         """The model's outputs fit the loss on both sets, and labels fit the outputs."""
-        modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()  # a check must not move BatchNorm statistics or draw dropout masks
-        try:
+        with self.eval_mode():  # a check must not move BatchNorm statistics or draw dropout masks
             for which, data in (("training", self.train), ("test", self.test)):
                 self._check_fit(which, data)
-        finally:
-            for m, mode in modes:  # each module's own mode (a Sequential slice may differ)
-                m.training = mode
 
     def _check_fit(self, which: str, data: ArrayDataset) -> None:
         x, y = data.inputs[:2], data.targets[:2]
@@ -269,7 +462,7 @@ class Task:
                 f"Task: the loss must return one value per instance, shape ({x.shape[0]},); "
                 f"got {got}"
             )
-        if self.loss_name == "mse" and outputs[:1].numel() != y[:1].numel():
+        if self.loss_kind == LossKind.SQUARED_ERROR and outputs[:1].numel() != y[:1].numel():
             raise InputError(
                 f"Task: the model gives {outputs[:1].numel()} outputs per instance but the "
                 f"{which} targets have {y[:1].numel()}; they must match for the loss 'mse'"
@@ -280,7 +473,7 @@ class Task:
                 "model's current weights; check the model, its weights and the data"
             )
         labels = data.targets
-        if self.loss_name == "cross_entropy" and not labels.is_floating_point():
+        if self.loss_kind == LossKind.CROSS_ENTROPY and not labels.is_floating_point():
             k = outputs.shape[-1]
             if labels.min() < 0 or labels.max() >= k:
                 raise InputError(

@@ -167,7 +167,7 @@ def final_training_task(config, task: Task, cached=None) -> Task:
     if not config.training.trainable:
         return task
     kwargs = {
-        "loss": task.loss_name if task.loss_name in ("cross_entropy", "mse") else task.loss_fn,
+        "loss": task.loss_spec,
         "trainable": list(config.training.trainable),
         "measurement": task.measure_fn,
         "name": task.name,

@@ -189,12 +189,10 @@ def further_train_seed(
         steps.append(step)
         epochs.append(step / per_epoch)
 
-    was_training = task.model.training
     devices = [device] if device.type == "cuda" else []
-    try:
+    with task.train_mode():  # each module's own mode comes back on exit
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(int(seed))
-            _train_mode(task.model)
             step = 0
             plan = schedule(
                 n, left_out, settings.batch_size, settings.epochs, seed, settings.scheme,
@@ -216,8 +214,6 @@ def further_train_seed(
                     record(step)
             if not steps or steps[-1] != step:
                 record(step)  # stopped by max_steps mid-epoch
-    finally:
-        task.model.train(was_training)
     losses = np.stack(recorded)  # (C, R, T)
     return SeedResult(
         loss_full=losses[:, 0, :],

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from fimo.task import LOSSES, Task
+from fimo.task import LossKind, Task
 
 _ACTIVATIONS = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Identity: "identity"}
 
@@ -22,7 +22,7 @@ _ACTIVATIONS = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Identity: "identity"}
 def _plan(task: Task) -> list[tuple[str, str | None, str]] | None:
     """[(weight name, bias name or None, activation after the layer)], or None if unsupported."""
     model = task.model
-    if not isinstance(model, nn.Sequential) or task.loss_fn not in LOSSES.values():
+    if not isinstance(model, nn.Sequential) or task.loss_kind == LossKind.CUSTOM:
         return None
     layers: list[list] = []
     for name, module in model.named_children():
@@ -51,7 +51,7 @@ def fused_mlp_grads(task: Task) -> Callable | None:
     plan = _plan(task)
     if plan is None:
         return None
-    cross_entropy = task.loss_fn is LOSSES["cross_entropy"]
+    cross_entropy = task.loss_kind == LossKind.CROSS_ENTROPY
 
     def grads(params, x, y, w):
         # forward: keep each layer's input; ReLU in place (its mask is recovered from a > 0)

@@ -1,10 +1,12 @@
 """Pure optimizers over parameters stacked along a leading *run* axis.
 
 Each optimizer is a pair of pure functions in the style of optax:
-``init(params) -> state`` and ``update(grads, state, params) -> (updates, state)``;
-``apply_updates(params, updates)`` adds them. Every tensor has shape (R, ...): R runs
-advance together, each with its own state, and each run's arithmetic is the same, step for
-step, as ``torch.optim`` started fresh on that run alone (tests/test_optim.py checks it).
+``init(params) -> state`` and ``update(grads, state, params) -> (updates, state)``; the
+engine adds the updates to the parameters. Every tensor has shape (R, ...): R runs advance
+together, each with its own state, and each run's arithmetic is the same, step for step, as
+``torch.optim`` started fresh on that run alone (tests/test_engine.py checks whole further
+training runs against ``torch.optim`` for SGD with momentum, Nesterov and clipping, Adam and
+AdamW).
 
 ``active`` (an (R,) bool tensor or None) lets some runs sit out a step (a left-out run whose
 epoch has one batch fewer): their parameters and state are left exactly as they were.
@@ -12,13 +14,10 @@ epoch has one batch fewer): their parameters and state are left exactly as they 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-
-from fimo.errors import InputError
 
 Tree = dict[str, torch.Tensor]
 
@@ -36,10 +35,6 @@ def _per_run(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def _keep(active, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     return new if active is None else torch.where(_per_run(active, new), new, old)
-
-
-def apply_updates(params: Tree, updates: Tree) -> Tree:
-    return {k: params[k] + updates[k] for k in params}
 
 
 def clip_by_global_norm(max_norm: float) -> Transform:
@@ -160,11 +155,11 @@ def make_optimizer(
     clip_norm: float = 0.0,
     nesterov: bool = False,
 ) -> Transform:
-    """The optimizer for further training, by name, with gradient clipping when clip_norm > 0."""
-    if name not in OPTIMIZERS:
-        raise InputError(f"optimizer: got {name!r}; allowed: {', '.join(OPTIMIZERS)}")
-    if not (lr > 0 and math.isfinite(lr)):
-        raise InputError(f"lr: got {lr!r}; the learning rate must be a positive number")
+    """The optimizer for further training, by name, with gradient clipping when clip_norm > 0.
+
+    The settings are taken as valid: :class:`fimo.further.engine.FurtherSettings` checks them,
+    once, when it is made (its ``transform()`` calls this).
+    """
     if name == "sgd":
         opt = sgd(lr, momentum, weight_decay, nesterov)
     else:

@@ -36,7 +36,11 @@ ALL_METHOD_NAMES = tuple(REGISTRY)
 
 
 def get_method(name: str) -> Callable:
-    """The method function registered under ``name``."""
+    """The method function registered under ``name``.
+
+    >>> get_method("grad_dot").__module__
+    'fimo.methods.first_order'
+    """
     if name not in REGISTRY:
         raise InputError(
             f"method {name!r} is unknown{closest(name, REGISTRY)}; allowed: {', '.join(REGISTRY)}"
@@ -52,7 +56,11 @@ def get_method(name: str) -> Callable:
 
 
 def available_methods() -> list[str]:
-    """The registered methods that this installation implements."""
+    """The registered methods that this installation implements.
+
+    >>> available_methods()[:3]
+    ['grad_dot', 'grad_cos', 'explicit']
+    """
     out = []
     for name, target in REGISTRY.items():
         module, attr = target.split(":")
@@ -65,7 +73,11 @@ def available_methods() -> list[str]:
 
 
 def method_defaults(name: str) -> dict:
-    """The settings a method accepts, with their defaults."""
+    """The settings a method accepts, with their defaults.
+
+    >>> method_defaults("grad_dot")
+    {'chunk_size': None}
+    """
     params = inspect.signature(get_method(name)).parameters
     return {
         k: p.default

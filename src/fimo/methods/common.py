@@ -1,13 +1,20 @@
-"""What every attribution method shares: its argument checks and the seeded subset of training
-instances a curvature estimate may be fitted on (`hessian_samples`)."""
+"""What every attribution method shares: its argument checks, the seeded subset of training
+instances a curvature estimate may be fitted on (`hessian_samples`), and the last step of
+every method, the score matrix from streamed training gradients (:func:`score_matrix`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import numpy as np
+import torch
 
 from fimo.data.base import check_indices
 from fimo.errors import InputError
+from fimo.methods.gradients import per_instance_grads
 from fimo.task import Task
+
+Chunks = Iterable[tuple[slice, torch.Tensor]]
 
 
 def test_and_train(task: Task, test, train, method: str) -> tuple[np.ndarray, np.ndarray]:
@@ -15,7 +22,11 @@ def test_and_train(task: Task, test, train, method: str) -> tuple[np.ndarray, np
     or an :class:`~fimo.errors.InputError` that names the method, the argument, the value and
     the allowed range.
 
-    >>> # test, train = test_and_train(task, range(10), [3, 1, 4], "grad_dot")
+    >>> from fimo.data.base import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(5, 3), torch.randint(0, 2, (5,)))
+    >>> task = Task(torch.nn.Linear(3, 2), data, data)
+    >>> test_and_train(task, range(2), [3, 1, 4], "grad_dot")
+    (array([0, 1]), array([3, 1, 4]))
     """
     test = check_indices(f"{method}: test", test, len(task.test), "test instances")
     train = check_indices(f"{method}: train", train, len(task.train), "training instances")
@@ -23,7 +34,11 @@ def test_and_train(task: Task, test, train, method: str) -> tuple[np.ndarray, np
 
 
 def seed_value(name: str, value) -> int:
-    """``value`` as an int, or an InputError naming ``name``."""
+    """``value`` as an int, or an InputError naming ``name``.
+
+    >>> seed_value("hessian_seed", np.int64(3))
+    3
+    """
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise InputError(f"{name}: got {value!r}; must be an integer")
     return int(value)
@@ -58,7 +73,11 @@ def hessian_subset(n: int, samples: int | None, seed: int = 0) -> np.ndarray:
 
 
 def subset_record(n: int, samples: int | None, seed: int, subset: np.ndarray) -> dict:
-    """What ``Scores.settings`` records about the training instances a fit used."""
+    """What ``Scores.settings`` records about the training instances a fit used.
+
+    >>> subset_record(10, 3, 0, hessian_subset(10, 3))["hessian_data"]
+    'a random subset of 3 of the 10 training instances (hessian_subset(n=10, samples=3, seed=0))'
+    """
     return {
         "hessian_samples": None if samples is None else int(samples),
         "hessian_seed": int(seed),
@@ -69,3 +88,64 @@ def subset_record(n: int, samples: int | None, seed: int, subset: np.ndarray) ->
             f"(hessian_subset(n={n}, samples={len(subset)}, seed={seed}))"
         ),
     }
+
+
+def training_gradients(task: Task, train, chunk_size: int | None = None) -> Chunks:
+    """``(rows, G)`` chunks of the per-instance loss gradients of the training instances
+    ``train`` (rows index into ``train``), sized from the memory budget unless ``chunk_size``.
+
+    >>> from fimo.data.base import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(5, 3), torch.randint(0, 2, (5,)))
+    >>> task = Task(torch.nn.Linear(3, 2), data, data)
+    >>> [(rows, G.shape) for rows, G in training_gradients(task, [4, 0, 2], chunk_size=2)]
+    [(slice(0, 2, None), torch.Size([2, 8])), (slice(2, 3, None), torch.Size([1, 8]))]
+    """
+    idx = torch.as_tensor(np.asarray(train), dtype=torch.long)
+    x, y = task.train.inputs[idx], task.train.targets[idx]
+    return per_instance_grads(task, x, y, chunk_size=chunk_size)
+
+
+def score_matrix(
+    task: Task,
+    train,
+    test_side: torch.Tensor,
+    *,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    per_n: bool = True,
+    progress: Callable[[int], None] | None = None,
+    chunk_size: int | None = None,
+    chunks: Chunks | None = None,
+) -> np.ndarray:
+    """The (len(test_side), len(train)) float64 scores ``test_side · transform(G)ᵀ``, divided
+    by n = len(task.train) when ``per_n``.
+
+    G are the training-side vectors of the instances ``train``, streamed chunk by chunk (never
+    all at once): the per-instance loss gradients (:func:`training_gradients`) unless
+    ``chunks`` gives other ``(rows, G)`` pairs (rows index into ``train``). ``transform`` is
+    applied to each chunk (e.g. normalising for Grad-Cos); ``test_side`` (k, D) is the test
+    side, already preconditioned (and projected) by the method. ``progress(m)`` is called
+    with the number of training instances each chunk scored.
+
+    >>> from fimo.data.base import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(5, 3), torch.randint(0, 2, (5,)))
+    >>> task = Task(torch.nn.Linear(3, 2), data, data)
+    >>> V = torch.randn(2, 8)  # the test side: one row per test vector
+    >>> S = score_matrix(task, [0, 1, 2], V, per_n=False, chunk_size=2)
+    >>> G = torch.cat([g for _, g in training_gradients(task, [0, 1, 2])])
+    >>> S.shape, bool(np.allclose(S, (V @ G.T).numpy()))
+    ((2, 3), True)
+    """
+    if chunks is None:
+        chunks = training_gradients(task, train, chunk_size)
+    n = len(task.train)
+    out = np.empty((len(test_side), len(train)), dtype=np.float64)
+    for rows, G in chunks:
+        if transform is not None:
+            G = transform(G)
+        block = test_side @ G.to(test_side.dtype).T
+        if per_n:
+            block = block / n
+        out[:, rows] = block.double().cpu().numpy()
+        if progress is not None:
+            progress(rows.stop - rows.start)
+    return out

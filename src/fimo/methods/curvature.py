@@ -24,7 +24,6 @@ training set in one batch (one graph per product) and large ones are cut to fit.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Iterator
 
@@ -35,7 +34,7 @@ from torch.func import grad, jacrev, jvp, vjp, vmap
 
 from fimo.errors import InputError, check_choice
 from fimo.methods.gradients import DEFAULT_BUDGET, chunk_size_for, fit_count
-from fimo.task import Task
+from fimo.task import Task, eval_mode
 
 #: The curvature matrices the methods accept (the ``hessian`` setting).
 KINDS = ("gauss_newton", "hessian")
@@ -90,17 +89,6 @@ def activation_width(task: Task, x: torch.Tensor, params=None) -> int:
         for h in handles:
             h.remove()
     return max(total[0], int(x[:1].numel()) + int(out.numel()))
-
-
-@contextlib.contextmanager
-def eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """The final model in eval mode (no dropout, running batch-norm statistics), then restored."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 class FlatParams:

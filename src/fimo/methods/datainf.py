@@ -21,7 +21,13 @@ import numpy as np
 import torch
 
 from fimo.errors import InputError, check_choice
-from fimo.methods.common import hessian_subset, seed_value, subset_record, test_and_train
+from fimo.methods.common import (
+    hessian_subset,
+    score_matrix,
+    seed_value,
+    subset_record,
+    test_and_train,
+)
 from fimo.methods.gradients import DEFAULT_BUDGET, chunk_size_for, per_instance_grads
 from fimo.methods.gradients import gradient_matrix as _gradient_matrix
 from fimo.scores import Scores
@@ -35,6 +41,14 @@ def parameter_blocks(task: Task, blocks: str = "module") -> list[tuple[str, list
 
     ``"module"`` groups the trainable tensors of one module (a Linear's weight and bias);
     ``"tensor"`` makes every trainable tensor its own block.
+
+    >>> from fimo.data.base import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(4, 3), torch.randint(0, 2, (4,)))
+    >>> task = Task(torch.nn.Sequential(torch.nn.Linear(3, 2)), data, data)
+    >>> [(name, len(cols)) for name, cols in parameter_blocks(task)]
+    [('0', 8)]
+    >>> [(name, len(cols)) for name, cols in parameter_blocks(task, "tensor")]
+    [('0.weight', 6), ('0.bias', 2)]
     """
     check_choice("datainf blocks", blocks, BLOCKS)
     groups: dict[str, list[int]] = {}
@@ -95,7 +109,8 @@ def datainf(
     hessian_seed: int = 0,
     chunk_size: int | None = None,
 ) -> Scores:
-    """DataInf scores (1/n)·Σ_l g_jlᵀ Ĥ_l⁻¹ ∇g_l(z_t) (Sherman-Morrison per instance), positive = helpful.
+    """DataInf scores (1/n)·Σ_l g_jlᵀ Ĥ_l⁻¹ ∇g_l(z_t) (Sherman-Morrison per instance),
+    positive = helpful.
 
     λ_l = mean_i(mean_p g_il²) / ``lambda_const`` per block (the paper's default 10, i.e.
     0.1 × the block's mean squared gradient entry), or the absolute ``damping`` for every
@@ -104,7 +119,12 @@ def datainf(
     paper's SST-2 setting used 1000; :func:`fimo.methods.common.hessian_subset` with
     ``hessian_seed``, the same draw as the influence family's); by default all n.
 
-    >>> # scores = datainf(task, test=range(10), train=range(100))  # (10, 100)
+    >>> from fimo.data.base import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(20, 3, dtype=torch.float64), torch.randint(0, 2, (20,)))
+    >>> task = Task(torch.nn.Linear(3, 2).double(), data, data)
+    >>> scores = datainf(task, test=range(4), train=range(20))
+    >>> scores.values.shape, list(scores.settings["layer_damping"])
+    ((4, 20), ['<root>'])
     """
     test, train = test_and_train(task, test, train, "datainf")
     n = len(task.train)
@@ -148,11 +168,7 @@ def datainf(
         pre[:, s] = inverse[k] * (v[:, s] - acc[:, s] / m)
 
     # pass 3: the scores, (1/n) Σ_l ⟨Ĥ_l⁻¹ ∇g_l(z_t), g_jl⟩
-    out = np.empty((len(test), len(train)), dtype=np.float64)
-    for rows, g in grads.chunks(train):
-        out[:, rows] = (pre @ g.T / n).double().cpu().numpy()
-        if progress is not None:
-            progress(rows.stop - rows.start)
+    out = score_matrix(task, train, pre, progress=progress, chunks=grads.chunks(train))
     settings = {
         "lambda_const": lambda_const if damping is None else None,
         "damping": None if damping is None else float(damping),

@@ -28,11 +28,17 @@ from torch import nn
 from torch.func import hessian, vmap
 
 from fimo.errors import InputError, check_choice
-from fimo.methods.common import hessian_subset, seed_value, subset_record, test_and_train
+from fimo.methods.common import (
+    hessian_subset,
+    score_matrix,
+    seed_value,
+    subset_record,
+    test_and_train,
+)
 from fimo.methods.damping import resolve_damping
-from fimo.methods.gradients import chunk_size_for, gradient_matrix, per_instance_grads
+from fimo.methods.gradients import chunk_size_for, gradient_matrix
 from fimo.scores import Scores
-from fimo.task import Task
+from fimo.task import LossKind, Task
 
 #: Layer types EK-FAC factors; a trainable parameter anywhere else is an error.
 SUPPORTED = (nn.Linear, nn.Conv2d)
@@ -49,6 +55,23 @@ class LayerFactors:
     (d_out, -1), then the bias gradient as a last column. ``A`` (d_a, d_a) and ``S``
     (d_out, d_out) are the Kronecker factors, ``QA``/``QS`` their eigenvectors and ``eigen``
     (d_out, d_a) the corrected eigenvalues Λ.
+
+    >>> from fimo.data.base import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(20, 3, dtype=torch.float64), torch.randint(0, 2, (20,)))
+    >>> model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    >>> task = Task(model, data, data)
+    >>> layer = fit_ekfac(task)[0][1]  # the last Linear: d_out = 2, d_a = 4 + 1 (bias)
+    >>> G = torch.randn(3, task.num_params, dtype=torch.float64)
+    >>> mats = layer.gather(G)
+    >>> mats.shape
+    torch.Size([3, 2, 5])
+    >>> flat = torch.zeros_like(G); layer.scatter(mats, flat)
+    >>> torch.equal(flat[:, 16:], G[:, 16:])
+    True
+    >>> H = layer.hessian()  # (Ĥ + λI)⁻¹ by the eigenbasis equals the dense solve
+    >>> dense = torch.linalg.solve(H + 0.1 * torch.eye(10, dtype=H.dtype), mats.reshape(3, 10).T).T
+    >>> torch.allclose(layer.precondition(mats, 0.1).reshape(3, 10), dense)
+    True
     """
 
     name: str
@@ -101,7 +124,15 @@ def _offsets(task: Task) -> dict[str, slice]:
 
 
 def find_layers(task: Task) -> list[LayerFactors]:
-    """The layers with trainable parameters (empty factors); InputError for unsupported ones."""
+    """The layers with trainable parameters (empty factors); InputError for unsupported ones.
+
+    >>> from fimo.data.base import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(20, 3, dtype=torch.float64), torch.randint(0, 2, (20,)))
+    >>> model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    >>> task = Task(model, data, data)
+    >>> [(layer.name, layer.d_out, layer.A) for layer in find_layers(task)]
+    [('0', 4, None), ('2', 2, None)]
+    """
     offsets = _offsets(task)
     covered, layers = set(), []
     for prefix, module in task.model.named_modules():
@@ -224,7 +255,7 @@ def _output_vectors(task: Task, out: torch.Tensor, y: torch.Tensor, mode: str, n
     """Vectors u (C, B, d_o) with Σ_c u_c u_cᵀ = H_ℓ (exact) or E[u uᵀ] = H_ℓ (sample)."""
     out = out.detach().reshape(out.shape[0], -1)
     batch, d_o = out.shape
-    if task.loss_name == "cross_entropy":
+    if task.loss_kind == LossKind.CROSS_ENTROPY:
         p = torch.softmax(out, dim=-1)
         if mode == "exact":
             # diag(p) − ppᵀ has rank C − 1 (its null space is the all-ones direction), so C − 1
@@ -240,7 +271,7 @@ def _output_vectors(task: Task, out: torch.Tensor, y: torch.Tensor, mode: str, n
         # a label drawn from the model's own predictive distribution (inverse CDF of a uniform)
         label = (p.cumsum(-1) < noise[:, :1]).sum(-1).clamp(max=d_o - 1)
         return (nn.functional.one_hot(label, d_o).to(out.dtype) - p)[None]
-    if task.loss_name == "mse":  # fimo's squared error Σ(out − y)² has H_ℓ = 2I
+    if task.loss_kind == LossKind.SQUARED_ERROR:  # fimo's squared error Σ(out − y)² has H_ℓ = 2I
         if mode == "exact":
             eye = torch.eye(d_o, dtype=out.dtype) * 2**0.5
             return eye[:, None, :].expand(d_o, batch, d_o)
@@ -303,6 +334,14 @@ def fit_ekfac(
 
     Two passes over the training data: A, S and their eigenvectors, then the eigenvalue
     correction Λ (with the same sampled labels, if sampling).
+
+    >>> from fimo.data.base import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(20, 3, dtype=torch.float64), torch.randint(0, 2, (20,)))
+    >>> model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    >>> task = Task(model, data, data)
+    >>> layers, mode = fit_ekfac(task)
+    >>> [(layer.name, tuple(layer.eigen.shape)) for layer in layers], mode
+    ([('0', (4, 4)), ('2', (2, 5))], 'exact')
     """
     check_choice("ekfac sampling", sampling, SAMPLING)
     layers = find_layers(task)
@@ -319,15 +358,13 @@ def fit_ekfac(
     noise = None
     if mode == "sample":  # drawn once, so that both passes see the same labels
         gen = torch.Generator().manual_seed(int(seed))
-        if task.loss_name == "cross_entropy":
+        if task.loss_kind == LossKind.CROSS_ENTROPY:
             noise = torch.rand(n, 1, generator=gen, dtype=dtype)
         else:
             noise = torch.randn(n, d_o, generator=gen, dtype=dtype)
     vectors = d_o if mode == "exact" else 1  # an upper bound (cross-entropy needs C − 1)
     size = chunk_size or chunk_size_for(task.num_params * vectors, x_all.element_size())
-    was_training = task.model.training
-    task.model.eval()
-    try:
+    with task.eval_mode():
         for layer in layers:
             layer.A, layer.S = 0, 0
         for rows in _chunks(n, size):
@@ -353,8 +390,6 @@ def fit_ekfac(
                     g = torch.einsum("cbto,btd->cbod", d_rot, a_rot)
                     lam = (g**2).sum(dim=(0, 1))
                 layer.eigen = layer.eigen + lam / n
-    finally:
-        task.model.train(was_training)
     return layers, mode
 
 
@@ -376,14 +411,20 @@ def ekfac(
 
     Ĥ is fitted on all training instances, or on ``hessian_samples`` of them drawn with
     ``hessian_seed`` (:func:`fimo.methods.common.hessian_subset`, the draw of the influence
-    family and DataInf), which then also give the damping base. ``damping`` is an absolute λ; otherwise λ =
-    ``damping_factor`` × the mean squared per-instance gradient entry (paper §4; kronfluence
-    uses 0.1 × the mean corrected eigenvalue instead, recorded as ``mean_eigenvalue``).
+    family and DataInf), which then also give the damping base. ``damping`` is an absolute λ;
+    otherwise λ = ``damping_factor`` × the mean squared per-instance gradient entry (paper §4;
+    kronfluence uses 0.1 × the mean corrected eigenvalue instead, recorded as
+    ``mean_eigenvalue``).
     ``sampling``: ``"exact"`` expands the loss Hessian over all outputs (the exact Gauss-Newton
     moments), ``"sample"`` draws one label per instance from the model (the true Fisher),
     ``"auto"`` is exact up to 10 outputs. Supports trainable ``nn.Linear`` and ``nn.Conv2d``.
 
-    >>> # scores = ekfac(task, test=range(10), train=range(100))  # (10, 100)
+    >>> from fimo.data.base import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(20, 3, dtype=torch.float64), torch.randint(0, 2, (20,)))
+    >>> task = Task(torch.nn.Linear(3, 2).double(), data, data)
+    >>> scores = ekfac(task, test=range(4), train=range(20))
+    >>> scores.values.shape, scores.settings["layers"], scores.settings["sampling"]
+    ((4, 20), [''], 'exact')
     """
     test, train = test_and_train(task, test, train, "ekfac")
     n = len(task.train)
@@ -398,13 +439,7 @@ def ekfac(
     pre = torch.zeros_like(g_test)
     for layer in layers:
         layer.scatter(layer.precondition(layer.gather(g_test), lam), pre)
-    idx = torch.as_tensor(train)
-    x, y = task.train.inputs[idx], task.train.targets[idx]
-    out = np.empty((len(test), len(train)), dtype=np.float64)
-    for rows, g_train in per_instance_grads(task, x, y, chunk_size=chunk_size):
-        out[:, rows] = (pre @ g_train.T / n).double().cpu().numpy()
-        if progress is not None:
-            progress(rows.stop - rows.start)
+    out = score_matrix(task, train, pre, progress=progress, chunk_size=chunk_size)
     eigen = torch.cat([layer.eigen.reshape(-1) for layer in layers])
     settings = {
         **record,

@@ -22,7 +22,11 @@ MAX_CHUNK = 256
 
 
 def fit_count(item_bytes: float, budget: int = DEFAULT_BUDGET, cap: int | None = None) -> int:
-    """How many items of ``item_bytes`` bytes fit in ``budget`` bytes: at least 1, at most cap."""
+    """How many items of ``item_bytes`` bytes fit in ``budget`` bytes: at least 1, at most cap.
+
+    >>> fit_count(100, budget=1000), fit_count(100, budget=1000, cap=4), fit_count(10**6, 1000)
+    (10, 4, 1)
+    """
     count = int(budget // max(1.0, float(item_bytes)))
     if cap is not None:
         count = min(count, int(cap))
@@ -30,7 +34,11 @@ def fit_count(item_bytes: float, budget: int = DEFAULT_BUDGET, cap: int | None =
 
 
 def chunk_size_for(num_params: int, itemsize: int = 4, budget: int = DEFAULT_BUDGET) -> int:
-    """How many flattened per-instance gradients fit in ``budget`` bytes (at least 1)."""
+    """How many flattened per-instance gradients fit in ``budget`` bytes (at least 1).
+
+    >>> chunk_size_for(1_000), chunk_size_for(10_000_000)  # float32: at most MAX_CHUNK
+    (256, 6)
+    """
     return fit_count(num_params * itemsize, budget, MAX_CHUNK)
 
 
@@ -40,6 +48,10 @@ def available_memory() -> int | None:
     The smaller of the kernel's ``MemAvailable`` (/proc/meminfo) and the room left under a
     cgroup memory limit (v2 ``memory.max`` − ``memory.current``, or v1 ``limit_in_bytes`` −
     ``usage_in_bytes``), where those files exist.
+
+    >>> room = available_memory()
+    >>> room is None or room >= 0
+    True
     """
     found = []
     try:
@@ -72,7 +84,12 @@ def available_memory() -> int | None:
 
 
 def flatten(tree: dict[str, torch.Tensor], batch_dims: int = 1) -> torch.Tensor:
-    """Concatenate the leaves of a gradient dict into one (B, P) matrix (parameter order kept)."""
+    """Concatenate the leaves of a gradient dict into one (B, P) matrix (parameter order kept).
+
+    >>> flatten({"weight": torch.ones(2, 2, 3), "bias": torch.zeros(2, 2)})
+    tensor([[1., 1., 1., 1., 1., 1., 0., 0.],
+            [1., 1., 1., 1., 1., 1., 0., 0.]])
+    """
     return torch.cat([g.reshape(*g.shape[:batch_dims], -1) for g in tree.values()], dim=-1)
 
 
@@ -86,7 +103,15 @@ def per_instance_grads(
 ) -> Iterator[tuple[slice, torch.Tensor]]:
     """Yield ``(rows, G)`` with G (rows, P): gradients of each instance's loss (or of g).
 
-    The model is put in eval mode (gradients of the final model, no dropout).
+    The model is put in eval mode (gradients of the final model, no dropout) while the
+    chunks are drawn; each module's own mode comes back when the generator ends or is closed.
+
+    >>> from fimo.data.base import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(5, 3), torch.randint(0, 2, (5,)))
+    >>> task = Task(torch.nn.Linear(3, 2), data, data)
+    >>> chunks = per_instance_grads(task, data.inputs, data.targets, chunk_size=3)
+    >>> [(rows, G.shape) for rows, G in chunks]
+    [(slice(0, 3, None), torch.Size([3, 8])), (slice(3, 5, None), torch.Size([2, 8]))]
     """
     params = task.params() if params is None else params
     fn = task.measure if measure else task.losses
@@ -96,18 +121,23 @@ def per_instance_grads(
 
     grads = vmap(grad(one), in_dims=(None, 0, 0))
     size = chunk_size or chunk_size_for(task.num_params, inputs.element_size())
-    was_training = task.model.training
-    task.model.eval()
-    try:
+    with task.eval_mode():
         for start in range(0, len(inputs), size):
             rows = slice(start, min(start + size, len(inputs)))
             yield rows, flatten(grads(params, inputs[rows], targets[rows]))
-    finally:
-        task.model.train(was_training)
 
 
 def gradient_matrix(task: Task, data, indices, measure: bool = False, **kw) -> torch.Tensor:
-    """All per-instance gradients of ``data[indices]`` as one (len(indices), P) matrix."""
+    """All per-instance gradients of ``data[indices]`` as one (len(indices), P) matrix.
+
+    >>> from fimo.data.base import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(5, 3), torch.randint(0, 2, (5,)))
+    >>> task = Task(torch.nn.Linear(3, 2), data, data)
+    >>> G = gradient_matrix(task, data, [4, 1])
+    >>> loss = task.loss_fn(task.model(data.inputs[4:5]), data.targets[4:5]).sum()
+    >>> G.shape, torch.allclose(G[0, :6], torch.autograd.grad(loss, task.model.weight)[0].ravel())
+    (torch.Size([2, 8]), True)
+    """
     idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
     x, y = data.inputs[idx], data.targets[idx]
     return torch.cat([g for _, g in per_instance_grads(task, x, y, measure=measure, **kw)])

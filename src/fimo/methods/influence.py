@@ -11,7 +11,8 @@ at a stationary point, and by Proposition 1's ``generalized`` form otherwise. Th
 only in how they apply (H + λI)⁻¹: exactly (``explicit``, Cholesky), by conjugate gradients
 (``cg``), by a stochastic Neumann series (``lissa``, ``lissa_hessian``) or on a Krylov subspace
 (``arnoldi``). Every one solves the system for the k *test* gradients (s_t = (H+λI)⁻¹∇g(z_t)),
-then streams the training gradients in chunks: scores = (1/n) S Gᵀ; no n × P matrix is stored.
+then streams the training gradients in chunks: scores = (1/n) S Gᵀ
+(:func:`fimo.methods.common.score_matrix`); no n × P matrix is stored.
 n is the size of the whole training set, whatever subset ``train`` scores.
 
 λ defaults to 100 × the mean squared per-instance gradient entry (the paper's choice,
@@ -33,7 +34,13 @@ import numpy as np
 import torch
 
 from fimo.errors import InputError, NumericalError, check_choice
-from fimo.methods.common import hessian_subset, seed_value, subset_record, test_and_train
+from fimo.methods.common import (
+    hessian_subset,
+    score_matrix,
+    seed_value,
+    subset_record,
+    test_and_train,
+)
 from fimo.methods.curvature import (
     DEFAULT_BATCH,
     KINDS,
@@ -49,7 +56,6 @@ from fimo.methods.gradients import (
     available_memory,
     chunk_size_for,
     gradient_matrix,
-    per_instance_grads,
 )
 from fimo.scores import Scores
 from fimo.task import Task
@@ -124,19 +130,6 @@ def _prepare(
         curvature_batch=op.plan(len(test))[0],
     )
     return test, train, lam, record, op, g_test.to(op.dtype)
-
-
-def _stream_scores(task: Task, S: torch.Tensor, train, chunk_size, progress) -> np.ndarray:
-    """(1/n) S Gᵀ over chunks of training gradients (never all of them at once)."""
-    n = len(task.train)
-    idx = torch.as_tensor(train, dtype=torch.long)
-    x, y = task.train.inputs[idx], task.train.targets[idx]
-    out = np.empty((len(S), len(train)), dtype=np.float64)
-    for rows, g in per_instance_grads(task, x, y, chunk_size=chunk_size):
-        out[:, rows] = (S @ g.to(S.dtype).T / n).double().cpu().numpy()
-        if progress is not None:
-            progress(rows.stop - rows.start)
-    return out
 
 
 def _check_dense_size(task: Task, max_params: int, max_memory_gb, method: str) -> dict:
@@ -309,9 +302,14 @@ def explicit(
     2.0 / 3.7 GiB. The build grows like P²·n (n → ``hessian_samples`` when given), the
     factorisation like P³: expect about 3× the 20k time at 30k.
 
-    >>> # scores = explicit(task, test=range(10), train=range(len(task.train)))
-    >>> # on a large training set, H from 4,000 of its instances:
-    >>> # scores = explicit(task, range(10), range(len(task.train)), hessian_samples=4000)
+    >>> from fimo.data.base import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(20, 3, dtype=torch.float64), torch.randint(0, 2, (20,)))
+    >>> task = Task(torch.nn.Linear(3, 2).double(), data, data)
+    >>> explicit(task, test=range(4), train=range(20)).values.shape
+    (4, 20)
+    >>> # on a large training set, H from a random subset of its instances:
+    >>> explicit(task, range(4), range(20), hessian_samples=10).settings["hessian_samples"]
+    10
     """
     limits = _check_dense_size(task, max_params, max_memory_gb, "explicit")
     test, train, lam, record, op, g_test = _prepare(
@@ -330,7 +328,7 @@ def explicit(
     L = _damped_dense(op, lam, "explicit")
     S = _cholesky_solve(L, g_test)
     del L
-    values = _stream_scores(task, S, train, chunk_size, progress)
+    values = score_matrix(task, train, S, progress=progress, chunk_size=chunk_size)
     record.update(limits, solver="cholesky", chunk_size=chunk_size)
     if hessian == "gauss_newton":  # built from per-instance Jacobians, not from batches
         record.pop("curvature_batch")
@@ -368,7 +366,13 @@ def cg(
     still running (``batch_size`` fixes it; the batch used for all k is recorded as
     ``curvature_batch``); ``hessian_samples`` restricts H to a seeded random subset.
 
-    >>> # scores = cg(task, test=range(10), train=range(len(task.train)), tol=1e-8)
+    >>> from fimo.data.base import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(20, 3, dtype=torch.float64), torch.randint(0, 2, (20,)))
+    >>> task = Task(torch.nn.Linear(3, 2).double(), data, data)
+    >>> by_cg = cg(task, test=range(4), train=range(20), tol=1e-10)
+    >>> by_cholesky = explicit(task, test=range(4), train=range(20))
+    >>> bool(np.allclose(by_cg.values, by_cholesky.values, rtol=1e-6, atol=1e-12))
+    True
     """
     tol = _positive("tol", tol)
     max_iter = _positive_int("max_iter", max_iter)
@@ -386,7 +390,7 @@ def cg(
         hessian_seed,
     )
     S, info = _cg_solve(op, lam, g_test, tol, max_iter, "cg")
-    values = _stream_scores(task, S, train, chunk_size, progress)
+    values = score_matrix(task, train, S, progress=progress, chunk_size=chunk_size)
     record.update(info, solver="cg", chunk_size=chunk_size)
     return Scores(values, test, train, "cg", record, UNITS)
 
@@ -433,7 +437,12 @@ def lissa(
     how far the series still moves. Cost: depth × repeat minibatch products per group of 32
     test vectors; memory a few (k, P) blocks.
 
-    >>> # scores = lissa(task, test=range(10), train=range(len(task.train)), depth=5000)
+    >>> from fimo.data.base import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(20, 3, dtype=torch.float64), torch.randint(0, 2, (20,)))
+    >>> task = Task(torch.nn.Linear(3, 2).double(), data, data)
+    >>> scores = lissa(task, test=range(4), train=range(20), depth=20, batch_size=20)
+    >>> scores.values.shape, scores.settings["batches"]
+    ((4, 20), 'full training set every step')
     """
     return _lissa(
         task,
@@ -478,6 +487,12 @@ def lissa_hessian(
     for every scale. With ``scale="auto"`` the Lanczos run that sizes the scale also detects
     it (a Ritz value below −λ) and raises :class:`NumericalError` at once, asking for more
     damping; with a given scale it shows as a divergence.
+
+    >>> from fimo.data.base import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(20, 3, dtype=torch.float64), torch.randint(0, 2, (20,)))
+    >>> task = Task(torch.nn.Linear(3, 2).double(), data, data)
+    >>> lissa_hessian(task, test=range(4), train=range(20), depth=20).values.shape
+    (4, 20)
     """
     return _lissa(
         task,
@@ -610,7 +625,7 @@ def _lissa(
         truncation_bound=float((1 - lam / s) ** depth) if 0 < lam < s else None,
         chunk_size=chunk_size,
     )
-    values = _stream_scores(task, H_inv_v, train, chunk_size, progress)
+    values = score_matrix(task, train, H_inv_v, progress=progress, chunk_size=chunk_size)
     return Scores(values, test, train, method, record, UNITS)
 
 
@@ -688,7 +703,13 @@ def arnoldi(
     O(iterations² · P); memory iterations × P. A kept μ + λ ≤ 0 raises
     :class:`NumericalError`; the eigenvalues and the largest Ritz residual are recorded.
 
-    >>> # scores = arnoldi(task, test=range(10), train=range(len(task.train)), rank=100)
+    >>> from fimo.data.base import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(20, 3, dtype=torch.float64), torch.randint(0, 2, (20,)))
+    >>> task = Task(torch.nn.Linear(3, 2).double(), data, data)
+    >>> full_rank = arnoldi(task, test=range(4), train=range(20), rank=task.num_params)
+    >>> exact = explicit(task, test=range(4), train=range(20))
+    >>> bool(np.allclose(full_rank.values, exact.values, rtol=1e-6, atol=1e-12))
+    True
     """
     rank = _positive_int("rank", rank)
     if iterations is not None:
@@ -727,7 +748,7 @@ def arnoldi(
         if lam <= 0:
             raise InputError("arnoldi: complement=True needs damping λ > 0 (it applies 1/λ)")
         S += (g_test - coef @ U) / lam
-    values_out = _stream_scores(task, S, train, chunk_size, progress)
+    values_out = score_matrix(task, train, S, progress=progress, chunk_size=chunk_size)
     record.update(
         rank=rank,
         iterations=steps,
@@ -778,7 +799,12 @@ def generalized(
     m training instances, while ∇R(D) is still the mean gradient over all n (one pass) and
     the per-instance terms are computed for every scored instance.
 
-    >>> # scores = generalized(task, test=range(10), train=range(len(task.train)))
+    >>> from fimo.data.base import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(20, 3, dtype=torch.float64), torch.randint(0, 2, (20,)))
+    >>> task = Task(torch.nn.Linear(3, 2).double(), data, data)
+    >>> scores = generalized(task, test=range(4), train=range(20))
+    >>> scores.values.shape, scores.settings["gradient_norm"] > 0  # not at a stationary point
+    ((4, 20), True)
     """
     check_choice("solver", solver, ("cg", "explicit"))
     tol = _positive("tol", tol)

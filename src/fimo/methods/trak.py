@@ -27,16 +27,23 @@ estimates g(z_t) without z_i minus with it, positive = helpful.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch.func import grad, jacrev, vmap
 
 from fimo.errors import InputError, check_choice
-from fimo.methods.common import hessian_subset, seed_value, subset_record, test_and_train
-from fimo.methods.gradients import DEFAULT_BUDGET, chunk_size_for, flatten
-from fimo.methods.gradients import gradient_matrix as _gradient_matrix
+from fimo.methods.common import (
+    hessian_subset,
+    score_matrix,
+    seed_value,
+    subset_record,
+    test_and_train,
+)
+from fimo.methods.gradients import DEFAULT_BUDGET, chunk_size_for, flatten, gradient_matrix
 from fimo.scores import Scores
-from fimo.task import Task
+from fimo.task import LossKind, Task
 
 PROJECTIONS = ("rademacher", "gaussian")
 #: Bytes one generated block of the projection matrix may take, counted in float32 whatever the
@@ -45,6 +52,8 @@ BLOCK_BUDGET = 16 * 2**20
 #: The dtype the random entries are drawn in (then cast): the matrix is a function of
 #: (seed, num_params, k, kind) only, and float64 copies equal float32 ones up to its rounding.
 DRAW_DTYPE = torch.float32
+#: The dtype of the kernel, its factorisation and the solve (see :func:`trak`).
+WIDE = torch.float64
 
 
 class Projector:
@@ -82,15 +91,28 @@ class Projector:
 
     @property
     def dim(self) -> int:
-        """The projected dimension."""
+        """The projected dimension.
+
+        >>> Projector(10, 4).dim, Projector(10, None).dim
+        (4, 10)
+        """
         return self.num_params if self.k is None else self.k
 
     @property
     def num_blocks(self) -> int:
+        """How many row blocks P is drawn in.
+
+        >>> Projector(10, 4).num_blocks
+        1
+        """
         return -(-self.num_params // self.rows)
 
     def block(self, b: int) -> torch.Tensor:
-        """Rows [b·rows, (b+1)·rows) of P."""
+        """Rows [b·rows, (b+1)·rows) of P.
+
+        >>> Projector(10, 4).block(0).abs().unique()  # Rademacher: ±1/√k
+        tensor([0.5000])
+        """
         state = np.random.SeedSequence([int(self.seed), b]).generate_state(2)
         gen = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
         shape = (min(self.rows, self.num_params - b * self.rows), self.k)
@@ -101,7 +123,12 @@ class Projector:
         return values.to(self.dtype) / self.k**0.5
 
     def project(self, g: torch.Tensor) -> torch.Tensor:
-        """G (m, num_params) → G P (m, k)."""
+        """G (m, num_params) → G P (m, k).
+
+        >>> proj = Projector(10, 4)
+        >>> torch.equal(proj.project(torch.eye(10)), proj.matrix)
+        True
+        """
         if self.k is None:
             return g
         if self.matrix is not None:
@@ -113,8 +140,9 @@ class Projector:
 
 
 def _output_function(task: Task):
-    """(f, slope, h): f(params, x, y) → (d_f,); slope(outputs, y) = ∂ℓ/∂f (B, d_f); curvature h."""
-    if task.loss_name == "cross_entropy":
+    """(f, slope, h, name): f(params, x, y) → (d_f,); slope(params, x, y) = ∂ℓ/∂f (B, d_f);
+    the curvature h; the name of f ("margin" or "outputs")."""
+    if task.loss_kind == LossKind.CROSS_ENTROPY:
 
         def margin(params, x, y):
             logits = task.outputs(params, x[None])[0]
@@ -125,7 +153,7 @@ def _output_function(task: Task):
         def slope(params, x, y):  # ℓ = log(1 + e^{−f}), so ∂ℓ/∂f = −(1 − p_y)
             return -torch.sigmoid(-vmap(margin, in_dims=(None, 0, 0))(params, x, y))
 
-        return margin, slope, 1.0
+        return margin, slope, 1.0, "margin"
 
     def output(params, x, y):
         return task.outputs(params, x[None])[0].reshape(-1)
@@ -137,7 +165,7 @@ def _output_function(task: Task):
         out = task.outputs(params, x)
         return vmap(grad(one))(out, y).reshape(len(x), -1)
 
-    return output, slope, (2.0 if task.loss_name == "mse" else 1.0)
+    return output, slope, (2.0 if task.loss_kind == LossKind.SQUARED_ERROR else 1.0), "outputs"
 
 
 def _condition(kept: torch.Tensor, extra: float | None) -> float | None:
@@ -146,6 +174,148 @@ def _condition(kept: torch.Tensor, extra: float | None) -> float | None:
     if extra is not None:
         values.append(float(extra))
     return max(values) / min(values) if values else None
+
+
+def _check_settings(proj_dim, damping) -> None:
+    if proj_dim is not None and not (isinstance(proj_dim, int) and proj_dim >= 1):
+        raise InputError(f"trak proj_dim: got {proj_dim!r}; must be a positive integer or None")
+    if not (isinstance(damping, int | float) and damping >= 0):
+        raise InputError(f"trak damping: got {damping!r}; must be a number ≥ 0")
+
+
+@dataclass
+class _Features:
+    """What one pass over the training data gives (see :func:`_feature_pass`).
+
+    ``kernel`` Σ_j F_jᵀF_j (k × k, float64) over the kernel's instances, or (``dual``) their
+    rows F themselves in ``rows``; ``scored`` the features Pᵀ∇ℓ_i of the scored training
+    instances (len(train) × k, the model's dtype); ``chunk`` the instances per chunk.
+    """
+
+    kernel: torch.Tensor | None
+    rows: list[torch.Tensor]
+    scored: torch.Tensor
+    chunk: int
+
+    @property
+    def dual(self) -> bool:
+        return self.kernel is None
+
+
+def _feature_pass(task, proj, subset, train, chunk_size) -> tuple[_Features, str, float]:
+    """One pass over the kernel's m instances (all n by default) and the scored ones.
+
+    Accumulates the kernel Σ_j F_jᵀF_j, F_j = J_f(z_j)P, and the features
+    Pᵀ∇ℓ_i = F_iᵀ ∂ℓ_i/∂f of the scored training instances (like TRAK's feature store). With
+    N = m·d_f ≤ k rows, K has rank ≤ N: F itself is kept, for a thin SVD (O(N²k)) instead of
+    the eigendecomposition of the k × k kernel (O(k³)). Returns the features, the output
+    function's name and the curvature h.
+    """
+    n, m, k = len(task.train), len(subset), proj.dim
+    params = task.params()
+    f, slope, curvature, output = _output_function(task)
+    jac = vmap(jacrev(f), in_dims=(None, 0, 0))
+    with torch.no_grad():
+        d_f = f(params, task.train.inputs[0], task.train.targets[0]).numel()
+    size = chunk_size or chunk_size_for(task.num_params * d_f, task.train.inputs.element_size())
+    in_kernel = np.zeros(n, dtype=bool)
+    in_kernel[subset] = True
+    dual = m * d_f <= k
+    dtype = next(iter(params.values())).dtype
+    feats = _Features(
+        None if dual else torch.zeros(k, k, dtype=WIDE),
+        [],
+        torch.zeros(len(train), k, dtype=dtype),
+        size,
+    )
+    wanted = np.full(n, -1, dtype=np.int64)
+    wanted[train] = np.arange(len(train))
+    order = np.arange(n) if m == n else np.union1d(subset, train)
+    with task.eval_mode():
+        for start in range(0, len(order), size):
+            pos = order[start : start + size]
+            sel = torch.as_tensor(pos) if m < n else slice(int(pos[0]), int(pos[-1]) + 1)
+            x, y = task.train.inputs[sel], task.train.targets[sel]
+            J = flatten(jac(params, x, y), batch_dims=2)  # (B, d_f, P)
+            F = proj.project(J.reshape(-1, J.shape[-1])).reshape(len(x), d_f, k)
+            _add_to_kernel(feats, F, np.nonzero(in_kernel[pos])[0])
+            where = wanted[pos]
+            keep = np.nonzero(where >= 0)[0]
+            if len(keep):
+                with torch.no_grad():
+                    s = slope(params, x[keep], y[keep])
+                feats.scored[where[keep]] = torch.einsum("bfk,bf->bk", F[keep], s)
+    return feats, output, curvature
+
+
+def _add_to_kernel(feats: _Features, F: torch.Tensor, use: np.ndarray) -> None:
+    """Add the chunk's kernel instances ``use`` (positions in F (B, d_f, k)) to the kernel."""
+    k = F.shape[-1]
+    if len(use) == len(F):
+        F_kernel = F.reshape(-1, k)
+    else:
+        F_kernel = F[torch.as_tensor(use)].reshape(-1, k)
+    if feats.dual:
+        feats.rows.append(F_kernel)
+    elif len(use):
+        F64 = F_kernel.to(WIDE)
+        feats.kernel.addmm_(F64.T, F64)
+
+
+@dataclass
+class _Inverse:
+    """(K + λI)⁺ as ``basis`` (k × r) with ``denom`` (r,), plus 1/λ off span(F) (``complement``)."""
+
+    basis: torch.Tensor
+    denom: torch.Tensor
+    complement: bool
+    rank: int
+
+
+def _pseudo_inverse(feats: _Features, curvature: float, m: int, damping: float, dtype) -> _Inverse:
+    """K = V diag(w) Vᵀ in float64; (K + λI)⁺ drops the directions with w + λ ≤ cutoff.
+
+    A direction v that is null for the exact features gets the eigenvalue ‖δΦ v‖² from the
+    features' rounding δΦ: second order, about eps_f² · max (measured 1e-14-4e-14 · max for
+    float32 features of linear and MLP models, P = 1k-30k). So the cut-off is
+    k · max(eps64, eps_f²) · max: for float64 features the eigensolver's rounding, for float32
+    ones 1.4e-14 · k (7e-12 at k = 512), far below the float32-kernel cut-off k · 1.2e-7 that
+    dropped real directions, and above the floor of rounding.
+    """
+    k = feats.scored.shape[1]
+    if feats.dual:
+        _, sv, vh = torch.linalg.svd(
+            torch.cat(feats.rows).to(WIDE) * (curvature / m) ** 0.5, full_matrices=False
+        )
+        w, basis = sv**2, vh.T
+    else:
+        kernel = curvature * (feats.kernel + feats.kernel.T) / (2 * m)
+        w, basis = torch.linalg.eigh(kernel)
+    denom = w + damping
+    floor = max(torch.finfo(WIDE).eps, torch.finfo(dtype).eps ** 2)
+    cutoff = k * floor * max(float(denom.max()), float(damping), 1e-300)
+    keep = denom > cutoff
+    complement = feats.dual and damping > cutoff  # the directions outside span(F) have K = 0
+    rank = int(keep.sum()) + (k - len(w) if complement else 0)
+    return _Inverse(basis[:, keep], denom[keep], complement, rank)
+
+
+def _precondition(g_test: torch.Tensor, inverse: _Inverse, damping: float) -> torch.Tensor:
+    """(K + λI)⁺ applied to each (projected, float64) test gradient."""
+    coords = g_test @ inverse.basis
+    pre = (coords / inverse.denom) @ inverse.basis.T
+    if inverse.complement:
+        pre += (g_test - coords @ inverse.basis.T) / damping
+    return pre
+
+
+def _feature_chunks(feats: _Features):
+    """The scored training features in chunks, as :func:`score_matrix` takes them."""
+    total = len(feats.scored)
+    step = max(1, feats.chunk)
+    for start in range(0, total, step):
+        rows = slice(start, min(start + step, total))
+        yield rows, feats.scored[rows]
 
 
 def trak(
@@ -182,119 +352,39 @@ def trak(
     the other curvature methods): ΦᵀΦ·h/m over the sample; the scored instances' features are
     computed whether or not they are in it.
 
-    >>> # scores = trak(task, test=range(10), train=range(100), proj_dim=512)  # (10, 100)
+    >>> from fimo.data.base import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(20, 3, dtype=torch.float64), torch.randint(0, 2, (20,)))
+    >>> task = Task(torch.nn.Linear(3, 2).double(), data, data)
+    >>> scores = trak(task, test=range(4), train=range(20), proj_dim=4)
+    >>> scores.values.shape, scores.settings["output_function"]
+    ((4, 20), 'margin')
     """
     test, train = test_and_train(task, test, train, "trak")
-    if proj_dim is not None and not (isinstance(proj_dim, int) and proj_dim >= 1):
-        raise InputError(f"trak proj_dim: got {proj_dim!r}; must be a positive integer or None")
-    if not (isinstance(damping, int | float) and damping >= 0):
-        raise InputError(f"trak damping: got {damping!r}; must be a number ≥ 0")
+    _check_settings(proj_dim, damping)
     n = len(task.train)
-    params = task.params()
-    dtype = next(iter(params.values())).dtype
+    dtype = next(iter(task.params().values())).dtype
     proj = Projector(task.num_params, proj_dim, seed, projection, dtype)
-    k = proj.dim
-    f, slope, curvature = _output_function(task)
-    jac = vmap(jacrev(f), in_dims=(None, 0, 0))
-    with torch.no_grad():
-        d_f = f(params, task.train.inputs[0], task.train.targets[0]).numel()
-    size = chunk_size or chunk_size_for(task.num_params * d_f, task.train.inputs.element_size())
-
-    # one pass over the kernel's m instances (all n by default) and the scored ones: the
-    # kernel K = (h/m) Σ_j F_jᵀF_j, and Pᵀ∇ℓ_i = F_iᵀ ∂ℓ_i/∂f for the scored training
-    # instances (kept: len(train) × k, like TRAK's feature store).
-    # With N = m·d_f ≤ k rows, K has rank ≤ N: keep F itself and take its thin SVD (O(N²k))
-    # instead of accumulating and eigendecomposing the k × k kernel (O(k³)).
     hessian_seed = seed_value("hessian_seed", hessian_seed)
     subset = hessian_subset(n, hessian_samples, hessian_seed)
-    m = len(subset)
-    in_kernel = np.zeros(n, dtype=bool)
-    in_kernel[subset] = True
-    dual = m * d_f <= k
-    wide = torch.float64  # the kernel, its factorisation and the solve
-    kernel = None if dual else torch.zeros(k, k, dtype=wide)
-    rows_all = []
-    wanted = np.full(n, -1, dtype=np.int64)
-    wanted[train] = np.arange(len(train))
-    features = torch.zeros(len(train), k, dtype=dtype)
-    order = np.arange(n) if m == n else np.union1d(subset, train)
-    was_training = task.model.training
-    task.model.eval()
-    try:
-        for start in range(0, len(order), size):
-            pos = order[start : start + size]
-            sel = torch.as_tensor(pos) if m < n else slice(int(pos[0]), int(pos[-1]) + 1)
-            x, y = task.train.inputs[sel], task.train.targets[sel]
-            J = flatten(jac(params, x, y), batch_dims=2)  # (B, d_f, P)
-            F = proj.project(J.reshape(-1, J.shape[-1])).reshape(len(x), d_f, k)
-            use = np.nonzero(in_kernel[pos])[0]
-            if len(use) == len(pos):
-                F_kernel = F.reshape(-1, k)
-            else:
-                F_kernel = F[torch.as_tensor(use)].reshape(-1, k)
-            if dual:
-                rows_all.append(F_kernel)
-            elif len(use):
-                F64 = F_kernel.to(wide)
-                kernel.addmm_(F64.T, F64)
-            where = wanted[pos]
-            keep = np.nonzero(where >= 0)[0]
-            if len(keep):
-                with torch.no_grad():
-                    s = slope(params, x[keep], y[keep])
-                features[where[keep]] = torch.einsum("bfk,bf->bk", F[keep], s)
-    finally:
-        task.model.train(was_training)
-
-    # K = V diag(w) Vᵀ in float64; (K + λI)⁺ drops directions with w + λ ≤ cutoff (a
-    # pseudo-inverse). A direction v that is null for the exact features gets the eigenvalue
-    # ‖δΦ v‖² from the features' rounding δΦ: second order, about eps_f² · max (measured
-    # 1e-14-4e-14 · max for float32 features of linear and MLP models, P = 1k-30k). So the
-    # cut-off is k · max(eps64, eps_f²) · max: for float64 features the eigensolver's rounding,
-    # for float32 ones 1.4e-14 · k (7e-12 at k = 512), far below the float32-kernel cut-off
-    # k · 1.2e-7 that dropped real directions, and above the floor of rounding.
-    if dual:
-        _, sv, vh = torch.linalg.svd(
-            torch.cat(rows_all).to(wide) * (curvature / m) ** 0.5, full_matrices=False
-        )
-        w, basis = sv**2, vh.T
-    else:
-        kernel = curvature * (kernel + kernel.T) / (2 * m)
-        w, basis = torch.linalg.eigh(kernel)
-    denom = w + damping
-    floor = max(torch.finfo(wide).eps, torch.finfo(dtype).eps ** 2)
-    cutoff = k * floor * max(float(denom.max()), float(damping), 1e-300)
-    keep = denom > cutoff
-    complement = dual and damping > cutoff  # the directions outside span(F) have K = 0
-
-    g_test = proj.project(
-        _gradient_matrix(task, task.test, test, measure=True, chunk_size=chunk_size)
-    ).to(wide)
-    coords = g_test @ basis[:, keep]
-    pre = (coords / denom[keep]) @ basis[:, keep].T
-    if complement:
-        pre += (g_test - coords @ basis[:, keep].T) / damping
-    rank = int(keep.sum()) + (k - len(w) if complement else 0)
-    out = np.empty((len(test), len(train)), dtype=np.float64)
-    step = max(1, size)
-    for start in range(0, len(train), step):
-        rows = slice(start, min(start + step, len(train)))
-        out[:, rows] = (pre @ features[rows].to(wide).T / n).cpu().numpy()
-        if progress is not None:
-            progress(rows.stop - rows.start)
+    feats, output, curvature = _feature_pass(task, proj, subset, train, chunk_size)
+    inverse = _pseudo_inverse(feats, curvature, len(subset), damping, dtype)
+    g_test = gradient_matrix(task, task.test, test, measure=True, chunk_size=chunk_size)
+    pre = _precondition(proj.project(g_test).to(WIDE), inverse, damping)
+    out = score_matrix(task, train, pre, progress=progress, chunks=_feature_chunks(feats))
+    extra = damping if inverse.complement else None
     settings = {
         "proj_dim": proj_dim,
         "projection": projection if proj_dim is not None else "identity",
         "damping": float(damping),
         "seed": seed,
         "chunk_size": chunk_size,
-        "output_function": "margin" if task.loss_name == "cross_entropy" else "outputs",
+        "output_function": output,
         "kernel_curvature": curvature,
-        "kernel_rank": rank,
-        "pseudo_inverse": rank < k,
+        "kernel_rank": inverse.rank,
+        "pseudo_inverse": inverse.rank < proj.dim,
         "kernel_dtype": "float64",
-        "kernel_condition": _condition(denom[keep], damping if complement else None),
-        "n_kernel": m,
+        "kernel_condition": _condition(inverse.denom, extra),
+        "n_kernel": len(subset),
         **subset_record(n, hessian_samples, hessian_seed, subset),
     }
     return Scores(out, test, train, "trak", settings, units="test-loss change (1/n scale)")
