@@ -16,7 +16,8 @@ rates next to the rate of a large matrix product on this machine.
 ``--skip adult mnist reviews`` instead times the engine with and without letting each left-out
 run start at its first step that differs from the full run (``SKIP_SHARED_STEPS``), on the
 shapes of those presets, checks that both give the same arrays bit for bit, and prints the
-ratio. ``reviews`` uses the preset's trainable part (MiniLM's top layer and the head, 1.77 M
+ratio, with the number of run-steps each computes (from the schedule alone; ``--count-only``
+prints just those). ``reviews`` uses the preset's trainable part (MiniLM's top layer and the head, 1.77 M
 parameters) on random hidden states in place of the frozen layers' outputs (the time does not
 depend on their values; computing them takes minutes) and the `drop` scheme: the preset's
 `downweight` gains nothing (every run differs from the first step; shown on `adult`).
@@ -33,6 +34,7 @@ import torch
 from fimo.data import ArrayDataset, load_adult
 from fimo.further import engine as further_engine
 from fimo.further.engine import FurtherSettings
+from fimo.further.plan import differs_from_full, schedule
 from fimo.further.runner import gold_standard
 from fimo.models import mlp
 from fimo.task import Task
@@ -164,7 +166,25 @@ def time_gold(task, settings, seeds, left_out, test, skip: bool):
         further_engine.SKIP_SHARED_STEPS = True
 
 
-def skip_comparison(names: list[str], repeats: int) -> None:
+def run_steps(task, settings, seeds, left_out) -> tuple[int, int]:
+    """(rows computed from step 0, rows computed joining): the stack's size summed over the
+    steps and seeds, from the schedule alone (two rows at least: the engine's spare row)."""
+    old = new = 0
+    for seed in seeds:
+        plan = schedule(
+            len(task.train), left_out, settings.batch_size, settings.epochs, seed,
+            settings.scheme, settings.max_steps,
+        )  # fmt: skip
+        joined = torch.zeros(1 + len(left_out), dtype=torch.bool)
+        joined[0] = True
+        for item in plan:
+            joined |= differs_from_full(item)
+            old += 1 + len(left_out)
+            new += max(2, int(joined.sum()))
+    return old, new
+
+
+def skip_comparison(names: list[str], repeats: int, count_only: bool) -> None:
     """Time every run from step 0 against runs joining at their first differing step."""
     workloads = {
         "adult, drop, 1 epoch": lambda: adult_workload("drop", 1),
@@ -173,13 +193,21 @@ def skip_comparison(names: list[str], repeats: int) -> None:
         "mnist, drop, 1 epoch": mnist_workload,
         "reviews, drop, 24 steps": reviews_workload,
     }
-    print(f"{'workload':28s} {'from step 0':>12s} {'joining':>9s} {'ratio':>6s}  identical")
+    print(
+        f"{'workload':28s} {'run-steps':>16s} {'ratio':>6s} {'from step 0':>12s} "
+        f"{'joining':>9s} {'ratio':>6s}  identical"
+    )
     for label, make in workloads.items():
         if label.split(",")[0] not in names:
             continue
         task, settings, seeds, n_left, n_test = make()
         left_out = np.sort(np.random.default_rng(0).choice(len(task.train), n_left, replace=False))
         test = np.arange(n_test)
+        old_rows, new_rows = run_steps(task, settings, seeds, left_out)
+        counted = f"{label:28s} {old_rows:7d} → {new_rows:6d} {old_rows / new_rows:5.2f}x"
+        if count_only:
+            print(counted, flush=True)
+            continue
         before, after = [], []
         for _ in range(repeats):  # alternated, the minimum of each: the machine is shared
             t, old = time_gold(task, settings, seeds, left_out, test, skip=False)
@@ -190,7 +218,7 @@ def skip_comparison(names: list[str], repeats: int) -> None:
             old.loss_without, new.loss_without
         )
         print(
-            f"{label:28s} {min(before):10.1f} s {min(after):7.1f} s "
+            f"{counted} {min(before):10.1f} s {min(after):7.1f} s "
             f"{min(before) / min(after):5.2f}x  {same}",
             flush=True,
         )
@@ -203,10 +231,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--skip", nargs="+", choices=["adult", "mnist", "reviews"])
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--count-only", action="store_true", help="with --skip: no timing")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     if args.skip:
-        skip_comparison(args.skip, args.repeats)
+        skip_comparison(args.skip, args.repeats, args.count_only)
         return
     train, test_data = load_adult()
     task = Task(mlp(train.inputs.shape[1], 2), train, test_data)
