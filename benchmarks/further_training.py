@@ -12,6 +12,15 @@ the adjusted losses), then times them in float32 and prints times, ratios and fl
 rates next to the rate of a large matrix product on this machine.
 
     .venv/bin/python benchmarks/further_training.py [--seeds 3] [--left-out 20] [--epochs 1]
+
+``--skip adult mnist reviews`` instead times the engine with and without letting each left-out
+run start at its first step that differs from the full run (``SKIP_SHARED_STEPS``), on the
+shapes of those presets, checks that both give the same arrays bit for bit, and prints the
+ratio, with the number of run-steps each computes (from the schedule alone; ``--count-only``
+prints just those). ``reviews`` uses the preset's trainable part (MiniLM's top layer and the head, 1.77 M
+parameters) on random hidden states in place of the frozen layers' outputs (the time does not
+depend on their values; computing them takes minutes) and the `drop` scheme: the preset's
+`downweight` gains nothing (every run differs from the first step; shown on `adult`).
 """
 
 from __future__ import annotations
@@ -22,8 +31,10 @@ import time
 import numpy as np
 import torch
 
-from fimo.data import load_adult
+from fimo.data import ArrayDataset, load_adult
+from fimo.further import engine as further_engine
 from fimo.further.engine import FurtherSettings
+from fimo.further.plan import differs_from_full, schedule
 from fimo.further.runner import gold_standard
 from fimo.models import mlp
 from fimo.task import Task
@@ -100,13 +111,133 @@ def flops_per_run_step(d, hidden, classes, batch) -> float:
     return 2 * batch * (2 * sum(layer) + sum(layer[1:]))
 
 
+def adult_workload(scheme: str, epochs: int):
+    """The adult preset's further training (16 seeds there; 2 here)."""
+    train, test = load_adult()
+    task = Task(mlp(train.inputs.shape[1], 2), train, test)
+    settings = FurtherSettings(lr=1e-4, epochs=epochs, scheme=scheme)
+    return task, settings, [0, 1], 40, 100
+
+
+def mnist_workload():
+    """The mnist preset's further training (4 seeds there; 2 here): the generic vmap path."""
+    from fimo.data import load_mnist
+    from fimo.models import resnet_small
+
+    train, test = load_mnist()
+    task = Task(resnet_small(), train, test)
+    settings = FurtherSettings(lr=1e-3, epochs=1, record_every=8)
+    return task, settings, [0, 1], 20, 50
+
+
+def reviews_workload():
+    """The reviews preset's trainable part and step count, `drop` scheme (see above), 1 seed."""
+    from fimo.text import minilm_classifier
+
+    model = minilm_classifier(2)
+    head = model[6:]  # the top encoder layer and the head, under their names in the model
+    trainable = [
+        n
+        for n, _ in head.named_parameters()
+        if n.startswith("7.") or (n.startswith("6.") and "LayerNorm" not in n)
+    ]
+    g = torch.Generator().manual_seed(0)
+
+    def data(n):
+        hidden = torch.randn(n, 48, 384, generator=g)
+        packed = torch.cat([hidden, torch.ones(n, 48, 1)], -1)
+        return ArrayDataset(packed, torch.randint(2, (n,), generator=g))
+
+    task = Task(head, data(10886), data(100), trainable=trainable)
+    settings = FurtherSettings(
+        optimizer="adamw", lr=1e-5, clip_norm=1.0, epochs=1, max_steps=24, batch_size=32,
+        record_every=2,
+    )  # fmt: skip
+    return task, settings, [0], 16, 100
+
+
+def time_gold(task, settings, seeds, left_out, test, skip: bool):
+    further_engine.SKIP_SHARED_STEPS = skip
+    try:
+        start = time.perf_counter()
+        gold = gold_standard(task, settings, seeds, left_out, test)
+        return time.perf_counter() - start, gold
+    finally:
+        further_engine.SKIP_SHARED_STEPS = True
+
+
+def run_steps(task, settings, seeds, left_out) -> tuple[int, int]:
+    """(rows computed from step 0, rows computed joining): the stack's size summed over the
+    steps and seeds, from the schedule alone (two rows at least: the engine's spare row)."""
+    old = new = 0
+    for seed in seeds:
+        plan = schedule(
+            len(task.train), left_out, settings.batch_size, settings.epochs, seed,
+            settings.scheme, settings.max_steps,
+        )  # fmt: skip
+        joined = torch.zeros(1 + len(left_out), dtype=torch.bool)
+        joined[0] = True
+        for item in plan:
+            joined |= differs_from_full(item)
+            old += 1 + len(left_out)
+            new += max(2, int(joined.sum()))
+    return old, new
+
+
+def skip_comparison(names: list[str], repeats: int, count_only: bool) -> None:
+    """Time every run from step 0 against runs joining at their first differing step."""
+    workloads = {
+        "adult, drop, 1 epoch": lambda: adult_workload("drop", 1),
+        "adult, drop, 2 epochs": lambda: adult_workload("drop", 2),
+        "adult, downweight, 1 epoch": lambda: adult_workload("downweight", 1),
+        "mnist, drop, 1 epoch": mnist_workload,
+        "reviews, drop, 24 steps": reviews_workload,
+    }
+    print(
+        f"{'workload':28s} {'run-steps':>16s} {'ratio':>6s} {'from step 0':>12s} "
+        f"{'joining':>9s} {'ratio':>6s}  identical"
+    )
+    for label, make in workloads.items():
+        if label.split(",")[0] not in names:
+            continue
+        task, settings, seeds, n_left, n_test = make()
+        left_out = np.sort(np.random.default_rng(0).choice(len(task.train), n_left, replace=False))
+        test = np.arange(n_test)
+        old_rows, new_rows = run_steps(task, settings, seeds, left_out)
+        counted = f"{label:28s} {old_rows:7d} → {new_rows:6d} {old_rows / new_rows:5.2f}x"
+        if count_only:
+            print(counted, flush=True)
+            continue
+        before, after = [], []
+        for _ in range(repeats):  # alternated, the minimum of each: the machine is shared
+            t, old = time_gold(task, settings, seeds, left_out, test, skip=False)
+            before.append(t)
+            t, new = time_gold(task, settings, seeds, left_out, test, skip=True)
+            after.append(t)
+        same = np.array_equal(old.loss_full, new.loss_full) and np.array_equal(
+            old.loss_without, new.loss_without
+        )
+        print(
+            f"{counted} {min(before):10.1f} s {min(after):7.1f} s "
+            f"{min(before) / min(after):5.2f}x  {same}",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--left-out", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--skip", nargs="+", choices=["adult", "mnist", "reviews"])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--count-only", action="store_true", help="with --skip: no timing")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
+    if args.skip:
+        skip_comparison(args.skip, args.repeats, args.count_only)
+        return
     train, test_data = load_adult()
     task = Task(mlp(train.inputs.shape[1], 2), train, test_data)
     left_out = np.sort(np.random.default_rng(0).choice(len(train), args.left_out, replace=False))

@@ -6,12 +6,20 @@ final weights with a fresh optimizer. Their parameters are stacked along a leadi
 update: R runs cost about one batched kernel instead of R Python loops (DESIGN.md, "Where the
 speed comes from"). Dropout draws are shared across the runs (``randomness="same"``) and come
 from a generator seeded with the seed, so the runs are paired by seed.
+
+A left-out run is the full run, bit for bit, until the first step at which its batch differs
+from the full run's (under ``drop`` and ``mask``, the first batch that holds its instance;
+under ``downweight``, the first step). So the stack starts with the full run alone, and each
+left-out run joins it at that step as a copy of the full run's parameters and optimizer state;
+until then its recorded test losses are the full run's. With one epoch this halves the work of
+the left-out runs on average; ``downweight`` runs join at step 1 and gain nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -21,8 +29,13 @@ from torch.func import grad, vmap
 from fimo.errors import InputError, NumericalError, check_choice
 from fimo.further.fast import fused_mlp_grads
 from fimo.further.optim import OPTIMIZERS, make_optimizer
-from fimo.further.plan import SCHEMES, schedule, steps_per_epoch
+from fimo.further.plan import SCHEMES, Step, differs_from_full, schedule, steps_per_epoch
 from fimo.task import Task
+
+#: Left-out runs join the stack at their first step that differs from the full run. False
+#: advances every run from step 0, as fimo did before 2026-12-01 (the reference that the tests
+#: and benchmarks/further_training.py compare the results and the time against).
+SKIP_SHARED_STEPS = True
 
 
 @dataclass
@@ -137,28 +150,54 @@ def further_train_seed(
     afterwards), shared by all runs (``vmap(randomness="same")``). BatchNorm layers stay in
     eval mode: their running statistics are part of the final model and are not updated, so
     each instance's loss depends on that instance alone and removing one changes nothing else.
+    A left-out run is computed only from its first step that differs from the full run (the
+    module docstring); the numbers are those of advancing every run from step 0, bit for bit.
+
+    >>> from torch import nn
+    >>> from fimo.data import ArrayDataset
+    >>> X = torch.linspace(-1, 1, 24, dtype=torch.float64).reshape(12, 2)
+    >>> data = ArrayDataset(X, (X[:, 0] > 0).long())
+    >>> task = Task(nn.Sequential(nn.Linear(2, 2)).double(), data, data)
+    >>> settings = FurtherSettings(lr=0.1, batch_size=4)
+    >>> res = further_train_seed(task, settings, seed=0, left_out=[3, 7], test=[0, 1, 2])
+    >>> res.loss_full.shape, res.loss_without.shape, res.steps.tolist()
+    ((2, 3), (2, 3, 2), [3, 6])
     """
-    left_out = np.asarray(left_out, dtype=np.int64)
     task = task.with_cached_trunk()  # a frozen leading trunk is computed once, not every step
     n = len(task.train)
+    left_out = _checked_left_out(left_out, n)
+    per_epoch = steps_per_epoch(n, settings.batch_size)
+    _check_record_steps(settings, per_epoch)
+    runs = _RunStack(task, settings, 1 + len(left_out))
+    checkpoints = _Checkpoints(task, settings, seed, left_out, test, per_epoch)
+    plan = schedule(
+        n, left_out, settings.batch_size, settings.epochs, seed, settings.scheme,
+        settings.max_steps,
+    )  # fmt: skip
+    with task.train_mode(), _paired_randomness(seed, runs.device):  # modes restored on exit
+        step = 0
+        for item in plan:
+            runs.advance(item)
+            step += 1
+            if on_step is not None:
+                on_step(1)
+            if checkpoints.due(step, item):
+                checkpoints.record(step, runs)
+        if checkpoints.steps[-1:] != [step]:
+            checkpoints.record(step, runs)  # stopped by max_steps mid-epoch
+    return checkpoints.result()
+
+
+def _checked_left_out(left_out, n: int) -> np.ndarray:
+    """The left-out indices as int64, each a training index (InputError otherwise)."""
+    left_out = np.asarray(left_out, dtype=np.int64)
     if len(left_out) and (left_out.min() < 0 or left_out.max() >= n):
         raise InputError(f"left_out: indices must be in [0, {n - 1}]; got {left_out.tolist()[:5]}")
-    runs = 1 + len(left_out)
-    params = stack(task.params(), runs)
-    device = next(iter(params.values())).device
-    dtype = next(iter(params.values())).dtype
-    X, Y = task.train.inputs, task.train.targets
-    X_test, Y_test = task.test.inputs[test], task.test.targets[test]
-    opt = settings.transform()
-    state = _to(opt.init(params), device)
+    return left_out
 
-    def run_loss(p, x, y, w):
-        return (task.losses(p, x, y) * w).sum()
 
-    fused = fused_mlp_grads(task) if settings.engine == "auto" else None
-    step_grads = fused or vmap(grad(run_loss), randomness="same")
-    measure = vmap(lambda p: task.measure(p, X_test, Y_test))
-    per_epoch = steps_per_epoch(n, settings.batch_size)
+def _check_record_steps(settings: FurtherSettings, per_epoch: int) -> None:
+    """InputError when a step asked for in ``record_steps`` lies beyond the last step."""
     total = settings.epochs * per_epoch
     if settings.max_steps is not None:
         total = min(total, settings.max_steps)
@@ -170,65 +209,134 @@ def further_train_seed(
             "drop it or train for longer"
         )
 
-    recorded, steps, epochs = [], [], []
-    wanted = set(settings.record_steps)
 
-    def record(step: int) -> None:
-        task.model.eval()
-        with torch.no_grad():
-            losses = measure(params)  # (R, T)
-        _train_mode(task.model)
-        if not torch.isfinite(losses).all():
-            bad_run = int((~torch.isfinite(losses)).any(1).nonzero()[0])
-            what = "the full run" if bad_run == 0 else f"the run without {left_out[bad_run - 1]}"
-            raise NumericalError(
-                f"further training (seed {seed}) produced NaN or infinite test losses at step "
-                f"{step} in {what}; lower further.lr (now {settings.lr}) or set further.clip_norm"
-            )
-        recorded.append(losses.double().cpu().numpy())
-        steps.append(step)
-        epochs.append(step / per_epoch)
-
-    devices = [device] if device.type == "cuda" else []
-    with task.train_mode():  # each module's own mode comes back on exit
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(int(seed))
-            step = 0
-            plan = schedule(
-                n, left_out, settings.batch_size, settings.epochs, seed, settings.scheme,
-                settings.max_steps,
-            )  # fmt: skip
-            for item in plan:
-                idx = item.idx.to(device)
-                w = item.w.to(device=device, dtype=dtype)
-                grads = step_grads(params, X[idx], Y[idx], w)
-                active = None if item.active is None else item.active.to(device)
-                updates, state = opt.update(grads, state, params, active=active)
-                for k, u in updates.items():  # the stacked copies are ours: update in place
-                    params[k].add_(u)
-                step += 1
-                if on_step is not None:
-                    on_step(1)
-                at_every = settings.record_every and step % settings.record_every == 0
-                if item.last_in_epoch or at_every or step in wanted:
-                    record(step)
-            if not steps or steps[-1] != step:
-                record(step)  # stopped by max_steps mid-epoch
-    losses = np.stack(recorded)  # (C, R, T)
-    return SeedResult(
-        loss_full=losses[:, 0, :],
-        loss_without=np.transpose(losses[:, 1:, :], (0, 2, 1)),
-        steps=np.asarray(steps, dtype=np.int64),
-        epochs=np.asarray(epochs, dtype=np.float64),
-    )
+@contextlib.contextmanager
+def _paired_randomness(seed: int, device: torch.device) -> Iterator[None]:
+    """The global generator seeded with ``seed`` (dropout draws), restored afterwards."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(int(seed))
+        yield
 
 
-def _train_mode(model: torch.nn.Module) -> None:
-    """Train mode (dropout on), with normalisation layers kept in eval mode (see above)."""
-    model.train()
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._NormBase):
-            module.eval()
+def _step_gradients(task: Task, settings: FurtherSettings) -> Callable:
+    """``grads(params, x, y, w)``: each stacked run's gradient of Σ_b w·ℓ, fused or vmap'd."""
+
+    def run_loss(p, x, y, w):
+        return (task.losses(p, x, y) * w).sum()
+
+    fused = fused_mlp_grads(task) if settings.engine == "auto" else None
+    return fused or vmap(grad(run_loss), randomness="same")
+
+
+class _RunStack:
+    """The runs that have left the full run's path, stacked along a leading run axis.
+
+    Row k holds run ``members[k]`` (0: the full run, r ≥ 1: the run without
+    ``left_out[r − 1]``); row 0 is always the full run. A run not in the stack has seen the
+    full run's batches at every step so far, so it *is* the full run: same parameters, same
+    optimizer state. It joins at the first step whose batch differs, as a copy of row 0.
+
+    The stack never holds fewer than two rows: until the first run joins, row 1 is a spare
+    copy of the full run (member ``SPARE``), which that run then takes over. Batched kernels
+    may take another path for a single row, and do: the weight gradients of vmap'd
+    convolutions in float32 differ in the last bits between one row and several, while two
+    rows or more agree with each other (tests/test_engine_skip.py).
+    """
+
+    SPARE = -1
+
+    def __init__(self, task: Task, settings: FurtherSettings, runs: int):
+        self.runs = runs
+        self.members = torch.arange(runs)
+        if SKIP_SHARED_STEPS and runs > 1:
+            self.members = torch.tensor([0, self.SPARE])
+        self.params = stack(task.params(), len(self.members))
+        some = next(iter(self.params.values()))
+        self.device, self.dtype = some.device, some.dtype
+        self.opt = settings.transform()
+        self.state = _to(self.opt.init(self.params), self.device)
+        self.inputs, self.targets = task.train.inputs, task.train.targets
+        self.step_grads = _step_gradients(task, settings)
+
+    def join(self, item: Step) -> None:
+        """Add the runs whose batch first differs from the full run's at this step."""
+        waiting = differs_from_full(item)
+        waiting[self.members[self.members != self.SPARE]] = False
+        new = waiting.nonzero().squeeze(1)
+        spare = (self.members == self.SPARE).nonzero().squeeze(1)[: len(new)]
+        self.members[spare] = new[: len(spare)]  # a spare row is the full run already
+        new = new[len(spare) :]
+        if len(new):
+            rows = torch.cat([torch.arange(len(self.members)), torch.zeros_like(new)])
+            self.params = _take_rows(self.params, rows)
+            self.state = _take_rows(self.state, rows)
+            self.members = torch.cat([self.members, new])
+
+    def rows(self) -> torch.Tensor:
+        """The run whose batches each row takes (a spare row takes the full run's)."""
+        return self.members.clamp(min=0)
+
+    def advance(self, item: Step) -> None:
+        """One optimizer step of every run in the stack (after letting the new ones join)."""
+        self.join(item)
+        runs = self.rows()
+        idx = item.idx[runs].to(self.device)
+        w = item.w[runs].to(device=self.device, dtype=self.dtype)
+        grads = self.step_grads(self.params, self.inputs[idx], self.targets[idx], w)
+        active = None if item.active is None else item.active[runs]
+        if active is not None:
+            active = None if bool(active.all()) else active.to(self.device)
+        updates, self.state = self.opt.update(grads, self.state, self.params, active=active)
+        for k, u in updates.items():  # the stacked copies are ours: update in place
+            self.params[k].add_(u)
+
+
+class _Checkpoints:
+    """The test losses of every run at the checkpoints, (C, R, T), and their steps."""
+
+    def __init__(self, task, settings, seed, left_out, test, per_epoch):
+        self.task, self.settings, self.seed, self.left_out = task, settings, seed, left_out
+        self.per_epoch = per_epoch
+        x, y = task.test.inputs[test], task.test.targets[test]
+        self.measure = vmap(lambda p: task.measure(p, x, y))
+        self.wanted = set(settings.record_steps)
+        self.losses, self.steps = [], []
+
+    def due(self, step: int, item: Step) -> bool:
+        """Whether ``step`` is a checkpoint: an epoch's end, every k steps, or one asked for."""
+        every = self.settings.record_every
+        return item.last_in_epoch or bool(every and step % every == 0) or step in self.wanted
+
+    def record(self, step: int, runs: _RunStack) -> None:
+        """Record every run's test losses; a run not yet in the stack has the full run's."""
+        with self.task.eval_mode(), torch.no_grad():
+            losses = self.measure(runs.params)  # (R', T)
+        self._check_finite(losses, step, runs.members)
+        every_run = losses[:1].expand(runs.runs, -1).clone()
+        joined = runs.members != runs.SPARE
+        every_run[runs.members[joined]] = losses[joined.to(losses.device)]
+        self.losses.append(every_run.double().cpu().numpy())
+        self.steps.append(step)
+
+    def _check_finite(self, losses: torch.Tensor, step: int, members: torch.Tensor) -> None:
+        if torch.isfinite(losses).all():
+            return
+        bad_run = int(members.clamp(min=0)[int((~torch.isfinite(losses)).any(1).nonzero()[0])])
+        what = "the full run" if bad_run == 0 else f"the run without {self.left_out[bad_run - 1]}"
+        raise NumericalError(
+            f"further training (seed {self.seed}) produced NaN or infinite test losses at step "
+            f"{step} in {what}; lower further.lr (now {self.settings.lr}) or set "
+            "further.clip_norm"
+        )
+
+    def result(self) -> SeedResult:
+        losses = np.stack(self.losses)  # (C, R, T)
+        return SeedResult(
+            loss_full=losses[:, 0, :],
+            loss_without=np.transpose(losses[:, 1:, :], (0, 2, 1)),
+            steps=np.asarray(self.steps, dtype=np.int64),
+            epochs=np.asarray(self.steps, dtype=np.float64) / self.per_epoch,
+        )
 
 
 def _to(tree, device):
@@ -236,4 +344,13 @@ def _to(tree, device):
         return tree.to(device)
     if isinstance(tree, dict):
         return {k: _to(v, device) for k, v in tree.items()}
+    return tree
+
+
+def _take_rows(tree, rows: torch.Tensor):
+    """Every tensor of a nested dict with its leading (run) axis indexed by ``rows``."""
+    if isinstance(tree, torch.Tensor):
+        return tree.index_select(0, rows.to(tree.device))
+    if isinstance(tree, dict):
+        return {k: _take_rows(v, rows) for k, v in tree.items()}
     return tree

@@ -15,6 +15,10 @@ plus ``active`` (R,), false for a run that takes no step (DESIGN.md ◆ Leave-ou
   every step run i also subtracts ``ℓ(z_i) / n``.
 
 The generator is seeded with the seed alone, so all runs of one seed share its stream.
+
+Under ``drop`` and ``mask`` a left-out run's steps equal the full run's until the batch that
+holds its instance (:func:`differs_from_full` tells which runs differ at a step); under
+``downweight`` they differ from the first step.
 """
 
 from __future__ import annotations
@@ -55,6 +59,24 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     3
     """
     return math.ceil(n / batch_size)
+
+
+def differs_from_full(step: Step) -> torch.Tensor:
+    """(R,) bool: the runs whose step differs from the full run's (run 0) in the instances,
+    their weights or whether the run steps at all.
+
+    A run none of whose steps so far differed is still the full run, bit for bit: the engine
+    computes it only from its first differing step on.
+
+    >>> left_out = np.array([3, 5])
+    >>> first = next(schedule(8, left_out, batch_size=4, epochs=1, seed=0, scheme="mask"))
+    >>> first.idx[0].tolist(), differs_from_full(first).tolist()
+    ([4, 0, 7, 3], [False, True, False])
+    """
+    same = (step.idx == step.idx[:1]).all(1) & (step.w == step.w[:1]).all(1)
+    if step.active is not None:
+        same &= step.active == step.active[0]
+    return ~same
 
 
 def schedule(

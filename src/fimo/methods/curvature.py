@@ -34,7 +34,7 @@ from torch.func import grad, jacrev, jvp, vjp, vmap
 
 from fimo.errors import InputError, check_choice
 from fimo.methods.gradients import DEFAULT_BUDGET, chunk_size_for, fit_count
-from fimo.task import Task, eval_mode
+from fimo.task import LossKind, Task, eval_mode
 
 #: The curvature matrices the methods accept (the ``hessian`` setting).
 KINDS = ("gauss_newton", "hessian")
@@ -397,15 +397,32 @@ class CurvatureOperator:
             return self.loss_of_outputs(o[None], yi[None])[0]
 
         J = vmap(jacrev(out_one), in_dims=(None, 0))(self.theta, x)  # (B, C, P)
-        Hl = vmap(jacrev(grad(loss_one)), in_dims=(0, 0))(self.outputs(self.theta, x), y)
+        out = self.outputs(self.theta, x)
+        Hl = vmap(jacrev(grad(loss_one)), in_dims=(0, 0))(out, y)
         Hl = (Hl + Hl.mT) / 2
         vals, vecs = torch.linalg.eigh(Hl)  # ascending
-        tol = vals.abs().amax(-1, keepdim=True) * C * torch.finfo(self.dtype).eps
+        tol = self._rounding_scale(out, vals) * C * torch.finfo(self.dtype).eps
         if not bool((vals >= -tol).all()):
             return J, Hl
         rank = int((vals > tol).sum(-1).max())
         vals, vecs = vals[:, C - rank :], vecs[:, :, C - rank :]
         return (vecs * vals.clamp_min(0).sqrt()[:, None, :]).mT @ J, None  # (B, r, P)
+
+    def _rounding_scale(self, out: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+        """(B, 1): the size of the numbers whose rounding errors the eigenvalues of H_ℓ carry.
+
+        For softmax cross-entropy H_ℓ = diag(p) − ppᵀ: its entries p_i − p_i² come from
+        numbers of size p_i, so its zero eigenvalue (along the ones vector) carries an error of
+        about eps · max p, not eps · p(1 − p). A confident prediction (p = 0.99) has eigenvalues
+        of 0.02 and an error of 1e-16 in the zero one, which a tolerance scaled by the largest
+        eigenvalue took for negative curvature; the scale here is max(max p, max |λ|). For
+        other losses it is the largest eigenvalue.
+        """
+        scale = vals.abs().amax(-1, keepdim=True)
+        if self.task.loss_kind == LossKind.CROSS_ENTROPY:
+            p = torch.softmax(out.reshape(len(out), -1), dim=-1)
+            scale = torch.maximum(scale, p.amax(-1, keepdim=True))
+        return scale
 
     def _gn_chunks(self, inputs: torch.Tensor, targets: torch.Tensor, chunk: int):
         """Yield :meth:`_gn_factor` (A, W) of consecutive chunks of ``chunk`` instances."""

@@ -1,0 +1,158 @@
+"""Left-out runs start at their first step that differs from the full run, bit for bit.
+
+The reference is the engine with the skip switched off (``SKIP_SHARED_STEPS = False``): every
+run advanced from step 0 in one stack, as fimo did before. The arrays must be *equal*, not
+close: the skip only leaves out computations whose results are already known.
+"""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fimo.data import ArrayDataset
+from fimo.further import engine
+from fimo.further.engine import FurtherSettings, further_train_seed
+from fimo.models import mlp
+from fimo.task import Task
+
+
+def tabular_task(n=45, dtype=torch.float64):
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(n, 5, generator=g, dtype=dtype)
+    y = (X[:, 0] + 0.5 * torch.randn(n, generator=g, dtype=dtype) > 0).long()
+    Xt = torch.randn(7, 5, generator=g, dtype=dtype)
+    model = mlp(5, 2, hidden=(16, 16), seed=0).to(dtype)
+    return Task(model, ArrayDataset(X, y), ArrayDataset(Xt, (Xt[:, 0] > 0).long()))
+
+
+def image_task(n=30, dtype=torch.float64):
+    """A small CNN with dropout: the generic path's convolutions under vmap, shared draws."""
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(n + 6, 1, 8, 8, generator=g, dtype=dtype)
+    y = (X.mean((1, 2, 3)) > 0).long()
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Dropout(0.3), nn.Conv2d(4, 4, 3, stride=2),
+        nn.ReLU(), nn.Flatten(), nn.Linear(36, 3),
+    ).to(dtype)  # fmt: skip
+    return Task(model, ArrayDataset(X[:n], y[:n]), ArrayDataset(X[n:], y[n:]))
+
+
+def both_ways(monkeypatch, task, settings, seed, left_out):
+    """(with the skip, without it) for one seed."""
+    test = np.arange(len(task.test))
+    fast = further_train_seed(task, settings, seed, left_out, test)
+    monkeypatch.setattr(engine, "SKIP_SHARED_STEPS", False)
+    slow = further_train_seed(task, settings, seed, left_out, test)
+    monkeypatch.setattr(engine, "SKIP_SHARED_STEPS", True)
+    return fast, slow
+
+
+def assert_identical(fast, slow):
+    np.testing.assert_array_equal(fast.steps, slow.steps)
+    np.testing.assert_array_equal(fast.epochs, slow.epochs)
+    np.testing.assert_array_equal(fast.loss_full, slow.loss_full)
+    np.testing.assert_array_equal(fast.loss_without, slow.loss_without)
+
+
+OPTIMIZERS = [
+    dict(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=0.01),
+    dict(optimizer="adamw", lr=0.01, weight_decay=0.1, clip_norm=0.5),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("engine_name", ["auto", "generic"])
+@pytest.mark.parametrize("scheme", ["drop", "mask"])
+@pytest.mark.parametrize("case", OPTIMIZERS, ids=["sgd-momentum", "adamw-clip"])
+def test_skip_is_bit_identical_on_mlps(monkeypatch, case, scheme, engine_name, dtype):
+    task = tabular_task(dtype=dtype)  # 45 = 5·8 + 5: under drop a run may sit out a step
+    settings = FurtherSettings(
+        epochs=2, batch_size=8, scheme=scheme, engine=engine_name, record_every=1, **case
+    )
+    left_out = np.array([0, 3, 17, 17, 30, 44])  # one index twice: two identical runs
+    fast, slow = both_ways(monkeypatch, task, settings, 5, left_out)
+    assert_identical(fast, slow)
+    assert np.abs(fast.loss_without - fast.loss_full[..., None]).max() > 1e-5  # runs moved
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scheme", ["drop", "mask"])
+def test_skip_is_bit_identical_on_a_cnn_with_dropout(monkeypatch, scheme, dtype):
+    settings = FurtherSettings(
+        optimizer="adam", lr=0.01, epochs=1, batch_size=4, scheme=scheme, record_steps=[1, 3]
+    )
+    task = image_task(dtype=dtype)
+    fast, slow = both_ways(monkeypatch, task, settings, 2, np.array([1, 8, 20, 29]))
+    assert_identical(fast, slow)
+    assert fast.steps.tolist() == [1, 3, 8]
+
+
+def first_batches(n, batch_size, seed, left_out):
+    """The step (1-based) whose batch holds each left-out index in epoch 1, from the permutation."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return np.array([perm.index(int(i)) // batch_size + 1 for i in left_out])
+
+
+@pytest.mark.parametrize("scheme", ["drop", "mask", "downweight"])
+def test_runs_join_the_stack_at_their_instances_batch(monkeypatch, scheme):
+    task = tabular_task()
+    left_out = np.array([2, 11, 25, 40])
+    settings = FurtherSettings(lr=0.05, epochs=2, batch_size=8, scheme=scheme)
+    sizes = []
+    advance = engine._RunStack.advance
+
+    def counting(self, item):
+        advance(self, item)
+        assert len(self.members) >= 2  # never a single row (see _RunStack)
+        sizes.append(int((self.members != self.SPARE).sum()))
+
+    monkeypatch.setattr(engine._RunStack, "advance", counting)
+    further_train_seed(task, settings, 7, left_out, np.arange(7))
+    steps = np.arange(1, len(sizes) + 1)
+    if scheme == "downweight":  # ℓ(z_i)/n is subtracted from the first step on
+        expected = np.full(len(steps), 1 + len(left_out))
+    else:
+        joined = first_batches(len(task.train), 8, 7, left_out)
+        expected = 1 + (joined[None, :] <= steps[:, None]).sum(1)
+        assert expected[0] < 1 + len(left_out)  # some run really starts later
+    np.testing.assert_array_equal(sizes, expected)
+
+
+def test_a_run_whose_instance_never_comes_is_the_full_run():
+    """With max_steps before i's batch the run without i is the full run throughout."""
+    task = tabular_task()
+    first = first_batches(len(task.train), 8, 4, np.arange(len(task.train)))
+    late, early = int(np.argmax(first)), int(np.argmin(first))
+    settings = FurtherSettings(lr=0.05, epochs=1, batch_size=8, max_steps=int(first.max()) - 1)
+    res = further_train_seed(task, settings, 4, [late, early], np.arange(7))
+    np.testing.assert_array_equal(res.loss_without[..., 0], res.loss_full)
+    assert np.abs(res.loss_without[..., 1] - res.loss_full).max() > 1e-6
+
+
+@pytest.mark.parametrize("scheme", ["drop", "mask"])
+def test_skip_is_bit_identical_on_a_small_bert_layer(monkeypatch, scheme):
+    """Attention, LayerNorm, GELU and dropout under vmap, in float32 (the reviews preset's
+    kind of model, with AdamW and clipping)."""
+    from fimo.text import EncoderLayer, FirstTokenHead, TokenEmbedding
+
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(1, 40, (40, 10), generator=g)
+    ids[::3, 7:] = 0  # padding
+    y = (ids[:, 1] > 20).long()
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        TokenEmbedding(40, 16, 12), EncoderLayer(16, 2, 32), FirstTokenHead(16, 2)
+    )
+    trainable = [n for n, _ in model.named_parameters() if not n.startswith("0.")]
+    task = Task(
+        model, ArrayDataset(ids[:32], y[:32]), ArrayDataset(ids[32:], y[32:]), trainable=trainable
+    )
+    settings = FurtherSettings(
+        optimizer="adamw", lr=1e-3, clip_norm=1.0, epochs=1, batch_size=4, scheme=scheme,
+        record_every=2,
+    )  # fmt: skip
+    fast, slow = both_ways(monkeypatch, task, settings, 1, np.array([0, 9, 21, 31]))
+    assert_identical(fast, slow)
+    assert np.abs(fast.loss_without - fast.loss_full[..., None]).max() > 0
