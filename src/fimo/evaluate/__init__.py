@@ -25,11 +25,9 @@ from fimo.evaluate.metrics import (
     cosine_rows,
     mean_sem,
     pearson_rows,
-    read_metrics_csv,
     sign_agreement_rows,
     spearman_rows,
     top_k_overlap_rows,
-    write_metrics_csv,
 )
 from fimo.evaluate.plots import (
     evaluation_figures,
@@ -85,7 +83,6 @@ __all__ = [
     "plot_calibration",
     "plot_seed_count",
     "plot_sorted_curves",
-    "read_metrics_csv",
     "read_table",
     "rebuild_report",
     "rich_summary_table",
@@ -102,7 +99,6 @@ __all__ = [
     "thumbnail",
     "top_k_overlap_rows",
     "write_evaluation",
-    "write_metrics_csv",
     "write_report",
     "write_table",
 ]
