@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import inspect
 import json
 import os
 import pickle
@@ -332,6 +333,12 @@ def _run(config: Config, out: Path, overwrite: bool, console, quiet: bool) -> Ru
     for name in config.methods.names:
         path = out / "scores" / f"{name}.npz"
         settings = config.methods.settings.get(name, {})
+        if "further" in inspect.signature(methods[name]).parameters:  # horizon-matched
+            settings = {
+                "further": config.further.as_dict(),
+                "steps": gold.steps.tolist(),
+                **settings,
+            }
         fp = fingerprint(
             weights_fp, data_fp, name, settings, test_idx, train_idx, config.gold.dtype
         )

@@ -124,7 +124,7 @@ def dense_apply(H: torch.Tensor, V: torch.Tensor, filt) -> torch.Tensor:
     [[0.5, 0.25]]
     """
     vals, U = torch.linalg.eigh(H.double())
-    return _dense_scorer(vals, U, V, filt)(U.T)
+    return _dense_scorer(vals, U, V, filt)(torch.eye(len(H), dtype=torch.float64))
 
 
 def _dense_scorer(vals: torch.Tensor, U: torch.Tensor, V: torch.Tensor, filt):
