@@ -180,3 +180,27 @@ def test_run_directory_report_with_a_stack(tmp_path):
     curves = read_table(path / "metrics" / "sorted_curves.csv")
     assert {r["step"] for r in curves if r["source"] == "grad_cos"} <= set(gold.steps.tolist())
     assert {r["step"] for r in curves if r["source"] == "grad_dot"} == {None}
+
+
+def test_compare_refuses_a_stack_and_names_the_way_in(tmp_path):
+    from fimo.evaluate import compare_run
+
+    path = tmp_path / "run"
+    gold, _ = make_run_dir(path, S=2, C=2, T=8, L=12)
+    np.save(tmp_path / "stack.npy", np.zeros((2, 8, 12)))
+    with pytest.raises(InputError, match=r"expected a 2-D score matrix.*steps=\.\.\..*fimo report"):
+        compare_run(path, tmp_path / "stack.npy", "mine", "test,train")
+    # the way in it names: an external Scores with steps in scores/, then the report
+    mats = np.random.default_rng(7).normal(size=(2, 8, 12))
+    Scores(mats, gold.test, gold.left_out, "mine", {"origin": "external"}, "", gold.steps).save(
+        path / "scores" / "mine.npz"
+    )
+    ev = rebuild_report(path)
+    assert "mine" in ev.scores and ev.scores["mine"].steps.tolist() == gold.steps.tolist()
+    got = [
+        r["mean"]
+        for r in ev.rows["by_checkpoint"]
+        if r["method"] == "mine" and r["metric"] == "cosine" and r["centred"]
+    ]
+    want = [np.mean(cosine_rows(gold.mean(True)[c], mats[c])) for c in range(2)]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
