@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fimo.cli import main
-from fimo.evaluate import read_metrics_csv
+from fimo.evaluate.tables import read_table
 from fimo.experiments.outputs import compare_run, rebuild_report
 from fimo.scores import Scores
 from test_report import make_run_dir
@@ -35,9 +35,7 @@ def run(base, tmp_path):
 
 
 def rows_of(path, method):
-    return [
-        r for r in read_metrics_csv(path / "metrics" / "by_checkpoint.csv") if r["method"] == method
-    ]
+    return [r for r in read_table(path / "metrics" / "by_checkpoint.csv") if r["method"] == method]
 
 
 def same_numbers(a, b, rtol=1e-9):

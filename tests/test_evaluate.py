@@ -16,11 +16,9 @@ from fimo.evaluate import (
     cosine_rows,
     mean_sem,
     plot_agreement,
-    read_metrics_csv,
     spearman_rows,
     summary,
     summary_sentences,
-    write_metrics_csv,
     write_report,
 )
 from fimo.evaluate.metrics import COLUMNS
@@ -227,11 +225,11 @@ def sample_rows():
 def test_csv_round_trip(tmp_path):
     rows = sample_rows()
     rows[0] = {**rows[0], "sem": math.nan}
-    path = write_metrics_csv(tmp_path / "metrics.csv", rows)
+    path = write_table(tmp_path, "by_checkpoint", rows, parquet=False)[0]
     text = path.read_text()
     assert text.splitlines()[0] == "method,checkpoint,step,epoch,metric,centred,mean,sem,n"
     assert ",true," in text and ",false," in text
-    back = read_metrics_csv(path)
+    back = read_table(path)
     assert len(back) == len(rows)
     for a, b in zip(rows, back, strict=True):
         assert list(b) == list(COLUMNS)
@@ -243,11 +241,11 @@ def test_csv_round_trip(tmp_path):
                 assert a[k] == b[k], k  # repr precision: exact
 
 
-def test_read_metrics_csv_rejects_other_files(tmp_path):
-    p = tmp_path / "x.csv"
+def test_read_table_rejects_other_files(tmp_path):
+    p = tmp_path / "by_checkpoint.csv"
     p.write_text("a,b\n1,2\n")
     with pytest.raises(InputError, match="header"):
-        read_metrics_csv(p)
+        read_table(p)
 
 
 # -- summaries ---------------------------------------------------------------------------------
@@ -735,10 +733,10 @@ def test_every_table_round_trips_through_csv(tmp_path):
                     assert math.isnan(b[key])
                 else:
                     assert a[key] == b[key], (name, key)
-    # by_checkpoint keeps the contract's columns, readable by read_metrics_csv
+    # by_checkpoint keeps the contract's columns
     path = tmp_path / "by_checkpoint.csv"
     assert path.read_text().splitlines()[0] == ",".join(COLUMNS)
-    assert len(read_metrics_csv(path)) == len(ev.rows["by_checkpoint"])
+    assert len(read_table(path)) == len(ev.rows["by_checkpoint"])
 
 
 def test_parquet_and_frames_when_available(tmp_path):

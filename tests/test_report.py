@@ -18,8 +18,9 @@ import pytest
 
 import fimo
 from fimo.cli import main
-from fimo.evaluate import headline, read_metrics_csv
+from fimo.evaluate import headline
 from fimo.evaluate.metrics import COLUMNS
+from fimo.evaluate.tables import read_table
 from fimo.experiments.config import Config, DataConfig, MethodsConfig
 from fimo.experiments.outputs import rebuild_report
 from fimo.further.gold import GoldStandard
@@ -121,7 +122,7 @@ def test_rebuild_writes_every_table_figure_and_the_report(built):
     # the contract table: exact columns; every metric, both views, every checkpoint
     text = (path / "metrics" / "by_checkpoint.csv").read_text()
     assert text.splitlines()[0] == "method,checkpoint,step,epoch,metric,centred,mean,sem,n"
-    rows = read_metrics_csv(path / "metrics" / "by_checkpoint.csv")
+    rows = read_table(path / "metrics" / "by_checkpoint.csv")
     assert len(rows) == 2 * 2 * 3 * 8  # methods × views × checkpoints × metrics
     assert list(rows[0]) == list(COLUMNS)
     manifest = json.loads((path / "manifest.json").read_text())
@@ -132,7 +133,7 @@ def test_rebuild_writes_every_table_figure_and_the_report(built):
 
 def test_metrics_match_a_direct_computation(built):
     path, gold, scores, _ = built
-    rows = read_metrics_csv(path / "metrics" / "by_checkpoint.csv")
+    rows = read_table(path / "metrics" / "by_checkpoint.csv")
     centred = gold.mean(True)
     values = scores["grad_dot"].select(test=gold.test, train=gold.left_out).values
     for c in range(3):

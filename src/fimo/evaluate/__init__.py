@@ -32,11 +32,9 @@ from fimo.evaluate.metrics import (
     cosine_rows,
     mean_sem,
     pearson_rows,
-    read_metrics_csv,
     sign_agreement_rows,
     spearman_rows,
     top_k_overlap_rows,
-    write_metrics_csv,
 )
 from fimo.evaluate.narrative import headline, summary, summary_sentences
 from fimo.evaluate.plots import (
@@ -77,7 +75,6 @@ __all__ = [
     "plot_calibration",
     "plot_seed_count",
     "plot_sorted_curves",
-    "read_metrics_csv",
     "read_table",
     "save_figure",
     "seed_count_study",
@@ -91,7 +88,6 @@ __all__ = [
     "summary_sentences",
     "thumbnail",
     "top_k_overlap_rows",
-    "write_metrics_csv",
     "write_report",
     "write_table",
 ]

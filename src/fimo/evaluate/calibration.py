@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from fimo.evaluate.metrics import constant_rows, gold_flat, method_values, summarise
+from fimo.evaluate.metrics import constant_rows, gold_flat, method_at, method_values, summarise
 
 #: the quantities in the calibration table, in order
 QUANTITIES = ("pooled_scale", "pooled_r2", "scale", "scale_median", "r2")
@@ -68,7 +68,8 @@ def calibration(
     step, epoch, centred, quantity, value, sem, n``. Quantities: ``pooled_scale`` and
     ``pooled_r2`` (one scale for all test instances; ``sem`` NaN), ``scale`` and ``r2``
     (per test instance, mean ± SEM), ``scale_median`` (per test instance, the median).
-    ``n`` counts the test instances whose rows are not constant.
+    ``n`` counts the test instances whose rows are not constant. A method with a checkpoint
+    axis is fitted at each checkpoint with its matrix at the same step.
 
 
     A method whose scores are the gold standard's divided by 2 on one test instance and by 4
@@ -95,7 +96,7 @@ def calibration(
             for c in range(len(gold.steps)):
                 g = view[c].copy()
                 g[flat[c]] = 0.0  # a constant row is left out of every fit
-                fit = fit_scale(g, values)
+                fit = fit_scale(g, method_at(values, c))
                 scale_mean, scale_sem, n = summarise(fit["scale"])
                 r2_mean, r2_sem, _ = summarise(fit["r2"])
                 finite = fit["scale"][np.isfinite(fit["scale"])]

@@ -109,7 +109,7 @@ def _check_coverage(gold, scores: dict) -> None:
             if no_train:
                 what.append(f"{len(no_train)} of its left-out instances (e.g. {no_train[:3]})")
             raise InputError(
-                f"scores {name!r} ({sc.shape[0]} test × {sc.shape[1]} train) do not cover the "
+                f"scores {name!r} ({len(sc.test)} test × {len(sc.train)} train) do not cover the "
                 f"gold standard: missing {' and '.join(what)}"
             )
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from fimo.errors import InputError
-from fimo.evaluate.metrics import method_values
+from fimo.evaluate.metrics import method_at, method_values
 
 
 def reference_checkpoint(gold) -> int:
@@ -100,10 +100,11 @@ def sorted_score_curves(
     """Sorted-score curves of the gold standard at chosen checkpoints and of each method.
 
     ``steps`` are checkpoint step counts (default: :func:`default_curve_checkpoints`). The
-    methods' curves use the same test and left-out instances as the gold standard's. One
+    methods' curves use the same test and left-out instances as the gold standard's; a
+    method with a checkpoint axis has one curve per drawn checkpoint, the others one. One
     row per point: ``source`` ("gold" or the method's name), ``checkpoint, step, epoch``
-    (None for methods), ``centred`` (None for methods), ``rank`` (0 = most harmful) and
-    ``value``.
+    (None for a method without a checkpoint axis), ``centred`` (None for methods), ``rank``
+    (0 = most harmful) and ``value``.
 
 
     >>> from fimo.further.gold import GoldStandard
@@ -138,16 +139,21 @@ def sorted_score_curves(
                     }
                 )
     for method, sc in scores.items():
-        for rank, value in enumerate(sorted_curve(method_values(gold, sc))):
-            rows.append(
-                {
-                    "source": str(method),
-                    "checkpoint": None,
-                    "step": None,
-                    "epoch": None,
-                    "centred": None,
-                    "rank": rank,
-                    "value": float(value),
-                }
-            )
+        values = method_values(gold, sc)
+        for c in [None] if values.ndim == 2 else positions:
+            where = {
+                "checkpoint": c,
+                "step": None if c is None else int(gold.steps[c]),
+                "epoch": None if c is None else float(gold.epochs[c]),
+            }
+            for rank, value in enumerate(sorted_curve(method_at(values, c))):
+                rows.append(
+                    {
+                        "source": str(method),
+                        **where,
+                        "centred": None,
+                        "rank": rank,
+                        "value": float(value),
+                    }
+                )
     return rows

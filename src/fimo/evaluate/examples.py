@@ -17,7 +17,7 @@ import numpy as np
 
 from fimo.errors import InputError
 from fimo.evaluate.curves import checkpoint_positions, reference_checkpoint
-from fimo.evaluate.metrics import method_values
+from fimo.evaluate.metrics import method_at, method_values
 
 #: at most this many features are listed for a dataset with no readable form
 MAX_FEATURES = 16
@@ -40,7 +40,8 @@ def most_influential(
     source`` ("gold" or a method), ``checkpoint, step, epoch, direction`` ("helpful" or
     "harmful"), ``rank`` (1 = strongest), ``train`` (dataset index), ``score``, ``gold``
     (the gold standard's score for the same pair) and ``gold_rank`` (its place in the gold
-    standard's order, 1 = most helpful, L = most harmful). Ties keep the left-out order.
+    standard's order, 1 = most helpful, L = most harmful). Ties keep the left-out order. A
+    method with a checkpoint axis ranks by its matrix at the same step.
 
 
     >>> from fimo.further.gold import GoldStandard
@@ -67,7 +68,9 @@ def most_influential(
         )
     g = np.asarray(gold.mean(centred), dtype=np.float64)[c]  # (T, L)
     sources = {"gold": g}
-    sources.update({str(name): method_values(gold, sc) for name, sc in scores.items()})
+    sources.update(
+        {str(name): method_at(method_values(gold, sc), c) for name, sc in scores.items()}
+    )
     kk = min(k, len(gold.left_out))
     rows: list[dict] = []
     for t in chosen:

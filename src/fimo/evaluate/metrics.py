@@ -24,19 +24,16 @@ instance would be in the top k).
 
 from __future__ import annotations
 
-import csv
-import io
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 from scipy.stats import rankdata
 
 from fimo.errors import InputError, check_choice
-from fimo.io import write_text
 
+#: the columns of the ``by_checkpoint`` table
 COLUMNS = ("method", "checkpoint", "step", "epoch", "metric", "centred", "mean", "sem", "n")
 
 
@@ -357,8 +354,44 @@ def summarise(per_test: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def method_values(gold, sc) -> np.ndarray:
-    """A method's (T, L) matrix on the gold standard's test and left-out instances, float64."""
-    return np.asarray(sc.select(test=gold.test, train=gold.left_out).values, dtype=np.float64)
+    """A method's scores on the gold standard's test and left-out instances, float64: its
+    (T, L) matrix, used at every checkpoint, or, for a method with a checkpoint axis, its
+    (C, T, L) matrices at the gold standard's C checkpoint steps. Both broadcast against the
+    gold standard's (..., C, T, L).
+
+    A gold-standard step for which the method has no matrix raises :class:`InputError`.
+
+    >>> from types import SimpleNamespace
+    >>> from fimo.scores import Scores
+    >>> gold = SimpleNamespace(test=np.array([0]), left_out=np.array([5, 6]), steps=[8])
+    >>> s = Scores(np.arange(6.0).reshape(3, 1, 2), [0], [5, 6], "u", steps=[4, 8, 12])
+    >>> method_values(gold, s).tolist()
+    [[[2.0, 3.0]]]
+    """
+    sub = sc.select(test=gold.test, train=gold.left_out)
+    if sub.steps is None:
+        return np.asarray(sub.values, dtype=np.float64)
+    steps = [int(s) for s in np.asarray(gold.steps)]
+    where = {int(s): c for c, s in enumerate(sub.steps)}
+    missing = [s for s in steps if s not in where]
+    if missing:
+        raise InputError(
+            f"scores {sc.method!r} have no matrix at the gold standard's step(s) {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''}; they hold the steps "
+            f"{sub.steps.tolist()[:8]}{' ...' if len(sub.steps) > 8 else ''}: compute them at "
+            f"every checkpoint step of the gold standard ({steps[:8]}"
+            f"{' ...' if len(steps) > 8 else ''})"
+        )
+    return np.asarray(sub.values[[where[s] for s in steps]], dtype=np.float64)
+
+
+def method_at(values: np.ndarray, checkpoint: int) -> np.ndarray:
+    """The (T, L) matrix of :func:`method_values` at a checkpoint position.
+
+    >>> method_at(np.zeros((3, 2, 4)), 1).shape, method_at(np.zeros((2, 4)), 1).shape
+    ((2, 4), (2, 4))
+    """
+    return values if values.ndim == 2 else values[checkpoint]
 
 
 def agreement_by_checkpoint(
@@ -375,7 +408,8 @@ def agreement_by_checkpoint(
     Returns one dict per (method, checkpoint, metric, centred) with keys ``method,
     checkpoint, step, epoch, metric, centred, mean, sem, n``: mean ± SEM over test
     instances of the per-instance metric, ``n`` the number of test instances where it is
-    defined.
+    defined. A method with a checkpoint axis is compared at each checkpoint with its matrix
+    at the same step (:func:`method_values`), any other with its one matrix.
 
     >>> # rows = agreement_by_checkpoint(gold, {"grad_dot": s}, metrics=None, centred=(True, False))
     """
@@ -412,74 +446,4 @@ def agreement_by_checkpoint(
                             "n": int(n),
                         }
                     )
-    return rows
-
-
-def _cell(key: str, value) -> str:
-    if key == "centred":
-        return "true" if value else "false"
-    if key in ("epoch", "mean", "sem"):
-        return repr(float(value))
-    if key in ("checkpoint", "step", "n"):
-        return str(int(value))
-    return str(value)
-
-
-def write_metrics_csv(path, rows: Iterable[Mapping]) -> Path:
-    """Write agreement rows to a CSV (header ``method,checkpoint,...,n``), atomically.
-
-    >>> # write_metrics_csv("runs/adult/metrics/by_checkpoint.csv", rows)
-    """
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    for i, row in enumerate(rows):
-        missing = [k for k in COLUMNS if k not in row]
-        if missing:
-            raise InputError(f"write_metrics_csv: row {i} lacks the columns {missing}")
-        writer.writerow([_cell(k, row[k]) for k in COLUMNS])
-    return write_text(path, buf.getvalue())
-
-
-_BOOLS = {"true": True, "false": False}
-
-
-def read_metrics_csv(path) -> list[dict]:
-    """Read a CSV written by :func:`write_metrics_csv`, restoring the column types.
-
-    >>> # rows = read_metrics_csv("runs/adult/metrics/by_checkpoint.csv")
-    """
-    path = Path(path)
-    with open(path, encoding="utf-8", newline="") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None or tuple(header) != COLUMNS:
-            raise InputError(
-                f"{path}: not a fimo metrics CSV; expected the header {','.join(COLUMNS)}, "
-                f"got {','.join(header or [])!r}"
-            )
-        rows = []
-        for line, rec in enumerate(reader, start=2):
-            if not rec:
-                continue
-            if len(rec) != len(COLUMNS):
-                raise InputError(f"{path}:{line}: expected {len(COLUMNS)} fields, got {len(rec)}")
-            raw = dict(zip(COLUMNS, rec, strict=True))
-            try:
-                centred = _BOOLS[raw["centred"].strip().lower()]
-                rows.append(
-                    {
-                        "method": raw["method"],
-                        "checkpoint": int(raw["checkpoint"]),
-                        "step": int(raw["step"]),
-                        "epoch": float(raw["epoch"]),
-                        "metric": raw["metric"],
-                        "centred": centred,
-                        "mean": float(raw["mean"]),
-                        "sem": float(raw["sem"]),
-                        "n": int(raw["n"]),
-                    }
-                )
-            except (KeyError, ValueError) as exc:
-                raise InputError(f"{path}:{line}: cannot read the row {rec!r} ({exc})") from None
     return rows

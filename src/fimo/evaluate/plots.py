@@ -317,14 +317,20 @@ def plot_sorted_curves(curve_rows, centred: bool = True):
         )
     colors = _colors(methods)
     for method in methods:
-        rs = sorted((r for r in rows if r["source"] == method), key=lambda r: int(r["rank"]))
-        ax.plot(
-            [int(r["rank"]) for r in rs],
-            [float(r["value"]) for r in rs],
-            linestyle="--",
-            color=colors[method],
-            label=method,
-        )
+        mine = [r for r in rows if r["source"] == method]
+        # a method with a checkpoint axis has a curve per checkpoint (thinner when earlier)
+        steps = sorted({r["step"] for r in mine if r["step"] is not None})
+        for step in steps or [None]:
+            rs = sorted((r for r in mine if r["step"] == step), key=lambda r: int(r["rank"]))
+            label = method if step is None else f"{method}, epoch {float(rs[0]['epoch']):g}"
+            ax.plot(
+                [int(r["rank"]) for r in rs],
+                [float(r["value"]) for r in rs],
+                linestyle="--",
+                color=colors[method],
+                linewidth=1.5 if step is None or step == steps[-1] else 0.8,
+                label=label,
+            )
     ax.axhline(0.0, color="0.6", linewidth=0.8, zorder=0)
     ax.set_xlabel("rank among the left-out instances (most harmful first)")
     ax.set_ylabel("mean sorted score, unit ℓ2 norm")
@@ -352,7 +358,7 @@ def plot_calibration(gold, scores: Mapping[str, object], checkpoint: int, centre
     'scale 2.5\\nR² 0.89'
     """
     from fimo.evaluate.calibration import fit_scale
-    from fimo.evaluate.metrics import gold_flat, method_values
+    from fimo.evaluate.metrics import gold_flat, method_at, method_values
 
     if not scores:
         raise InputError("plot_calibration: no methods")
@@ -366,7 +372,7 @@ def plot_calibration(gold, scores: Mapping[str, object], checkpoint: int, centre
     colors = _colors(names)
     for j, name in enumerate(names):
         ax = fig.add_subplot(nrows, cols, j + 1)
-        m = method_values(gold, scores[name])[~flat]
+        m = method_at(method_values(gold, scores[name]), checkpoint)[~flat]
         fit = fit_scale(g, m)
         ax.scatter(  # thousands of points: a bitmap inside the SVG, not a path each
             m.ravel(), g.ravel(), s=6, alpha=0.45, color=colors[name], linewidths=0, rasterized=True

@@ -12,6 +12,7 @@ float32 when the run hands it back.
 
 from __future__ import annotations
 
+import inspect
 import platform
 import time
 import warnings
@@ -163,7 +164,7 @@ def _run(config: Config, rundir: RunDir, overwrite: bool, console, quiet: bool) 
     task = build_task(config, r.train, r.test)
     model_metrics = _final_model_stage(r, task)
     gold, gold_record = _gold_stage(r, task)
-    scores, skipped = _methods_stage(r, task)
+    scores, skipped = _methods_stage(r, task, gold.steps)
     task.to("cpu", torch.float32)  # handed back as the final model is saved: CPU, float32
     manifest = {
         "fimo_version": __version__,
@@ -377,7 +378,7 @@ class _ShardProgress:
         self.shard(shard, reused)
 
 
-def _methods_stage(r: _Run, task: Task) -> tuple[dict[str, Scores], dict[str, str]]:
+def _methods_stage(r: _Run, task: Task, steps) -> tuple[dict[str, Scores], dict[str, str]]:
     """Every method's scores, where the gold standard was computed: ``scores/<name>.npz``
     made under the same fingerprint are reused, the others computed and written there.
     Returns the scores and the methods skipped (with their reasons)."""
@@ -388,7 +389,7 @@ def _methods_stage(r: _Run, task: Task) -> tuple[dict[str, Scores], dict[str, st
     fps = r.fingerprints["scores"] = {}
     started = time.perf_counter()
     for name in config.methods.names:
-        settings = config.methods.settings.get(name, {})
+        settings = _method_settings(r, name, steps)
         fps[name] = fingerprint(
             r.fingerprints["weights"],
             r.fingerprints["data"],
@@ -401,7 +402,7 @@ def _methods_stage(r: _Run, task: Task) -> tuple[dict[str, Scores], dict[str, st
         cached = r.dir.cached_scores(name, fps[name])
         if cached is None:
             try:
-                cached = _run_method(r, task, name, train_idx, fps[name])
+                cached = _run_method(r, task, name, train_idx, fps[name], settings)
             except (InputError, NumericalError) as exc:
                 # a method that cannot run on this model (too large, indefinite curvature, a
                 # diverging series) is skipped with its reason, not allowed to sink the run
@@ -413,7 +414,16 @@ def _methods_stage(r: _Run, task: Task) -> tuple[dict[str, Scores], dict[str, st
     return scores, skipped
 
 
-def _run_method(r: _Run, task: Task, name: str, train_idx, fp: str) -> Scores:
+def _method_settings(r: _Run, name: str, steps) -> dict:
+    """A method's settings from the configuration; a horizon-matched method (one that takes
+    ``further``) also gets the further-training settings and the checkpoints' step counts."""
+    settings = r.config.methods.settings.get(name, {})
+    if "further" in inspect.signature(r.methods[name]).parameters:
+        settings = {"further": r.config.further.as_dict(), "steps": list(map(int, steps)), **settings}
+    return settings
+
+
+def _run_method(r: _Run, task: Task, name: str, train_idx, fp: str, settings: dict) -> Scores:
     """Compute one method's scores and write them to ``scores/<name>.npz``."""
     started = time.perf_counter()
     with _progress(r.console, r.quiet) as bar:
@@ -423,7 +433,7 @@ def _run_method(r: _Run, task: Task, name: str, train_idx, fp: str) -> Scores:
             r.test_idx,
             train_idx,
             progress=lambda k: bar.advance(job, k),
-            **r.config.methods.settings.get(name, {}),
+            **settings,
         )
     result.settings["fingerprint"] = fp
     result.settings["seconds"] = round(time.perf_counter() - started, 3)

@@ -384,7 +384,9 @@ class RunDir:
         matrix = load_matrix(scores_file, key)
         if getattr(matrix, "ndim", 0) != 2:
             raise InputError(
-                f"{scores_file}: expected a 2-D score matrix; got shape {tuple(matrix.shape)}"
+                f"{scores_file}: expected a 2-D score matrix; got shape {tuple(matrix.shape)} (for "
+                "one matrix per checkpoint, save fimo.Scores(values, test, train, name, "
+                "{'origin': 'external'}, steps=...) as scores/<name>.npz and run fimo report)"
             )
         return matrix
 
