@@ -419,7 +419,11 @@ def _method_settings(r: _Run, name: str, steps) -> dict:
     ``further``) also gets the further-training settings and the checkpoints' step counts."""
     settings = r.config.methods.settings.get(name, {})
     if "further" in inspect.signature(r.methods[name]).parameters:
-        settings = {"further": r.config.further.as_dict(), "steps": list(map(int, steps)), **settings}
+        settings = {
+            "further": r.config.further.as_dict(),
+            "steps": list(map(int, steps)),
+            **settings,
+        }
     return settings
 
 
