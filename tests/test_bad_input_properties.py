@@ -353,7 +353,7 @@ def test_every_method_checks_its_indices_before_any_work(test, train, expected):
     y, yt = (X[:, 0] > 0).long(), (Xt[:, 0] > 0).long()
     task = Task(mlp(4, 2, hidden=(5,), seed=1), ArrayDataset(X, y), ArrayDataset(Xt, yt))
     names = available_methods()
-    assert len(names) == 11
+    assert len(names) == 12
     for name in names:
         with pytest.raises(InputError, match=rf"^{name}: {expected}") as info:
             get_method(name)(task, test, train)

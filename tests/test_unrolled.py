@@ -159,3 +159,56 @@ def test_downweight_with_dropout_is_refused():
     task = make_task(dropout=0.2)
     with pytest.raises(InputError, match="downweight"):
         unrolled_seed(task, FurtherSettings(batch_size=8, scheme="downweight"), 0, [0])
+
+
+@pytest.mark.parametrize("scheme", ["mask", "downweight"])
+def test_forward_and_reverse_modes_agree(scheme):
+    """One tangent per training instance or one cotangent per (checkpoint, test): the same."""
+    task = make_task(dropout=0.0 if scheme == "downweight" else 0.3)
+    settings = FurtherSettings(
+        optimizer="adamw", lr=0.01, weight_decay=0.1, clip_norm=0.3, epochs=2, batch_size=8,
+        scheme=scheme, record_every=3,
+    )  # fmt: skip
+    train = [28, 0, 5, 3]
+    reverse = unrolled_seed(task, settings, 2, np.arange(4), mode="reverse")
+    forward = unrolled_seed(task, settings, 2, np.arange(4), train, mode="forward")
+    np.testing.assert_allclose(forward.values, reverse.values[:, :, train], rtol=1e-10, atol=1e-15)
+    np.testing.assert_array_equal(forward.loss_full, reverse.loss_full)
+
+
+def test_method_is_the_seed_mean_with_its_standard_error():
+    from fimo.methods import get_method
+    from fimo.methods.unrolled import unrolled_estimate
+
+    task = make_task(n=24)
+    settings = FurtherSettings(lr=0.1, epochs=2, batch_size=8, scheme="mask")
+    per_seed = np.stack(
+        [unrolled_seed(task, settings, s, [1, 3]).values[:, :, [2, 9, 17]] for s in (4, 0, 7)]
+    )
+    est = unrolled_estimate(
+        task, [1, 3], [2, 9, 17], further=settings.as_dict(), seeds=[4, 0, 7], keep=[17, 2]
+    )
+    np.testing.assert_allclose(est.mean, per_seed.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(est.sem, per_seed.std(0, ddof=1) / np.sqrt(3), rtol=1e-9)
+    np.testing.assert_allclose(est.per_seed, per_seed[..., [2, 0]], rtol=1e-10)  # other mode
+    scores = get_method("unrolled")(task, [1, 3], [2, 9, 17], further=settings, seeds=[4, 0, 7])
+    assert scores.shape == (2, 2, 3) and scores.steps.tolist() == [3, 6]
+    np.testing.assert_allclose(scores.values, est.mean, rtol=1e-12)
+    only_last = unrolled_estimate(task, [1], [2], further=settings, seeds=1, steps=[6])
+    np.testing.assert_allclose(only_last.mean[0], per_seed[1, 1, :1, :1], rtol=1e-12)
+    assert np.isnan(only_last.sem).all()
+
+
+def test_method_settings_are_checked():
+    from fimo.methods.unrolled import unrolled
+
+    task = make_task(n=24)
+    for bad, match in (
+        (dict(seeds=[1, 1]), "more than once"),
+        (dict(seeds=-2), "seeds"),
+        (dict(steps=[5]), "not checkpoints"),
+        (dict(further=3), "further"),
+        (dict(mode="sideways"), "mode"),
+    ):
+        with pytest.raises(InputError, match=match):
+            unrolled(task, [0], [1], **{"further": FurtherSettings(batch_size=8), **bad})

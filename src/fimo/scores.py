@@ -4,6 +4,11 @@ The contract (DESIGN.md ◆ Score matrix): shape (n_test, n_train), row = test i
 column = training instance; a value estimates
 ``g(test, θ further trained without i) − g(test, θ further trained with i)``, so
 **positive = helpful** (removing the training instance would raise the test loss).
+
+A method whose estimate depends on the amount of further training holds one such matrix per
+checkpoint: ``values`` of shape (n_checkpoints, n_test, n_train) with ``steps`` (the
+checkpoints' step counts, increasing). :meth:`Scores.at` gives the matrix at one step; the
+evaluation compares each checkpoint of the gold standard with the matrix at the same step.
 """
 
 from __future__ import annotations
@@ -37,13 +42,17 @@ MATRIX_SUFFIXES = (".npy", ".npz", ".pt", ".pth", ".safetensors")
 
 @dataclass
 class Scores:
-    """An attribution matrix of shape (n_test, n_train), positive = helpful.
+    """An attribution matrix of shape (n_test, n_train), positive = helpful; or one per
+    checkpoint, (n_checkpoints, n_test, n_train), with their step counts in ``steps``.
 
     ``test`` and ``train`` hold the dataset indices of the rows and the columns.
 
     >>> s = Scores(np.array([[1.0, -2.0]]), test=[7], train=[3, 5], method="grad_dot")
     >>> s.select(train=[5]).values.tolist()
     [[-2.0]]
+    >>> u = Scores(np.array([[[1.0, 2.0]], [[3.0, 4.0]]]), [7], [3, 5], "u", steps=[4, 8])
+    >>> u.shape, u.at(8).values.tolist()
+    ((2, 1, 2), [[3.0, 4.0]])
     """
 
     values: np.ndarray
@@ -52,42 +61,77 @@ class Scores:
     method: str
     settings: dict = field(default_factory=dict)
     units: str = ""
+    steps: np.ndarray | None = None
 
     def __post_init__(self):
         self.values = np.asarray(self.values)
         self.test = np.asarray(self.test, dtype=np.int64).reshape(-1)
         self.train = np.asarray(self.train, dtype=np.int64).reshape(-1)
-        if self.values.ndim != 2:
+        if self.values.ndim not in (2, 3):
             raise InputError(
-                f"Scores({self.method!r}): values must be a 2-D (n_test, n_train) matrix; "
-                f"got shape {self.values.shape}"
+                f"Scores({self.method!r}): values must be a 2-D (n_test, n_train) matrix or a "
+                f"3-D (n_checkpoints, n_test, n_train) stack; got shape {self.values.shape}"
             )
-        if self.values.shape != (len(self.test), len(self.train)):
+        self.steps = _check_steps(self.steps, self.values, self.method)
+        if self.values.shape[-2:] != (len(self.test), len(self.train)):
             raise InputError(
                 f"Scores({self.method!r}): values have shape {self.values.shape} but there are "
                 f"{len(self.test)} test and {len(self.train)} train indices; expected "
-                f"({len(self.test)}, {len(self.train)})"
+                f"(..., {len(self.test)}, {len(self.train)})"
             )
 
     @property
-    def shape(self) -> tuple[int, int]:
+    def shape(self) -> tuple[int, ...]:
+        """The shape of ``values``: (n_test, n_train), or (n_checkpoints, n_test, n_train)."""
         return self.values.shape
 
     def select(self, test=None, train=None) -> Scores:
-        """The sub-matrix for the given dataset indices (in the order given)."""
+        """The sub-matrix for the given dataset indices (in the order given), every checkpoint
+        kept."""
         rows = _positions(self.test, test, "test", self.method)
         cols = _positions(self.train, train, "train", self.method)
         return Scores(
-            self.values[np.ix_(rows, cols)],
+            self.values[..., rows[:, None], cols[None, :]],
             self.test[rows],
             self.train[cols],
             self.method,
             dict(self.settings),
             self.units,
+            self.steps,
+        )
+
+    def at(self, step: int) -> Scores:
+        """The (n_test, n_train) matrix at the checkpoint after ``step`` steps (a Scores
+        without the checkpoint axis is the same at every step and is returned as it is).
+
+        >>> s = Scores(np.zeros((2, 1, 1)), [0], [0], "u", steps=[4, 8])
+        >>> s.at(4).shape
+        (1, 1)
+        """
+        if self.steps is None:
+            return self
+        where = np.flatnonzero(self.steps == int(step))
+        if not where.size:
+            raise InputError(
+                f"Scores({self.method!r}) have no matrix at step {int(step)}; they hold the "
+                f"steps {_listing(self.steps)}"
+            )
+        settings = dict(self.settings, step=int(step))
+        return Scores(
+            self.values[where[0]], self.test, self.train, self.method, settings, self.units
         )
 
     def save(self, path) -> Path:
-        """Write ``scores``, ``test``, ``train`` and the metadata to an .npz (numpy-readable)."""
+        """Write ``scores``, ``test``, ``train`` (and ``steps`` for a stack of checkpoints) and
+        the metadata to an .npz (numpy-readable).
+
+        >>> import tempfile, os
+        >>> s = Scores(np.ones((2, 1, 1)), [0], [0], "u", steps=[4, 8])
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     Scores.load(s.save(os.path.join(d, "u.npz"))).steps.tolist()
+        [4, 8]
+        """
+        extra = {} if self.steps is None else {"steps": self.steps}
         return write_npz(
             path,
             scores=self.values,
@@ -96,6 +140,7 @@ class Scores:
             method=np.array(self.method),
             units=np.array(self.units),
             settings=np.array(json.dumps(self.settings, sort_keys=True)),
+            **extra,
         )
 
     @classmethod
@@ -176,7 +221,47 @@ class Scores:
             str(data["method"]),
             json.loads(str(data["settings"])),
             str(data["units"]),
+            data.get("steps"),
         )
+
+
+def _listing(steps: np.ndarray) -> str:
+    shown = ", ".join(str(int(s)) for s in steps[:8])
+    return f"[{shown}{', ...' if len(steps) > 8 else ''}] ({len(steps)} checkpoints)"
+
+
+def _check_steps(steps, values: np.ndarray, method: str) -> np.ndarray | None:
+    """``steps`` as an int64 array fitting ``values``: None for a matrix, and for a stack of
+    checkpoints one increasing, non-negative whole number per checkpoint."""
+    if values.ndim == 2:
+        if steps is not None:
+            raise InputError(
+                f"Scores({method!r}): steps are given but values are one (n_test, n_train) "
+                "matrix; give a (n_checkpoints, n_test, n_train) stack, or no steps"
+            )
+        return None
+    if steps is None:
+        raise InputError(
+            f"Scores({method!r}): a (n_checkpoints, n_test, n_train) stack needs steps= (the "
+            "step count of each checkpoint)"
+        )
+    raw = np.asarray(steps).reshape(-1)
+    whole = raw.size == 0 or (
+        np.issubdtype(raw.dtype, np.number) and bool(np.all(np.equal(np.mod(raw, 1), 0)))
+    )
+    if not whole or (raw.size and raw.min() < 0):
+        raise InputError(f"Scores({method!r}): steps must be whole numbers ≥ 0; got {raw[:5]}")
+    out = raw.astype(np.int64)
+    if len(out) != values.shape[0] or len(out) == 0:
+        raise InputError(
+            f"Scores({method!r}): {len(out)} steps for {values.shape[0]} checkpoints; give one "
+            "step count per checkpoint (at least one)"
+        )
+    if np.any(np.diff(out) <= 0):
+        raise InputError(
+            f"Scores({method!r}): steps must increase strictly; got {out.tolist()[:8]}"
+        )
+    return out
 
 
 def _as_array(obj, what: str) -> np.ndarray:

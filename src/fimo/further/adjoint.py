@@ -41,7 +41,7 @@ import torch
 from torch.func import grad, jvp, vjp, vmap
 
 from fimo.data.base import check_indices
-from fimo.errors import InputError, NumericalError
+from fimo.errors import InputError, NumericalError, check_choice
 from fimo.further.engine import FurtherSettings, _train_mode, stack
 from fimo.further.fast import fused_mlp_grads
 from fimo.further.plan import schedule, steps_per_epoch
@@ -207,16 +207,23 @@ def unrolled_seed(
     settings: FurtherSettings,
     seed: int,
     test,
+    train=None,
     *,
+    mode: str = "auto",
     budget_bytes: int = DEFAULT_BUDGET,
     on_step: Callable[[int], None] | None = None,
 ) -> UnrolledSeed:
-    """First-order scores of all n training instances for ``test``, from seed ``seed``'s run.
+    """First-order scores of the training instances ``train`` (default: all n) for ``test``.
 
-    The derivative of the further-training run (the gold standard's run 0 for this seed) with
+    The derivative of seed ``seed``'s further-training run (the gold standard's run 0) with
     respect to each training instance's weight under ``settings.scheme`` (module docstring),
-    at every checkpoint; positive = helpful. ``budget_bytes`` bounds the stored trajectory and
-    the cotangents of one sweep; the test instances are split into sweeps to fit it.
+    at every checkpoint; positive = helpful. ``values[c, t, j]`` is for ``train[j]``.
+
+    ``mode``: ``"reverse"`` (one cotangent per (checkpoint, test instance), all training
+    instances at once), ``"forward"`` (one tangent per wanted training instance, all
+    checkpoints and test instances at once) or ``"auto"``, the one with fewer vectors.
+    ``budget_bytes`` bounds the stored trajectory and the vectors of one sweep; the test
+    instances (reverse) or training instances (forward) are split into sweeps to fit it.
 
     >>> from fimo.data import ArrayDataset
     >>> from fimo.models import mlp
@@ -230,6 +237,12 @@ def unrolled_seed(
     task = task.with_cached_trunk()
     n = len(task.train)
     test = check_indices("unrolled: test", test, len(task.test), "test instances")
+    wanted = (
+        np.arange(n)
+        if train is None
+        else check_indices("unrolled: train", train, n, "training instances")
+    )
+    check_choice("unrolled: mode", mode, ("auto", "forward", "reverse"))
     if settings.scheme == "downweight" and _has_dropout(task.model):
         raise InputError(
             "unrolled: further.scheme 'downweight' with dropout in the model is not supported "
@@ -264,12 +277,21 @@ def unrolled_seed(
         return {k: params[k] + updates[k] for k in params}, state
 
     state_bytes = _nbytes(params0) + _nbytes(state0) + 5056
-    every = 1 if (total + 1) * state_bytes <= budget_bytes // 2 else max(1, math.isqrt(total))
-    if every > 1 and (total // every + 2 * every) * state_bytes > budget_bytes // 2:
-        raise InputError(
-            f"unrolled: a memory budget of {budget_bytes / 2**20:.0f} MiB does not hold "
-            f"2·√{total} states of {state_bytes / 2**20:.1f} MiB; raise the budget"
-        )
+    # a vector (tangent or cotangent) with its scratch and the batch's activations
+    vector_bytes = 4 * state_bytes + 2 * bytes_per_run(task, settings, 0)
+    extra = len(wanted) if settings.scheme == "downweight" else 0
+    forward_work = len(wanted) * (settings.batch_size + extra)
+    reverse_work = len(marks) * len(test) * (settings.batch_size + (n if extra else 0))
+    if mode == "auto":
+        mode = "forward" if forward_work <= reverse_work else "reverse"
+    every = 1
+    if mode == "reverse":
+        every = 1 if (total + 1) * state_bytes <= budget_bytes // 2 else max(1, math.isqrt(total))
+        if every > 1 and (total // every + 2 * every) * state_bytes > budget_bytes // 2:
+            raise InputError(
+                f"unrolled: a memory budget of {budget_bytes / 2**20:.0f} MiB does not hold "
+                f"2·√{total} states of {state_bytes / 2**20:.1f} MiB; raise the budget"
+            )
 
     was_training = task.model.training
     devices = [device] if device.type == "cuda" else []
@@ -277,29 +299,39 @@ def unrolled_seed(
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(int(seed))
             _train_mode(task.model)
-            recorded = []
+            recorded, counted = [], [0]
 
             def on_state(t, z):
                 if t in marks:
                     task.model.eval()
                     recorded.append(_measure(task, z[0], X_test, Y_test))
                     _train_mode(task.model)
-                if on_step is not None:
+                if on_step is not None and counted[0] < total:  # the first pass only
+                    counted[0] += 1
                     on_step(1)
 
-            trajectory = _Trajectory(advance, (params0, state0), total, every, on_state)
-            loss_full = np.stack(recorded)
-            # per test instance: C cotangent slots (state, scratch, a batch's activations)
-            # and C rows of the result
-            slot = 4 * state_bytes + 2 * bytes_per_run(task, settings, 0)
-            sweep_bytes = len(marks) * (slot + n * 8)
-            per_sweep = max(1, int((budget_bytes // 2) // max(sweep_bytes, 1)))
-            values = np.empty((len(marks), len(test), n))
-            for a in range(0, len(test), per_sweep):
-                rows = slice(a, min(a + per_sweep, len(test)))
-                values[:, rows] = _sweep(
-                    task, settings, opt, plan, marks, trajectory, X_test[rows], Y_test[rows]
-                )
+            if mode == "forward":
+                per_sweep = max(1, int((budget_bytes // 2) // vector_bytes))
+                values = np.empty((len(marks), len(test), len(wanted)))
+                for a in range(0, len(wanted), per_sweep):
+                    cols = slice(a, min(a + per_sweep, len(wanted)))
+                    recorded = []
+                    values[:, :, cols] = _forward_sweep(
+                        task, settings, opt, plan, marks, advance, (params0, state0), wanted[cols],
+                        X_test, Y_test, on_state,
+                    )  # fmt: skip
+                loss_full = np.stack(recorded)
+            else:
+                trajectory = _Trajectory(advance, (params0, state0), total, every, on_state)
+                loss_full = np.stack(recorded)
+                per_test = len(marks) * (vector_bytes + n * 8)
+                per_sweep = max(1, int((budget_bytes // 2) // per_test))
+                values = np.empty((len(marks), len(test), len(wanted)))
+                for a in range(0, len(test), per_sweep):
+                    rows = slice(a, min(a + per_sweep, len(test)))
+                    values[:, rows] = _sweep(
+                        task, settings, opt, plan, marks, trajectory, X_test[rows], Y_test[rows]
+                    )[:, :, wanted]
     finally:
         task.model.train(was_training)
     if not np.isfinite(values).all():
@@ -375,6 +407,97 @@ def _sweep(task, settings, opt, plan, marks, trajectory, X_test, Y_test) -> np.n
             derivative[live].index_add_(1, idx[valid], u_bar.double())
     sign = 1.0 if scheme == "downweight" else -1.0
     return (sign * derivative).reshape(C, T, n).cpu().numpy()
+
+
+def _forward_sweep(
+    task, settings, opt, plan, marks, advance, z0, instances, X_test, Y_test, on_state
+):
+    """One forward pass with a tangent per training instance (the direction of its removal):
+    (C, T, L) scores for the L ``instances``.
+
+    Each step advances the engine's run 0 (``advance``'s arithmetic through ``opt``) and
+    pushes the tangents through it: a forward-over-reverse product through the batch gradient
+    (with the instance's weight moving) and the forward product of the optimizer update.
+    """
+    n = len(task.train)
+    X, Y = task.train.inputs, task.train.targets
+    params, state = z0
+    device = next(iter(params.values())).device
+    dtype = next(iter(params.values())).dtype
+    inst = torch.as_tensor(instances, device=device)
+    L = len(inst)
+    floats, _ = _split(state)
+    d_params = {k: torch.zeros(L, *v.shape, dtype=dtype, device=device) for k, v in params.items()}
+    d_state = {k: torch.zeros(L, *v.shape, dtype=v.dtype, device=device) for k, v in floats.items()}
+    out = np.empty((len(marks), len(X_test), L))
+    downweight = settings.scheme == "downweight"
+
+    def measure_one(p, x, y):
+        return task.measure(p, x.unsqueeze(0), y.unsqueeze(0))[0]
+
+    test_grads = vmap(grad(measure_one), in_dims=(None, 0, 0))
+    c = 0
+    for t, item in enumerate(plan):
+        idx = item.idx.to(device)
+        w = item.w.to(device=device, dtype=dtype)
+        x, y = X[idx], Y[idx]
+        p = {k: v[0] for k, v in params.items()}
+        if downweight:  # the batch mean minus Σ_l v_l ℓ(z_l)/n, v = 0; tangent v̇_l = 1
+            x_extra, y_extra = X[inst], Y[inst]
+
+            def step_loss(q, v):
+                batch = (task.losses(q, x, y) * w).sum()  # noqa: B023
+                return batch - (task.losses(q, x_extra, y_extra) * v).sum() / n  # noqa: B023
+
+            weights = torch.zeros(L, dtype=dtype, device=device)
+            d_weights = torch.eye(L, dtype=dtype, device=device)
+        else:  # Σ_b u_b ℓ_b / Σ_b u_b, u = 1 on the batch; removal: u̇ = −1 where idx = i
+
+            def step_loss(q, u):
+                return (task.losses(q, x, y) * u).sum() / u.sum()  # noqa: B023
+
+            weights = (w > 0).to(dtype)
+            d_weights = -((idx.unsqueeze(0) == inst.unsqueeze(1)) & (w > 0)).to(dtype)
+
+        def along(dp, du):
+            return jvp(grad(step_loss), (p, weights), (dp, du))  # noqa: B023
+
+        rng = torch.random.get_rng_state()
+        grads, d_grads = vmap(along, randomness="same")(
+            {k: v[:, 0] for k, v in d_params.items()}, d_weights
+        )
+        torch.random.set_rng_state(rng)
+        grads = {k: v[:1] for k, v in grads.items()}  # the same for every tangent
+        floats, rest = _split(state)
+
+        def update(q, s, g):
+            full = _join(s, rest, state)  # noqa: B023
+            updates, new_state = opt.update(g, full, q)
+            return {k: q[k] + updates[k] for k in q}, _split(new_state)[0]
+
+        def push(dq, ds, dg):
+            return jvp(update, (params, floats, grads), (dq, ds, dg))[1]  # noqa: B023
+
+        d_params, d_state = vmap(push)(
+            d_params, d_state, {k: v.unsqueeze(1) for k, v in d_grads.items()}
+        )
+        params, state = advance((params, state), t)
+        on_state(t + 1, (params, state))
+        if c < len(marks) and marks[c] == t + 1:
+            task.model.eval()
+            gs = test_grads({k: v[0] for k, v in params.items()}, X_test, Y_test)
+            _train_mode(task.model)
+            out[c] = (
+                sum(
+                    (gs[k].reshape(len(X_test), -1).to(dtype) @ d_params[k].reshape(L, -1).T)
+                    for k in gs
+                )
+                .double()
+                .cpu()
+                .numpy()
+            )
+            c += 1
+    return out
 
 
 def _optimizer_vjp(opt, params, state, item, task, rng, lam, lam_state):
