@@ -60,7 +60,7 @@ class UnrolledSeed:
     checkpoint c, positive = helpful. ``loss_full[c, t]``: g on the full run (the gold
     standard's run 0). ``steps``/``epochs``: the checkpoints, as the engine records them.
     ``segment``: 1 when the whole trajectory was stored, else the length of the segments
-    recomputed from saved states (memory budget).
+    recomputed from saved states (memory budget). ``mode``: ``"forward"`` or ``"reverse"``.
     """
 
     values: np.ndarray  # (C, T, n)
@@ -68,6 +68,7 @@ class UnrolledSeed:
     steps: np.ndarray  # (C,)
     epochs: np.ndarray  # (C,)
     segment: int = 1
+    mode: str = "reverse"
 
 
 @dataclass
@@ -120,6 +121,18 @@ def _nbytes(tree) -> int:
     if isinstance(tree, dict):
         return sum(_nbytes(v) for v in tree.values())
     return tree.numel() * tree.element_size() if isinstance(tree, torch.Tensor) else 0
+
+
+def _rng_state() -> tuple:
+    """The states of the generators dropout draws from (the CPU one, and CUDA's if in use)."""
+    cuda = torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None
+    return torch.random.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple) -> None:
+    torch.random.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1])
 
 
 def _has_dropout(model: torch.nn.Module) -> bool:
@@ -181,7 +194,7 @@ class _Trajectory:
         self.segment: dict[int, object] = {}
         z = z0
         for t in range(total):
-            self.rng.append(torch.random.get_rng_state())
+            self.rng.append(_rng_state())
             z = advance(z, t)
             on_state(t + 1, z)
             if every == 1 or (t + 1) % every == 0 or t + 1 == total:
@@ -195,7 +208,7 @@ class _Trajectory:
             start = (t // self.every) * self.every
             z = self.anchors[start]
             self.segment = {}
-            torch.random.set_rng_state(self.rng[start])
+            _set_rng_state(self.rng[start])
             for s in range(start, min(start + self.every, self.total) - 1):
                 z = self.advance(z, s)
                 self.segment[s + 1] = z
@@ -340,7 +353,7 @@ def unrolled_seed(
             f"(now {settings.lr}) or set further.clip_norm"
         )
     steps = np.asarray(marks, dtype=np.int64)
-    return UnrolledSeed(values, loss_full, steps, steps / per_epoch, every)
+    return UnrolledSeed(values, loss_full, steps, steps / per_epoch, every, mode)
 
 
 def _measure(task, params, X_test, Y_test) -> np.ndarray:
@@ -462,11 +475,11 @@ def _forward_sweep(
         def along(dp, du):
             return jvp(grad(step_loss), (p, weights), (dp, du))  # noqa: B023
 
-        rng = torch.random.get_rng_state()
+        rng = _rng_state()
         grads, d_grads = vmap(along, randomness="same")(
             {k: v[:, 0] for k, v in d_params.items()}, d_weights
         )
-        torch.random.set_rng_state(rng)
+        _set_rng_state(rng)
         grads = {k: v[:1] for k, v in grads.items()}  # the same for every tangent
         floats, rest = _split(state)
 
@@ -521,7 +534,7 @@ def _batch_grads(task, params, item, rng):
     device = next(iter(p.values())).device
     idx = item.idx.to(device)
     w = item.w.to(device=device, dtype=next(iter(p.values())).dtype)
-    torch.random.set_rng_state(rng)
+    _set_rng_state(rng)
     g = grad(lambda q: (task.losses(q, task.train.inputs[idx], task.train.targets[idx]) * w).sum())(
         p
     )
@@ -541,7 +554,7 @@ def _gradient_jvp(task, params, idx, w, rng, grad_bar):
         (_, _), (hvp, dloss) = jvp(grad(batch, has_aux=True), (p,), (tangent,))
         return hvp, dloss
 
-    torch.random.set_rng_state(rng)
+    _set_rng_state(rng)
     tangents = {k: v[:, 0] for k, v in grad_bar.items()}
     return vmap(along, randomness="same")(tangents)
 
