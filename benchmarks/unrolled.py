@@ -12,7 +12,9 @@ preset's task and final model, then times, in one process and one after the othe
 
 and prints the times and the ratio (b)/(a). The dtype is the gold standard's (float32). The
 final model is trained with the preset's recipe unless ``--final-epochs`` shortens it (the
-timing hardly depends on it); ``--cache DIR`` keeps the trained weights between runs.
+timing hardly depends on it); ``--cache DIR`` keeps the trained weights between runs;
+``--max-steps`` shortens further training (the ratio is per step; on Adult, checkpoints at
+half and all of the steps keep the shape of its two epochs).
 
     .venv/bin/python benchmarks/unrolled.py [--presets adult diabetes] [--final-epochs 5]
 
@@ -61,9 +63,13 @@ def final_task(preset: str, final_epochs: int | None, cache: Path | None):
     return config, task
 
 
-def bench(preset: str, final_epochs: int | None, cache: Path | None) -> None:
+def bench(preset: str, final_epochs: int | None, cache: Path | None, max_steps=None) -> None:
     config, task = final_task(preset, final_epochs, cache)
     settings = config.further
+    if max_steps is not None:  # a shorter run with the same shape: checkpoints at T/2 and T
+        settings = FurtherSettings(
+            **{**settings.as_dict(), "max_steps": max_steps, "record_steps": [max_steps // 2]}
+        )
     test = np.arange(config.data.n_test)
     left_out = choose_left_out(len(task.train), config.gold.left_out, config.gold.left_out_seed)
     warm = FurtherSettings(**{**settings.as_dict(), "max_steps": 2, "record_steps": []})
@@ -110,10 +116,17 @@ def main() -> None:
     parser.add_argument("--final-epochs", type=int, default=None)
     parser.add_argument("--cache", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="stop after this many steps (checkpoints "
+        "at half of it and at the end: the shape of adult's two epochs, shorter)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for preset in args.presets:
-        bench(preset, args.final_epochs, args.cache)
+        bench(preset, args.final_epochs, args.cache, args.max_steps)
 
 
 if __name__ == "__main__":

@@ -212,3 +212,13 @@ def test_method_settings_are_checked():
     ):
         with pytest.raises(InputError, match=match):
             unrolled(task, [0], [1], **{"further": FurtherSettings(batch_size=8), **bad})
+
+
+def test_drop_is_computed_as_mask():
+    task = make_task(n=20)
+    got = {
+        scheme: unrolled_seed(task, FurtherSettings(lr=0.1, batch_size=8, scheme=scheme), 3, [0])
+        for scheme in ("drop", "mask")
+    }
+    np.testing.assert_array_equal(got["drop"].values, got["mask"].values)
+    assert np.abs(got["drop"].values).max() > 0
