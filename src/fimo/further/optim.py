@@ -113,7 +113,10 @@ def adam(
                 g = g + weight_decay * p
             m = state["m"][k].lerp(g, 1 - b1)
             v = state["v"][k] * b2 + (1 - b2) * g * g
-            denom = v.sqrt() / _per_run(bc2_sqrt, v) + eps
+            # sqrt of v ≥ the smallest normal number: the same values (below it, sqrt(v) is
+            # lost against eps), and a finite derivative where a gradient entry is exactly 0
+            # (a dead unit), for the adjoint of fimo.further.adjoint
+            denom = v.clamp_min(torch.finfo(v.dtype).tiny).sqrt() / _per_run(bc2_sqrt, v) + eps
             u = -(lr / _per_run(bc1, m)) * m / denom
             if weight_decay and decoupled:
                 # AdamW decays before the Adam step: p ← p(1 − lr·wd), then p ← p − lr·m̂/…

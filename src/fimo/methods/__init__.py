@@ -31,6 +31,7 @@ REGISTRY = {
     "ekfac": "fimo.methods.ekfac:ekfac",
     "datainf": "fimo.methods.datainf:datainf",
     "trak": "fimo.methods.trak:trak",
+    "unrolled": "fimo.methods.unrolled:unrolled",
     "unrolled_quadratic": "fimo.methods.unrolled_quadratic:unrolled_quadratic",
 }
 ALL_METHOD_NAMES = tuple(REGISTRY)

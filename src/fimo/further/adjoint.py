@@ -1,0 +1,579 @@
+"""The derivative of one seed's further-training run with respect to every training weight.
+
+The full run of a seed (the gold standard's run 0: same batches, dropout draws, optimizer,
+checkpoints) is a chain of steps ``z_{t+1} = F_t(z_t, u)``, where ``z = (θ, optimizer state)``
+and ``u`` weighs each instance's loss. A measurement ``g(test, θ_c)`` at checkpoint c is then a
+function of the weights, and its derivative with respect to every training instance comes from
+one reverse (adjoint) sweep through the trajectory, with one cotangent per (checkpoint, test
+instance) pair, all advanced together (``vmap``).
+
+What a weight means depends on the leave-out scheme (DESIGN.md ◆ Leave-out schemes):
+
+- ``mask``: a step's loss is ``Σ_b u_b ℓ_b / Σ_b u_b`` over its batch, u = 1 in the full run;
+  leaving i out sets ``u_i`` to 0 in every batch it is in, so the first-order change of g is
+  ``−∂g/∂u_i``, with ``∂L/∂u_i = (ℓ_i − batch mean) / |B|``.
+- ``downweight``: every step's loss is the batch mean ``− Σ_i v_i ℓ_i / n``, v = 0 in the full
+  run; leaving i out sets ``v_i`` to 1, so the change is ``+∂g/∂v_i``. Every step contributes
+  for every instance: a forward-mode product of all n losses per step (n times a batch's work).
+- ``drop``: computed as ``mask``. Dropping i shifts every later batch by one instance, a change
+  with no derivative; the first-order estimate keeps the batches and removes i from its own.
+
+The score is the change itself (positive = helpful, DESIGN.md ◆ Score matrix). Each reverse
+step is the vector-Jacobian product of the optimizer update (the engine's own pure optimizer,
+:mod:`fimo.further.optim`, so SGD, momentum, Nesterov, weight decay, Adam, AdamW and clipping
+are all differentiated, optimizer state included), followed by a forward-over-reverse product
+through the batch gradient: it gives both the Hessian-vector products that carry the cotangent
+to the previous step and the per-instance terms of every batch member.
+
+The trajectory is stored when it fits the memory budget; otherwise the states every ``s ≈ √T``
+steps are kept and each segment is recomputed once during the sweep (about one more forward
+pass). Dropout draws are replayed from the global generator's state saved at each step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.func import grad, jvp, vjp, vmap
+
+from fimo.data.base import check_indices
+from fimo.errors import InputError, NumericalError, check_choice
+from fimo.further.engine import FurtherSettings, _train_mode, stack
+from fimo.further.fast import fused_mlp_grads
+from fimo.further.plan import schedule, steps_per_epoch
+from fimo.further.runner import bytes_per_run
+from fimo.task import Task
+
+#: Bytes the stored trajectory and the cotangents of one sweep may take, by default.
+DEFAULT_BUDGET = 2**30
+
+
+@dataclass
+class UnrolledSeed:
+    """One seed's first-order scores of every training instance.
+
+    ``values[c, t, i]``: the estimated ``g(test t, θ_c without i) − g(test t, θ_c)`` at
+    checkpoint c, positive = helpful. ``loss_full[c, t]``: g on the full run (the gold
+    standard's run 0). ``steps``/``epochs``: the checkpoints, as the engine records them.
+    ``segment``: 1 when the whole trajectory was stored, else the length of the segments
+    recomputed from saved states (memory budget). ``mode``: ``"forward"`` or ``"reverse"``.
+    """
+
+    values: np.ndarray  # (C, T, n)
+    loss_full: np.ndarray  # (C, T)
+    steps: np.ndarray  # (C,)
+    epochs: np.ndarray  # (C,)
+    segment: int = 1
+    mode: str = "reverse"
+
+
+@dataclass
+class _Step:
+    idx: torch.Tensor  # (W,) dataset indices of the batch columns
+    w: torch.Tensor  # (W,) the full run's weights (0 for padding)
+    last_in_epoch: bool
+
+
+def _split(tree, prefix: str = "") -> tuple[dict, dict]:
+    """A nested dict of tensors as (floating leaves, the rest), keyed by their paths."""
+    floats, rest = {}, {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            f, r = _split(value, path + "/")
+            floats.update(f)
+            rest.update(r)
+            if not value:
+                rest[path] = {}
+        elif isinstance(value, torch.Tensor) and value.is_floating_point():
+            floats[path] = value
+        else:
+            rest[path] = value
+    return floats, rest
+
+
+def _join(floats: dict, rest: dict, template) -> dict:
+    """Inverse of :func:`_split`, shaped like ``template``."""
+
+    def build(node, prefix):
+        out = {}
+        for key, value in node.items():
+            path = f"{prefix}{key}"
+            out[key] = build(value, path + "/") if isinstance(value, dict) else None
+            if out[key] is None:
+                out[key] = floats[path] if path in floats else rest[path]
+        return out
+
+    return build(template, "")
+
+
+def _clone(tree):
+    if isinstance(tree, dict):
+        return {k: _clone(v) for k, v in tree.items()}
+    return tree.clone() if isinstance(tree, torch.Tensor) else tree
+
+
+def _nbytes(tree) -> int:
+    if isinstance(tree, dict):
+        return sum(_nbytes(v) for v in tree.values())
+    return tree.numel() * tree.element_size() if isinstance(tree, torch.Tensor) else 0
+
+
+def _rng_state() -> tuple:
+    """The states of the generators dropout draws from (the CPU one, and CUDA's if in use)."""
+    cuda = torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None
+    return torch.random.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple) -> None:
+    torch.random.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1])
+
+
+def _has_dropout(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.modules.dropout._DropoutNd) for m in model.modules())
+
+
+def run_zero(n: int, settings: FurtherSettings, seed: int) -> list[_Step]:
+    """The batches of the gold standard's full run (run 0) for ``seed``, step by step.
+
+    All schemes give run 0 the same batches; under ``downweight`` the engine's batch carries
+    one extra column (training instance 0 with weight 0), kept here so that dropout draws the
+    same masks.
+    """
+    steps = []
+    for item in schedule(
+        n, np.empty(0, np.int64), settings.batch_size, settings.epochs, seed, "mask",
+        settings.max_steps,
+    ):  # fmt: skip
+        idx, w = item.idx[0], item.w[0]
+        if settings.scheme == "downweight":
+            idx = torch.cat([idx, idx.new_zeros(1)])
+            w = torch.cat([w, w.new_zeros(1)])
+        steps.append(_Step(idx, w, item.last_in_epoch))
+    return steps
+
+
+def checkpoint_steps(plan: list[_Step], settings: FurtherSettings, per_epoch: int) -> list[int]:
+    """The step counts at which the engine records the test losses (its rule, its checks)."""
+    total = len(plan)
+    if settings.record_steps and settings.record_steps[-1] > total:
+        raise InputError(
+            f"further.record_steps: step {settings.record_steps[-1]} is beyond the last step "
+            f"({total}); drop it or train for longer"
+        )
+    wanted = set(settings.record_steps)
+    out = []
+    for t, item in enumerate(plan, start=1):
+        every = settings.record_every and t % settings.record_every == 0
+        if item.last_in_epoch or every or t in wanted:
+            out.append(t)
+    if not out or out[-1] != total:
+        out.append(total)
+    return out
+
+
+class _Trajectory:
+    """The states ``z_t = (θ_t, optimizer state_t)`` of the full run, stored or recomputed.
+
+    ``advance(z, t)`` is one step of the engine's run 0. With ``every`` = 1 every state is
+    kept; otherwise the states at multiples of ``every`` are kept and a segment is recomputed
+    (from its first state and the saved generator states) the first time one of its states is
+    asked for, going backwards.
+    """
+
+    def __init__(self, advance: Callable, z0, total: int, every: int, on_state: Callable):
+        self.advance, self.total, self.every = advance, total, every
+        self.anchors = {0: z0}
+        self.rng = []  # generator state before each step (dropout replay)
+        self.segment: dict[int, object] = {}
+        z = z0
+        for t in range(total):
+            self.rng.append(_rng_state())
+            z = advance(z, t)
+            on_state(t + 1, z)
+            if every == 1 or (t + 1) % every == 0 or t + 1 == total:
+                self.anchors[t + 1] = z
+        self.final = z
+
+    def state(self, t: int):
+        if t in self.anchors:
+            return self.anchors[t]
+        if t not in self.segment:
+            start = (t // self.every) * self.every
+            z = self.anchors[start]
+            self.segment = {}
+            _set_rng_state(self.rng[start])
+            for s in range(start, min(start + self.every, self.total) - 1):
+                z = self.advance(z, s)
+                self.segment[s + 1] = z
+        return self.segment[t]
+
+
+def unrolled_seed(
+    task: Task,
+    settings: FurtherSettings,
+    seed: int,
+    test,
+    train=None,
+    *,
+    mode: str = "auto",
+    budget_bytes: int = DEFAULT_BUDGET,
+    on_step: Callable[[int], None] | None = None,
+) -> UnrolledSeed:
+    """First-order scores of the training instances ``train`` (default: all n) for ``test``.
+
+    The derivative of seed ``seed``'s further-training run (the gold standard's run 0) with
+    respect to each training instance's weight under ``settings.scheme`` (module docstring),
+    at every checkpoint; positive = helpful. ``values[c, t, j]`` is for ``train[j]``.
+
+    ``mode``: ``"reverse"`` (one cotangent per (checkpoint, test instance), all training
+    instances at once), ``"forward"`` (one tangent per wanted training instance, all
+    checkpoints and test instances at once) or ``"auto"``, the one with fewer vectors.
+    ``budget_bytes`` bounds the stored trajectory and the vectors of one sweep; the test
+    instances (reverse) or training instances (forward) are split into sweeps to fit it.
+
+    >>> from fimo.data import ArrayDataset
+    >>> from fimo.models import mlp
+    >>> g = torch.Generator().manual_seed(0)
+    >>> data = ArrayDataset(torch.randn(12, 3, generator=g), torch.randint(0, 2, (12,), generator=g))
+    >>> task = Task(mlp(3, 2, hidden=(4,)), data, data)
+    >>> out = unrolled_seed(task, FurtherSettings(lr=0.1, batch_size=4, epochs=2), 0, [0, 1])
+    >>> out.values.shape, out.steps.tolist()
+    ((2, 2, 12), [3, 6])
+    """
+    task = task.with_cached_trunk()
+    n = len(task.train)
+    test = check_indices("unrolled: test", test, len(task.test), "test instances")
+    wanted = (
+        np.arange(n)
+        if train is None
+        else check_indices("unrolled: train", train, n, "training instances")
+    )
+    check_choice("unrolled: mode", mode, ("auto", "forward", "reverse"))
+    if settings.scheme == "downweight" and _has_dropout(task.model):
+        raise InputError(
+            "unrolled: further.scheme 'downweight' with dropout in the model is not supported "
+            "(the engine draws the extra term's mask per run); use scheme 'mask'"
+        )
+    params0 = stack(task.params(), 1)
+    device = next(iter(params0.values())).device
+    dtype = next(iter(params0.values())).dtype
+    X, Y = task.train.inputs, task.train.targets
+    X_test, Y_test = task.test.inputs[test], task.test.targets[test]
+    opt = settings.transform()
+    state0 = _to(opt.init(params0), device)
+    per_epoch = steps_per_epoch(n, settings.batch_size)
+    plan = run_zero(n, settings, seed)
+    marks = checkpoint_steps(plan, settings, per_epoch)
+    total = len(plan)
+
+    def run_loss(p, x, y, w):
+        return (task.losses(p, x, y) * w).sum()
+
+    fused = fused_mlp_grads(task) if settings.engine == "auto" else None
+    step_grads = fused or vmap(grad(run_loss), randomness="same")
+
+    def advance(z, t):
+        """One step of the engine's run 0 (same gradient path, same optimizer)."""
+        params, state = z
+        item = plan[t]
+        idx = item.idx.to(device)
+        w = item.w.to(device=device, dtype=dtype)
+        grads = step_grads(params, X[idx].unsqueeze(0), Y[idx].unsqueeze(0), w.unsqueeze(0))
+        updates, state = opt.update(grads, state, params)
+        return {k: params[k] + updates[k] for k in params}, state
+
+    state_bytes = _nbytes(params0) + _nbytes(state0) + 5056
+    # a vector (tangent or cotangent) with its scratch and the batch's activations
+    vector_bytes = 4 * state_bytes + 2 * bytes_per_run(task, settings, 0)
+    extra = len(wanted) if settings.scheme == "downweight" else 0
+    forward_work = len(wanted) * (settings.batch_size + extra)
+    reverse_work = len(marks) * len(test) * (settings.batch_size + (n if extra else 0))
+    if mode == "auto":
+        mode = "forward" if forward_work <= reverse_work else "reverse"
+    every = 1
+    if mode == "reverse":
+        every = 1 if (total + 1) * state_bytes <= budget_bytes // 2 else max(1, math.isqrt(total))
+        if every > 1 and (total // every + 2 * every) * state_bytes > budget_bytes // 2:
+            raise InputError(
+                f"unrolled: a memory budget of {budget_bytes / 2**20:.0f} MiB does not hold "
+                f"2·√{total} states of {state_bytes / 2**20:.1f} MiB; raise the budget"
+            )
+
+    was_training = task.model.training
+    devices = [device] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(int(seed))
+            _train_mode(task.model)
+            recorded, counted = [], [0]
+
+            def on_state(t, z):
+                if t in marks:
+                    task.model.eval()
+                    recorded.append(_measure(task, z[0], X_test, Y_test))
+                    _train_mode(task.model)
+                if on_step is not None and counted[0] < total:  # the first pass only
+                    counted[0] += 1
+                    on_step(1)
+
+            if mode == "forward":
+                per_sweep = max(1, int((budget_bytes // 2) // vector_bytes))
+                values = np.empty((len(marks), len(test), len(wanted)))
+                for a in range(0, len(wanted), per_sweep):
+                    cols = slice(a, min(a + per_sweep, len(wanted)))
+                    recorded = []
+                    values[:, :, cols] = _forward_sweep(
+                        task, settings, opt, plan, marks, advance, (params0, state0), wanted[cols],
+                        X_test, Y_test, on_state,
+                    )  # fmt: skip
+                loss_full = np.stack(recorded)
+            else:
+                trajectory = _Trajectory(advance, (params0, state0), total, every, on_state)
+                loss_full = np.stack(recorded)
+                per_test = len(marks) * (vector_bytes + n * 8)
+                per_sweep = max(1, int((budget_bytes // 2) // per_test))
+                values = np.empty((len(marks), len(test), len(wanted)))
+                for a in range(0, len(test), per_sweep):
+                    rows = slice(a, min(a + per_sweep, len(test)))
+                    values[:, rows] = _sweep(
+                        task, settings, opt, plan, marks, trajectory, X_test[rows], Y_test[rows]
+                    )[:, :, wanted]
+    finally:
+        task.model.train(was_training)
+    if not np.isfinite(values).all():
+        raise NumericalError(
+            f"unrolled (seed {seed}): the derivative is NaN or infinite; lower further.lr "
+            f"(now {settings.lr}) or set further.clip_norm"
+        )
+    steps = np.asarray(marks, dtype=np.int64)
+    return UnrolledSeed(values, loss_full, steps, steps / per_epoch, every, mode)
+
+
+def _measure(task, params, X_test, Y_test) -> np.ndarray:
+    with torch.no_grad():
+        p = {k: v[0] for k, v in params.items()}
+        return task.measure(p, X_test, Y_test).double().cpu().numpy()
+
+
+def _sweep(task, settings, opt, plan, marks, trajectory, X_test, Y_test) -> np.ndarray:
+    """One reverse sweep for a block of test instances: (C, T_block, n) scores."""
+    n = len(task.train)
+    X, Y = task.train.inputs, task.train.targets
+    C, T = len(marks), len(X_test)
+    params0, state0 = trajectory.state(0)
+    names = list(params0)
+    device = next(iter(params0.values())).device
+    dtype = next(iter(params0.values())).dtype
+    float_state, _ = _split(state0)
+    # cotangents, slot k = c·T + j; the slots of checkpoint c join the sweep at step marks[c]
+    lam = {k: torch.zeros(C * T, *v.shape, dtype=dtype, device=device) for k, v in params0.items()}
+    lam_state = {k: torch.zeros(C * T, *v.shape, dtype=v.dtype, device=device)
+                 for k, v in float_state.items()}  # fmt: skip
+    derivative = torch.zeros(C * T, n, dtype=torch.float64, device=device)
+
+    def measure_one(p, x, y):
+        return task.measure(p, x.unsqueeze(0), y.unsqueeze(0))[0]
+
+    test_grads = vmap(grad(measure_one), in_dims=(None, 0, 0))
+    scheme = settings.scheme
+    first = C  # the first active checkpoint: slots first·T … C·T − 1 are live
+    for t in range(len(plan) - 1, -1, -1):
+        while first > 0 and marks[first - 1] >= t + 1:
+            first -= 1
+            if marks[first] == t + 1:
+                task.model.eval()
+                params_c = {k: v[0] for k, v in trajectory.state(t + 1)[0].items()}
+                gs = test_grads(params_c, X_test, Y_test)
+                for k in names:
+                    lam[k][first * T : (first + 1) * T, 0] += gs[k].to(dtype)
+        live = slice(first * T, C * T)
+        params, state = trajectory.state(t)
+        item = plan[t]
+        rng = trajectory.rng[t]
+        _train_mode(task.model)
+        lam_live = {k: v[live] for k, v in lam.items()}
+        lam_state_live = {k: v[live] for k, v in lam_state.items()}
+        grad_bar, new_lam, new_lam_state = _optimizer_vjp(
+            opt, params, state, item, task, rng, lam_live, lam_state_live
+        )
+        idx = item.idx.to(device)
+        w = item.w.to(device=device, dtype=dtype)
+        hvp, dloss = _gradient_jvp(task, params, idx, w, rng, grad_bar)
+        for k in names:
+            lam[k][live] = new_lam[k] + hvp[k].unsqueeze(1)
+        for k in lam_state:
+            lam_state[k][live] = new_lam_state[k]
+        if scheme == "downweight":
+            derivative[live] -= _all_losses_jvp(task, params, grad_bar, X, Y) / n
+        else:
+            valid = w > 0
+            count = valid.sum()
+            d = dloss[:, valid]
+            u_bar = (d - d.mean(1, keepdim=True)) / count
+            derivative[live].index_add_(1, idx[valid], u_bar.double())
+    sign = 1.0 if scheme == "downweight" else -1.0
+    return (sign * derivative).reshape(C, T, n).cpu().numpy()
+
+
+def _forward_sweep(
+    task, settings, opt, plan, marks, advance, z0, instances, X_test, Y_test, on_state
+):
+    """One forward pass with a tangent per training instance (the direction of its removal):
+    (C, T, L) scores for the L ``instances``.
+
+    Each step advances the engine's run 0 (``advance``'s arithmetic through ``opt``) and
+    pushes the tangents through it: a forward-over-reverse product through the batch gradient
+    (with the instance's weight moving) and the forward product of the optimizer update.
+    """
+    n = len(task.train)
+    X, Y = task.train.inputs, task.train.targets
+    params, state = z0
+    device = next(iter(params.values())).device
+    dtype = next(iter(params.values())).dtype
+    inst = torch.as_tensor(instances, device=device)
+    L = len(inst)
+    floats, _ = _split(state)
+    d_params = {k: torch.zeros(L, *v.shape, dtype=dtype, device=device) for k, v in params.items()}
+    d_state = {k: torch.zeros(L, *v.shape, dtype=v.dtype, device=device) for k, v in floats.items()}
+    out = np.empty((len(marks), len(X_test), L))
+    downweight = settings.scheme == "downweight"
+
+    def measure_one(p, x, y):
+        return task.measure(p, x.unsqueeze(0), y.unsqueeze(0))[0]
+
+    test_grads = vmap(grad(measure_one), in_dims=(None, 0, 0))
+    c = 0
+    for t, item in enumerate(plan):
+        idx = item.idx.to(device)
+        w = item.w.to(device=device, dtype=dtype)
+        x, y = X[idx], Y[idx]
+        p = {k: v[0] for k, v in params.items()}
+        if downweight:  # the batch mean minus Σ_l v_l ℓ(z_l)/n, v = 0; tangent v̇_l = 1
+            x_extra, y_extra = X[inst], Y[inst]
+
+            def step_loss(q, v):
+                batch = (task.losses(q, x, y) * w).sum()  # noqa: B023
+                return batch - (task.losses(q, x_extra, y_extra) * v).sum() / n  # noqa: B023
+
+            weights = torch.zeros(L, dtype=dtype, device=device)
+            d_weights = torch.eye(L, dtype=dtype, device=device)
+        else:  # Σ_b u_b ℓ_b / Σ_b u_b, u = 1 on the batch; removal: u̇ = −1 where idx = i
+
+            def step_loss(q, u):
+                return (task.losses(q, x, y) * u).sum() / u.sum()  # noqa: B023
+
+            weights = (w > 0).to(dtype)
+            d_weights = -((idx.unsqueeze(0) == inst.unsqueeze(1)) & (w > 0)).to(dtype)
+
+        def along(dp, du):
+            return jvp(grad(step_loss), (p, weights), (dp, du))  # noqa: B023
+
+        rng = _rng_state()
+        grads, d_grads = vmap(along, randomness="same")(
+            {k: v[:, 0] for k, v in d_params.items()}, d_weights
+        )
+        _set_rng_state(rng)
+        grads = {k: v[:1] for k, v in grads.items()}  # the same for every tangent
+        floats, rest = _split(state)
+
+        def update(q, s, g):
+            full = _join(s, rest, state)  # noqa: B023
+            updates, new_state = opt.update(g, full, q)
+            return {k: q[k] + updates[k] for k in q}, _split(new_state)[0]
+
+        def push(dq, ds, dg):
+            return jvp(update, (params, floats, grads), (dq, ds, dg))[1]  # noqa: B023
+
+        d_params, d_state = vmap(push)(
+            d_params, d_state, {k: v.unsqueeze(1) for k, v in d_grads.items()}
+        )
+        params, state = advance((params, state), t)
+        on_state(t + 1, (params, state))
+        if c < len(marks) and marks[c] == t + 1:
+            task.model.eval()
+            gs = test_grads({k: v[0] for k, v in params.items()}, X_test, Y_test)
+            _train_mode(task.model)
+            out[c] = (
+                sum(
+                    (gs[k].reshape(len(X_test), -1).to(dtype) @ d_params[k].reshape(L, -1).T)
+                    for k in gs
+                )
+                .double()
+                .cpu()
+                .numpy()
+            )
+            c += 1
+    return out
+
+
+def _optimizer_vjp(opt, params, state, item, task, rng, lam, lam_state):
+    """Cotangents of (θ_t, state_t, gradient_t) from those of (θ_{t+1}, state_{t+1})."""
+    floats, rest = _split(state)
+    grads = _batch_grads(task, params, item, rng)
+
+    def update(p, s, g):
+        full = _join(s, rest, state)
+        updates, new_state = opt.update(g, full, p)
+        return {k: p[k] + updates[k] for k in p}, _split(new_state)[0]
+
+    _, pullback = vjp(update, params, floats, grads)
+    p_bar, s_bar, g_bar = vmap(pullback)((lam, lam_state))
+    return g_bar, p_bar, s_bar
+
+
+def _batch_grads(task, params, item, rng):
+    """The step's batch gradient at θ_t (the primal the optimizer saw), dropout replayed."""
+    p = {k: v[0] for k, v in params.items()}
+    device = next(iter(p.values())).device
+    idx = item.idx.to(device)
+    w = item.w.to(device=device, dtype=next(iter(p.values())).dtype)
+    _set_rng_state(rng)
+    g = grad(lambda q: (task.losses(q, task.train.inputs[idx], task.train.targets[idx]) * w).sum())(
+        p
+    )
+    return {k: v.unsqueeze(0) for k, v in g.items()}
+
+
+def _gradient_jvp(task, params, idx, w, rng, grad_bar):
+    """Hessian-vector products H·ḡ_k of the batch loss and the per-instance ⟨∇ℓ_b, ḡ_k⟩."""
+    p = {k: v[0] for k, v in params.items()}
+    x, y = task.train.inputs[idx], task.train.targets[idx]
+
+    def batch(q):
+        losses = task.losses(q, x, y)
+        return (losses * w).sum(), losses
+
+    def along(tangent):
+        (_, _), (hvp, dloss) = jvp(grad(batch, has_aux=True), (p,), (tangent,))
+        return hvp, dloss
+
+    _set_rng_state(rng)
+    tangents = {k: v[:, 0] for k, v in grad_bar.items()}
+    return vmap(along, randomness="same")(tangents)
+
+
+def _all_losses_jvp(task, params, grad_bar, X, Y, chunk: int = 4096) -> torch.Tensor:
+    """⟨∇ℓ_i(θ_t), ḡ_k⟩ for every training instance i: (K, n), in chunks of instances."""
+    p = {k: v[0] for k, v in params.items()}
+    tangents = {k: v[:, 0] for k, v in grad_bar.items()}
+    out = []
+    for a in range(0, len(X), chunk):
+        x, y = X[a : a + chunk], Y[a : a + chunk]
+        along = vmap(lambda t: jvp(lambda q: task.losses(q, x, y), (p,), (t,))[1])  # noqa: B023
+        out.append(along(tangents).double())
+    return torch.cat(out, 1)
+
+
+def _to(tree, device):
+    if isinstance(tree, torch.Tensor):
+        return tree.to(device)
+    if isinstance(tree, dict):
+        return {k: _to(v, device) for k, v in tree.items()}
+    return tree
