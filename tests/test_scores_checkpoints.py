@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from fimo.errors import InputError
-from fimo.evaluate import compute, rebuild_report
+from fimo.evaluate import compute
 from fimo.evaluate.metrics import cosine_rows, method_values
 from fimo.evaluate.tables import read_table
+from fimo.experiments.outputs import compare_run, rebuild_report
 from fimo.scores import Scores
 from test_evaluate import make_gold
 from test_report import make_run_dir
@@ -183,7 +184,6 @@ def test_run_directory_report_with_a_stack(tmp_path):
 
 
 def test_compare_refuses_a_stack_and_names_the_way_in(tmp_path):
-    from fimo.evaluate import compare_run
 
     path = tmp_path / "run"
     gold, _ = make_run_dir(path, S=2, C=2, T=8, L=12)

@@ -42,7 +42,7 @@ from torch.func import grad, jvp, vjp, vmap
 
 from fimo.data.base import check_indices
 from fimo.errors import InputError, NumericalError, check_choice
-from fimo.further.engine import FurtherSettings, _train_mode, stack
+from fimo.further.engine import FurtherSettings, stack
 from fimo.further.fast import fused_mlp_grads
 from fimo.further.plan import schedule, steps_per_epoch
 from fimo.further.runner import bytes_per_run
@@ -354,6 +354,15 @@ def unrolled_seed(
         )
     steps = np.asarray(marks, dtype=np.int64)
     return UnrolledSeed(values, loss_full, steps, steps / per_epoch, every, mode)
+
+
+def _train_mode(model: torch.nn.Module) -> None:
+    """Further training's mode: dropout on, normalisation layers in eval (as
+    :func:`fimo.task.train_mode`, without restoring: the caller restores the modes)."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._NormBase):
+            module.eval()
 
 
 def _measure(task, params, X_test, Y_test) -> np.ndarray:
