@@ -112,3 +112,33 @@ def test_no_module_uses_another_modules_private_names():
         ):
             offences.append(f"{path.relative_to(SRC)}:{line}: {text}")
     assert offences == []
+
+
+def test_every_function_of_src_reads_on_one_screen():
+    """ruff's C901 (complexity ≤ 12) and PLR0915 (≤ 50 statements) pass on src/fimo, as
+    pyproject.toml's lint settings ask (issue 12); the check runs ruff itself."""
+    import shutil
+    import subprocess
+    import sys
+
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    if ruff is None:
+        import pytest
+
+        pytest.skip("ruff is not installed (pip install 'fimo[test]')")
+    rules = ["--select", "C901,PLR0915", "--config", "lint.mccabe.max-complexity=12"]
+    done = subprocess.run(
+        [ruff, "check", "--no-cache", *rules, "--output-format", "concise", str(SRC / "fimo")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    # and the check bites: a long function is found
+    long = "def f(x):\n" + "".join(f"    x = x + {k}\n" for k in range(60)) + "    return x\n"
+    caught = subprocess.run(
+        [ruff, "check", "--no-cache", *rules, "--stdin-filename", "long.py", "-"],
+        input=long,
+        capture_output=True,
+        text=True,
+    )
+    assert caught.returncode == 1 and "PLR0915" in caught.stdout

@@ -261,108 +261,140 @@ def unrolled_seed(
             "unrolled: further.scheme 'downweight' with dropout in the model is not supported "
             "(the engine draws the extra term's mask per run); use scheme 'mask'"
         )
-    params0 = stack(task.params(), 1)
-    device = next(iter(params0.values())).device
-    dtype = next(iter(params0.values())).dtype
-    X, Y = task.train.inputs, task.train.targets
-    X_test, Y_test = task.test.inputs[test], task.test.targets[test]
-    opt = settings.transform()
-    state0 = _to(opt.init(params0), device)
-    per_epoch = steps_per_epoch(n, settings.batch_size)
-    plan = run_zero(n, settings, seed)
-    marks = checkpoint_steps(plan, settings, per_epoch)
-    total = len(plan)
-
-    def run_loss(p, x, y, w):
-        return (task.losses(p, x, y) * w).sum()
-
-    fused = fused_mlp_grads(task) if settings.engine == "auto" else None
-    step_grads = fused or vmap(grad(run_loss), randomness="same")
-
-    def advance(z, t):
-        """One step of the engine's run 0 (same gradient path, same optimizer)."""
-        params, state = z
-        item = plan[t]
-        idx = item.idx.to(device)
-        w = item.w.to(device=device, dtype=dtype)
-        grads = step_grads(params, X[idx].unsqueeze(0), Y[idx].unsqueeze(0), w.unsqueeze(0))
-        updates, state = opt.update(grads, state, params)
-        return {k: params[k] + updates[k] for k in params}, state
-
-    state_bytes = _nbytes(params0) + _nbytes(state0) + 5056
-    # a vector (tangent or cotangent) with its scratch and the batch's activations
-    vector_bytes = 4 * state_bytes + 2 * bytes_per_run(task, settings, 0)
-    extra = len(wanted) if settings.scheme == "downweight" else 0
-    forward_work = len(wanted) * (settings.batch_size + extra)
-    reverse_work = len(marks) * len(test) * (settings.batch_size + (n if extra else 0))
-    if mode == "auto":
-        mode = "forward" if forward_work <= reverse_work else "reverse"
-    every = 1
-    if mode == "reverse":
-        every = 1 if (total + 1) * state_bytes <= budget_bytes // 2 else max(1, math.isqrt(total))
-        if every > 1 and (total // every + 2 * every) * state_bytes > budget_bytes // 2:
-            raise InputError(
-                f"unrolled: a memory budget of {budget_bytes / 2**20:.0f} MiB does not hold "
-                f"2·√{total} states of {state_bytes / 2**20:.1f} MiB; raise the budget"
-            )
-
-    was_training = task.model.training
-    devices = [device] if device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(int(seed))
-            _train_mode(task.model)
-            recorded, counted = [], [0]
-
-            def on_state(t, z):
-                if t in marks:
-                    task.model.eval()
-                    recorded.append(_measure(task, z[0], X_test, Y_test))
-                    _train_mode(task.model)
-                if on_step is not None and counted[0] < total:  # the first pass only
-                    counted[0] += 1
-                    on_step(1)
-
-            if mode == "forward":
-                per_sweep = max(1, int((budget_bytes // 2) // vector_bytes))
-                values = np.empty((len(marks), len(test), len(wanted)))
-                for a in range(0, len(wanted), per_sweep):
-                    cols = slice(a, min(a + per_sweep, len(wanted)))
-                    recorded = []
-                    values[:, :, cols] = _forward_sweep(
-                        task, settings, opt, plan, marks, advance, (params0, state0), wanted[cols],
-                        X_test, Y_test, on_state,
-                    )  # fmt: skip
-                loss_full = np.stack(recorded)
-            else:
-                trajectory = _Trajectory(advance, (params0, state0), total, every, on_state)
-                loss_full = np.stack(recorded)
-                per_test = len(marks) * (vector_bytes + n * 8)
-                per_sweep = max(1, int((budget_bytes // 2) // per_test))
-                values = np.empty((len(marks), len(test), len(wanted)))
-                for a in range(0, len(test), per_sweep):
-                    rows = slice(a, min(a + per_sweep, len(test)))
-                    values[:, rows] = _sweep(
-                        task, settings, opt, plan, marks, trajectory, X_test[rows], Y_test[rows]
-                    )[:, :, wanted]
-    finally:
-        task.model.train(was_training)
+    run = _RunZero(task, settings, seed)
+    mode = _choose_mode(mode, settings, run, len(test), len(wanted))
+    every = _segment_length(mode, run, budget_bytes)
+    measured = _Measured(task, run, test, on_step)
+    device = run.device
+    with task.train_mode(), torch.random.fork_rng([device] if device.type == "cuda" else []):
+        torch.manual_seed(int(seed))
+        if mode == "forward":
+            values = _forward_values(run, wanted, measured, budget_bytes)
+        else:
+            values = _reverse_values(run, wanted, measured, every, budget_bytes)
     if not np.isfinite(values).all():
         raise NumericalError(
             f"unrolled (seed {seed}): the derivative is NaN or infinite; lower further.lr "
             f"(now {settings.lr}) or set further.clip_norm"
         )
-    steps = np.asarray(marks, dtype=np.int64)
-    return UnrolledSeed(values, loss_full, steps, steps / per_epoch, every, mode)
+    steps = np.asarray(run.marks, dtype=np.int64)
+    loss_full = np.stack(measured.recorded)
+    return UnrolledSeed(values, loss_full, steps, steps / run.per_epoch, every, mode)
 
 
-def _train_mode(model: torch.nn.Module) -> None:
-    """Further training's mode: dropout on, normalisation layers in eval (as
-    :func:`fimo.task.train_mode`, without restoring: the caller restores the modes)."""
-    model.train()
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._NormBase):
-            module.eval()
+class _RunZero:
+    """The gold standard's run 0 of one seed: its plan, checkpoints, optimizer and one step."""
+
+    def __init__(self, task: Task, settings: FurtherSettings, seed: int):
+        self.task, self.settings = task, settings
+        self.params0 = stack(task.params(), 1)
+        some = next(iter(self.params0.values()))
+        self.device, self.dtype = some.device, some.dtype
+        self.opt = settings.transform()
+        self.state0 = _to(self.opt.init(self.params0), self.device)
+        n = len(task.train)
+        self.per_epoch = steps_per_epoch(n, settings.batch_size)
+        self.plan = run_zero(n, settings, seed)
+        self.marks = checkpoint_steps(self.plan, settings, self.per_epoch)
+        self.total = len(self.plan)
+
+        def run_loss(p, x, y, w):
+            return (task.losses(p, x, y) * w).sum()
+
+        fused = fused_mlp_grads(task) if settings.engine == "auto" else None
+        self.step_grads = fused or vmap(grad(run_loss), randomness="same")
+        self.state_bytes = _nbytes(self.params0) + _nbytes(self.state0) + 5056
+        # a vector (tangent or cotangent) with its scratch and the batch's activations
+        self.vector_bytes = 4 * self.state_bytes + 2 * bytes_per_run(task, settings, 0)
+
+    def advance(self, z, t):
+        """One step of the engine's run 0 (same gradient path, same optimizer)."""
+        params, state = z
+        X, Y = self.task.train.inputs, self.task.train.targets
+        item = self.plan[t]
+        idx = item.idx.to(self.device)
+        w = item.w.to(device=self.device, dtype=self.dtype)
+        grads = self.step_grads(params, X[idx].unsqueeze(0), Y[idx].unsqueeze(0), w.unsqueeze(0))
+        updates, state = self.opt.update(grads, state, params)
+        return {k: params[k] + updates[k] for k in params}, state
+
+
+class _Measured:
+    """The full run's test measurements at the checkpoints, taken as the run passes them, and
+    the progress count of the first pass through the run."""
+
+    def __init__(self, task: Task, run: _RunZero, test: np.ndarray, on_step):
+        self.task, self.run, self.on_step = task, run, on_step
+        self.X_test, self.Y_test = task.test.inputs[test], task.test.targets[test]
+        self.recorded: list[np.ndarray] = []
+        self.counted = 0
+
+    def __call__(self, t: int, z) -> None:
+        if t in self.run.marks:
+            with self.task.eval_mode():
+                self.recorded.append(_measure(self.task, z[0], self.X_test, self.Y_test))
+        if self.on_step is not None and self.counted < self.run.total:  # the first pass only
+            self.counted += 1
+            self.on_step(1)
+
+
+def _choose_mode(mode: str, settings: FurtherSettings, run: _RunZero, n_test: int, wanted: int):
+    """``mode``, or for ``"auto"`` the direction with fewer vector-steps of work."""
+    if mode != "auto":
+        return mode
+    n = len(run.task.train)
+    extra = wanted if settings.scheme == "downweight" else 0
+    forward_work = wanted * (settings.batch_size + extra)
+    reverse_work = len(run.marks) * n_test * (settings.batch_size + (n if extra else 0))
+    return "forward" if forward_work <= reverse_work else "reverse"
+
+
+def _segment_length(mode: str, run: _RunZero, budget_bytes: int) -> int:
+    """Steps between stored states of a reverse sweep: 1 (all stored) when the trajectory
+    fits half the budget, else about √T; InputError when even that does not fit."""
+    if mode != "reverse":
+        return 1
+    total, state_bytes = run.total, run.state_bytes
+    if (total + 1) * state_bytes <= budget_bytes // 2:
+        return 1
+    every = max(1, math.isqrt(total))
+    if every > 1 and (total // every + 2 * every) * state_bytes > budget_bytes // 2:
+        raise InputError(
+            f"unrolled: a memory budget of {budget_bytes / 2**20:.0f} MiB does not hold "
+            f"2·√{total} states of {state_bytes / 2**20:.1f} MiB; raise the budget"
+        )
+    return every
+
+
+def _forward_values(run: _RunZero, wanted, measured: _Measured, budget_bytes: int):
+    """(C, T, len(wanted)) by forward sweeps over blocks of training instances."""
+    per_sweep = max(1, int((budget_bytes // 2) // run.vector_bytes))
+    values = np.empty((len(run.marks), len(measured.X_test), len(wanted)))
+    for a in range(0, len(wanted), per_sweep):
+        cols = slice(a, min(a + per_sweep, len(wanted)))
+        measured.recorded = []  # each sweep replays the run: keep one pass's measurements
+        values[:, :, cols] = _forward_sweep(
+            run.task, run.settings, run.opt, run.plan, run.marks, run.advance,
+            (run.params0, run.state0), wanted[cols], measured.X_test, measured.Y_test, measured,
+        )  # fmt: skip
+    return values
+
+
+def _reverse_values(run: _RunZero, wanted, measured: _Measured, every: int, budget_bytes: int):
+    """(C, T, len(wanted)) by reverse sweeps over blocks of test instances."""
+    n = len(run.task.train)
+    trajectory = _Trajectory(run.advance, (run.params0, run.state0), run.total, every, measured)
+    per_test = len(run.marks) * (run.vector_bytes + n * 8)
+    per_sweep = max(1, int((budget_bytes // 2) // per_test))
+    X_test, Y_test = measured.X_test, measured.Y_test
+    values = np.empty((len(run.marks), len(X_test), len(wanted)))
+    for a in range(0, len(X_test), per_sweep):
+        rows = slice(a, min(a + per_sweep, len(X_test)))
+        values[:, rows] = _sweep(
+            run.task, run.settings, run.opt, run.plan, run.marks, trajectory,
+            X_test[rows], Y_test[rows],
+        )[:, :, wanted]  # fmt: skip
+    return values
 
 
 def _measure(task, params, X_test, Y_test) -> np.ndarray:
@@ -397,16 +429,16 @@ def _sweep(task, settings, opt, plan, marks, trajectory, X_test, Y_test) -> np.n
         while first > 0 and marks[first - 1] >= t + 1:
             first -= 1
             if marks[first] == t + 1:
-                task.model.eval()
+                # the state first: recomputing a segment must see dropout as training does
                 params_c = {k: v[0] for k, v in trajectory.state(t + 1)[0].items()}
-                gs = test_grads(params_c, X_test, Y_test)
+                with task.eval_mode():
+                    gs = test_grads(params_c, X_test, Y_test)
                 for k in names:
                     lam[k][first * T : (first + 1) * T, 0] += gs[k].to(dtype)
         live = slice(first * T, C * T)
         params, state = trajectory.state(t)
         item = plan[t]
         rng = trajectory.rng[t]
-        _train_mode(task.model)
         lam_live = {k: v[live] for k, v in lam.items()}
         lam_state_live = {k: v[live] for k, v in lam_state.items()}
         grad_bar, new_lam, new_lam_state = _optimizer_vjp(
@@ -506,9 +538,8 @@ def _forward_sweep(
         params, state = advance((params, state), t)
         on_state(t + 1, (params, state))
         if c < len(marks) and marks[c] == t + 1:
-            task.model.eval()
-            gs = test_grads({k: v[0] for k, v in params.items()}, X_test, Y_test)
-            _train_mode(task.model)
+            with task.eval_mode():
+                gs = test_grads({k: v[0] for k, v in params.items()}, X_test, Y_test)
             out[c] = (
                 sum(
                     (gs[k].reshape(len(X_test), -1).to(dtype) @ d_params[k].reshape(L, -1).T)
