@@ -191,7 +191,11 @@ def test_method_is_the_seed_mean_with_its_standard_error():
     np.testing.assert_allclose(est.mean, per_seed.mean(0), rtol=1e-12)
     np.testing.assert_allclose(est.sem, per_seed.std(0, ddof=1) / np.sqrt(3), rtol=1e-9)
     np.testing.assert_allclose(est.per_seed, per_seed[..., [2, 0]], rtol=1e-10)  # other mode
-    scores = get_method("unrolled")(task, [1, 3], [2, 9, 17], further=settings, seeds=[4, 0, 7])
+    done = []
+    scores = get_method("unrolled")(
+        task, [1, 3], [2, 9, 17], further=settings, seeds=[4, 0, 7], progress=done.append
+    )
+    assert done == [1, 1, 1]  # progress in training instances, as the pipeline's bar counts
     assert scores.shape == (2, 2, 3) and scores.steps.tolist() == [3, 6]
     np.testing.assert_allclose(scores.values, est.mean, rtol=1e-12)
     only_last = unrolled_estimate(task, [1], [2], further=settings, seeds=1, steps=[6])

@@ -133,9 +133,10 @@ def unrolled_estimate(
     per_seed, loss_full = [], []
     for k, seed in enumerate(seed_list, start=1):
         one = unrolled_seed(
-            task, settings, seed, test, train, mode=mode, budget_bytes=budget_mb * 2**20,
-            on_step=progress,
-        )  # fmt: skip
+            task, settings, seed, test, train, mode=mode, budget_bytes=budget_mb * 2**20
+        )
+        if progress is not None:  # in training instances, as every method: a share per seed
+            progress(len(train) * k // len(seed_list) - len(train) * (k - 1) // len(seed_list))
         cols = _checkpoints(one.steps, steps)
         values = one.values[cols]
         if mean is None:
