@@ -31,10 +31,13 @@ DONE = [
     "evaluate/curves.py",
     "evaluate/examples.py",
     "evaluate/seeds.py",
+    "further/fast.py",
     "further/gold.py",
+    "further/optim.py",
     "further/plan.py",
     "further/store.py",
     "io.py",
+    "methods/damping.py",
     "models.py",
     "text.py",
 ]
