@@ -38,6 +38,8 @@ DONE = [
     "further/store.py",
     "io.py",
     "methods/damping.py",
+    "methods/ekfac.py",
+    "methods/unrolled_quadratic.py",
     "models.py",
     "text.py",
 ]
