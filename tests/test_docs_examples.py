@@ -37,6 +37,7 @@ DONE = [
     "further/plan.py",
     "further/store.py",
     "io.py",
+    "methods/curvature.py",
     "methods/damping.py",
     "methods/ekfac.py",
     "methods/unrolled_quadratic.py",
