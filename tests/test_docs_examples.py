@@ -28,6 +28,7 @@ DONE = [
     "data/splits.py",
     "errors.py",
     "evaluate/calibration.py",
+    "evaluate/core.py",
     "evaluate/curves.py",
     "evaluate/examples.py",
     "evaluate/seeds.py",
