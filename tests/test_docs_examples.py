@@ -31,6 +31,7 @@ DONE = [
     "evaluate/core.py",
     "evaluate/curves.py",
     "evaluate/examples.py",
+    "evaluate/metrics.py",
     "evaluate/seeds.py",
     "further/fast.py",
     "further/gold.py",
