@@ -33,6 +33,7 @@ DONE = [
     "evaluate/examples.py",
     "evaluate/metrics.py",
     "evaluate/seeds.py",
+    "experiments/build.py",
     "further/fast.py",
     "further/gold.py",
     "further/optim.py",
