@@ -34,6 +34,7 @@ DONE = [
     "evaluate/metrics.py",
     "evaluate/seeds.py",
     "experiments/build.py",
+    "experiments/outputs.py",
     "further/fast.py",
     "further/gold.py",
     "further/optim.py",
