@@ -35,6 +35,7 @@ DONE = [
     "evaluate/seeds.py",
     "experiments/build.py",
     "experiments/outputs.py",
+    "experiments/pipeline.py",
     "further/fast.py",
     "further/gold.py",
     "further/optim.py",
