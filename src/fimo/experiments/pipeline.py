@@ -165,8 +165,8 @@ def run(
     The directory is locked while the run works in it; files left by a process killed while
     writing are removed first (they are never read).
 
-    Every setting is checked before any work (a whole run, even a tiny one, takes half a
-    minute; the tests of ``fimo run`` make them):
+    Every setting is checked before any work (a whole run, even a tiny one, takes many
+    seconds; the tests of ``fimo run`` make them):
 
     >>> import tempfile
     >>> from fimo.experiments.config import from_dict
