@@ -32,7 +32,18 @@ class Evaluation:
     is not False, else the list. ``options`` records the settings used; ``descriptions``
     the readable form of the example instances (see :func:`fimo.evaluate.describe`).
 
-    >>> # ev = fimo.evaluate("runs/adult"); ev["by_checkpoint"].query("metric == 'cosine'")
+    >>> import numpy as np
+    >>> from fimo import GoldStandard, Scores
+    >>> rng = np.random.default_rng(0)
+    >>> gold = GoldStandard(rng.normal(size=(3, 1, 2)), rng.normal(size=(3, 1, 2, 4)),
+    ...                     [5], [1], [0, 1, 2, 3], [0, 1], [0, 1, 2])
+    >>> s = Scores(rng.normal(size=(2, 4)), [0, 1], [0, 1, 2, 3], "m")
+    >>> ev = compute(gold, s, metrics=["cosine"], centred=[True], frames=False)
+    >>> row = ev["by_checkpoint"][0]  # a list of dicts (frames=False), else a DataFrame
+    >>> row["method"], row["metric"], row["step"], round(row["mean"], 3), row["n"]
+    ('m', 'cosine', 5, 0.106, 2)
+    >>> ev.by_checkpoint == ev["by_checkpoint"], ev.options["seed_counts"]
+    (True, [1, 2, 3])
     """
 
     gold: object
@@ -43,7 +54,22 @@ class Evaluation:
     frames: bool | None = None
 
     def table(self, name: str):
-        """One table: a DataFrame (pandas importable and ``frames`` not False) or a list."""
+        """One table: a DataFrame (pandas importable and ``frames`` not False) or a list.
+
+        >>> import numpy as np
+        >>> from fimo import GoldStandard, Scores
+        >>> rng = np.random.default_rng(0)
+        >>> gold = GoldStandard(rng.normal(size=(3, 1, 2)), rng.normal(size=(3, 1, 2, 4)),
+        ...                     [5], [1], [0, 1, 2, 3], [0, 1], [0, 1, 2])
+        >>> s = Scores(rng.normal(size=(2, 4)), [0, 1], [0, 1, 2, 3], "m")
+        >>> ev = compute(gold, s, metrics=["cosine"], centred=[True], frames=False)
+        >>> [r["k"] for r in ev.table("seed_count") if r["metric"] == "cosine"]
+        [1, 2, 3]
+        >>> ev.table("loo")
+        Traceback (most recent call last):
+        ...
+        fimo.errors.InputError: evaluation: no table 'loo'; tables: by_checkpoint, ...
+        """
         if name not in self.rows:
             raise InputError(f"evaluation: no table {name!r}; tables: {', '.join(self.rows)}")
         if self.frames or (self.frames is None and have_pandas()):
@@ -59,18 +85,47 @@ class Evaluation:
         raise AttributeError(name)
 
     def keys(self) -> list[str]:
-        """The table names."""
+        """The table names.
+
+        >>> import numpy as np
+        >>> from fimo import GoldStandard, Scores
+        >>> rng = np.random.default_rng(0)
+        >>> gold = GoldStandard(rng.normal(size=(3, 1, 2)), rng.normal(size=(3, 1, 2, 4)),
+        ...                     [5], [1], [0, 1, 2, 3], [0, 1], [0, 1, 2])
+        >>> s = Scores(rng.normal(size=(2, 4)), [0, 1], [0, 1, 2, 3], "m")
+        >>> compute(gold, s, metrics=["cosine"], frames=False).keys()
+        ['by_checkpoint', 'seed_count', 'noise_floor', 'calibration', 'sorted_curves', 'examples']
+        """
         return list(self.rows)
 
     def tables(self) -> dict:
-        """Every table, as :meth:`table` gives it."""
+        """Every table, as :meth:`table` gives it.
+
+        >>> import numpy as np
+        >>> from fimo import GoldStandard, Scores
+        >>> rng = np.random.default_rng(0)
+        >>> gold = GoldStandard(rng.normal(size=(3, 1, 2)), rng.normal(size=(3, 1, 2, 4)),
+        ...                     [5], [1], [0, 1, 2, 3], [0, 1], [0, 1, 2])
+        >>> s = Scores(rng.normal(size=(2, 4)), [0, 1], [0, 1, 2, 3], "m")
+        >>> ev = compute(gold, s, metrics=["cosine"], centred=[True], frames=False)
+        >>> {name: len(rows) for name, rows in ev.tables().items()}
+        {'by_checkpoint': 1, 'seed_count': 6, 'noise_floor': 3, 'calibration': 5,
+         'sorted_curves': 8, 'examples': 24}
+        """
         return {name: self.table(name) for name in self.rows}
 
 
 def as_scores(scores) -> dict:
     """A name -> Scores mapping from a mapping, a list of Scores or one Scores.
 
-    >>> # as_scores([fimo.grad_dot(task, test, train)])   # {"grad_dot": Scores(...)}
+    >>> from fimo import Scores
+    >>> s = Scores([[0.5, -0.5]], test=[0], train=[3, 4], method="grad_dot")
+    >>> list(as_scores(s)), list(as_scores([s])), list(as_scores({"mine": s}))
+    (['grad_dot'], ['grad_dot'], ['mine'])
+    >>> as_scores([s, s])
+    Traceback (most recent call last):
+    ...
+    fimo.errors.InputError: scores: the method name 'grad_dot' appears twice
     """
     from fimo.scores import Scores
 
@@ -143,7 +198,17 @@ def compute(
     ``example_k`` strongest picks at ``example_step``. ``train`` and ``test`` (datasets)
     let the examples be described readably.
 
-    >>> # ev = compute(gold, {"grad_dot": s}, train=train_set, test=test_set)
+    >>> import numpy as np
+    >>> from fimo import GoldStandard, Scores
+    >>> rng = np.random.default_rng(0)
+    >>> gold = GoldStandard(rng.normal(size=(3, 1, 2)), rng.normal(size=(3, 1, 2, 4)),
+    ...                     [5], [1], [0, 1, 2, 3], [0, 1], [0, 1, 2])
+    >>> s = Scores(rng.normal(size=(2, 4)), [0, 1], [0, 1, 2, 3], "m")
+    >>> ev = compute(gold, {"m": s}, metrics=["cosine", "spearman"], frames=False)
+    >>> sorted({(r["metric"], r["centred"]) for r in ev["by_checkpoint"]})
+    [('cosine', False), ('cosine', True), ('spearman', False), ('spearman', True)]
+    >>> ev.options["example_test"], ev.options["curve_steps"]
+    ([0, 1], [5])
     """
     from fimo.further.gold import GoldStandard
 

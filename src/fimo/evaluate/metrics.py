@@ -241,6 +241,11 @@ def gold_flat(gold, adjusted_mean: np.ndarray) -> np.ndarray:
     A row counts as constant when its spread is at most 8 units of rounding of the largest
     stored test loss at that checkpoint (the centred view of such a row is rounding noise).
     ``adjusted_mean`` has shape (..., C, T, L), ``gold.loss_full`` (S, C, T).
+
+    >>> from types import SimpleNamespace
+    >>> gold = SimpleNamespace(loss_full=np.ones((2, 1, 2)))  # S = 2, C = 1, T = 2
+    >>> gold_flat(gold, np.array([[[1.0, 1.0, 1.0], [1.0, 2.0, 3.0]]])).tolist()
+    [[True, False]]
     """
     full = np.asarray(gold.loss_full)
     dtype = full.dtype if np.issubdtype(full.dtype, np.floating) else np.float64
@@ -257,6 +262,12 @@ class PreparedRows:
     (N, L) matrix, the mask of rows where a metric is undefined (constant, non-finite, or
     marked ``undefined`` (..., T)), and, computed once when first asked for, their centred
     ranks. Pass it to :func:`per_test_values` in place of the array.
+
+    >>> rows = PreparedRows([[1.0, 2.0, 3.0], [2.0, 2.0, 2.0]])
+    >>> rows.flat.shape, rows.mask.tolist()  # the second row is constant
+    ((2, 3), [False, True])
+    >>> PreparedRows([[1.0, 2.0, 3.0], [2.0, 2.0, 2.0]], undefined=[True, False]).mask.tolist()
+    [True, True]
     """
 
     def __init__(self, gold_rows, undefined=None):
@@ -270,6 +281,11 @@ class PreparedRows:
         self._ranks = None
 
     def centred_ranks(self) -> np.ndarray:
+        """Each row's ranks minus their mean (Spearman's correlation is their cosine).
+
+        >>> PreparedRows([[10.0, 30.0, 20.0]]).centred_ranks().tolist()
+        [[-1.0, 1.0, 0.0]]
+        """
         if self._ranks is None:
             self._ranks = _centred_ranks(self.flat)
         return self._ranks
@@ -411,7 +427,16 @@ def agreement_by_checkpoint(
     defined. A method with a checkpoint axis is compared at each checkpoint with its matrix
     at the same step (:func:`method_values`), any other with its one matrix.
 
-    >>> # rows = agreement_by_checkpoint(gold, {"grad_dot": s}, metrics=None, centred=(True, False))
+    Scores equal to the gold standard's at the second checkpoint agree fully there:
+
+    >>> from fimo import GoldStandard, Scores
+    >>> rng = np.random.default_rng(0)
+    >>> gold = GoldStandard(rng.normal(size=(3, 2, 2)), rng.normal(size=(3, 2, 2, 4)),
+    ...                     [5, 10], [0.5, 1.0], [0, 1, 2, 3], [0, 1], [0, 1, 2])
+    >>> s = Scores(gold.mean(False)[1], [0, 1], [0, 1, 2, 3], "exact")
+    >>> rows = agreement_by_checkpoint(gold, {"exact": s}, ["cosine"], centred=(False,))
+    >>> [(r["step"], r["metric"], round(r["mean"], 6), r["n"]) for r in rows]
+    [(5, 'cosine', 0.052906, 2), (10, 'cosine', 1.0, 2)]
     """
     metrics = check_metrics(metrics)
     if isinstance(centred, bool):

@@ -29,7 +29,15 @@ from fimo.task import Task
 
 
 def resolve_callable(spec: str, setting: str) -> Callable:
-    """Import ``package.module:function``."""
+    """Import ``package.module:function``.
+
+    >>> resolve_callable("math:sqrt", "data.factory")(4.0)
+    2.0
+    >>> resolve_callable("math", "data.factory")
+    Traceback (most recent call last):
+    ...
+    fimo.errors.InputError: data.factory: got 'math'; expected 'package.module:function'
+    """
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise InputError(f"{setting}: got {spec!r}; expected 'package.module:function'")
@@ -44,13 +52,25 @@ def resolve_callable(spec: str, setting: str) -> Callable:
 
 
 def datasets() -> dict[str, Callable]:
-    """Built-in datasets by name."""
+    """Built-in datasets by name.
+
+    >>> sorted(datasets())
+    ['adult', 'concrete', 'credit', 'diabetes', 'fashion_mnist', 'mnist', 'reviews']
+    """
     return dict(getattr(fimo.data, "DATASETS", {"adult": fimo.data.load_adult}))
 
 
 def load_data(config) -> tuple[ArrayDataset, ArrayDataset]:
     """The configuration's (train, test) datasets (the first ``data.n_train`` training
-    instances when that is set)."""
+    instances when that is set).
+
+    >>> from fimo.experiments.config import from_dict
+    >>> config = from_dict({"data": {"dataset": "concrete", "n_train": 10},
+    ...                     "model": {"hidden": [4]}})
+    >>> train, test = load_data(config)  # Concrete ships with fimo
+    >>> len(train), tuple(train.inputs.shape), len(test)
+    (10, (10, 8), 103)
+    """
     train, test = _load_data(config)
     n = config.data.n_train
     if n:
@@ -100,18 +120,39 @@ def _keywords(fn: Callable) -> list[str]:
 
 
 def loss_for(train: ArrayDataset) -> str:
-    """Squared error for floating targets, cross-entropy for class indices."""
+    """Squared error for floating targets, cross-entropy for class indices.
+
+    >>> loss_for(ArrayDataset(torch.zeros(3, 2), torch.tensor([0.5, 1.0, 2.0])))
+    'mse'
+    >>> loss_for(ArrayDataset(torch.zeros(3, 2), torch.tensor([0, 2, 1])))
+    'cross_entropy'
+    """
     return "mse" if train.targets.is_floating_point() else "cross_entropy"
 
 
 def outputs_for(train: ArrayDataset) -> int:
+    """The model's number of outputs: the target's width, or the number of classes.
+
+    >>> outputs_for(ArrayDataset(torch.zeros(3, 2), torch.zeros(3, 2)))
+    2
+    >>> outputs_for(ArrayDataset(torch.zeros(3, 2), torch.tensor([0, 2, 1])))
+    3
+    """
     if train.targets.is_floating_point():
         return 1 if train.targets.dim() == 1 else int(train.targets.shape[1])
     return int(train.targets.max()) + 1
 
 
 def build_model(config, train: ArrayDataset, test: ArrayDataset) -> nn.Module:
-    """The configuration's model, freshly initialised from ``model.seed``."""
+    """The configuration's model, freshly initialised from ``model.seed``.
+
+    >>> from fimo.experiments.config import from_dict
+    >>> config = from_dict({"data": {"dataset": "concrete", "n_train": 10},
+    ...                     "model": {"hidden": [4]}})
+    >>> model = build_model(config, *load_data(config))
+    >>> [type(m).__name__ for m in model], model[0].in_features, model[-1].out_features
+    (['Linear', 'ReLU', 'Linear'], 8, 1)
+    """
     m = config.model
     if m.factory:
         model = resolve_callable(m.factory, "model.factory")(train, test)
@@ -147,7 +188,15 @@ def build_model(config, train: ArrayDataset, test: ArrayDataset) -> nn.Module:
 
 
 def build_task(config, train: ArrayDataset, test: ArrayDataset) -> Task:
-    """The Task the configuration describes (untrained model)."""
+    """The Task the configuration describes (untrained model).
+
+    >>> from fimo.experiments.config import from_dict
+    >>> config = from_dict({"data": {"dataset": "concrete", "n_train": 10},
+    ...                     "model": {"hidden": [4]}})
+    >>> task = build_task(config, *load_data(config))
+    >>> task.num_params, task.loss_name  # 8·4 + 4 + 4·1 + 1 parameters
+    (41, 'mse')
+    """
     model = build_model(config, train, test)
     trainable = list(config.model.trainable) or None
     return Task(model, train, test, loss=loss_for(train), trainable=trainable, name=config.name)
@@ -162,6 +211,14 @@ def final_training_task(config, task: Task, cached=None) -> Task:
     parameters all lie after it, :meth:`Task.trunk_length`), the returned task is built on
     ``task``'s cached trunk (``cached(task)``, by default :meth:`Task.with_cached_trunk`), so
     that one trunk pass serves final training, further training and the methods.
+
+    >>> from fimo.experiments.config import from_dict
+    >>> config = from_dict({"data": {"dataset": "concrete", "n_train": 10},
+    ...                     "model": {"hidden": [4], "trainable": ["2.*"]},
+    ...                     "training": {"trainable": ["0.bias", "2.*"]}})
+    >>> task = build_task(config, *load_data(config))
+    >>> task.trainable, final_training_task(config, task).trainable
+    (('2.weight', '2.bias'), ('0.bias', '2.weight', '2.bias'))
     """
     cached = cached or Task.with_cached_trunk
     if not config.training.trainable:

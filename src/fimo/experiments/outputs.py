@@ -89,8 +89,24 @@ def write_evaluation(
 
     ``manifest`` (when given) gains an ``evaluation`` section and is written back to
     ``manifest.json``. Returns the paths written, by kind (``metrics``, ``plots``,
-    ``report``). Runs in a few seconds (it draws every figure), so it has no doctest; the
-    tests of ``fimo report`` exercise it.
+    ``report``). With every figure it takes a few seconds (the tests of ``fimo report``
+    exercise that); the example writes an evaluation whose tables are empty, so no figure
+    is drawn:
+
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from fimo import GoldStandard
+    >>> gold = GoldStandard(np.zeros((2, 1, 1)), np.zeros((2, 1, 1, 3)), [5], [1.0],
+    ...                     [0, 1, 2], [0], [0, 1])
+    >>> ev = Evaluation(gold, {}, rows={name: [] for name in TABLES})
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> manifest = {}
+    >>> written = write_evaluation(folder.name, ev, title="tiny", manifest=manifest)
+    >>> {kind: len(paths) for kind, paths in written.items()}, written["report"][0].name
+    ({'metrics': 6, 'plots': 0, 'report': 1}, 'report.html')
+    >>> manifest["evaluation"]["tables"][0]
+    'metrics/by_checkpoint.csv'
+    >>> folder.cleanup()
     """
     run = out if isinstance(out, RunDir) else RunDir(out)
     written: dict[str, list[Path]] = {"metrics": [], "plots": [], "report": []}
@@ -179,7 +195,24 @@ def evaluate_run(
     in with ``fimo compare``) and write the tables, figures and report into ``out``.
 
     Reads ``scores/`` (the external scores only); writes ``metrics/``, ``plots/``,
-    ``report.html`` and ``manifest.json``.
+    ``report.html`` and ``manifest.json``. Scores that do not cover the gold standard are
+    refused before anything is written (a full evaluation draws figures for seconds, see
+    :func:`write_evaluation`):
+
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from fimo import GoldStandard, Scores
+    >>> gold = GoldStandard(np.zeros((2, 1, 2)), np.zeros((2, 1, 2, 3)), [5], [1.0],
+    ...                     [0, 1, 2], [0, 1], [0, 1])
+    >>> s = Scores(np.ones((1, 3)), test=[0], train=[0, 1, 2], method="m")
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> evaluate_run(folder.name, gold, {"m": s})
+    Traceback (most recent call last):
+    ...
+    fimo.errors.InputError: scores 'm' (1 test × 3 train) do not cover the gold standard: ...
+    >>> list(Path(folder.name).iterdir())
+    []
+    >>> folder.cleanup()
     """
     run = out if isinstance(out, RunDir) else RunDir(out)
     merged = dict(scores)

@@ -47,7 +47,15 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 @dataclass
 class RunResult:
-    """What ``run`` returns: the run directory and everything computed in it."""
+    """What ``run`` returns: the run directory and everything computed in it.
+
+    (A whole run, even a tiny one, takes many seconds; the tests of ``fimo run`` make them.)
+
+    >>> result = RunResult(Path("runs/tiny"), Config(name="tiny"), task=None, gold=None,
+    ...                    scores={}, rows=[], model_metrics={"test_loss": 0.5})
+    >>> result.config.name, result.timings
+    ('tiny', {})
+    """
 
     out: Path
     config: Config
@@ -60,6 +68,11 @@ class RunResult:
 
     @property
     def report(self) -> Path:
+        """The run's HTML report.
+
+        >>> RunResult(Path("runs/tiny"), Config(), None, None, {}, [], {}).report.as_posix()
+        'runs/tiny/report.html'
+        """
         return self.out / "report.html"
 
 
@@ -151,6 +164,19 @@ def run(
 
     The directory is locked while the run works in it; files left by a process killed while
     writing are removed first (they are never read).
+
+    Every setting is checked before any work (a whole run, even a tiny one, takes many
+    seconds; the tests of ``fimo run`` make them):
+
+    >>> import tempfile
+    >>> from fimo.experiments.config import from_dict
+    >>> config = from_dict({"name": "tiny", "data": {"dataset": "concrete", "n_test": 500}})
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> run(config, Path(folder.name) / "tiny", quiet=True)
+    Traceback (most recent call last):
+    ...
+    fimo.errors.InputError: data.n_test: got 500, but there are only 103 test instances
+    >>> folder.cleanup()
     """
     rundir = RunDir(out)
     with rundir.lock():

@@ -47,6 +47,21 @@ def fused_mlp_grads(task: Task) -> Callable | None:
     """``grads(params, x, y, w) -> dict`` equal to ``vmap(grad(Σ_b w·ℓ))``, or None.
 
     ``params`` are stacked (R, ...), ``x`` (R, B, d), ``y`` (R, B), ``w`` (R, B).
+
+    For one run of a linear model with squared error the gradient is Σ_b w_b·2(x_b·W − y_b)x_b:
+
+    >>> from fimo.data import ArrayDataset
+    >>> X, Y = torch.tensor([[1.0, 2.0]]), torch.tensor([[1.0]])
+    >>> task = Task(nn.Sequential(nn.Linear(2, 1, bias=False)), ArrayDataset(X, Y),
+    ...             ArrayDataset(X, Y), loss="mse")
+    >>> grads = fused_mlp_grads(task)
+    >>> params = {"0.weight": torch.tensor([[[1.0, 1.0]]])}  # R = 1 run
+    >>> x, y, w = torch.tensor([[[1.0, 2.0]]]), torch.tensor([[1.0]]), torch.tensor([[0.5]])
+    >>> grads(params, x, y, w)["0.weight"].tolist()  # 0.5 · 2 · (3 − 1) · [1, 2]
+    [[[2.0, 4.0]]]
+    >>> _ = task.model.append(nn.Dropout(0.1))  # not an MLP of Linear and ReLU/Tanh any more
+    >>> fused_mlp_grads(task) is None  # the generic path
+    True
     """
     plan = _plan(task)
     if plan is None:

@@ -24,6 +24,16 @@ Tree = dict[str, torch.Tensor]
 
 @dataclass(frozen=True)
 class Transform:
+    """An optimizer as two pure functions: ``init(params) -> state`` and
+    ``update(grads, state, params, active=None) -> (updates, state)``.
+
+    >>> t = sgd(lr=0.5)
+    >>> params = {"w": torch.tensor([[1.0], [2.0]])}  # two runs, one weight each
+    >>> updates, state = t.update({"w": torch.ones(2, 1)}, t.init(params), params)
+    >>> updates["w"].tolist(), state["count"].tolist()
+    ([[-0.5], [-0.5]], [1, 1])
+    """
+
     init: Callable[[Tree], dict]
     update: Callable[..., tuple[Tree, dict]]
 
@@ -38,7 +48,14 @@ def _keep(active, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
 
 
 def clip_by_global_norm(max_norm: float) -> Transform:
-    """Scale each run's gradient to global norm at most ``max_norm`` (torch clip_grad_norm_)."""
+    """Scale each run's gradient to global norm at most ``max_norm`` (torch clip_grad_norm_).
+
+    >>> clip = clip_by_global_norm(1.0)
+    >>> grads = {"w": torch.tensor([[3.0, 4.0], [0.3, 0.4]], dtype=torch.float64)}  # norms 5, 0.5
+    >>> clipped, _ = clip.update(grads, clip.init(grads))
+    >>> clipped["w"].round(decimals=4).tolist()
+    [[0.6, 0.8], [0.3, 0.4]]
+    """
 
     def init(params):
         return {}
@@ -52,7 +69,19 @@ def clip_by_global_norm(max_norm: float) -> Transform:
 
 
 def sgd(lr: float, momentum: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False):
-    """torch.optim.SGD (dampening 0): L2 weight decay added to the gradient, heavy-ball momentum."""
+    """torch.optim.SGD (dampening 0): L2 weight decay added to the gradient, heavy-ball momentum.
+
+    Two steps with momentum 0.9 and the same gradient 1: steps −0.1, then −0.1·(0.9 + 1).
+    The second run sits the second step out (``active``).
+
+    >>> opt = sgd(lr=0.1, momentum=0.9)
+    >>> params = {"w": torch.zeros(2, 1, dtype=torch.float64)}
+    >>> grads = {"w": torch.ones(2, 1, dtype=torch.float64)}
+    >>> first, state = opt.update(grads, opt.init(params), params)
+    >>> second, state = opt.update(grads, state, params, active=torch.tensor([True, False]))
+    >>> first["w"].flatten().tolist(), second["w"].flatten().round(decimals=4).tolist()
+    ([-0.1, -0.1], [-0.19, -0.0])
+    """
 
     def init(params):
         state = {"count": torch.zeros(next(iter(params.values())).shape[0], dtype=torch.long)}
@@ -89,7 +118,17 @@ def adam(
     weight_decay: float = 0.0,
     decoupled: bool = False,
 ):
-    """torch.optim.Adam (L2 decay in the gradient) or, with ``decoupled``, torch.optim.AdamW."""
+    """torch.optim.Adam (L2 decay in the gradient) or, with ``decoupled``, torch.optim.AdamW.
+
+    Adam's first step is −lr·sign(g) (up to eps), whatever the gradient's size:
+
+    >>> opt = adam(lr=0.01)
+    >>> params = {"w": torch.zeros(1, 3, dtype=torch.float64)}
+    >>> updates, state = opt.update({"w": torch.tensor([[5.0, -0.2, 1e-3]], dtype=torch.float64)},
+    ...                             opt.init(params), params)
+    >>> updates["w"].round(decimals=4).tolist(), state["count"].tolist()
+    ([[-0.01, 0.01, -0.01]], [1])
+    """
     b1, b2 = betas
 
     def init(params):
@@ -131,7 +170,15 @@ def adam(
 
 
 def chain(*transforms: Transform) -> Transform:
-    """Apply transforms in order (e.g. clipping, then an optimizer)."""
+    """Apply transforms in order (e.g. clipping, then an optimizer).
+
+    >>> opt = chain(clip_by_global_norm(1.0), sgd(lr=0.5))
+    >>> params = {"w": torch.zeros(1, 2, dtype=torch.float64)}
+    >>> grads = {"w": torch.tensor([[3.0, 4.0]], dtype=torch.float64)}
+    >>> updates, _ = opt.update(grads, opt.init(params), params)
+    >>> updates["w"].round(decimals=4).tolist()  # clipped to norm 1, then −0.5·g
+    [[-0.3, -0.4]]
+    """
 
     def init(params):
         return {i: t.init(params) for i, t in enumerate(transforms)}
@@ -162,6 +209,12 @@ def make_optimizer(
 
     The settings are taken as valid: :class:`fimo.further.engine.FurtherSettings` checks them,
     once, when it is made (its ``transform()`` calls this).
+
+    >>> opt = make_optimizer("adamw", lr=0.1, weight_decay=0.5)
+    >>> params = {"w": torch.ones(1, 1)}
+    >>> updates, _ = opt.update({"w": torch.ones(1, 1)}, opt.init(params), params)
+    >>> round(updates["w"].item(), 4)  # Adam step −0.1, decay −0.1·0.5·1
+    -0.15
     """
     if name == "sgd":
         opt = sgd(lr, momentum, weight_decay, nesterov)

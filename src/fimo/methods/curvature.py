@@ -18,8 +18,17 @@ sizes, w the numbers one instance produces in a forward pass, so small models ge
 training set in one batch (one graph per product) and large ones are cut to fit.
 ``batch_size=`` fixes the batch instead.
 
->>> # op = hvp(task); op(v)            # H v, v of shape (P,)
->>> # dense_matrix(gnvp(task))         # the explicit P × P Gauss-Newton matrix
+A linear model w ↦ x·w with squared error (x·w − y)² has H = G = (2/n) Σ_j x_j x_jᵀ; for
+x = (1, 0) and (0, 2) that is diag(1, 4):
+
+>>> from fimo.data import ArrayDataset
+>>> X = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+>>> data = ArrayDataset(X, torch.ones(2, 1, dtype=torch.float64))
+>>> task = Task(torch.nn.Linear(2, 1, bias=False).double(), data, data, loss="mse")
+>>> hvp(task)(torch.ones(2, dtype=torch.float64)).tolist()  # H v, v of shape (P,)
+[1.0, 4.0]
+>>> dense_matrix(gnvp(task)).round(decimals=12).tolist()  # the explicit P × P matrix
+[[1.0, 0.0], [0.0, 4.0]]
 """
 
 from __future__ import annotations
@@ -72,7 +81,17 @@ FACTOR_VECTORS = 8
 
 def activation_width(task: Task, x: torch.Tensor, params=None) -> int:
     """Numbers one instance produces in a forward pass: its input, and the outputs of every
-    module without submodules (a proxy for the activations a product keeps per instance)."""
+    module without submodules (a proxy for the activations a product keeps per instance).
+
+    >>> from fimo.data import ArrayDataset
+    >>> X = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    >>> Y = torch.ones(2, 1, dtype=torch.float64)
+    >>> model = torch.nn.Linear(2, 1, bias=False).double()
+    >>> _ = torch.nn.init.ones_(model.weight)
+    >>> task = Task(model, ArrayDataset(X, Y), ArrayDataset(X, Y), loss="mse")
+    >>> activation_width(task, X)  # 2 inputs and 1 output of the Linear layer
+    3
+    """
     total = [int(x[:1].numel())]
 
     def count(module, inputs, output):
@@ -92,7 +111,12 @@ def activation_width(task: Task, x: torch.Tensor, params=None) -> int:
 
 
 class FlatParams:
-    """θ as one flat vector, and the way back to the task's parameter dict."""
+    """θ as one flat vector, and the way back to the task's parameter dict.
+
+    >>> flat = FlatParams({"w": torch.ones(2, 2), "b": torch.zeros(2)})
+    >>> flat.names, flat.vector.tolist()
+    (['w', 'b'], [1.0, 1.0, 1.0, 1.0, 0.0, 0.0])
+    """
 
     def __init__(self, params: dict[str, torch.Tensor]):
         self.names = list(params)
@@ -101,6 +125,12 @@ class FlatParams:
         self.vector = torch.cat([p.reshape(-1) for p in params.values()])
 
     def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A flat vector (P,) as the parameter dict, in the order and shapes of the original.
+
+        >>> flat = FlatParams({"w": torch.ones(2, 2), "b": torch.zeros(2)})
+        >>> {name: p.tolist() for name, p in flat.unflatten(torch.arange(6.0)).items()}
+        {'w': [[0.0, 1.0], [2.0, 3.0]], 'b': [4.0, 5.0]}
+        """
         parts = torch.split(flat, self.numels)
         return {
             n: part.view(shape)
@@ -128,6 +158,18 @@ class CurvatureOperator:
     on CPU with torch 2.13 it measured 1.3-2.8× faster (forward-mode derivatives of backward
     formulas such as the cross-entropy's go through Python decompositions), and it lets the
     k vectors of a block share one graph.
+
+    On a linear model with squared error, H = (2/n) Σ_j x_j x_jᵀ = diag(1, 4) here:
+
+    >>> from fimo.data import ArrayDataset
+    >>> X = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    >>> Y = torch.ones(2, 1, dtype=torch.float64)
+    >>> model = torch.nn.Linear(2, 1, bias=False).double()
+    >>> _ = torch.nn.init.ones_(model.weight)
+    >>> task = Task(model, ArrayDataset(X, Y), ArrayDataset(X, Y), loss="mse")
+    >>> op = CurvatureOperator(task, "hessian")
+    >>> op.size, op.count, op(torch.ones(2, dtype=torch.float64)).tolist()
+    (2, 2, [1.0, 4.0])
     """
 
     def __init__(
@@ -177,6 +219,17 @@ class CurvatureOperator:
         vectors vmap'd together, min(vectors, 32) or, for small batches, as many as keep
         in_flight × batch × width numbers within ``VMAP_BYTES``; fewer if a given
         ``batch_size`` leaves no room for them in the budget.
+
+        >>> from fimo.data import ArrayDataset
+        >>> X = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+        >>> Y = torch.ones(2, 1, dtype=torch.float64)
+        >>> model = torch.nn.Linear(2, 1, bias=False).double()
+        >>> _ = torch.nn.init.ones_(model.weight)
+        >>> task = Task(model, ArrayDataset(X, Y), ArrayDataset(X, Y), loss="mse")
+        >>> CurvatureOperator(task).plan(vectors=3)  # the 2 instances in one batch, 3 vectors
+        (2, 3)
+        >>> CurvatureOperator(task, batch_size=1).plan(vectors=40)  # small batch: all 40 at once
+        (1, 40)
         """
         count = self.count if count is None else count
         item = self.theta.element_size()
@@ -195,11 +248,34 @@ class CurvatureOperator:
 
     # -- the functional pieces --------------------------------------------------------------
     def outputs(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The model's outputs at flat parameters ``theta`` (P,), flattened per instance (B, C).
+
+        >>> from fimo.data import ArrayDataset
+        >>> X = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+        >>> Y = torch.ones(2, 1, dtype=torch.float64)
+        >>> model = torch.nn.Linear(2, 1, bias=False).double()
+        >>> _ = torch.nn.init.ones_(model.weight)
+        >>> task = Task(model, ArrayDataset(X, Y), ArrayDataset(X, Y), loss="mse")
+        >>> op = CurvatureOperator(task)
+        >>> op.outputs(op.theta, X).tolist()  # x · (1, 1)
+        [[1.0], [2.0]]
+        """
         out = self.task.outputs(self.flat.unflatten(theta), x)
         return out.reshape(out.shape[0], -1)
 
     def loss_of_outputs(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Per-instance losses from flattened outputs (B, C)."""
+        """Per-instance losses from flattened outputs (B, C).
+
+        >>> from fimo.data import ArrayDataset
+        >>> X = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+        >>> Y = torch.ones(2, 1, dtype=torch.float64)
+        >>> model = torch.nn.Linear(2, 1, bias=False).double()
+        >>> _ = torch.nn.init.ones_(model.weight)
+        >>> task = Task(model, ArrayDataset(X, Y), ArrayDataset(X, Y), loss="mse")
+        >>> outputs = torch.tensor([[1.0], [3.0]], dtype=torch.float64)
+        >>> CurvatureOperator(task).loss_of_outputs(outputs, Y).tolist()  # (o − 1)²
+        [0.0, 4.0]
+        """
         return self.task.loss_fn(out.reshape(out.shape[0], *self.output_tail), y)
 
     def pullback(self, x: torch.Tensor, y: torch.Tensor):
@@ -209,6 +285,16 @@ class CurvatureOperator:
         Hessian it is the pullback of a vjp of the gradient (reverse-over-reverse); for
         Gauss-Newton, J v by a jvp of the output map, H_ℓ(Jv) by a vjp of the output-space
         gradient, Jᵀ(·) by a vjp of the output map.
+
+        >>> from fimo.data import ArrayDataset
+        >>> X = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+        >>> Y = torch.ones(2, 1, dtype=torch.float64)
+        >>> model = torch.nn.Linear(2, 1, bias=False).double()
+        >>> _ = torch.nn.init.ones_(model.weight)
+        >>> task = Task(model, ArrayDataset(X, Y), ArrayDataset(X, Y), loss="mse")
+        >>> pull = CurvatureOperator(task, "hessian").pullback(X, Y)
+        >>> pull(torch.ones(2, dtype=torch.float64)).tolist()  # Σ_j 2 x_j x_jᵀ v = diag(2, 8) v
+        [2.0, 8.0]
         """
         theta = self.theta
         if self.kind == "hessian":
@@ -241,6 +327,16 @@ class CurvatureOperator:
 
         The batch's graph is built once (:meth:`pullback`) and shared by the k vectors,
         vmap'd ``in_flight`` at a time.
+
+        >>> from fimo.data import ArrayDataset
+        >>> X = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+        >>> Y = torch.ones(2, 1, dtype=torch.float64)
+        >>> model = torch.nn.Linear(2, 1, bias=False).double()
+        >>> _ = torch.nn.init.ones_(model.weight)
+        >>> task = Task(model, ArrayDataset(X, Y), ArrayDataset(X, Y), loss="mse")
+        >>> op = CurvatureOperator(task, "gauss_newton")
+        >>> op.batch_products(torch.eye(2, dtype=torch.float64), X, Y).tolist()
+        [[2.0, 0.0], [0.0, 8.0]]
         """
         return _apply_rows(self.pullback(x, y), V, in_flight)
 
@@ -266,6 +362,18 @@ class CurvatureOperator:
         per-instance Jacobian factors instead of a pass through the model per vector: those
         of all the operator's data when they fit in the budget (:meth:`factors`, built at the
         first such product and then used by every product), else those of each batch.
+
+        >>> from fimo.data import ArrayDataset
+        >>> X = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+        >>> Y = torch.ones(2, 1, dtype=torch.float64)
+        >>> model = torch.nn.Linear(2, 1, bias=False).double()
+        >>> _ = torch.nn.init.ones_(model.weight)
+        >>> task = Task(model, ArrayDataset(X, Y), ArrayDataset(X, Y), loss="mse")
+        >>> op = CurvatureOperator(task, "hessian")
+        >>> op.matmat(torch.eye(2, dtype=torch.float64)).tolist()  # the mean over both
+        [[1.0, 0.0], [0.0, 4.0]]
+        >>> op.matmat(torch.eye(2, dtype=torch.float64), rows=[1, 1]).tolist()  # instance 1
+        [[0.0, 0.0], [0.0, 8.0]]
         """
         if V.ndim != 2 or V.shape[1] != self.size:
             raise InputError(f"curvature product: expected (k, {self.size}); got {tuple(V.shape)}")
@@ -311,7 +419,17 @@ class CurvatureOperator:
         self, inputs: torch.Tensor | None = None, targets: torch.Tensor | None = None
     ) -> torch.Tensor:
         """∇R(θ), the gradient of the mean loss over the operator's data (P,), or over
-        ``inputs``/``targets`` when given."""
+        ``inputs``/``targets`` when given.
+
+        >>> from fimo.data import ArrayDataset
+        >>> X = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+        >>> Y = torch.ones(2, 1, dtype=torch.float64)
+        >>> model = torch.nn.Linear(2, 1, bias=False).double()
+        >>> _ = torch.nn.init.ones_(model.weight)
+        >>> task = Task(model, ArrayDataset(X, Y), ArrayDataset(X, Y), loss="mse")
+        >>> CurvatureOperator(task).gradient().tolist()  # mean of 2(x·w − y) x: 0 and (0, 4)
+        [0.0, 2.0]
+        """
         if inputs is None:
             inputs, targets = self.inputs, self.targets
 
@@ -328,7 +446,17 @@ class CurvatureOperator:
         return out / len(inputs)
 
     def dense(self, block: int | None = None) -> torch.Tensor:
-        """The explicit P × P matrix (see :func:`dense_matrix`)."""
+        """The explicit P × P matrix (see :func:`dense_matrix`).
+
+        >>> from fimo.data import ArrayDataset
+        >>> X = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+        >>> Y = torch.ones(2, 1, dtype=torch.float64)
+        >>> model = torch.nn.Linear(2, 1, bias=False).double()
+        >>> _ = torch.nn.init.ones_(model.weight)
+        >>> task = Task(model, ArrayDataset(X, Y), ArrayDataset(X, Y), loss="mse")
+        >>> CurvatureOperator(task, "hessian").dense().tolist()
+        [[1.0, 0.0], [0.0, 4.0]]
+        """
         if self.kind == "gauss_newton":
             return self._dense_gauss_newton()
         return self._dense_from_pullbacks(block)
@@ -440,6 +568,20 @@ class CurvatureOperator:
         cross-entropy, C for squared error), held only if within the budget. Measured on one
         thread (benchmarks/curvature_factors.py), MLP 8-128-128-1 on 927 instances with 103
         test vectors: LiSSA 2.2× and CG 3.1× faster; MLP 106-128-128-2 on 2,000: 1.6× and 2.0×.
+
+        For squared error H_ℓ = 2, so A_j = √2 x_jᵀ (one row, q = 1):
+
+        >>> from fimo.data import ArrayDataset
+        >>> X = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+        >>> Y = torch.ones(2, 1, dtype=torch.float64)
+        >>> model = torch.nn.Linear(2, 1, bias=False).double()
+        >>> _ = torch.nn.init.ones_(model.weight)
+        >>> task = Task(model, ArrayDataset(X, Y), ArrayDataset(X, Y), loss="mse")
+        >>> A = CurvatureOperator(task, "gauss_newton").factors()
+        >>> A.shape, (A**2).round(decimals=12).tolist()
+        (torch.Size([2, 1, 2]), [[[2.0, 0.0]], [[0.0, 8.0]]])
+        >>> CurvatureOperator(task, "hessian").factors() is None
+        True
         """
         if self.kind != "gauss_newton":
             return None
@@ -470,6 +612,17 @@ class CurvatureOperator:
         C_i is instance i's own Hessian ∇²ℓ_i (one jvp of the vmap'd per-instance gradient, which
         yields the gradients as its primal output) or its Gauss-Newton term J_iᵀ H_ℓ,i J_i, for
         ONE fixed vector u. Memory: two (chunk_size, P) matrices.
+
+        >>> from fimo.data import ArrayDataset
+        >>> X = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+        >>> Y = torch.ones(2, 1, dtype=torch.float64)
+        >>> model = torch.nn.Linear(2, 1, bias=False).double()
+        >>> _ = torch.nn.init.ones_(model.weight)
+        >>> task = Task(model, ArrayDataset(X, Y), ArrayDataset(X, Y), loss="mse")
+        >>> op = CurvatureOperator(task, "hessian")
+        >>> u = torch.ones(2, dtype=torch.float64)
+        >>> [(rows, G.tolist(), CU.tolist()) for rows, G, CU in op.per_instance(u, X, Y, 2)]
+        [(slice(0, 2, None), [[0.0, 0.0], [0.0, 4.0]], [[2.0, 0.0], [0.0, 8.0]])]
         """
         u = u.to(self.dtype)
 
@@ -520,7 +673,14 @@ def hvp(
     A Hessian-vector product (vjp of ``grad``) per batch of ``batch_size`` instances (``None``:
     from the memory budget), summed and divided by the count. Accepts v (P,) or a block V (k, P).
 
-    >>> # H_v = hvp(task)(v)
+    >>> from fimo.data import ArrayDataset
+    >>> X = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    >>> Y = torch.ones(2, 1, dtype=torch.float64)
+    >>> model = torch.nn.Linear(2, 1, bias=False).double()
+    >>> _ = torch.nn.init.ones_(model.weight)
+    >>> task = Task(model, ArrayDataset(X, Y), ArrayDataset(X, Y), loss="mse")
+    >>> hvp(task)(torch.tensor([1.0, 1.0], dtype=torch.float64)).tolist()  # diag(1, 4) v
+    [1.0, 4.0]
     """
     return CurvatureOperator(task, "hessian", data_indices, batch_size, params)
 
@@ -536,13 +696,34 @@ def gnvp(
     PSD whenever the loss is convex in the model outputs (cross-entropy, squared error); equal
     to the Hessian when the outputs are linear in θ.
 
-    >>> # G_v = gnvp(task)(v)
+    On a linear model it equals the Hessian:
+
+    >>> from fimo.data import ArrayDataset
+    >>> X = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    >>> Y = torch.ones(2, 1, dtype=torch.float64)
+    >>> model = torch.nn.Linear(2, 1, bias=False).double()
+    >>> _ = torch.nn.init.ones_(model.weight)
+    >>> task = Task(model, ArrayDataset(X, Y), ArrayDataset(X, Y), loss="mse")
+    >>> v = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    >>> gnvp(task)(v).tolist(), hvp(task)(v).tolist()
+    ([1.0, -4.0], [1.0, -4.0])
     """
     return CurvatureOperator(task, "gauss_newton", data_indices, batch_size, params)
 
 
 def curvature(task: Task, kind: str, **kw) -> CurvatureOperator:
-    """:func:`hvp` (``kind="hessian"``) or :func:`gnvp` (``kind="gauss_newton"``)."""
+    """:func:`hvp` (``kind="hessian"``) or :func:`gnvp` (``kind="gauss_newton"``).
+
+    >>> from fimo.data import ArrayDataset
+    >>> X = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    >>> Y = torch.ones(2, 1, dtype=torch.float64)
+    >>> model = torch.nn.Linear(2, 1, bias=False).double()
+    >>> _ = torch.nn.init.ones_(model.weight)
+    >>> task = Task(model, ArrayDataset(X, Y), ArrayDataset(X, Y), loss="mse")
+    >>> op = curvature(task, "gauss_newton", batch_size=1)
+    >>> op.kind, op.batch_size, op(torch.ones(2, dtype=torch.float64)).tolist()
+    ('gauss_newton', 1, [1.0, 4.0])
+    """
     return CurvatureOperator(task, kind, **kw)
 
 
@@ -602,7 +783,12 @@ def _mirror_lower_(A: torch.Tensor) -> torch.Tensor:
 
 
 def symmetrise_(A: torch.Tensor, block: int = TILE) -> torch.Tensor:
-    """(A + Aᵀ)/2 in place, tile by tile (no P × P temporary); returns A."""
+    """(A + Aᵀ)/2 in place, tile by tile (no P × P temporary); returns A.
+
+    >>> A = torch.tensor([[1.0, 2.0, 0.0], [0.0, 1.0, 4.0], [0.0, 0.0, 1.0]])
+    >>> symmetrise_(A, block=2) is A, A.tolist()
+    (True, [[1.0, 1.0, 0.0], [1.0, 1.0, 2.0], [0.0, 2.0, 1.0]])
+    """
     P = A.shape[0]
     for i in range(0, P, block):
         for j in range(i, P, block):
@@ -623,6 +809,17 @@ def dense_matrix(operator, size: int | None = None, block: int | None = None) ->
     time (``None``: from the memory budget, 32 or more for small batches). Any other callable
     V (k, P) → (k, P) is applied to blocks of unit vectors (32 by default). Memory: P² numbers
     (symmetrised in place).
+
+    >>> from fimo.data import ArrayDataset
+    >>> X = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    >>> Y = torch.ones(2, 1, dtype=torch.float64)
+    >>> model = torch.nn.Linear(2, 1, bias=False).double()
+    >>> _ = torch.nn.init.ones_(model.weight)
+    >>> task = Task(model, ArrayDataset(X, Y), ArrayDataset(X, Y), loss="mse")
+    >>> dense_matrix(hvp(task)).tolist()
+    [[1.0, 0.0], [0.0, 4.0]]
+    >>> dense_matrix(lambda V: 2 * V, size=2).tolist()  # any product V (k, P) → (k, P)
+    [[2.0, 0.0], [0.0, 2.0]]
     """
     if isinstance(operator, CurvatureOperator):
         return operator.dense(block)
@@ -643,6 +840,13 @@ def lanczos(
     magnitude, Ritz vectors as rows (m, P), the residual norms ‖C y − μ y‖ of each pair
     (|β_m · last component|), and the number of steps taken. Cost: ``iterations`` products,
     O(iterations² · P) for the reorthogonalisation, memory iterations × P.
+
+    >>> D = torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    >>> values, vectors, residuals, steps = lanczos(lambda v: D @ v, size=3, iterations=3)
+    >>> values.round(decimals=6).tolist(), vectors.shape, steps
+    ([3.0, 2.0, 1.0], torch.Size([3, 3]), 3)
+    >>> vectors[0].abs().round(decimals=6).tolist()  # the eigenvector of 3
+    [0.0, 0.0, 1.0]
     """
     dtype = dtype or getattr(operator, "dtype", torch.float64)
     gen = torch.Generator().manual_seed(int(seed))
@@ -686,7 +890,12 @@ def lanczos(
 
 
 def top_eigenvalue(operator, size: int, iterations: int = 20, seed: int = 0) -> float:
-    """The largest-magnitude eigenvalue of a symmetric operator, by a short Lanczos run."""
+    """The largest-magnitude eigenvalue of a symmetric operator, by a short Lanczos run.
+
+    >>> D = torch.diag(torch.tensor([1.0, -5.0, 3.0], dtype=torch.float64))
+    >>> round(top_eigenvalue(lambda v: D @ v, size=3), 6)
+    -5.0
+    """
     values, _, _, _ = lanczos(operator, size, min(iterations, size), seed)
     return float(values[0])
 

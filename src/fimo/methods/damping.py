@@ -74,7 +74,24 @@ def _bytes(t: torch.Tensor) -> bytes:
 def resolve_damping(
     task: Task, damping: float | None, damping_factor: float, indices=None
 ) -> tuple[float, dict]:
-    """λ and a record of how it was chosen (for ``Scores.settings``)."""
+    """λ and a record of how it was chosen (for ``Scores.settings``).
+
+    >>> from torch import nn
+    >>> from fimo.data import ArrayDataset
+    >>> X = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    >>> Y = torch.ones(2, 1, dtype=torch.float64)
+    >>> model = nn.Sequential(nn.Linear(2, 1, bias=False)).double()
+    >>> _ = nn.init.zeros_(model[0].weight)
+    >>> task = Task(model, ArrayDataset(X, Y), ArrayDataset(X, Y), loss="mse")
+    >>> resolve_damping(task, damping=0.01, damping_factor=100.0)
+    (0.01, {'damping': 0.01, 'damping_rule': 'given'})
+    >>> lam, record = resolve_damping(task, damping=None, damping_factor=100.0)
+    >>> lam, record["damping_base"]  # 100 × the mean squared gradient entry, 5
+    (500.0, 5.0)
+    >>> resolve_damping(task, damping=-1.0, damping_factor=100.0)
+    Traceback (most recent call last):
+    fimo.errors.InputError: damping: got -1.0; must be a number ≥ 0
+    """
     if damping is not None:
         if not (isinstance(damping, int | float) and damping >= 0):
             raise InputError(f"damping: got {damping!r}; must be a number ≥ 0")

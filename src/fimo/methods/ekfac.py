@@ -86,7 +86,14 @@ class LayerFactors:
     eigen: torch.Tensor | None = None
 
     def gather(self, flat: torch.Tensor) -> torch.Tensor:
-        """This layer's part of flattened gradients (k, P), as matrices (k, d_out, d_a)."""
+        """This layer's part of flattened gradients (k, P), as matrices (k, d_out, d_a).
+
+        A Linear(2, 1) whose weight takes columns 0–1 of the flat vector and its bias column 2:
+
+        >>> layer = LayerFactors("0", nn.Linear(2, 1), slice(0, 2), slice(2, 3), d_out=1)
+        >>> layer.gather(torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])).tolist()
+        [[[1.0, 2.0, 3.0]], [[4.0, 5.0, 6.0]]]
+        """
         parts = []
         if self.weight is not None:
             parts.append(flat[:, self.weight].reshape(len(flat), self.d_out, -1))
@@ -95,7 +102,14 @@ class LayerFactors:
         return torch.cat(parts, dim=-1)
 
     def scatter(self, mats: torch.Tensor, flat: torch.Tensor) -> None:
-        """Write matrices (k, d_out, d_a) into this layer's part of ``flat`` (k, P)."""
+        """Write matrices (k, d_out, d_a) into this layer's part of ``flat`` (k, P).
+
+        >>> layer = LayerFactors("0", nn.Linear(2, 1), slice(1, 3), slice(3, 4), d_out=1)
+        >>> flat = torch.zeros(1, 4)
+        >>> layer.scatter(torch.tensor([[[7.0, 8.0, 9.0]]]), flat)
+        >>> flat.tolist()  # column 0 belongs to another layer
+        [[0.0, 7.0, 8.0, 9.0]]
+        """
         if self.weight is not None:
             width = mats.shape[-1] - (self.bias is not None)
             flat[:, self.weight] = mats[..., :width].reshape(len(mats), -1)
@@ -103,14 +117,30 @@ class LayerFactors:
             flat[:, self.bias] = mats[..., -1]
 
     def precondition(self, mats: torch.Tensor, damping: float) -> torch.Tensor:
-        """(Ĥ + λI)⁻¹ applied to matrices (k, d_out, d_a); directions with Λ + λ = 0 give 0."""
+        """(Ĥ + λI)⁻¹ applied to matrices (k, d_out, d_a); directions with Λ + λ = 0 give 0.
+
+        With identity eigenvectors Ĥ is diag(Λ), so each entry is divided by Λ + λ:
+
+        >>> layer = LayerFactors("0", nn.Linear(2, 1), slice(0, 2), slice(2, 3), d_out=1,
+        ...                      QA=torch.eye(3), QS=torch.eye(1),
+        ...                      eigen=torch.tensor([[1.0, 3.0, -1.0]]))
+        >>> layer.precondition(torch.ones(1, 1, 3), damping=1.0).tolist()  # 1/2, 1/4, Λ + λ = 0
+        [[[0.5, 0.25, 0.0]]]
+        """
         rotated = self.QS.T @ mats @ self.QA
         denom = self.eigen + damping
         inverse = torch.where(denom > 0, 1 / denom.clamp_min(1e-300), torch.zeros_like(denom))
         return self.QS @ (rotated * inverse) @ self.QA.T
 
     def hessian(self) -> torch.Tensor:
-        """Ĥ of this layer as a dense (d_out·d_a)² matrix, in the row-major layout of ``gather``."""
+        """Ĥ of this layer as a dense (d_out·d_a)² matrix, in the row-major layout of ``gather``.
+
+        >>> layer = LayerFactors("0", nn.Linear(1, 2, bias=False), slice(0, 2), None, d_out=2,
+        ...                      QA=torch.eye(1), QS=torch.tensor([[0.0, 1.0], [1.0, 0.0]]),
+        ...                      eigen=torch.tensor([[2.0], [5.0]]))
+        >>> layer.hessian().tolist()  # the eigenvalues swapped by QS
+        [[5.0, 0.0], [0.0, 2.0]]
+        """
         basis = torch.kron(self.QS, self.QA)
         return basis @ torch.diag(self.eigen.reshape(-1)) @ basis.T
 

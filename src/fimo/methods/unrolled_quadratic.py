@@ -374,8 +374,25 @@ def unrolled_quadratic(
     lr × the largest eigenvalue found: above 2 (2(1 + β) with momentum) the quadratic model's
     SGD diverges along that direction, and a RuntimeWarning says so.
 
-    >>> # s = unrolled_quadratic(task, range(10), range(100), steps=[4, 8, 40], lr=0.03)
-    >>> # s.values.shape, s.at(40).values.shape        # (3, 10, 100), (10, 100)
+    After one step F_1(H) = lr·I, so the scores are lr/n times the gradients' dot products
+    (:func:`fimo.methods.first_order.grad_dot` gives ∇gᵀ∇ℓ); the solvers agree:
+
+    >>> from torch import nn
+    >>> from fimo.data import ArrayDataset
+    >>> from fimo.methods.first_order import grad_dot
+    >>> X = torch.randn(8, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    >>> data = ArrayDataset(X, X.sum(1, keepdim=True))
+    >>> task = Task(nn.Linear(3, 1).double(), data, data, loss="mse")
+    >>> s = unrolled_quadratic(task, test=range(2), train=range(8), steps=[1, 5], lr=0.05)
+    >>> s.values.shape, s.at(5).values.shape
+    ((2, 2, 8), (2, 8))
+    >>> dot = grad_dot(task, test=range(2), train=range(8)).values
+    >>> np.allclose(s.at(1).values, 0.05 / 8 * dot)
+    True
+    >>> krylov = unrolled_quadratic(task, range(2), range(8), steps=[1, 5], lr=0.05,
+    ...                             solver="lanczos")
+    >>> np.allclose(krylov.values, s.values)
+    True
     """
     test, train = test_and_train(task, test, train, "unrolled_quadratic")
     steps = _steps(steps)
