@@ -181,3 +181,85 @@ def test_groups_alone_need_no_single_left_out_runs():
     assert gold.loss_without.shape == (1, 2, 1, 0) and gold.loss_without_group.shape == (1, 2, 1, 1)
     with pytest.raises(InputError, match="left_out"):
         gold_standard(task, FurtherSettings(lr=0.05, batch_size=4), [0], [], [0])
+
+
+# -- group definitions ----------------------------------------------------------------------
+
+
+def test_random_groups_are_reproducible_subsets_of_the_asked_size():
+    from fimo.further.groups import random_groups
+
+    a, b = random_groups(200, 50, 0.01, seed=3), random_groups(200, 50, 0.01, seed=3)
+    assert [g.tolist() for g in a.lists()] == [g.tolist() for g in b.lists()]
+    assert a.sizes().tolist() == [2] * 50
+    assert all(len(set(g.tolist())) == 2 and g.min() >= 0 and g.max() < 200 for g in a.lists())
+    half = random_groups(200, 30, 0.5, seed=3)
+    assert half.sizes().tolist() == [100] * 30
+    # independent draws: each index is in about half of the subsets
+    counts = np.bincount(half.members, minlength=200)
+    assert counts.min() > 3 and counts.max() < 27
+    assert [g.tolist() for g in random_groups(200, 3, 0.5, seed=4).lists()] != [
+        g.tolist() for g in half[:3].lists()
+    ]
+    for args, what in (((10, 2, 0.01), "is 0"), ((10, 2, 1.0), "strictly between"),
+                       ((10, 0, 0.5), "count")):  # fmt: skip
+        with pytest.raises(InputError, match=what):
+            random_groups(*args)
+
+
+def test_groups_by_label_and_by_feature():
+    from fimo.further.groups import groups_by_feature, groups_by_label
+
+    task = make_task(n=30)
+    y = task.train.targets.numpy()
+    groups, labels = groups_by_label(task.train)
+    assert labels == [0, 1]
+    assert [g.tolist() for g in groups.lists()] == [np.flatnonzero(y == 0).tolist(),
+                                                    np.flatnonzero(y == 1).tolist()]  # fmt: skip
+    from fimo.data import ArrayDataset
+
+    raw = np.array([["Male", "x"], ["Female", "y"], ["Male", "y"], ["Female", "x"]])
+    info = {"raw_columns": ("sex", "other"), "raw": raw}
+    data = ArrayDataset(torch.zeros(4, 2), torch.zeros(4), feature_names=("a", "b"), info=info)
+    groups, values = groups_by_feature(data, "sex")
+    assert values == ["Female", "Male"] and [g.tolist() for g in groups.lists()] == [[1, 3], [0, 2]]
+    with pytest.raises(InputError, match="no such column; known"):
+        groups_by_feature(data, "age")
+    with pytest.raises(InputError, match="same value"):
+        groups_by_feature(data, "a")  # all zeros: one group of all the data
+
+
+def test_groups_from_file(tmp_path):
+    from fimo.further.groups import groups_from_file
+
+    path = tmp_path / "groups.txt"
+    path.write_text("3 1 4\n\n# a comment\n1,5 , 9  # trailing\n0\n")
+    assert [g.tolist() for g in groups_from_file(path, n=10).lists()] == [[3, 1, 4], [1, 5, 9], [0]]
+    for text, what in (
+        ("1 2\n3 10\n", "line 2: holds index 10; training indices are 0 to 9"),
+        ("1 2\n3 x\n", "line 2: '3 x' is not a list of whole numbers"),
+        ("# nothing\n\n", "holds no group"),
+        (" ".join(map(str, range(10))) + "\n", "line 1: holds all 10 training instances"),
+        ("2 2\n", "line 1: names an index more than once"),
+    ):
+        path.write_text(text)
+        with pytest.raises(InputError, match=what):
+            groups_from_file(path, n=10)
+    with pytest.raises(InputError, match="not found"):
+        groups_from_file(tmp_path / "missing.txt", n=10)
+
+
+def test_label_groups_run_end_to_end():
+    from fimo.evaluate.lds import additivity, ft_lds_noise_ceiling
+    from fimo.further.groups import groups_by_label, random_groups
+
+    task = make_task(n=16)
+    by_label, _ = groups_by_label(task.train)
+    groups = random_groups(16, 3, 0.25, seed=0) + by_label
+    settings = FurtherSettings(lr=0.05, epochs=1, batch_size=4, scheme="mask")
+    gold = gold_standard(task, settings, [0, 1], np.arange(16), [0, 1, 2], groups=groups)
+    assert gold.loss_without_group.shape == (2, 1, 3, 5)
+    for g, group in enumerate(groups.lists()):  # seed 1's run without each group, by hand
+        expected = hand_loop(task, settings, 1, group.tolist())[:, :3]
+        np.testing.assert_allclose(gold.loss_without_group[1, ..., g], expected, atol=1e-12)
+    assert len(additivity(gold)) == 1 and len(ft_lds_noise_ceiling(gold)) == 3
