@@ -58,7 +58,11 @@ class Groups:
 
     @classmethod
     def of(cls, groups) -> Groups:
-        """Groups from a sequence of index lists (a :class:`Groups` is returned as it is)."""
+        """Groups from a sequence of index lists (a :class:`Groups` is returned as it is).
+
+        >>> Groups.of([[2, 0], [1]]).offsets.tolist()
+        [0, 2, 3]
+        """
         if isinstance(groups, Groups):
             return groups
         lists = [np.asarray(g, dtype=np.int64).reshape(-1) for g in groups]
@@ -68,7 +72,11 @@ class Groups:
 
     @classmethod
     def singles(cls, indices) -> Groups:
-        """One group of one per index."""
+        """One group of one per index.
+
+        >>> [g.tolist() for g in Groups.singles([7, 3]).lists()]
+        [[7], [3]]
+        """
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         return cls(indices, np.arange(len(indices) + 1))
 
@@ -86,21 +94,40 @@ class Groups:
         return self.members[self.offsets[g] : self.offsets[g + 1]]
 
     def __add__(self, other: Groups) -> Groups:
-        """The groups of ``self`` followed by those of ``other``."""
+        """The groups of ``self`` followed by those of ``other``.
+
+        >>> (Groups.singles([5]) + Groups.of([[1, 2]])).offsets.tolist()
+        [0, 1, 3]
+        """
         return Groups(
             np.concatenate([self.members, other.members]),
             np.concatenate([self.offsets, other.offsets[1:] + self.offsets[-1]]),
         )
 
     def sizes(self) -> np.ndarray:
+        """The number of members of each group.
+
+        >>> Groups.of([[2, 0], [1]]).sizes().tolist()
+        [2, 1]
+        """
         return np.diff(self.offsets)
 
     def lists(self) -> list[np.ndarray]:
+        """Each group's members as an array.
+
+        >>> [g.tolist() for g in Groups.of([[2, 0], [1]]).lists()]
+        [[2, 0], [1]]
+        """
         return [self[g] for g in range(len(self))]
 
     def padded(self, fill: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(G, K) long members, ``fill`` past each group's end, and the (G, K) bool mask of
-        real members; K is the largest group size (at least 1)."""
+        real members; K is the largest group size (at least 1).
+
+        >>> members, real = Groups.of([[2, 0], [1]]).padded(fill=-1)
+        >>> members.tolist(), real.tolist()
+        ([[2, 0], [1, -1]], [[True, True], [True, False]])
+        """
         sizes = torch.as_tensor(self.sizes())
         width = max(1, int(sizes.max()) if len(sizes) else 1)
         real = torch.arange(width).unsqueeze(0) < sizes.unsqueeze(1)
