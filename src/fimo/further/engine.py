@@ -29,7 +29,7 @@ from torch.func import grad, vmap
 from fimo.errors import InputError, NumericalError, check_choice
 from fimo.further.fast import fused_mlp_grads
 from fimo.further.optim import OPTIMIZERS, make_optimizer
-from fimo.further.plan import SCHEMES, Step, differs_from_full, schedule, steps_per_epoch
+from fimo.further.plan import SCHEMES, Groups, Step, differs_from_full, schedule, steps_per_epoch
 from fimo.task import Task
 
 #: Left-out runs join the stack at their first step that differs from the full run. False
@@ -125,6 +125,7 @@ class SeedResult:
     loss_without: np.ndarray  # (C, T, L)
     steps: np.ndarray  # (C,)
     epochs: np.ndarray  # (C,)
+    loss_without_group: np.ndarray | None = None  # (C, T, G) when groups were left out
 
 
 def stack(params: dict[str, torch.Tensor], runs: int) -> dict[str, torch.Tensor]:
@@ -139,11 +140,15 @@ def further_train_seed(
     left_out: np.ndarray,
     test: np.ndarray,
     on_step: Callable[[int], None] | None = None,
+    groups=None,
 ) -> SeedResult:
     """Run the full run and one run per left-out index for one seed; record test losses.
 
     Returns ``loss_full`` (C, T) and ``loss_without`` (C, T, L) at the checkpoints: the end of
     every epoch, every ``settings.record_every`` steps, and after ``settings.record_steps``.
+    ``groups`` (a list of index lists, or a :class:`fimo.further.plan.Groups`) adds one run per
+    group that leaves out all its members at once, under the same scheme and in the same stack;
+    their losses are ``loss_without_group`` (C, T, G).
 
     Randomness is paired across the runs: the batch order comes from a generator seeded with
     ``seed`` and dropout draws from the global generator seeded with ``seed`` (restored
@@ -162,17 +167,31 @@ def further_train_seed(
     >>> res = further_train_seed(task, settings, seed=0, left_out=[3, 7], test=[0, 1, 2])
     >>> res.loss_full.shape, res.loss_without.shape, res.steps.tolist()
     ((2, 3), (2, 3, 2), [3, 6])
+    >>> res = further_train_seed(task, settings, 0, left_out=[], test=[0], groups=[[3, 7], [1]])
+    >>> res.loss_without.shape, res.loss_without_group.shape
+    ((2, 1, 0), (2, 1, 2))
     """
     task = task.with_cached_trunk()  # a frozen leading trunk is computed once, not every step
     n = len(task.train)
     left_out = _checked_left_out(left_out, n)
+    group_runs = None if groups is None else checked_groups(groups, n)
+    if group_runs is not None and len(left_out):
+        # separate stacks: under downweight a wider stack (a group's members) changes the
+        # rounding of every run's step, and the single-instance runs must stay bit for bit
+        singles = further_train_seed(task, settings, seed, left_out, test, on_step)
+        runs = further_train_seed(task, settings, seed, [], test, on_step, group_runs)
+        singles.loss_without_group = runs.loss_without_group
+        return singles
+    runs_left = Groups.singles(left_out)
+    if group_runs is not None:
+        runs_left = runs_left + group_runs
     per_epoch = steps_per_epoch(n, settings.batch_size)
     _check_record_steps(settings, per_epoch)
-    runs = _RunStack(task, settings, 1 + len(left_out))
-    checkpoints = _Checkpoints(task, settings, seed, left_out, test, per_epoch)
+    runs = _RunStack(task, settings, 1 + len(runs_left))
+    checkpoints = _Checkpoints(task, settings, seed, runs_left, test, per_epoch)
     plan = schedule(
-        n, left_out, settings.batch_size, settings.epochs, seed, settings.scheme,
-        settings.max_steps,
+        n, runs_left if group_runs is not None else left_out, settings.batch_size,
+        settings.epochs, seed, settings.scheme, settings.max_steps,
     )  # fmt: skip
     with task.train_mode(), _paired_randomness(seed, runs.device):  # modes restored on exit
         step = 0
@@ -185,7 +204,42 @@ def further_train_seed(
                 checkpoints.record(step, runs)
         if checkpoints.steps[-1:] != [step]:
             checkpoints.record(step, runs)  # stopped by max_steps mid-epoch
-    return checkpoints.result()
+    result = checkpoints.result()
+    if group_runs is not None:
+        L = len(left_out)
+        result.loss_without_group = np.ascontiguousarray(result.loss_without[..., L:])
+        result.loss_without = np.ascontiguousarray(result.loss_without[..., :L])
+    return result
+
+
+def checked_groups(groups, n: int) -> Groups:
+    """The groups as :class:`Groups`, each a non-empty set of distinct training indices that
+    leaves at least one instance in (InputError otherwise).
+
+    >>> checked_groups([[0, 2], [1]], n=3).members.tolist()
+    [0, 2, 1]
+    >>> checked_groups([[0, 5]], n=3)
+    Traceback (most recent call last):
+    ...
+    fimo.errors.InputError: groups: group 0 holds index 5; training indices are 0 to 2
+    """
+    groups = Groups.of(groups)
+    for g, members in enumerate(groups.lists()):
+        if len(members) == 0:
+            raise InputError(f"groups: group {g} is empty; every group needs at least one member")
+        bad = members[(members < 0) | (members >= n)]
+        if len(bad):
+            raise InputError(
+                f"groups: group {g} holds index {int(bad[0])}; training indices are 0 to {n - 1}"
+            )
+        if len(np.unique(members)) != len(members):
+            raise InputError(f"groups: group {g} names an index more than once")
+        if len(members) >= n:
+            raise InputError(
+                f"groups: group {g} holds all {n} training instances; nothing would be left "
+                "to train on"
+            )
+    return groups
 
 
 def _checked_left_out(left_out, n: int) -> np.ndarray:
@@ -294,7 +348,7 @@ class _RunStack:
 class _Checkpoints:
     """The test losses of every run at the checkpoints, (C, R, T), and their steps."""
 
-    def __init__(self, task, settings, seed, left_out, test, per_epoch):
+    def __init__(self, task, settings, seed, left_out: Groups, test, per_epoch):
         self.task, self.settings, self.seed, self.left_out = task, settings, seed, left_out
         self.per_epoch = per_epoch
         x, y = task.test.inputs[test], task.test.targets[test]
@@ -322,7 +376,12 @@ class _Checkpoints:
         if torch.isfinite(losses).all():
             return
         bad_run = int(members.clamp(min=0)[int((~torch.isfinite(losses)).any(1).nonzero()[0])])
-        what = "the full run" if bad_run == 0 else f"the run without {self.left_out[bad_run - 1]}"
+        left = self.left_out[bad_run - 1].tolist() if bad_run else []
+        what = (
+            "the full run"
+            if bad_run == 0
+            else f"the run without {left[0] if len(left) == 1 else left}"
+        )
         raise NumericalError(
             f"further training (seed {self.seed}) produced NaN or infinite test losses at step "
             f"{step} in {what}; lower further.lr (now {self.settings.lr}) or set "

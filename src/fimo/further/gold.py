@@ -2,7 +2,10 @@
 
 Only raw losses are stored (DESIGN.md ◆ Gold standard):
 ``loss_full[s, c, t]`` — seed s, checkpoint c, test instance t, run on the full data;
-``loss_without[s, c, t, i]`` — the same, run without left-out instance i.
+``loss_without[s, c, t, i]`` — the same, run without left-out instance i;
+optionally ``loss_without_group[s, c, t, g]`` — the same, run without every member of group g,
+with the groups' member lists (on disk: ``group_members``, the lists end to end, and
+``group_offsets``, where each starts).
 Everything else (paper eq. 17 adjustment, eq. 13 centring, seed means) is a view.
 """
 
@@ -15,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from fimo.errors import InputError
+from fimo.further.plan import Groups
 from fimo.io import read_npz, write_npz
 
 _ARRAYS = ("loss_full", "loss_without", "steps", "epochs", "left_out", "test", "seeds")
@@ -39,6 +43,8 @@ class GoldStandard:
     test: np.ndarray  # (T,) test indices
     seeds: np.ndarray  # (S,)
     settings: dict = field(default_factory=dict)
+    loss_without_group: np.ndarray | None = None  # (S, C, T, G), runs without whole groups
+    groups: Groups | None = None  # the G groups' member lists (training indices)
 
     def __post_init__(self):
         self.loss_full = np.asarray(self.loss_full)
@@ -54,6 +60,16 @@ class GoldStandard:
                 f"GoldStandard: loss_full {self.loss_full.shape} and loss_without "
                 f"{self.loss_without.shape} do not match (S, C, T)=({S}, {C}, {T}) and L={L}"
             )
+        if (self.loss_without_group is None) != (self.groups is None):
+            raise InputError("GoldStandard: loss_without_group and groups come together")
+        if self.groups is not None:
+            self.groups = Groups.of(self.groups)
+            self.loss_without_group = np.asarray(self.loss_without_group)
+            if self.loss_without_group.shape != (S, C, T, len(self.groups)):
+                raise InputError(
+                    f"GoldStandard: loss_without_group {self.loss_without_group.shape} does not "
+                    f"match (S, C, T)=({S}, {C}, {T}) and G={len(self.groups)} groups"
+                )
 
     # -- views -----------------------------------------------------------------------------
     def adjusted(self) -> np.ndarray:
@@ -68,6 +84,20 @@ class GoldStandard:
         [[-1.0, 0.0], [1.0, 2.0]]
         """
         return self.loss_without - self.loss_full[..., None]
+
+    def adjusted_group(self) -> np.ndarray:
+        """Paper eq. 17 for groups: loss without group g minus the full run's, (S, C, T, G).
+
+        >>> g = GoldStandard(
+        ...     loss_full=np.ones((1, 1, 1)), loss_without=np.ones((1, 1, 1, 0)), steps=[10],
+        ...     epochs=[1.0], left_out=[], test=[0], seeds=[0],
+        ...     loss_without_group=[[[[3.0, 0.5]]]], groups=[[1, 2], [0]])
+        >>> g.adjusted_group()[0, 0, 0].tolist(), g.groups[0].tolist()
+        ([2.0, -0.5], [1, 2])
+        """
+        if self.groups is None:
+            raise InputError("this gold standard has no group runs (gold_standard(groups=...))")
+        return self.loss_without_group - self.loss_full[..., None]
 
     def centred(self) -> np.ndarray:
         """Paper eq. 13: the adjusted difference minus its mean over the left-out instances.
@@ -149,6 +179,9 @@ class GoldStandard:
         c = _positions(self.steps, steps, "checkpoint step")
         t = _positions(self.test, test, "test index")
         i = _positions(self.left_out, left_out, "left-out index")
+        groups = None
+        if self.groups is not None:  # every group is kept
+            groups = self.loss_without_group[np.ix_(s, c, t, np.arange(len(self.groups)))]
         return GoldStandard(
             self.loss_full[np.ix_(s, c, t)],
             self.loss_without[np.ix_(s, c, t, i)],
@@ -158,6 +191,8 @@ class GoldStandard:
             self.test[t],
             self.seeds[s],
             dict(self.settings),
+            groups,
+            self.groups,
         )
 
     # -- files -----------------------------------------------------------------------------
@@ -173,7 +208,12 @@ class GoldStandard:
         ...     print(path.name, sorted(p.name for p in path.parent.iterdir()))
         gold.npz ['gold.npz', 'gold.npz.sha256']
         """
-        return write_npz(path, **{name: getattr(self, name) for name in _ARRAYS})
+        arrays = {name: getattr(self, name) for name in _ARRAYS}
+        if self.groups is not None:
+            arrays["loss_without_group"] = self.loss_without_group
+            arrays["group_members"] = self.groups.members
+            arrays["group_offsets"] = self.groups.offsets
+        return write_npz(path, **arrays)
 
     @classmethod
     def load(cls, path, settings: dict | None = None) -> GoldStandard:
@@ -201,7 +241,15 @@ class GoldStandard:
         missing = [k for k in _ARRAYS if k not in data]
         if missing:
             raise InputError(f"{path}: not a fimo gold standard (missing arrays {missing})")
-        return cls(**{k: data[k] for k in _ARRAYS}, settings=settings or {})
+        groups = None
+        if "group_members" in data:  # gold standards made before groups have none
+            groups = Groups(data["group_members"], data["group_offsets"])
+        return cls(
+            **{k: data[k] for k in _ARRAYS},
+            settings=settings or {},
+            loss_without_group=data["loss_without_group"] if groups is not None else None,
+            groups=groups,
+        )
 
 
 def _positions(have: np.ndarray, want, what: str) -> np.ndarray:

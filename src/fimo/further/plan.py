@@ -1,23 +1,25 @@
 """Which instances each further-training run sees at each step.
 
-Run 0 is the full run; run r ≥ 1 leaves out training index ``left_out[r - 1]``. Every
+Run 0 is the full run; run r ≥ 1 leaves out training index ``left_out[r - 1]``, or, when
+``left_out`` is a :class:`Groups`, the set of training indices ``left_out[r - 1]`` (a single
+index is the group of one, and gives the same steps bit for bit). Every
 scheme is expressed the same way: for each step, an index matrix ``idx`` (R, W) and a
 weight matrix ``w`` (R, W), so that run r's step loss is ``Σ_b w[r, b] · ℓ(z_idx[r, b])``,
 plus ``active`` (R,), false for a run that takes no step (DESIGN.md ◆ Leave-out schemes):
 
 - ``drop``: the reference code's tabular scheme. Each epoch draws one permutation
   (``torch.randperm(n, generator)`` as ``torch.utils.data.RandomSampler`` does); the full run
-  takes it in batches, a left-out run takes the same permutation with i removed, so the batches
-  after i's position shift by one and the last batch may be one shorter.
-- ``mask``: every run sees the full run's batches; i gets weight zero in its batch and the batch
-  mean is over the others.
+  takes it in batches, a left-out run takes the same permutation with i (every member of S)
+  removed, so the later batches shift and the run may take fewer steps.
+- ``mask``: every run sees the full run's batches; i (every member of S) gets weight zero in its
+  batch and the batch mean is over the others; a batch of members only is no step.
 - ``downweight``: the reference code's text scheme. Every run sees the full run's batches; at
-  every step run i also subtracts ``ℓ(z_i) / n``.
+  every step run i also subtracts ``ℓ(z_i) / n`` (run S: ``Σ_{i∈S} ℓ(z_i) / n``).
 
 The generator is seeded with the seed alone, so all runs of one seed share its stream.
 
-Under ``drop`` and ``mask`` a left-out run's steps equal the full run's until the batch that
-holds its instance (:func:`differs_from_full` tells which runs differ at a step); under
+Under ``drop`` and ``mask`` a left-out run's steps equal the full run's until the first batch
+that holds its instance (for a group: any of its members) (:func:`differs_from_full` tells which runs differ at a step); under
 ``downweight`` they differ from the first step.
 """
 
@@ -33,6 +35,105 @@ import torch
 from fimo.errors import check_choice
 
 SCHEMES = ("drop", "mask", "downweight")
+
+
+@dataclass(frozen=True)
+class Groups:
+    """Sets of training indices, each left out by one run: the member lists laid end to end
+    (``members``) and where each group starts (``offsets``, G + 1 entries).
+
+    >>> g = Groups.of([[4, 1], [7]])
+    >>> len(g), g[0].tolist(), g.sizes().tolist(), g.members.tolist(), g.offsets.tolist()
+    (2, [4, 1], [2, 1], [4, 1, 7], [0, 2, 3])
+    >>> Groups.singles([3, 5]).offsets.tolist(), Groups.of([[4, 1], [7]])[1:].members.tolist()
+    ([0, 1, 2], [7])
+    """
+
+    members: np.ndarray  # (Σ sizes,) int64
+    offsets: np.ndarray  # (G + 1,) int64, offsets[0] = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "members", np.asarray(self.members, dtype=np.int64))
+        object.__setattr__(self, "offsets", np.asarray(self.offsets, dtype=np.int64))
+
+    @classmethod
+    def of(cls, groups) -> Groups:
+        """Groups from a sequence of index lists (a :class:`Groups` is returned as it is).
+
+        >>> Groups.of([[2, 0], [1]]).offsets.tolist()
+        [0, 2, 3]
+        """
+        if isinstance(groups, Groups):
+            return groups
+        lists = [np.asarray(g, dtype=np.int64).reshape(-1) for g in groups]
+        sizes = [len(g) for g in lists]
+        members = np.concatenate(lists) if lists else np.zeros(0, dtype=np.int64)
+        return cls(members, np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]))
+
+    @classmethod
+    def singles(cls, indices) -> Groups:
+        """One group of one per index.
+
+        >>> [g.tolist() for g in Groups.singles([7, 3]).lists()]
+        [[7], [3]]
+        """
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        return cls(indices, np.arange(len(indices) + 1))
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, g):
+        if isinstance(g, slice):
+            start, stop, step = g.indices(len(self))
+            if step != 1:
+                raise ValueError("Groups: only contiguous slices")
+            stop = max(start, stop)
+            lo, hi = self.offsets[start], self.offsets[stop]
+            return Groups(self.members[lo:hi], self.offsets[start : stop + 1] - lo)
+        return self.members[self.offsets[g] : self.offsets[g + 1]]
+
+    def __add__(self, other: Groups) -> Groups:
+        """The groups of ``self`` followed by those of ``other``.
+
+        >>> (Groups.singles([5]) + Groups.of([[1, 2]])).offsets.tolist()
+        [0, 1, 3]
+        """
+        return Groups(
+            np.concatenate([self.members, other.members]),
+            np.concatenate([self.offsets, other.offsets[1:] + self.offsets[-1]]),
+        )
+
+    def sizes(self) -> np.ndarray:
+        """The number of members of each group.
+
+        >>> Groups.of([[2, 0], [1]]).sizes().tolist()
+        [2, 1]
+        """
+        return np.diff(self.offsets)
+
+    def lists(self) -> list[np.ndarray]:
+        """Each group's members as an array.
+
+        >>> [g.tolist() for g in Groups.of([[2, 0], [1]]).lists()]
+        [[2, 0], [1]]
+        """
+        return [self[g] for g in range(len(self))]
+
+    def padded(self, fill: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(G, K) long members, ``fill`` past each group's end, and the (G, K) bool mask of
+        real members; K is the largest group size (at least 1).
+
+        >>> members, real = Groups.of([[2, 0], [1]]).padded(fill=-1)
+        >>> members.tolist(), real.tolist()
+        ([[2, 0], [1, -1]], [[True, True], [True, False]])
+        """
+        sizes = torch.as_tensor(self.sizes())
+        width = max(1, int(sizes.max()) if len(sizes) else 1)
+        real = torch.arange(width).unsqueeze(0) < sizes.unsqueeze(1)
+        out = torch.full((len(self), width), fill, dtype=torch.long)
+        out[real] = torch.as_tensor(self.members)
+        return out, real
 
 
 @dataclass
@@ -81,14 +182,15 @@ def differs_from_full(step: Step) -> torch.Tensor:
 
 def schedule(
     n: int,
-    left_out: np.ndarray,
+    left_out: np.ndarray | Groups,
     batch_size: int,
     epochs: int,
     seed: int,
     scheme: str = "drop",
     max_steps: int | None = None,
 ) -> Iterator[Step]:
-    """Yield the steps of all runs of one seed (run 0 full, then one per left-out index).
+    """Yield the steps of all runs of one seed (run 0 full, then one per left-out index, or
+    one per group when ``left_out`` is a :class:`Groups`).
 
     Five instances in batches of two, the full run and the run without instance 0; each line
     is one step, the instances each run sees (weight > 0):
@@ -103,42 +205,64 @@ def schedule(
     [[4, 0], [4]]
     [[1, 3], [1, 3]]
     [[2], [2]]
+
+    Leaving out the group {0, 3} under ``drop``: the same order without both:
+
+    >>> for step in schedule(5, Groups.of([[0, 3]]), batch_size=2, epochs=1, seed=0):
+    ...     print([row[w > 0].tolist() for row, w in zip(step.idx, step.w)])
+    [[4, 0], [4, 1]]
+    [[1, 3], [2]]
+    [[2], []]
     """
     check_choice("further.scheme", scheme, SCHEMES)
-    left = torch.as_tensor(np.asarray(left_out), dtype=torch.long)
-    n_runs = 1 + len(left)
+    groups = left_out if isinstance(left_out, Groups) else Groups.singles(left_out)
+    n_runs = 1 + len(groups)
+    sizes = torch.as_tensor(groups.sizes())
     gen = torch.Generator().manual_seed(int(seed))
     offsets = torch.arange(batch_size)
     n_batches = steps_per_epoch(n, batch_size)
+    members, real = groups.padded(fill=0)
+    singles = members.shape[1] == 1
+    if scheme == "mask" and not singles:
+        is_member = torch.zeros(len(groups), n, dtype=torch.bool)
+        rows = torch.arange(len(groups)).unsqueeze(1).expand_as(members)
+        is_member[rows[real], members[real]] = True
     taken = 0
     for epoch in range(epochs):
         perm = torch.randperm(n, generator=gen)
         if scheme == "drop":
             position = torch.empty(n, dtype=torch.long)
             position[perm] = torch.arange(n)
-            pos = position[left]  # where each left-out index sits in this epoch's order
+            # the members' positions in this epoch's order, sorted, minus their rank: member m
+            # comes before the j-th kept instance iff fewer than j + 1 kept ones precede it
+            pos = torch.where(real, position[members], n + members.shape[1]).sort(1).values
+            before = (pos - torch.arange(members.shape[1])).contiguous()
         for b in range(n_batches):
             if max_steps is not None and taken >= max_steps:
                 return
             k = b * batch_size + offsets  # positions in the (shortened) sequence, (B,)
             if scheme == "drop":
                 valid_full = (k < n).unsqueeze(0)
-                valid_left = (k.unsqueeze(0) < n - 1).expand(len(left), -1)
-                shifted = k.unsqueeze(0) + (k.unsqueeze(0) >= pos.unsqueeze(1)).long()
+                valid_left = k.unsqueeze(0) < (n - sizes).unsqueeze(1)
+                kk = k.unsqueeze(0).expand(len(groups), -1).contiguous()
+                shifted = kk + torch.searchsorted(before, kk, right=True)
                 idx = torch.cat([k.clamp(max=n - 1).unsqueeze(0), shifted.clamp(max=n - 1)])
                 idx = perm[idx]
                 valid = torch.cat([valid_full, valid_left])
             else:
                 valid = (k < n).unsqueeze(0).expand(n_runs, -1).clone()
                 idx = perm[k.clamp(max=n - 1)].unsqueeze(0).expand(n_runs, -1).clone()
-                if scheme == "mask":
-                    valid[1:] &= idx[1:] != left.unsqueeze(1)
+                if scheme == "mask" and singles:
+                    valid[1:] &= idx[1:] != members
+                elif scheme == "mask":
+                    valid[1:] &= ~is_member.gather(1, idx[1:])
             counts = valid.sum(1, keepdim=True)
             w = valid.double() / counts.clamp(min=1)
             if scheme == "downweight":
-                extra_idx = torch.cat([left[:1] * 0, left]).unsqueeze(1)
-                extra_w = torch.full((n_runs, 1), -1.0 / n, dtype=torch.float64)
-                extra_w[0] = 0.0
+                extra_idx = torch.cat([torch.zeros(1, members.shape[1], dtype=torch.long), members])
+                extra_real = torch.cat([torch.zeros_like(real[:1]), real])
+                extra_w = torch.zeros(extra_real.shape, dtype=torch.float64)
+                extra_w.masked_fill_(extra_real, -1.0 / n)
                 idx = torch.cat([idx, extra_idx], 1)
                 w = torch.cat([w, extra_w], 1)
             active = counts.squeeze(1) > 0

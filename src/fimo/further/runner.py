@@ -19,9 +19,9 @@ import torch
 
 from fimo.data.base import check_indices
 from fimo.errors import InputError
-from fimo.further.engine import FurtherSettings, SeedResult, further_train_seed
+from fimo.further.engine import FurtherSettings, SeedResult, checked_groups, further_train_seed
 from fimo.further.gold import GoldStandard
-from fimo.further.plan import steps_per_epoch
+from fimo.further.plan import Groups, steps_per_epoch
 from fimo.further.store import Shard, ShardStore, assemble, plan_shards
 from fimo.task import Task
 
@@ -29,10 +29,26 @@ from fimo.task import Task
 DEFAULT_BUDGET = 2 * 2**30
 
 
+@dataclass(frozen=True)
+class LeftOutRuns:
+    """Every left-out run of a gold standard: one per index of ``left_out``, one per group."""
+
+    left_out: np.ndarray
+    groups: Groups
+
+
 def compute_shard(
     task: Task, settings: FurtherSettings, shard: Shard, left_out, test, on_step=None
 ):
-    """Further-train one shard: the seed's full run and its chunk of left-out runs."""
+    """Further-train one shard: the seed's full run and its chunk of left-out runs (or, for a
+    group shard, of group runs; ``left_out`` is then a :class:`LeftOutRuns`)."""
+    if isinstance(left_out, LeftOutRuns):
+        if shard.group:
+            groups = left_out.groups[shard.start : shard.stop]
+            return further_train_seed(
+                task, settings, shard.seed, [], test, on_step=on_step, groups=groups
+            )
+        left_out = left_out.left_out
     chunk = np.asarray(left_out)[shard.start : shard.stop]
     return further_train_seed(task, settings, shard.seed, chunk, test, on_step=on_step)
 
@@ -95,6 +111,7 @@ def plan_gold(
     n_test: int,
     per_shard: int | None = None,
     budget: int = DEFAULT_BUDGET,
+    n_groups: int = 0,
 ) -> ShardPlan:
     """How :func:`gold_standard` splits the work: ``per_shard`` left-out runs per shard (by
     default as many as fit in ``budget`` bytes, :func:`runs_per_shard`).
@@ -107,11 +124,12 @@ def plan_gold(
     >>> [sh.name for sh in plan.shards[:3]], plan.steps_per_shard
     (['seed-00000_lo-00000-00002', 'seed-00000_lo-00002-00004', 'seed-00000_lo-00004-00005'], 6)
     """
-    per_shard = per_shard or runs_per_shard(task, settings, n_left_out, n_test, budget)
+    runs = max(n_left_out, n_groups)
+    per_shard = per_shard or runs_per_shard(task, settings, runs, n_test, budget)
     steps = settings.epochs * steps_per_epoch(len(task.train), settings.batch_size)
     if settings.max_steps is not None:
         steps = min(steps, settings.max_steps)
-    return ShardPlan(plan_shards(seeds, n_left_out, per_shard), per_shard, steps)
+    return ShardPlan(plan_shards(seeds, n_left_out, per_shard, n_groups), per_shard, steps)
 
 
 class LocalExecutor:
@@ -221,9 +239,12 @@ def make_executor(name: str = "local", workers: int = 1, address: str | None = "
     raise InputError(f"executor: got {name!r}; allowed: 'local', 'ray'")
 
 
-def check_request(task: Task, seeds, left_out, test) -> tuple[list[int], np.ndarray, np.ndarray]:
+def check_request(
+    task: Task, seeds, left_out, test, groups=None
+) -> tuple[list[int], np.ndarray, np.ndarray]:
     """Seeds, left-out and test indices checked against the task: whole numbers, in range,
-    each once, at least one of each (InputError otherwise).
+    each once, at least one of each (InputError otherwise); with ``groups``, ``left_out`` may
+    be empty.
 
     >>> import torch
     >>> from fimo import ArrayDataset, Task
@@ -242,7 +263,10 @@ def check_request(task: Task, seeds, left_out, test) -> tuple[list[int], np.ndar
         raise InputError(f"seeds: got {seeds[:5]}; expected whole numbers ≥ 0")
     if len(set(seeds)) != len(seeds):
         raise InputError(f"seeds: got {seeds[:8]}; a seed appears more than once")
-    for setting, values in (("seeds", seeds), ("left_out", left_out), ("test", test)):
+    wanted = [("seeds", seeds), ("test", test)]
+    if groups is None or len(groups) == 0:
+        wanted.append(("left_out", left_out))
+    for setting, values in wanted:
         if len(values) == 0:
             raise InputError(f"{setting}: got none; give at least one")
     return [int(s) for s in seeds], left_out, test
@@ -260,8 +284,14 @@ def gold_standard(
     on_step: Callable[[int], None] | None = None,
     on_shard: Callable[[Shard, bool], None] | None = None,
     compute=None,
+    groups=None,
 ) -> GoldStandard:
     """Further-train every (seed, chunk) shard not yet in ``store`` → GoldStandard.
+
+    ``groups`` (a list of index lists, or :class:`fimo.further.plan.Groups`) adds, per seed,
+    one run without each group's members, in shards of their own (``seed-S_gr-A-B``), kept as
+    ``loss_without_group`` with the groups (``left_out`` may then be empty). A store's
+    fingerprint must cover the groups, as it covers the settings.
 
     >>> import torch
     >>> from fimo import ArrayDataset, FurtherSettings, Task
@@ -271,9 +301,18 @@ def gold_standard(
     >>> gold = gold_standard(task, FurtherSettings(lr=0.1, batch_size=3), [0, 1], [0, 5], [1, 2])
     >>> gold.loss_without.shape  # (seeds, checkpoints: one per epoch, test, left out)
     (2, 2, 2, 2)
+    >>> gold = gold_standard(task, FurtherSettings(lr=0.1, batch_size=3), [0], [], [1],
+    ...                      groups=[[0, 5], [2]])
+    >>> gold.loss_without_group.shape, gold.groups[0].tolist()
+    ((1, 2, 1, 2), [0, 5])
     """
-    seeds, left_out, test = check_request(task, seeds, left_out, test)
-    shards = plan_gold(task, settings, seeds, len(left_out), len(test), left_out_per_shard).shards
+    seeds, left_out, test = check_request(task, seeds, left_out, test, groups)
+    if groups is not None:
+        groups = checked_groups(groups, len(task.train))
+    n_groups = 0 if groups is None else len(groups)
+    shards = plan_gold(
+        task, settings, seeds, len(left_out), len(test), left_out_per_shard, n_groups=n_groups
+    ).shards
     results: dict[Shard, SeedResult] = {}
     todo = []
     for shard in shards:
@@ -292,10 +331,11 @@ def gold_standard(
         if on_shard is not None:
             on_shard(shard, False)
 
+    runs = left_out if groups is None else LeftOutRuns(left_out, groups)
     (executor or LocalExecutor()).run(
-        task, settings, todo, left_out, test, on_result, on_step=on_step, compute=compute
+        task, settings, todo, runs, test, on_result, on_step=on_step, compute=compute
     )
-    gold = assemble(results, seeds, left_out, test, settings.as_dict())
+    gold = assemble(results, seeds, left_out, test, settings.as_dict(), groups)
     if store is not None:
         store.save_gold(gold)
     return gold

@@ -2,15 +2,17 @@
 
 ``further/fingerprint.json`` records the fingerprint of the weights, data and settings the
 shards were made under; ``further/shards/seed-SSSSS_lo-AAAAA-BBBBB.npz`` holds the raw losses
-of one seed's full run and of its left-out runs ``left_out[AAAAA:BBBBB]``; ``further/gold.npz``
-is assembled from them. A shard is only ever complete (written under a temporary name, then
+of one seed's full run and of its left-out runs ``left_out[AAAAA:BBBBB]``, and
+``seed-SSSSS_gr-AAAAA-BBBBB.npz`` those of its runs without the groups ``groups[AAAAA:BBBBB]``;
+``further/gold.npz`` is assembled from them. A shard is only ever complete (written under a temporary name, then
 renamed), so a run stopped at any moment resumes from the shards it finished and ends with the
 same numbers as one never stopped (DESIGN.md ◆ Runs are data). A shard counts only with its
 checksum file ``<shard>.npz.sha256`` (earlier versions kept it as ``<shard>.sha256``):
 a shard cut short or altered is recomputed, never used.
 
 Each shard recomputes its seed's full run (a cost of one run in ``1 + chunk``); the assembled
-gold standard takes the full run of the seed's first chunk.
+gold standard takes the full run of the seed's first chunk (the full run is the same in every
+shard of a seed, bit for bit: the stack computes it alone until a left-out run departs).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 from fimo.errors import InputError
 from fimo.further.engine import SeedResult
 from fimo.further.gold import GoldStandard
+from fimo.further.plan import Groups
 from fimo.io import (
     DamagedFileError,
     checksum_matches,
@@ -41,43 +44,53 @@ FINGERPRINT, SHARDS, GOLD = "fingerprint.json", "shards", "gold.npz"
 
 @dataclass(frozen=True, order=True)
 class Shard:
-    """One unit of work: seed ``seed``, left-out positions ``start:stop`` (in ``left_out``).
+    """One unit of work: seed ``seed``, left-out positions ``start:stop`` (in ``left_out``, or,
+    for ``group=True``, in the groups).
 
     >>> sorted([Shard(seed=1, start=0, stop=2), Shard(seed=0, start=2, stop=4)])[0]
-    Shard(seed=0, start=2, stop=4)
+    Shard(seed=0, start=2, stop=4, group=False)
     """
 
     seed: int
     start: int
     stop: int
+    group: bool = False
 
     @property
     def name(self) -> str:
         """The shard's file name without suffix: seed and left-out positions, zero-padded.
 
-        >>> Shard(seed=3, start=0, stop=4).name
-        'seed-00003_lo-00000-00004'
+        >>> Shard(seed=3, start=0, stop=4).name, Shard(3, 0, 4, group=True).name
+        ('seed-00003_lo-00000-00004', 'seed-00003_gr-00000-00004')
         """
-        return f"seed-{self.seed:05d}_lo-{self.start:05d}-{self.stop:05d}"
+        kind = "gr" if self.group else "lo"
+        return f"seed-{self.seed:05d}_{kind}-{self.start:05d}-{self.stop:05d}"
 
 
-def plan_shards(seeds, n_left_out: int, per_shard: int) -> list[Shard]:
-    """Every (seed, chunk) pair, chunks of ``per_shard`` consecutive left-out positions.
+def plan_shards(seeds, n_left_out: int, per_shard: int, n_groups: int = 0) -> list[Shard]:
+    """Every (seed, chunk) pair, chunks of ``per_shard`` consecutive left-out positions, then
+    of ``per_shard`` consecutive groups.
 
     >>> [(s.seed, s.start, s.stop) for s in plan_shards(seeds=[0, 1], n_left_out=3, per_shard=2)]
     [(0, 0, 2), (0, 2, 3), (1, 0, 2), (1, 2, 3)]
+    >>> [s.name for s in plan_shards([0], n_left_out=1, per_shard=2, n_groups=2)]
+    ['seed-00000_lo-00000-00001', 'seed-00000_gr-00000-00002']
     """
     if per_shard < 1:
         raise InputError(f"further.left_out_per_shard: got {per_shard}; must be ≥ 1")
     return [
-        Shard(int(s), a, min(a + per_shard, n_left_out))
+        Shard(int(s), a, min(a + per_shard, count), group)
         for s in seeds
-        for a in range(0, n_left_out, per_shard)
+        for count, group in ((n_left_out, False), (n_groups, True))
+        for a in range(0, count, per_shard)
     ]
 
 
-def assemble(results: dict[Shard, SeedResult], seeds, left_out, test, settings) -> GoldStandard:
-    """Stack shard results into a GoldStandard (full run from each seed's first chunk).
+def assemble(
+    results: dict[Shard, SeedResult], seeds, left_out, test, settings, groups=None
+) -> GoldStandard:
+    """Stack shard results into a GoldStandard (full run from each seed's first chunk; the
+    group shards' losses as ``loss_without_group`` when ``groups`` are given).
 
     Two seeds, three left-out instances in chunks of two; here a left-out run's loss is
     10 × seed + its position in ``left_out``:
@@ -93,15 +106,20 @@ def assemble(results: dict[Shard, SeedResult], seeds, left_out, test, settings) 
     ([[0.0, 1.0, 2.0], [10.0, 11.0, 12.0]], [0.0, 1.0])
     """
     seeds = [int(s) for s in seeds]
-    full, without, steps, epochs = [], [], None, None
+    groups = None if groups is None else Groups.of(groups)
+    full, without, without_group, steps, epochs = [], [], [], None, None
     for seed in seeds:
-        chunks = sorted(sh for sh in results if sh.seed == seed)
-        if not chunks or chunks[0].start != 0 or chunks[-1].stop != len(left_out):
+        mine = sorted(sh for sh in results if sh.seed == seed)
+        if not mine:
             raise RuntimeError(f"cannot assemble the gold standard: seed {seed} is incomplete")
-        first = results[chunks[0]]
+        first = results[mine[0]]
         full.append(first.loss_full)
-        without.append(np.concatenate([results[sh].loss_without for sh in chunks], axis=-1))
         steps, epochs = first.steps, first.epochs
+        empty = np.zeros((*first.loss_full.shape, 0))
+        without.append(_joined(results, [sh for sh in mine if not sh.group], len(left_out), empty))
+        if groups is not None:
+            chunks = [sh for sh in mine if sh.group]
+            without_group.append(_joined(results, chunks, len(groups), empty, group=True))
     # C order, as when read back from disk: sums over a strided array may round differently,
     # and `fimo report` must give the metrics of the run to the last bit
     return GoldStandard(
@@ -113,7 +131,21 @@ def assemble(results: dict[Shard, SeedResult], seeds, left_out, test, settings) 
         test,
         np.asarray(seeds),
         settings,
+        None if groups is None else np.ascontiguousarray(np.stack(without_group)),
+        groups,
     )
+
+
+def _joined(results, chunks: list[Shard], count: int, empty: np.ndarray, group=False):
+    """The chunks' left-out (or group) losses side by side, (C, T, count); RuntimeError when
+    they do not cover positions 0 to count."""
+    if count == 0:
+        return empty
+    if not chunks or chunks[0].start != 0 or chunks[-1].stop != count:
+        seed = chunks[0].seed if chunks else "?"
+        raise RuntimeError(f"cannot assemble the gold standard: seed {seed} is incomplete")
+    name = "loss_without_group" if group else "loss_without"
+    return np.concatenate([getattr(results[sh], name) for sh in chunks], axis=-1)
 
 
 class ShardStore:
@@ -214,7 +246,10 @@ class ShardStore:
                 f"{path} was made under fingerprint {data.get('fingerprint')}, not "
                 f"{self.fingerprint}; pass --overwrite to start afresh"
             )
-        return SeedResult(data["loss_full"], data["loss_without"], data["steps"], data["epochs"])
+        group = data.get("loss_without_group")
+        return SeedResult(
+            data["loss_full"], data["loss_without"], data["steps"], data["epochs"], group
+        )
 
     def save(self, shard: Shard, result: SeedResult) -> Path:
         """Write a shard and its checksum file (see :func:`fimo.io.atomic_write`).
@@ -232,6 +267,9 @@ class ShardStore:
         """
         legacy = self.folder / SHARDS / f"{shard.name}.sha256"
         legacy.unlink(missing_ok=True)  # a new shard must not be judged by an old checksum
+        group = {}
+        if result.loss_without_group is not None:
+            group["loss_without_group"] = result.loss_without_group
         return write_npz(
             self.path(shard),
             loss_full=result.loss_full,
@@ -239,6 +277,7 @@ class ShardStore:
             steps=result.steps,
             epochs=result.epochs,
             fingerprint=np.array(self.fingerprint),
+            **group,
         )
 
     def save_gold(self, gold: GoldStandard) -> Path:

@@ -1,0 +1,209 @@
+"""FT-LDS: how well a method's scores, summed over a group, predict leaving the group out.
+
+The linear datamodeling score (LDS) asks whether the sum of a method's scores over a subset of
+the training set ranks subsets the way retraining without them does. FT-LDS asks the same of
+further training: for each test instance, the Spearman correlation across the groups g between
+
+- the predicted effect ``Σ_{i∈g} score[t, i]`` (positive = the group helps the test instance),
+- the measured effect: the seed mean of ``loss_without_group − loss_full`` (paper eq. 17, per
+  seed and checkpoint, then averaged over seeds; positive = leaving g out raised the loss),
+
+averaged over test instances with its standard error, at every checkpoint, for every method.
+Centring (eq. 13) subtracts one number per test instance and checkpoint, which moves no group's
+rank: FT-LDS is the same with or without it, and the adjusted difference is what is used.
+
+:func:`ft_lds_noise_ceiling` is the gold standard's own agreement with itself by split-half over
+seeds (Spearman–Brown corrected, :func:`fimo.evaluate.seeds.noise_floor`); :func:`additivity`
+compares a group's measured effect with the sum of its members' measured single effects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import SimpleNamespace
+
+import numpy as np
+
+from fimo.errors import InputError
+from fimo.evaluate.metrics import gold_flat, method_values, per_test_values, summarise
+from fimo.evaluate.seeds import noise_floor
+from fimo.further.gold import GoldStandard
+
+
+def _check_groups(gold) -> None:
+    if getattr(gold, "groups", None) is None or len(gold.groups) == 0:
+        raise InputError(
+            "FT-LDS needs a gold standard with group runs (gold_standard(..., groups=...))"
+        )
+
+
+def group_view(gold: GoldStandard) -> GoldStandard:
+    """The group runs as a gold standard of their own: ``loss_without`` is
+    ``loss_without_group`` and ``left_out`` the group numbers 0 … G − 1.
+
+    >>> g = GoldStandard(np.zeros((1, 1, 1)), np.zeros((1, 1, 1, 0)), [5], [1.0], [], [0], [0],
+    ...                  loss_without_group=[[[[0.2, 0.1]]]], groups=[[1, 2], [0]])
+    >>> group_view(g).left_out.tolist(), group_view(g).adjusted()[0, 0, 0].tolist()
+    ([0, 1], [0.2, 0.1])
+    """
+    _check_groups(gold)
+    return GoldStandard(
+        gold.loss_full,
+        gold.loss_without_group,
+        gold.steps,
+        gold.epochs,
+        np.arange(len(gold.groups)),
+        gold.test,
+        gold.seeds,
+        dict(gold.settings),
+    )
+
+
+def group_sums(gold: GoldStandard, scores) -> np.ndarray:
+    """A method's scores summed over each group's members: (T, G), or (C, T, G) for scores
+    with a checkpoint axis (at the gold standard's checkpoint steps).
+
+    >>> from fimo.scores import Scores
+    >>> g = GoldStandard(np.zeros((1, 1, 1)), np.zeros((1, 1, 1, 0)), [5], [1.0], [], [0], [0],
+    ...                  loss_without_group=[[[[0.2, 0.1]]]], groups=[[1, 2], [0]])
+    >>> group_sums(g, Scores([[1.0, 2.0, 4.0]], test=[0], train=[0, 1, 2], method="m")).tolist()
+    [[6.0, 1.0]]
+    """
+    _check_groups(gold)
+    members = np.unique(gold.groups.members)
+    on = SimpleNamespace(test=gold.test, left_out=members, steps=gold.steps)
+    values = method_values(on, scores)  # (..., T, U)
+    where = np.searchsorted(members, gold.groups.members)
+    which = np.repeat(np.arange(len(gold.groups)), gold.groups.sizes())
+    belongs = np.zeros((len(members), len(gold.groups)))
+    np.add.at(belongs, (where, which), 1.0)
+    return values @ belongs
+
+
+def measured_group_effects(gold: GoldStandard) -> np.ndarray:
+    """The seed mean of ``loss_without_group − loss_full`` (eq. 17), (C, T, G).
+
+    >>> g = GoldStandard(np.ones((2, 1, 1)), np.zeros((2, 1, 1, 0)), [5], [1.0], [], [0],
+    ...                  [0, 1], loss_without_group=[[[[2.0]]], [[[4.0]]]], groups=[[3]])
+    >>> measured_group_effects(g).tolist()
+    [[[2.0]]]
+    """
+    return gold.adjusted_group().mean(axis=0)
+
+
+def ft_lds(gold: GoldStandard, scores: Mapping[str, object]) -> list[dict]:
+    """FT-LDS of every method at every checkpoint (the module docstring says what it is).
+
+    Rows: ``method, checkpoint, step, epoch, metric ('ft_lds'), groups, mean, sem, n``, where
+    ``n`` counts the test instances whose measured or predicted effects are not all equal.
+
+    Three groups; the method's sums over them rank them as the measured effects do for test
+    instance 0 and in reverse for test instance 1:
+
+    >>> from fimo.scores import Scores
+    >>> g = GoldStandard(np.zeros((1, 1, 2)), np.zeros((1, 1, 2, 0)), [5], [1.0], [], [0, 1],
+    ...                  [0], loss_without_group=[[[[0.1, 0.2, 0.3], [0.3, 0.2, 0.1]]]],
+    ...                  groups=[[0], [1, 2], [3]])
+    >>> s = Scores([[1.0, 1.0, 0.5, 3.0]] * 2, test=[0, 1], train=[0, 1, 2, 3], method="m")
+    >>> [(r["method"], r["mean"], round(r["sem"], 6), r["n"]) for r in ft_lds(g, {"m": s})]
+    [('m', 0.0, 1.0, 2)]
+    """
+    measured = measured_group_effects(gold)  # (C, T, G)
+    if len(gold.groups) < 3:
+        raise InputError(
+            f"FT-LDS: got {len(gold.groups)} groups; a rank correlation across groups needs "
+            "at least 3 (use many, e.g. 100)"
+        )
+    flat = gold_flat(gold, measured)
+    rows = []
+    for method, sc in scores.items():
+        predicted = group_sums(gold, sc)
+        per_test = per_test_values(measured, predicted, ["spearman"], undefined=flat)
+        mean, sem, n = summarise(per_test["spearman"])  # (C,)
+        for c in range(len(gold.steps)):
+            rows.append(
+                {
+                    "method": str(method),
+                    "checkpoint": c,
+                    "step": int(gold.steps[c]),
+                    "epoch": float(gold.epochs[c]),
+                    "metric": "ft_lds",
+                    "groups": len(gold.groups),
+                    "mean": float(mean[c]),
+                    "sem": float(sem[c]),
+                    "n": int(n[c]),
+                }
+            )
+    return rows
+
+
+def ft_lds_noise_ceiling(gold: GoldStandard, splits: int = 20, seed: int = 0) -> list[dict]:
+    """How well the measured group effects agree with themselves over seeds: the rows of
+    :func:`fimo.evaluate.seeds.noise_floor` for the Spearman correlation across groups
+    (``split_half``, ``spearman_brown`` and ``ceiling`` estimates, per checkpoint), with
+    ``metric`` set to ``'ft_lds'``. The ceiling is what a method whose group sums were the
+    noise-free group effects would reach against this gold standard.
+
+    Two seeds that rank three groups 0.5 alike (per test instance):
+
+    >>> g = GoldStandard(np.zeros((2, 1, 1)), np.zeros((2, 1, 1, 0)), [5], [1.0], [], [0],
+    ...                  [0, 1], loss_without_group=[[[[1.0, 2.0, 3.0]]], [[[1.0, 3.0, 2.0]]]],
+    ...                  groups=[[0], [1], [2]])
+    >>> [(r["estimate"], round(r["mean"], 4)) for r in ft_lds_noise_ceiling(g)]
+    [('split_half', 0.5), ('spearman_brown', 0.6667), ('ceiling', 0.8165)]
+    """
+    rows = noise_floor(group_view(gold), ["spearman"], centred=False, splits=splits, seed=seed)
+    return [{**row, "metric": "ft_lds"} for row in rows]
+
+
+def additivity(gold: GoldStandard) -> list[dict]:
+    """How far each group's measured effect D_g is from the sum A_g of its members' measured
+    single-instance effects (both seed means of eq. 17), per checkpoint, over the groups all of
+    whose members were also left out one at a time.
+
+    Columns: ``checkpoint, step, epoch, groups`` (how many count), ``relative_gap``
+    (``sqrt(Σ (D − A)² / Σ D²)`` over test instances and groups: 0 when additive),
+    ``slope`` (``Σ D·A / Σ A²``, the least-squares factor from A to D: 1 when additive, below
+    1 when the group does less than its parts), ``spearman`` and ``spearman_sem`` (across
+    groups per test instance, mean and SEM over test instances; NaN with fewer than 3 groups).
+
+    >>> g = GoldStandard(np.zeros((1, 1, 1)), [[[[1.0, 2.0, 4.0]]]], [5], [1.0], [0, 1, 2],
+    ...                  [0], [0], loss_without_group=[[[[3.0, 5.0, 7.0]]]],
+    ...                  groups=[[0, 1], [0, 2], [1, 2]])
+    >>> row = additivity(g)[0]  # sums 3, 5, 6 against 3, 5, 7: gap sqrt(1/83), slope 76/70
+    >>> row["groups"], round(row["relative_gap"], 4), round(row["slope"], 4), round(row["spearman"], 4)
+    (3, 0.1098, 1.0857, 1.0)
+    """
+    _check_groups(gold)
+    position = {int(i): k for k, i in enumerate(gold.left_out)}
+    kept = [g for g, m in enumerate(gold.groups.lists()) if all(int(i) in position for i in m)]
+    if not kept:
+        raise InputError(
+            "additivity: no group has all its members among the single left-out instances; "
+            "leave the members out one at a time too (left_out=...)"
+        )
+    singles = gold.adjusted().mean(axis=0)  # (C, T, L)
+    members = [[position[int(i)] for i in gold.groups[g]] for g in kept]
+    summed = np.stack([singles[..., m].sum(axis=-1) for m in members], axis=-1)  # (C, T, G')
+    group = measured_group_effects(gold)[..., kept]
+    rank = per_test_values(group, summed, ["spearman"])["spearman"] if len(kept) >= 3 else None
+    rows = []
+    for c in range(len(gold.steps)):
+        d, a = group[c], summed[c]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            gap = float(np.sqrt(((d - a) ** 2).sum() / (d**2).sum()))
+            slope = float((d * a).sum() / (a**2).sum())
+        mean, sem = (np.nan, np.nan) if rank is None else summarise(rank[c])[:2]
+        rows.append(
+            {
+                "checkpoint": c,
+                "step": int(gold.steps[c]),
+                "epoch": float(gold.epochs[c]),
+                "groups": len(kept),
+                "relative_gap": gap,
+                "slope": slope,
+                "spearman": float(mean),
+                "spearman_sem": float(sem),
+            }
+        )
+    return rows

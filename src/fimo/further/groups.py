@@ -1,0 +1,152 @@
+"""Which groups of training instances the gold standard leaves out together.
+
+- :func:`random_groups`: ``count`` random subsets, each a fraction ``fraction`` of the training
+  set, drawn with ``numpy.random.default_rng(seed)``: the same arguments give the same groups,
+  and the groups themselves are stored with the gold standard (``group_members``,
+  ``group_offsets``). Small fractions (1 %) keep a further-training run close to the full one,
+  where a first-order (linear) account of the scores can hold; α = 0.5 is the usual LDS choice
+  for retraining (docs/groups.md).
+- :func:`groups_by_label`: one group per class (target value).
+- :func:`groups_by_feature`: one group per value of a column (an original column kept in
+  ``info["raw"]``, such as Adult's ``sex``, or a column of a tabular ``inputs``).
+- :func:`groups_from_file`: one group per line of a text file of indices.
+
+Every function returns the groups (a :class:`fimo.further.plan.Groups`) checked against the
+training set: no empty group, no index out of range or named twice, no group of all the data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fimo.errors import InputError
+from fimo.further.engine import checked_groups
+from fimo.further.plan import Groups
+
+
+def random_groups(n: int, count: int, fraction: float, seed: int = 0) -> Groups:
+    """``count`` subsets of ``round(fraction · n)`` distinct training indices each (sorted),
+    drawn independently with ``numpy.random.default_rng(seed)``.
+
+    >>> g = random_groups(10, count=3, fraction=0.3, seed=0)
+    >>> len(g), g.sizes().tolist(), (g.members == random_groups(10, 3, 0.3, 0).members).all()
+    (3, [3, 3, 3], np.True_)
+    """
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise InputError(f"groups count: got {count!r}; must be a whole number ≥ 1")
+    if not 0 < fraction < 1:
+        raise InputError(f"groups fraction: got {fraction!r}; must lie strictly between 0 and 1")
+    size = round(fraction * n)
+    if not 1 <= size < n:
+        raise InputError(
+            f"groups fraction: {fraction} of {n} training instances is {size}; a group needs "
+            f"at least 1 and fewer than {n} (raise or lower the fraction)"
+        )
+    rng = np.random.default_rng(seed)
+    return checked_groups([np.sort(rng.choice(n, size, replace=False)) for _ in range(count)], n)
+
+
+def _by_value(values: np.ndarray, what: str) -> tuple[Groups, list]:
+    """One group per distinct value (sorted), with the values."""
+    distinct = sorted(set(values.tolist()))
+    groups = [np.flatnonzero(values == v) for v in distinct]
+    if len(distinct) < 2:
+        raise InputError(
+            f"groups = {what!r}: every training instance has the same value {distinct[:1]}; "
+            "a group would hold all the data"
+        )
+    return checked_groups(groups, len(values)), distinct
+
+
+def groups_by_label(dataset) -> tuple[Groups, list]:
+    """One group per class of a classification dataset, and the classes.
+
+    >>> import torch
+    >>> from fimo.data import ArrayDataset
+    >>> data = ArrayDataset(torch.zeros(5, 2), torch.tensor([1, 0, 1, 2, 0]))
+    >>> groups, labels = groups_by_label(data)
+    >>> labels, [g.tolist() for g in groups.lists()]
+    ([0, 1, 2], [[1, 4], [0, 2], [3]])
+    """
+    targets = np.asarray(dataset.targets)
+    if targets.ndim != 1:
+        raise InputError(
+            f"groups = 'label': the targets have shape {targets.shape}; one label per "
+            "instance is needed (use groups = 'feature:<column>' or a file of indices)"
+        )
+    return _by_value(targets, "label")
+
+
+def groups_by_feature(dataset, column: str | int) -> tuple[Groups, list]:
+    """One group per value of a column, and the values: an original column the loader kept
+    (``info["raw_columns"]`` and ``info["raw"]``), else a named (``feature_names``) or numbered
+    column of a tabular ``inputs``.
+
+    >>> import torch
+    >>> from fimo.data import ArrayDataset
+    >>> X = torch.tensor([[0.0, 1.0], [1.0, 1.0], [0.0, 2.0]])
+    >>> data = ArrayDataset(X, torch.zeros(3), feature_names=("sex", "age"))
+    >>> groups, values = groups_by_feature(data, "sex")
+    >>> values, [g.tolist() for g in groups.lists()]
+    ([0.0, 1.0], [[0, 2], [1]])
+    """
+    info = getattr(dataset, "info", {}) or {}
+    raw_columns = list(info.get("raw_columns", ()))
+    names = list(getattr(dataset, "feature_names", None) or ())
+    if column in raw_columns and "raw" in info:
+        values = np.asarray(info["raw"])[:, raw_columns.index(column)]
+    elif column in names or isinstance(column, int):
+        inputs = np.asarray(dataset.inputs)
+        j = names.index(column) if column in names else column
+        if inputs.ndim != 2 or not 0 <= j < inputs.shape[1]:
+            raise InputError(
+                f"groups = 'feature:{column}': the inputs of shape {inputs.shape} have no "
+                "such column"
+            )
+        values = inputs[:, j]
+    else:
+        known = raw_columns + [c for c in names if c not in raw_columns]
+        raise InputError(
+            f"groups = 'feature:{column}': no such column; known: {known[:12]}"
+            f"{' ...' if len(known) > 12 else ''}"
+        )
+    return _by_value(values, f"feature:{column}")
+
+
+def groups_from_file(path, n: int) -> Groups:
+    """One group per non-blank line of a text file: training indices separated by white space
+    or commas (``#`` starts a comment).
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = Path(folder) / "groups.txt"
+    ...     _ = path.write_text("# two groups\\n0 3 4\\n2, 5\\n")
+    ...     [g.tolist() for g in groups_from_file(path, n=6).lists()]
+    [[0, 3, 4], [2, 5]]
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"groups file {path}: not found")
+    groups = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        text = line.split("#", 1)[0].replace(",", " ").strip()
+        if not text:
+            continue
+        try:
+            group = [int(word) for word in text.split()]
+        except ValueError:
+            raise InputError(
+                f"groups file {path}, line {number}: {line.strip()!r} is not a list of whole "
+                "numbers (training indices separated by spaces or commas)"
+            ) from None
+        try:
+            checked_groups([group], n)
+        except InputError as exc:
+            detail = str(exc).removeprefix("groups: group 0 ")
+            raise InputError(f"groups file {path}, line {number}: {detail}") from None
+        groups.append(group)
+    if not groups:
+        raise InputError(f"groups file {path}: holds no group (one line of indices per group)")
+    return checked_groups(groups, n)
