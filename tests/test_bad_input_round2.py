@@ -139,3 +139,144 @@ def test_the_supported_typer_is_the_one_installed():
     spec = next(r for r in requires("fimo") if r.startswith("typer"))
     major, minor = (int(x) for x in version("typer").split(".")[:2])
     assert (0, 9) <= (major, minor) < (0, 30), spec
+
+
+# -- 4. accepted silently before, refused at the door now -------------------------------------
+
+
+def write_config(tmp_path, further=None, methods=None, extra=None):
+    import tomli_w
+
+    raw = {
+        "name": "door",
+        "data": {"dataset": "diabetes", "n_test": 4},
+        "further": {"seeds": 1, "left_out": 2, "epochs": 1, **(further or {})},
+        "methods": {"names": ["grad_dot"], **(methods or {})},
+        **(extra or {}),
+    }
+    path = tmp_path / "door.toml"
+    path.write_text(tomli_w.dumps(raw))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("further", "expected"),
+    [
+        ({"momentum": 2.0}, "further.momentum: got 2.0; must be in [0, 1)"),
+        ({"momentum": 1.0}, "further.momentum: got 1.0; must be in [0, 1)"),
+        ({"max_steps": 0},
+         "further.max_steps: got 0; must be a whole number ≥ 1 (or absent, to run all epochs)"),
+        ({"optimizer": "adam", "eps": -1e-8}, "further.eps: got -1e-08; must be a finite number ≥ 0"),
+        ({"lr": 1e-320},
+         "further.lr: got 1e-320; must be at least 1e-30 (smaller steps vanish in floating point)"),
+        ({"weight_decay": float("nan")},
+         "further.weight_decay: got nan; must be a finite number ≥ 0"),
+        ({"clip_norm": float("inf")}, "further.clip_norm: got inf; must be a finite number ≥ 0"),
+    ],
+)  # fmt: skip
+def test_further_settings_out_of_range(tmp_path, capsys, further, expected):
+    path = write_config(tmp_path, further=further)
+    out = tmp_path / "run"
+    assert main(["run", str(path), "--out", str(out), "--quiet"]) == 2
+    assert one_line(capsys) == f"error: {expected}"
+    assert not out.exists()  # refused before any work
+
+
+@pytest.mark.parametrize(
+    ("methods", "expected"),
+    [
+        ({"names": ["cg"], "cg": {"damping": -0.1}},
+         "methods.cg.damping: got -0.1; must be a finite number ≥ 0"),
+        ({"names": ["ekfac"], "ekfac": {"damping_factor": float("nan")}},
+         "methods.ekfac.damping_factor: got nan; must be a finite number ≥ 0"),
+        ({"names": ["datainf"], "datainf": {"damping": -1.0}},
+         "methods.datainf.damping: got -1.0; must be a finite number ≥ 0"),
+        ({"names": ["trak"], "trak": {"chunk_size": -1}},
+         "methods.trak.chunk_size: got -1; must be a whole number ≥ 1 (or absent)"),
+    ],
+)  # fmt: skip
+def test_method_settings_out_of_range_stop_before_further_training(
+    tmp_path, capsys, methods, expected
+):
+    from fimo.methods import ALL_METHOD_NAMES
+
+    name = methods["names"][0]
+    if name not in ALL_METHOD_NAMES:
+        pytest.skip(f"no method {name}")
+    path = write_config(tmp_path, methods=methods)
+    out = tmp_path / "run"
+    try:
+        code = main(["run", str(path), "--out", str(out), "--quiet"])
+    finally:
+        line = one_line(capsys)
+    if "unknown setting" in line:  # this method has no such setting: nothing to check here
+        pytest.skip(line)
+    assert (code, line) == (2, f"error: {expected}")
+    assert not (out / "further").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--methods", ",,"], "error: --methods: got ',,', which names no method; "),
+        (["--methods", ""], "error: --methods: got '', which names no method; "),
+        (["--address", "auto"],
+         "error: --address: got 'auto', but the executor is local; pass --executor ray"),
+        (["--seeds", "99999999999999999999999"],
+         "error: further.seeds: got 99999999999999999999999 from first_seed 0; the last seed "
+         "must be ≤ 2147483647"),
+        (["--left-out", "99999999999999999999999"],
+         "error: further.left_out: got 99999999999999999999999; must be ≤ 2147483647"),
+    ],
+)  # fmt: skip
+def test_command_line_values_refused(tmp_path, capsys, argv, expected):
+    out = tmp_path / "run"
+    assert main(["run", "diabetes", "--out", str(out), "--quiet", *argv]) == 2
+    assert one_line(capsys).startswith(expected)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({"scales": {"paper": {"further": {"sead": 100}}}},
+         "error: scales.paper.further: unknown key 'sead' (did you mean 'seeds'?)"),
+        ({"scales": {"paper": {"furthr": {"seeds": 100}}}},
+         "error: scales.paper: unknown key 'furthr' (did you mean 'further'?)"),
+        ({"about": {"sumary": "mine"}},
+         "error: about: unknown key 'sumary' (did you mean 'summary'?)"),
+    ],
+)  # fmt: skip
+def test_unknown_keys_under_scales_and_about(tmp_path, capsys, extra, expected):
+    path = write_config(tmp_path, extra=extra)
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    assert one_line(capsys).startswith(expected)
+
+
+def test_gold_standard_needs_two_left_out_instances():
+    import torch
+
+    from fimo import ArrayDataset, FurtherSettings, Task, gold_standard
+
+    data = ArrayDataset(torch.randn(10, 3), torch.randn(10))
+    task = Task(torch.nn.Linear(3, 1), data, data, loss="mse")
+    with pytest.raises(InputError) as caught:
+        gold_standard(task, FurtherSettings(epochs=1), seeds=[0], left_out=[3], test=[0, 1])
+    assert str(caught.value) == (
+        "left_out: got [3]; need at least 2 left-out instances (centring subtracts their "
+        "mean, so one alone gives a gold standard of zeros)"
+    )
+
+
+def test_verify_refuses_a_directory_that_is_not_a_run(tmp_path, capsys):
+    (tmp_path / "a.txt").write_text("x")
+    assert main(["verify", str(tmp_path)]) == 2
+    assert one_line(capsys) == (
+        f"error: {str(tmp_path)!r} is not a fimo run directory (it has no config.toml or "
+        "manifest.json); give the directory `fimo run` wrote (its --out)"
+    )
+
+
+def test_verify_still_checks_a_run(reference, capsys):
+    assert main(["verify", str(reference)]) == 0
+    assert "match their checksums" in capsys.readouterr().out

@@ -80,6 +80,11 @@ def run_command(
 
     config = load_config(source, scale=scale)
     names = None if methods is None else [m.strip() for m in methods.split(",") if m.strip()]
+    if names == []:
+        raise InputError(
+            f"--methods: got {methods!r}, which names no method; give comma-separated names, "
+            "e.g. grad_dot,grad_cos (or leave it out for the configuration's)"
+        )
     config = with_overrides(
         config,
         seeds=seeds,
@@ -207,6 +212,7 @@ def verify_command(
     from fimo.experiments.rundir import RunDir
     from fimo.io import DamagedFileError
 
+    RunDir(run_dir).check_is_run()
     checked, damaged = RunDir(run_dir).verify()
     if damaged:
         names = ", ".join(str(p.relative_to(run_dir)) for p in damaged[:5])

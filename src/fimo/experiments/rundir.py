@@ -151,6 +151,22 @@ class RunDir:
         if not self.path.is_dir():
             raise InputError(f"run directory {str(self.path)!r} does not exist")
 
+    def check_is_run(self) -> None:
+        """InputError unless the directory exists and holds a run (its config or manifest).
+
+        >>> import tempfile
+        >>> RunDir(tempfile.mkdtemp()).check_is_run()  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        fimo.errors.InputError: '...' is not a fimo run directory (it has no config.toml ...
+        """
+        self.check_exists()
+        if not (self.config_file.is_file() or self.manifest_file.is_file()):
+            raise InputError(
+                f"{str(self.path)!r} is not a fimo run directory (it has no config.toml or "
+                "manifest.json); give the directory `fimo run` wrote (its --out)"
+            )
+
     def check_ours(self) -> None:
         """InputError unless the directory is absent, empty, or holds only fimo's own files.
 

@@ -275,6 +275,11 @@ def check_request(task: Task, seeds, left_out, test) -> tuple[list[int], np.ndar
     for setting, values in (("seeds", seeds), ("left_out", left_out), ("test", test)):
         if len(values) == 0:
             raise InputError(f"{setting}: got none; give at least one")
+    if len(left_out) < 2:
+        raise InputError(
+            f"left_out: got {left_out.tolist()}; need at least 2 left-out instances (centring "
+            "subtracts their mean, so one alone gives a gold standard of zeros)"
+        )
     return [int(s) for s in seeds], left_out, test
 
 
