@@ -4,6 +4,7 @@ and what is allowed, and touches nothing of the user's."""
 import os
 import shutil
 
+import numpy as np
 import pytest
 
 from fimo.cli import main
@@ -91,7 +92,6 @@ def test_a_lock_that_is_a_link_is_refused_not_followed(tmp_path, reference, caps
     (out / ".lock").unlink(missing_ok=True)
     (out / ".lock").symlink_to(victim)
     matrix = tmp_path / "m.npy"
-    import numpy as np
 
     np.save(matrix, np.zeros((8, 4)))
     argv = {
@@ -280,3 +280,52 @@ def test_verify_refuses_a_directory_that_is_not_a_run(tmp_path, capsys):
 def test_verify_still_checks_a_run(reference, capsys):
     assert main(["verify", str(reference)]) == 0
     assert "match their checksums" in capsys.readouterr().out
+
+
+# -- 5. score matrices: real, finite, comparable numbers; indices distinct and ≥ 0 ------------
+
+
+@pytest.mark.parametrize(
+    ("matrix", "expected"),
+    [
+        (np.array([[1.0, np.nan]]), "scores 'ext': the matrix holds 1 NaN or infinite values"),
+        (np.array([["a", "b"]]),
+         "Scores('ext'): values must be real numbers; got dtype <U1 (convert the matrix to "
+         "float64 first)"),
+        (np.array([[1 + 1j, 2]]), "Scores('ext'): values must be real numbers; got dtype complex128"),
+        (np.array([[object(), 1]], dtype=object),
+         "Scores('ext'): values must be real numbers; got dtype object"),
+        (np.array([[1e308, -1e308]]),
+         "scores 'ext': the matrix holds values up to 1e+308, beyond 1e+150, whose squares "
+         "overflow the metrics"),
+    ],
+)  # fmt: skip
+def test_external_matrices_that_cannot_be_compared(matrix, expected):
+    from fimo.scores import Scores
+
+    with pytest.raises(InputError) as caught:
+        Scores.from_external(matrix, "test,train", "helpful", name="ext")
+    assert str(caught.value).startswith(expected)
+
+
+@pytest.mark.parametrize(
+    ("test", "train", "expected"),
+    [
+        ([0], [2, 2], "Scores('m'): train indices must be distinct; 2 appears more than once"),
+        ([-1], [0, 1], "Scores('m'): test indices must be ≥ 0 (dataset indices); got -1"),
+        ([0.5], [0, 1], "Scores('m'): test indices must be whole numbers; got [0.5]"),
+    ],
+)
+def test_scores_indices_must_be_distinct_whole_and_non_negative(test, train, expected):
+    from fimo.scores import Scores
+
+    with pytest.raises(InputError) as caught:
+        Scores(np.zeros((1, 2)), test, train, "m")
+    assert str(caught.value) == expected
+
+
+def test_a_large_but_comparable_matrix_is_accepted():
+    from fimo.scores import Scores
+
+    s = Scores.from_external(np.array([[1e100, -2e100]]), "test,train", "helpful", name="ext")
+    assert s.values.tolist() == [[1e100, -2e100]]
