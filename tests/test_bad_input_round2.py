@@ -1,6 +1,7 @@
 """Bad input, round two (issue 16): each case exits 2 with one line naming the setting, the value
 and what is allowed, and touches nothing of the user's."""
 
+import json
 import os
 import shutil
 
@@ -10,7 +11,7 @@ import pytest
 from fimo.cli import main
 from fimo.errors import InputError
 from fimo.experiments.rundir import RunDir, run_lock
-from fimo.io import remove_temporaries
+from fimo.io import read_npz, remove_temporaries
 
 
 def one_line(capsys) -> str:
@@ -329,3 +330,47 @@ def test_a_large_but_comparable_matrix_is_accepted():
 
     s = Scores.from_external(np.array([[1e100, -2e100]]), "test,train", "helpful", name="ext")
     assert s.values.tolist() == [[1e100, -2e100]]
+
+
+# -- 5. damaged metadata: a warning and a recomputation, or --overwrite recovers --------------
+
+
+def test_a_garbled_model_meta_trains_the_final_model_again(tmp_path, reference, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    (out / "model" / "meta.json").write_text("{garbled")
+    assert main(["run", str(out / "config.toml"), "--out", str(out), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert " ".join(err.split()).startswith(
+        f"warning: {out / 'model' / 'meta.json'} is damaged (not a JSON table); training the "
+        "final model again"
+    )
+    ref_meta = json.loads((reference / "model" / "meta.json").read_text())
+    assert json.loads((out / "model" / "meta.json").read_text()) == ref_meta
+    np.testing.assert_array_equal(
+        read_npz(out / "scores" / "grad_dot.npz")["scores"],
+        read_npz(reference / "scores" / "grad_dot.npz")["scores"],
+    )
+
+
+def test_a_garbled_gold_fingerprint_is_refused_and_overwrite_recovers(tmp_path, reference, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    stamp = out / "further" / "fingerprint.json"
+    stamp.write_text('{"fingerprint": ')
+    argv = ["run", str(out / "config.toml"), "--out", str(out), "--quiet"]
+    assert main(argv) == 2
+    assert one_line(capsys) == (
+        f"error: {stamp} is damaged (not a JSON table); pass --overwrite to compute the gold "
+        "standard afresh"
+    )
+    assert main(["report", str(out), "--quiet"]) == 2
+    assert "is damaged (not a JSON table)" in one_line(capsys)
+    assert main([*argv, "--overwrite"]) == 0
+    capsys.readouterr()
+    for key in ("loss_full", "loss_without", "left_out", "test"):
+        np.testing.assert_array_equal(
+            read_npz(out / "further" / "gold.npz")[key],
+            read_npz(reference / "further" / "gold.npz")[key],
+        )

@@ -284,7 +284,57 @@ class RunDir:
 
     # -- the final model ---------------------------------------------------------------------
     def read_model_meta(self) -> dict:
-        return json.loads(self.model_meta.read_text()) if self.model_meta.exists() else {}
+        """``model/meta.json``, or ``{}`` when absent or damaged (a warning says so: the final
+        model is then trained again, to the same weights).
+
+        >>> import tempfile
+        >>> run = RunDir(tempfile.mkdtemp())
+        >>> run.model_dir.mkdir()
+        >>> _ = run.model_meta.write_text("{garbled")
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     run.read_model_meta(), "is damaged" in str(caught[0].message)
+        ({}, True)
+        """
+        if not self.model_meta.exists():
+            return {}
+        meta = _read_json_table(self.model_meta)
+        if meta is None:
+            warnings.warn(
+                f"{self.model_meta} is damaged (not a JSON table); training the final model again",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return {}
+        return meta
+
+    def check_gold_stamp(self, overwrite: bool) -> None:
+        """A damaged ``further/fingerprint.json`` (not a JSON table): removed with
+        ``overwrite`` (the gold standard is then started afresh), else an InputError that says
+        so. Checked before any work.
+
+        >>> import tempfile
+        >>> run = RunDir(tempfile.mkdtemp())
+        >>> run.further.mkdir()
+        >>> _ = (run.further / "fingerprint.json").write_text("[1, 2")
+        >>> run.check_gold_stamp(overwrite=False)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        fimo.errors.InputError: .../further/fingerprint.json is damaged (not a JSON table); ...
+        >>> run.check_gold_stamp(overwrite=True)
+        >>> (run.further / "fingerprint.json").exists()
+        False
+        """
+        stamp = self.further / FINGERPRINT
+        if not stamp.is_file() or _read_json_table(stamp) is not None:
+            return
+        if overwrite:
+            stamp.unlink()
+            return
+        raise InputError(
+            f"{stamp} is damaged (not a JSON table); pass --overwrite to compute the gold "
+            "standard afresh"
+        )
 
     def write_model_meta(self, meta: dict) -> None:
         write_json(self.model_meta, meta)
@@ -341,7 +391,13 @@ class RunDir:
     def load_gold(self) -> GoldStandard:
         """The gold standard in ``further/gold.npz``, with the settings recorded beside it."""
         stamp = self.further / FINGERPRINT
-        settings = json.loads(stamp.read_text()).get("settings") if stamp.exists() else None
+        recorded = _read_json_table(stamp) if stamp.exists() else {}
+        if recorded is None:
+            raise InputError(
+                f"{stamp} is damaged (not a JSON table); run `fimo run` with the same "
+                "configuration and --overwrite to compute the gold standard afresh"
+            )
+        settings = recorded.get("settings")
         return GoldStandard.load(self.gold_file, settings)
 
     def cached_scores(self, name: str, fp: str) -> Scores | None:
@@ -521,6 +577,15 @@ _FIMO_FOLDERS = frozenset({"model", "further", "scores", "metrics", "plots"})
 
 #: a run directory has at least one of these (the lock is taken first, config.toml written next)
 _FIRST_FILES = (".lock", "config.toml", "manifest.json")
+
+
+def _read_json_table(path: Path) -> dict | None:
+    """The JSON object in ``path``, or None when the file is not one (garbled, cut short)."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _open_lock(path: Path):
