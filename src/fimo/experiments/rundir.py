@@ -575,8 +575,9 @@ def _is_fimo_entry(folder: Path, entry: Path) -> bool:
 
 _FIMO_FOLDERS = frozenset({"model", "further", "scores", "metrics", "plots"})
 
-#: a run directory has at least one of these (the lock is taken first, config.toml written next)
-_FIRST_FILES = (".lock", "config.toml", "manifest.json")
+#: a run directory has at least one of these (the lock is taken first, config.toml written
+#: next; a run put together by hand for `fimo report` has further/ or scores/)
+_FIRST_FILES = (".lock", "config.toml", "manifest.json", "model", "further", "scores")
 
 
 def _read_json_table(path: Path) -> dict | None:
