@@ -144,11 +144,11 @@ def test_unreadable_npz_files_are_named(tmp_path):
 
 def test_temporaries_of_a_killed_writer_are_removed(tmp_path):
     (tmp_path / "scores").mkdir()
-    stale = [tmp_path / "scores/.grad_dot.npz.k3j2.tmp", tmp_path / ".final.pt.tmp"]
+    stale = [tmp_path / "scores/.grad_dot.npz.k3j2ab_9.tmp", tmp_path / ".final.pt.a1b2c3d4.tmp"]
     for path in stale:
         path.write_bytes(b"half")
     keep = write_npz(tmp_path / "scores/grad_dot.npz", scores=np.ones(2))
-    assert sorted(remove_temporaries(tmp_path)) == sorted(stale)
+    assert sorted(remove_temporaries([tmp_path, tmp_path / "scores"])) == sorted(stale)
     assert listing(tmp_path / "scores") == ["grad_dot.npz", "grad_dot.npz.sha256"]
     assert keep.exists()
 

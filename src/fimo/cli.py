@@ -8,6 +8,7 @@ Warnings (a damaged shard being recomputed, a method's convergence) print as one
 
 from __future__ import annotations
 
+import importlib
 import sys
 import warnings
 from pathlib import Path
@@ -79,6 +80,11 @@ def run_command(
 
     config = load_config(source, scale=scale)
     names = None if methods is None else [m.strip() for m in methods.split(",") if m.strip()]
+    if names == []:
+        raise InputError(
+            f"--methods: got {methods!r}, which names no method; give comma-separated names, "
+            "e.g. grad_dot,grad_cos (or leave it out for the configuration's)"
+        )
     config = with_overrides(
         config,
         seeds=seeds,
@@ -206,6 +212,7 @@ def verify_command(
     from fimo.experiments.rundir import RunDir
     from fimo.io import DamagedFileError
 
+    RunDir(run_dir).check_is_run()
     checked, damaged = RunDir(run_dir).verify()
     if damaged:
         names = ", ".join(str(p.relative_to(run_dir)) for p in damaged[:5])
@@ -279,35 +286,72 @@ def _one_line(message) -> str:
     return escape(" ".join(str(message).split()))
 
 
+def _usage_classes() -> tuple[tuple, tuple, tuple]:
+    """``(usage errors, exits, aborts)``: the exception classes the CLI layer raises.
+
+    typer 0.29 and later raise their own bundled copies of click's classes (``typer._click``,
+    ``typer.exceptions``); older typer raise click's. Both are caught, whichever is installed.
+
+    >>> usage, exits, aborts = _usage_classes()
+    >>> import typer.exceptions
+    >>> typer.exceptions.Exit in exits or typer.Exit in exits
+    True
+    """
+    usage, exits, aborts = [], [], []
+    for errors_module, control_module in (
+        ("typer._click.exceptions", "typer.exceptions"),
+        ("click.exceptions", "click.exceptions"),
+    ):
+        try:
+            errors = importlib.import_module(errors_module)
+            control = importlib.import_module(control_module)
+        except ImportError:
+            continue
+        usage.append(errors.ClickException)
+        exits.append(control.Exit)
+        aborts.append(control.Abort)
+    return tuple(usage), tuple(exits), tuple(aborts)
+
+
+INTERRUPTED = "interrupted; rerun the same command to continue (finished work is kept)"
+
+
 def _main(argv: list[str] | None) -> int:
+    usage, exits, aborts = _usage_classes()
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, prog_name="fimo", standalone_mode=False)
     except InputError as exc:
         _error("error", exc)
         return 2
     except NumericalError as exc:
         _error("numerical error", exc)
         return 1
-    except KeyboardInterrupt:
-        err.print("interrupted; finished shards are kept and a new run continues from them")
+    except (KeyboardInterrupt, *aborts):
+        err.print(INTERRUPTED, highlight=False, soft_wrap=True)
         return 130
     except OSError as exc:  # a full disk, an unwritable directory: name the file, no traceback
         from fimo.io import describe_os_error
 
         _error("error", describe_os_error(exc))
         return 1
-    except Exception as exc:  # typer/click usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            return 2
-        if isinstance(exc, click.exceptions.Exit):
-            return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
-            return 130
-        raise
+    except usage as exc:  # a bad option or argument: one line, and where to read more
+        _error("error", _usage_message(exc))
+        return 2
+    except exits as exc:
+        code = exc.exit_code
+    # typer turns Ctrl-C into an exit code of 130 returned here (not raised)
+    if isinstance(code, int) and not isinstance(code, bool):
+        if code == 130:
+            err.print(INTERRUPTED, highlight=False, soft_wrap=True)
+        return code
     return 0
+
+
+def _usage_message(exc) -> str:
+    """click's message for a usage error, with the command whose --help explains it."""
+    ctx = getattr(exc, "ctx", None)
+    where = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
+    return f"{exc.format_message().rstrip('.')}{where}"
 
 
 def entry() -> None:

@@ -18,6 +18,7 @@ import fnmatch
 import hashlib
 import json
 import os
+import re
 import signal
 import tempfile
 import zipfile
@@ -280,24 +281,35 @@ def _stop_for_tests(path: Path) -> None:
         os.kill(os.getpid(), signal.SIGSTOP)
 
 
-def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files a stopped process left in ``folder`` (recursively).
+#: the names :func:`_temporary` gives: ``.<file name>.<8 characters of mkstemp>.tmp``
+TEMPORARY_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
-    Call only while holding the folder's run lock: another writer's temporaries look the same.
+
+def remove_temporaries(folders) -> list[Path]:
+    """Delete the temporary files a stopped writer left in ``folders`` (not below them).
+
+    Only files named as :func:`atomic_write` names its temporaries are removed, and only in the
+    folders given (those fimo writes): a user's own ``.something.tmp`` elsewhere is never
+    touched. Call only while holding the folder's run lock: another writer's temporaries look
+    the same.
 
     >>> import tempfile
     >>> folder = tempfile.TemporaryDirectory()
     >>> root = Path(folder.name)
-    >>> _ = (root / ".table.csv.1a2b.tmp").write_text("half a table")
-    >>> [p.name for p in remove_temporaries(root)], list(root.iterdir())
-    (['.table.csv.1a2b.tmp'], [])
+    >>> _ = (root / ".table.csv.k3j2ab_9.tmp").write_text("half a table")
+    >>> _ = (root / ".notes.tmp").write_text("the user's")
+    >>> [p.name for p in remove_temporaries([root])], [p.name for p in root.iterdir()]
+    (['.table.csv.k3j2ab_9.tmp'], ['.notes.tmp'])
     >>> folder.cleanup()
     """
     removed = []
-    for tmp in Path(folder).rglob(".*.tmp"):
-        if tmp.is_file():
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
+    for folder in map(Path, folders):
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        for tmp in sorted(folder.iterdir()):
+            if TEMPORARY_NAME.match(tmp.name) and tmp.is_file() and not tmp.is_symlink():
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
     return removed
 
 

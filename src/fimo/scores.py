@@ -39,6 +39,9 @@ SIGNS = ("helpful", "harmful")
 MATRIX_KEYS = ("scores", "values", "influence", "influences", "attributions", "matrix")
 MATRIX_SUFFIXES = (".npy", ".npz", ".pt", ".pth", ".safetensors")
 
+#: the largest magnitude an external score may have: its square (in norms, cosines) stays finite
+LARGEST = 1e150
+
 
 @dataclass
 class Scores:
@@ -64,9 +67,9 @@ class Scores:
     steps: np.ndarray | None = None
 
     def __post_init__(self):
-        self.values = np.asarray(self.values)
-        self.test = np.asarray(self.test, dtype=np.int64).reshape(-1)
-        self.train = np.asarray(self.train, dtype=np.int64).reshape(-1)
+        self.values = _real_values(self.values, self.method)
+        self.test = _dataset_indices(self.test, "test", self.method)
+        self.train = _dataset_indices(self.train, "train", self.method)
         if self.values.ndim not in (2, 3):
             raise InputError(
                 f"Scores({self.method!r}): values must be a 2-D (n_test, n_train) matrix or a "
@@ -173,6 +176,7 @@ class Scores:
         values = _as_array(matrix, f"scores {name!r}")
         if values.ndim != 2:
             raise InputError(f"scores {name!r}: expected a 2-D matrix; got shape {values.shape}")
+        values = _real_values(values, name)
         if not np.issubdtype(values.dtype, np.floating):
             values = values.astype(np.float64)
         layout = ORIENTATIONS[orientation]
@@ -183,6 +187,12 @@ class Scores:
             raise InputError(
                 f"scores {name!r}: the matrix holds {bad} NaN or infinite values; "
                 "fix or drop them before comparing"
+            )
+        if values.size and float(np.abs(values).max()) > LARGEST:
+            raise InputError(
+                f"scores {name!r}: the matrix holds values up to {float(np.abs(values).max()):.3g}, "
+                f"beyond {LARGEST:g}, whose squares overflow the metrics; divide it by a "
+                "constant first (the rankings and cosines do not change)"
             )
         if sign == "harmful":
             values = -values
@@ -223,6 +233,61 @@ class Scores:
             str(data["units"]),
             data.get("steps"),
         )
+
+
+def _real_values(values, method: str) -> np.ndarray:
+    """``values`` as an array of real numbers (InputError for text, objects or complex).
+
+    >>> _real_values([[1, 2]], "m").dtype.kind
+    'i'
+    >>> _real_values([[1j]], "m")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    fimo.errors.InputError: Scores('m'): values must be real numbers; got dtype complex128 ...
+    """
+    try:
+        array = np.asarray(values)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"Scores({method!r}): values are not a numeric matrix ({exc})") from None
+    if array.dtype.kind not in "biuf":
+        raise InputError(
+            f"Scores({method!r}): values must be real numbers; got dtype {array.dtype} "
+            "(convert the matrix to float64 first)"
+        )
+    return array
+
+
+def _dataset_indices(indices, axis: str, method: str) -> np.ndarray:
+    """``indices`` as distinct, non-negative whole numbers (int64), or an InputError.
+
+    >>> _dataset_indices([3, 1], "train", "m").tolist()
+    [3, 1]
+    >>> _dataset_indices([3, 3], "train", "m")
+    Traceback (most recent call last):
+    ...
+    fimo.errors.InputError: Scores('m'): train indices must be distinct; 3 appears more than once
+    """
+    raw = np.asarray(indices).reshape(-1)
+    whole = raw.dtype.kind in "iu" or (
+        raw.dtype.kind == "f" and bool(np.all(np.isfinite(raw) & (np.mod(raw, 1) == 0)))
+    )
+    if raw.size and not whole:
+        raise InputError(
+            f"Scores({method!r}): {axis} indices must be whole numbers; got {raw[:5].tolist()}"
+        )
+    out = raw.astype(np.int64)
+    if out.size and out.min() < 0:
+        raise InputError(
+            f"Scores({method!r}): {axis} indices must be ≥ 0 (dataset indices); got "
+            f"{int(out.min())}"
+        )
+    unique, counts = np.unique(out, return_counts=True)
+    if (counts > 1).any():
+        raise InputError(
+            f"Scores({method!r}): {axis} indices must be distinct; "
+            f"{int(unique[counts > 1][0])} appears more than once"
+        )
+    return out
 
 
 def _listing(steps: np.ndarray) -> str:

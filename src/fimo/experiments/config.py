@@ -18,6 +18,7 @@ the value received and what is allowed (:class:`fimo.errors.InputError`, exit co
 from __future__ import annotations
 
 import copy
+import math
 import re
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -334,11 +335,23 @@ def validate(config: Config) -> None:
         raise InputError(f"run.device: got {config.run.device!r}; allowed: 'cpu', 'cuda', 'cuda:N'")
 
 
+#: seeds are drawn as first_seed, first_seed + 1, ...; all must fit a 32-bit seed
+MAX_SEED = 2**31 - 1
+
+
 def _validate_gold(g: GoldConfig) -> None:
     if g.seeds < 1:
         raise InputError(f"further.seeds: got {g.seeds}; need at least 1 seed")
     if g.first_seed < 0:
         raise InputError(f"further.first_seed: got {g.first_seed}; must be ≥ 0")
+    if g.first_seed + g.seeds - 1 > MAX_SEED:
+        raise InputError(
+            f"further.seeds: got {g.seeds} from first_seed {g.first_seed}; the last seed must "
+            f"be ≤ {MAX_SEED}"
+        )
+    for name in ("left_out", "left_out_per_shard", "memory_budget_mb"):
+        if getattr(g, name) > MAX_SEED:
+            raise InputError(f"further.{name}: got {getattr(g, name)}; must be ≤ {MAX_SEED}")
     if g.left_out < 2:
         raise InputError(
             f"further.left_out: got {g.left_out}; need at least 2 left-out instances "
@@ -366,6 +379,27 @@ def _validate_methods(methods: MethodsConfig) -> None:
         check_choice("methods.names", name, tuple(available))
     if len(set(methods.names)) != len(methods.names):
         raise InputError(f"methods.names: got duplicates in {methods.names}")
+    for name, settings in methods.settings.items():
+        for key, value in settings.items():
+            _check_method_setting(f"methods.{name}.{key}", key, value)
+
+
+def _check_method_setting(where: str, key: str, value) -> None:
+    """Range checks of the settings several methods share (damping, chunk sizes), so that a
+    bad one stops the run before further training, not after it.
+
+    >>> _check_method_setting("methods.cg.damping", "damping", 0.01)
+    >>> _check_method_setting("methods.cg.damping", "damping", -1.0)
+    Traceback (most recent call last):
+    ...
+    fimo.errors.InputError: methods.cg.damping: got -1.0; must be a finite number ≥ 0
+    """
+    if value is None or isinstance(value, bool):
+        return
+    if "damping" in key and isinstance(value, int | float) and not 0 <= value < math.inf:
+        raise InputError(f"{where}: got {value!r}; must be a finite number ≥ 0")
+    if key.endswith("chunk_size") and isinstance(value, int) and value < 1:
+        raise InputError(f"{where}: got {value!r}; must be a whole number ≥ 1 (or absent)")
 
 
 MODEL_KINDS = ("mlp", "resnet_small", "minilm")
@@ -433,7 +467,7 @@ def apply_scale(raw: dict, scale: str, source=None) -> dict:
     """
     check_choice("scale", scale, SCALES)
     raw = copy.deepcopy(raw)
-    raw.pop("about", None)
+    _check_about(raw.pop("about", {}))
     scales = raw.pop("scales", {})
     if not isinstance(scales, dict):
         raise InputError(f"scales: expected tables of overrides; got {scales!r}")
@@ -443,6 +477,8 @@ def apply_scale(raw: dict, scale: str, source=None) -> dict:
             f"scales: unknown scale {unknown[0]!r}{closest(unknown[0], SCALES)}; "
             f"allowed: {', '.join(SCALES)}"
         )
+    for name, table in scales.items():  # every scale's keys, whichever scale runs
+        _check_override_keys(table, f"scales.{name}")
     if scale == "quick":
         return raw
     overrides = scales.get(scale)
@@ -453,6 +489,65 @@ def apply_scale(raw: dict, scale: str, source=None) -> dict:
         )
     _merge(raw, overrides, "scales." + scale)
     return raw
+
+
+#: the keys of an ``[about]`` table (read by :func:`preset_about`)
+ABOUT_KEYS = ("summary", "paper_counterpart", "quick_minutes", "paper_hours")
+
+
+def _check_about(about) -> None:
+    """InputError for an ``[about]`` table that is not one, or has a key fimo does not read.
+
+    >>> _check_about({"summary": "x"})
+    >>> _check_about({"sumary": "x"})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    fimo.errors.InputError: about: unknown key 'sumary' (did you mean 'summary'?); allowed: ...
+    """
+    if not isinstance(about, dict):
+        raise InputError(f"about: expected a table; got {about!r}")
+    for key in about:
+        if key not in ABOUT_KEYS:
+            raise InputError(
+                f"about: unknown key {key!r}{closest(key, ABOUT_KEYS)}; "
+                f"allowed: {', '.join(ABOUT_KEYS)}"
+            )
+
+
+def _check_override_keys(table, where: str) -> None:
+    """InputError for a key of a ``[scales.*]`` table that no configuration has (checked even
+    when that scale is not the one run, so a misspelling never waits for the long run).
+
+    >>> _check_override_keys({"further": {"seeds": 100}}, "scales.paper")
+    >>> _check_override_keys({"further": {"sead": 100}}, "scales.paper")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    fimo.errors.InputError: scales.paper.further: unknown key 'sead' (did you mean 'seeds'?)...
+    """
+    from fimo.methods import ALL_METHOD_NAMES
+
+    if not isinstance(table, dict):
+        raise InputError(f"{where}: expected a table of overrides; got {table!r}")
+    top = {"name", *SECTIONS}
+    for key, value in table.items():
+        if key not in top:
+            raise InputError(
+                f"{where}: unknown key {key!r}{closest(key, top)}; allowed: {sorted(top)}"
+            )
+        if key == "name":
+            continue
+        if not isinstance(value, dict):
+            raise InputError(f"{where}.{key}: expected a table of settings; got {value!r}")
+        classes = SECTIONS[key] if isinstance(SECTIONS[key], tuple) else (SECTIONS[key],)
+        allowed = {k for cls in classes for k in _allowed(cls)} - {"settings"}
+        if key == "methods":
+            allowed |= set(ALL_METHOD_NAMES)
+        for sub in value:
+            if sub not in allowed:
+                raise InputError(
+                    f"{where}.{key}: unknown key {sub!r}{closest(sub, allowed)}; "
+                    f"allowed: {', '.join(sorted(allowed))}"
+                )
 
 
 def _merge(base: dict, overrides: dict, where: str) -> None:
@@ -508,6 +603,14 @@ def with_overrides(config: Config, **overrides) -> Config:
         "workers": ("run", "workers"),
         "address": ("run", "address"),
     }
+    if (
+        overrides.get("address") is not None
+        and (overrides.get("executor") or config.run.executor) != "ray"
+    ):
+        raise InputError(
+            f"--address: got {overrides['address']!r}, but the executor is local; pass "
+            "--executor ray with it (or leave --address out)"
+        )
     for key, value in overrides.items():
         if key not in mapping:
             raise InputError(

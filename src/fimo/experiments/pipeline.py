@@ -219,6 +219,7 @@ def _prepare(config: Config, rundir: RunDir, overwrite: bool, console, quiet: bo
     left_out = choose_left_out(len(train), config.gold.left_out, config.gold.left_out_seed)
     methods = {name: get_method(name) for name in config.methods.names}
     rundir.path.mkdir(parents=True, exist_ok=True)
+    rundir.check_gold_stamp(overwrite)
     if overwrite or not rundir.config_file.exists():
         rundir.write_config(config)  # a first run records it at once
     data_fp = fingerprint(train.inputs, train.targets, test.inputs, test.targets)

@@ -39,8 +39,9 @@ import torch
 
 from fimo.errors import InputError, check_choice
 from fimo.further.gold import GoldStandard
-from fimo.further.store import FINGERPRINT, GOLD, ShardStore
+from fimo.further.store import FINGERPRINT, GOLD, SHARDS, ShardStore
 from fimo.io import (
+    TEMPORARY_NAME,
     atomic_write,
     checksum_matches,
     remove_temporaries,
@@ -150,14 +151,66 @@ class RunDir:
         if not self.path.is_dir():
             raise InputError(f"run directory {str(self.path)!r} does not exist")
 
+    def check_is_run(self) -> None:
+        """InputError unless the directory exists and holds a run (its config or manifest).
+
+        >>> import tempfile
+        >>> RunDir(tempfile.mkdtemp()).check_is_run()  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        fimo.errors.InputError: '...' is not a fimo run directory (it has no config.toml ...
+        """
+        self.check_exists()
+        if not (self.config_file.is_file() or self.manifest_file.is_file()):
+            raise InputError(
+                f"{str(self.path)!r} is not a fimo run directory (it has no config.toml or "
+                "manifest.json); give the directory `fimo run` wrote (its --out)"
+            )
+
+    def check_ours(self) -> None:
+        """InputError unless the directory is absent, empty, or holds only fimo's own files.
+
+        A run killed before its manifest was written leaves only some of them (config.toml,
+        model/): that is still a run directory. Anything else means ``--out`` points at the
+        user's own folder, whose files fimo must never overwrite.
+
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> RunDir(folder).check_ours()  # empty: fine
+        >>> _ = (folder / "notes.txt").write_text("mine")
+        >>> RunDir(folder).check_ours()  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        fimo.errors.InputError: '...' is not a fimo run directory: it holds ... (notes.txt), ...
+        """
+        if not self.path.exists():
+            return
+        if not self.path.is_dir():
+            raise InputError(f"{str(self.path)!r} is a file; give a directory as --out")
+        entries = list(self.path.iterdir())
+        foreign = sorted(e.name for e in entries if not _is_fimo_entry(self.path, e))
+        if entries and not foreign and not any((self.path / n).exists() for n in _FIRST_FILES):
+            foreign = sorted(e.name for e in entries)  # e.g. only a report.html of the user's
+        if foreign:
+            more = " ..." if len(foreign) > 3 else ""
+            raise InputError(
+                f"{str(self.path)!r} is not a fimo run directory: it holds files that are not "
+                f"fimo's ({', '.join(foreign[:3])}{more}), which fimo never overwrites; give a "
+                "new or empty directory as --out"
+            )
+
     @contextlib.contextmanager
     def lock(self):
         """Hold an exclusive lock on the directory; a second process stops at once.
 
-        ``flock`` locks die with their process, so a killed run never leaves it stuck.
+        ``flock`` locks die with their process, so a killed run never leaves it stuck. A
+        ``.lock`` that is a symbolic link is refused, never followed (it could point at any
+        file of the user's). A directory holding files that are not fimo's is refused
+        (:meth:`check_ours`).
         """
+        self.check_ours()
         self.path.mkdir(parents=True, exist_ok=True)
-        fh = open(self.lock_file, "a+")
+        fh = _open_lock(self.lock_file)
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -179,8 +232,11 @@ class RunDir:
             fh.close()
 
     def remove_temporaries(self) -> list[Path]:
-        """Remove the files left by a process killed while writing (they are never read)."""
-        return remove_temporaries(self.path)
+        """Remove the files left by a process killed while writing (they are never read):
+        only fimo's own temporaries, only in the folders fimo writes."""
+        folders = [self.path, self.model_dir, self.further, self.further / SHARDS]
+        folders += [self.scores_dir, self.metrics_dir, self.plots_dir]
+        return remove_temporaries(folders)
 
     def verify(self) -> tuple[int, list[Path]]:
         """``(files checked, damaged files)``: every file against its ``.sha256`` checksum."""
@@ -228,7 +284,57 @@ class RunDir:
 
     # -- the final model ---------------------------------------------------------------------
     def read_model_meta(self) -> dict:
-        return json.loads(self.model_meta.read_text()) if self.model_meta.exists() else {}
+        """``model/meta.json``, or ``{}`` when absent or damaged (a warning says so: the final
+        model is then trained again, to the same weights).
+
+        >>> import tempfile
+        >>> run = RunDir(tempfile.mkdtemp())
+        >>> run.model_dir.mkdir()
+        >>> _ = run.model_meta.write_text("{garbled")
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     run.read_model_meta(), "is damaged" in str(caught[0].message)
+        ({}, True)
+        """
+        if not self.model_meta.exists():
+            return {}
+        meta = _read_json_table(self.model_meta)
+        if meta is None:
+            warnings.warn(
+                f"{self.model_meta} is damaged (not a JSON table); training the final model again",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return {}
+        return meta
+
+    def check_gold_stamp(self, overwrite: bool) -> None:
+        """A damaged ``further/fingerprint.json`` (not a JSON table): removed with
+        ``overwrite`` (the gold standard is then started afresh), else an InputError that says
+        so. Checked before any work.
+
+        >>> import tempfile
+        >>> run = RunDir(tempfile.mkdtemp())
+        >>> run.further.mkdir()
+        >>> _ = (run.further / "fingerprint.json").write_text("[1, 2")
+        >>> run.check_gold_stamp(overwrite=False)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        fimo.errors.InputError: .../further/fingerprint.json is damaged (not a JSON table); ...
+        >>> run.check_gold_stamp(overwrite=True)
+        >>> (run.further / "fingerprint.json").exists()
+        False
+        """
+        stamp = self.further / FINGERPRINT
+        if not stamp.is_file() or _read_json_table(stamp) is not None:
+            return
+        if overwrite:
+            stamp.unlink()
+            return
+        raise InputError(
+            f"{stamp} is damaged (not a JSON table); pass --overwrite to compute the gold "
+            "standard afresh"
+        )
 
     def write_model_meta(self, meta: dict) -> None:
         write_json(self.model_meta, meta)
@@ -285,7 +391,13 @@ class RunDir:
     def load_gold(self) -> GoldStandard:
         """The gold standard in ``further/gold.npz``, with the settings recorded beside it."""
         stamp = self.further / FINGERPRINT
-        settings = json.loads(stamp.read_text()).get("settings") if stamp.exists() else None
+        recorded = _read_json_table(stamp) if stamp.exists() else {}
+        if recorded is None:
+            raise InputError(
+                f"{stamp} is damaged (not a JSON table); run `fimo run` with the same "
+                "configuration and --overwrite to compute the gold standard afresh"
+            )
+        settings = recorded.get("settings")
         return GoldStandard.load(self.gold_file, settings)
 
     def cached_scores(self, name: str, fp: str) -> Scores | None:
@@ -441,6 +553,54 @@ def run_lock(out: str | os.PathLike):
 def load_run(path) -> RunFiles:
     """:meth:`RunDir.load` of the directory ``path``."""
     return RunDir(path).load()
+
+
+#: what fimo writes at the top of a run directory (DESIGN.md ◆ Runs are data)
+FIMO_ENTRIES = frozenset(
+    {"config.toml", "manifest.json", "model", "further", "scores", "metrics", "plots"}
+    | {"report.html", ".lock"}
+)
+
+
+def _is_fimo_entry(folder: Path, entry: Path) -> bool:
+    """Whether ``entry`` (at the top of ``folder``) is one of the files fimo writes there, a
+    checksum of one, or one of its temporaries."""
+    name = entry.name
+    if name.endswith(".sha256"):
+        name = name[: -len(".sha256")]
+    if TEMPORARY_NAME.match(name):
+        return True
+    return name in FIMO_ENTRIES and (entry.is_dir() == (name in _FIMO_FOLDERS))
+
+
+_FIMO_FOLDERS = frozenset({"model", "further", "scores", "metrics", "plots"})
+
+#: a run directory has at least one of these (the lock is taken first, config.toml written
+#: next; a run put together by hand for `fimo report` has further/ or scores/)
+_FIRST_FILES = (".lock", "config.toml", "manifest.json", "model", "further", "scores")
+
+
+def _read_json_table(path: Path) -> dict | None:
+    """The JSON object in ``path``, or None when the file is not one (garbled, cut short)."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _open_lock(path: Path):
+    """``path`` opened for reading and writing (created if absent), never through a link."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as exc:
+        if path.is_symlink():
+            raise InputError(
+                f"{path} is a symbolic link; fimo never follows links in a run directory "
+                "(it would write where the link points): delete it and start again"
+            ) from None
+        raise exc
+    return os.fdopen(fd, "r+")
 
 
 def _first_line(exc: Exception) -> str:

@@ -74,9 +74,24 @@ class FurtherSettings:
                 raise InputError(f"further.{name}: got {value!r}; must be a whole number ≥ 1")
         if not (isinstance(self.lr, int | float) and 0 < self.lr < float("inf")):
             raise InputError(f"further.lr: got {self.lr!r}; must be a positive number")
-        for name in ("momentum", "weight_decay", "clip_norm", "record_every"):
-            if getattr(self, name) < 0:
-                raise InputError(f"further.{name}: got {getattr(self, name)!r}; must be ≥ 0")
+        if self.lr < 1e-30:  # steps this small vanish against the weights (or are subnormal)
+            raise InputError(
+                f"further.lr: got {self.lr!r}; must be at least 1e-30 (smaller steps vanish in "
+                "floating point)"
+            )
+        for name in ("weight_decay", "clip_norm", "eps", "record_every"):
+            value = getattr(self, name)
+            if not (isinstance(value, numbers.Real) and 0 <= value < float("inf")):
+                raise InputError(f"further.{name}: got {value!r}; must be a finite number ≥ 0")
+        if not (isinstance(self.momentum, numbers.Real) and 0 <= self.momentum < 1):
+            raise InputError(f"further.momentum: got {self.momentum!r}; must be in [0, 1)")
+        if self.max_steps is not None and (
+            not isinstance(self.max_steps, numbers.Integral) or self.max_steps < 1
+        ):
+            raise InputError(
+                f"further.max_steps: got {self.max_steps!r}; must be a whole number ≥ 1 (or "
+                "absent, to run all epochs)"
+            )
         betas = tuple(self.betas) if isinstance(self.betas, list | tuple) else ()
         if len(betas) != 2 or not all(
             isinstance(b, numbers.Real) and not isinstance(b, bool) and 0 <= b < 1 for b in betas

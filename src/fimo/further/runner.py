@@ -11,6 +11,9 @@ already in the store, hands the rest to an executor and writes each result as it
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -173,6 +176,33 @@ def _init_worker(task: Task, threads: int) -> None:
     global _WORKER_TASK
     torch.set_num_threads(threads)
     _WORKER_TASK = task
+    end_with_parent()
+
+
+def end_with_parent(poll_seconds: float = 0.5) -> threading.Thread:
+    """End this process (at once, exit code 1) when the process that started it ends.
+
+    A worker whose driver was stopped with SIGTERM or ``kill -9`` would otherwise go on
+    computing shards nobody collects. A daemon thread polls ``os.getppid()``: when the parent
+    dies the worker is handed to another process, and its parent id changes. (Linux's
+    ``PR_SET_PDEATHSIG`` is not used: it fires when the *thread* that started the worker
+    ends, which in a process pool may be a helper thread, not the driver.)
+
+    >>> watcher = end_with_parent()
+    >>> watcher.daemon and watcher.is_alive()
+    True
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(poll_seconds)
+
+    watcher = threading.Thread(target=watch, name="fimo-end-with-parent", daemon=True)
+    watcher.start()
+    return watcher
 
 
 def _worker_compute(compute, settings, shard, left_out, test):
@@ -269,6 +299,11 @@ def check_request(
     for setting, values in wanted:
         if len(values) == 0:
             raise InputError(f"{setting}: got none; give at least one")
+    if len(left_out) < 2:
+        raise InputError(
+            f"left_out: got {left_out.tolist()}; need at least 2 left-out instances (centring "
+            "subtracts their mean, so one alone gives a gold standard of zeros)"
+        )
     return [int(s) for s in seeds], left_out, test
 
 
