@@ -68,6 +68,11 @@ class FurtherSettings:
         check_choice("further.optimizer", self.optimizer, OPTIMIZERS)
         check_choice("further.scheme", self.scheme, SCHEMES)
         check_choice("further.engine", self.engine, ("auto", "generic"))
+        self._check_numbers()
+        self._check_lists()
+
+    def _check_numbers(self) -> None:
+        """Counts, the learning rate, the optimizer's constants: each in its allowed range."""
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -92,6 +97,11 @@ class FurtherSettings:
                 f"further.max_steps: got {self.max_steps!r}; must be a whole number ≥ 1 (or "
                 "absent, to run all epochs)"
             )
+        if self.nesterov and self.momentum <= 0:
+            raise InputError("further.nesterov: needs further.momentum > 0")
+
+    def _check_lists(self) -> None:
+        """``betas`` (two numbers in [0, 1)) and ``record_steps`` (whole numbers ≥ 1, sorted)."""
         betas = tuple(self.betas) if isinstance(self.betas, list | tuple) else ()
         if len(betas) != 2 or not all(
             isinstance(b, numbers.Real) and not isinstance(b, bool) and 0 <= b < 1 for b in betas
@@ -101,8 +111,6 @@ class FurtherSettings:
                 "e.g. [0.9, 0.999]"
             )
         self.betas = tuple(float(b) for b in betas)
-        if self.nesterov and self.momentum <= 0:
-            raise InputError("further.nesterov: needs further.momentum > 0")
         if not isinstance(self.record_steps, list | tuple) or not all(
             isinstance(k, numbers.Integral) and not isinstance(k, bool) for k in self.record_steps
         ):
