@@ -293,7 +293,8 @@ def plot_sorted_curves(curve_rows, centred: bool = True):
     method (coloured, dashed), unit-normalised, against the rank (most harmful first).
 
     >>> curves = [{"source": s, "checkpoint": 0, "epoch": 1.0, "centred": True, "rank": r,
-    ...            "value": v} for s in ("gold", "a") for r, v in enumerate((-0.8, 0.6))]
+    ...            "value": v, "step": 5 if s == "gold" else None}  # a: no checkpoint axis
+    ...           for s in ("gold", "a") for r, v in enumerate((-0.8, 0.6))]
     >>> [line.get_label() for line in plot_sorted_curves(curves).axes[0].get_lines()][:2]
     ['gold standard, epoch 1', 'a']
     """
