@@ -233,8 +233,9 @@ def schedule(
         if scheme == "drop":
             position = torch.empty(n, dtype=torch.long)
             position[perm] = torch.arange(n)
-            # the members' positions in this epoch's order, sorted, minus their rank: member m
-            # comes before the j-th kept instance iff fewer than j + 1 kept ones precede it
+            # each group's member positions in this epoch's order, sorted, minus their rank m:
+            # the kept instances before member m. Member m precedes the j-th kept instance
+            # (0-based) iff that count is ≤ j, so the j-th kept one sits at j + #{m: count ≤ j}
             pos = torch.where(real, position[members], n + members.shape[1]).sort(1).values
             before = (pos - torch.arange(members.shape[1])).contiguous()
         for b in range(n_batches):
