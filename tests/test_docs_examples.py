@@ -49,6 +49,7 @@ DONE = [
     "methods/unrolled.py",
     "methods/unrolled_quadratic.py",
     "models.py",
+    "scores.py",
     "text.py",
 ]
 
