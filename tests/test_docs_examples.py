@@ -34,6 +34,7 @@ DONE = [
     "evaluate/metrics.py",
     "evaluate/seeds.py",
     "experiments/build.py",
+    "experiments/config.py",
     "experiments/outputs.py",
     "experiments/pipeline.py",
     "further/adjoint.py",
