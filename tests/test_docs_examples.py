@@ -37,6 +37,7 @@ DONE = [
     "experiments/config.py",
     "experiments/outputs.py",
     "experiments/pipeline.py",
+    "experiments/rundir.py",
     "further/adjoint.py",
     "further/engine.py",
     "further/fast.py",
