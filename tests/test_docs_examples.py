@@ -17,6 +17,7 @@ PACKAGE = ROOT / "src" / "fimo"
 #: Modules (paths under src/fimo) whose every public function, class and method has an
 #: example that runs; extend the list as modules are finished.
 DONE = [
+    "cli.py",
     "data/__init__.py",
     "data/adult.py",
     "data/base.py",
@@ -34,19 +35,26 @@ DONE = [
     "evaluate/metrics.py",
     "evaluate/seeds.py",
     "experiments/build.py",
+    "experiments/config.py",
     "experiments/outputs.py",
     "experiments/pipeline.py",
+    "experiments/rundir.py",
+    "further/adjoint.py",
+    "further/engine.py",
     "further/fast.py",
     "further/gold.py",
     "further/optim.py",
     "further/plan.py",
+    "further/runner.py",
     "further/store.py",
     "io.py",
     "methods/curvature.py",
     "methods/damping.py",
     "methods/ekfac.py",
+    "methods/unrolled.py",
     "methods/unrolled_quadratic.py",
     "models.py",
+    "scores.py",
     "text.py",
 ]
 

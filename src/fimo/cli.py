@@ -74,7 +74,17 @@ def run_command(
         ),
     ] = "quick",
 ) -> None:
-    """Run an experiment: final model, gold standard, methods, metrics and report."""
+    """Run an experiment: final model, gold standard, methods, metrics and report.
+
+    Settings are checked before any work; a refused run exits with 2 (the one-line message
+    goes to stderr):
+
+    >>> import tempfile
+    >>> main(["run", "adult", "--seeds", "0", "--out", tempfile.mkdtemp()])
+    2
+    >>> main(["run", "no_such_preset"]), main(["run", "--no-such-option"])
+    (2, 2)
+    """
     from fimo.experiments.config import default_run_dir, load_config, with_overrides
     from fimo.experiments.pipeline import run
 
@@ -136,7 +146,15 @@ def report_command(
     ] = None,
     quiet: Annotated[bool, typer.Option(help="Print only the report's path.")] = False,
 ) -> None:
-    """Rebuild the metrics tables, plots and report.html of a run from its files."""
+    """Rebuild the metrics tables, plots and report.html of a run from its files.
+
+    A directory without a gold standard, or ``--examples`` that are not indices, exit with 2:
+
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> main(["report", folder]), main(["report", folder, "--examples", "a,b"])
+    (2, 2)
+    """
     from fimo.experiments.outputs import rebuild_report
 
     options = {}
@@ -190,7 +208,16 @@ def compare_command(
     ] = None,
     quiet: Annotated[bool, typer.Option(help="Print only the report's path.")] = False,
 ) -> None:
-    """Score a matrix made elsewhere against the run's gold standard and add it to the report."""
+    """Score a matrix made elsewhere against the run's gold standard and add it to the report.
+
+    The name, orientation and sign are checked first; a built-in method's name is refused:
+
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> main(["compare", folder, "--scores", "m.npy", "--name", "grad_dot",
+    ...       "--orientation", "test,train"])
+    2
+    """
     from fimo.experiments.outputs import compare_run
     from fimo.experiments.rundir import RunDir
 
@@ -208,7 +235,26 @@ def compare_command(
 def verify_command(
     run_dir: Annotated[Path, typer.Argument(help="A run directory made by `fimo run`.")],
 ) -> None:
-    """Check every file of a run against its recorded checksum (<file>.sha256)."""
+    """Check every file of a run against its recorded checksum (<file>.sha256).
+
+    >>> import contextlib, io, tempfile
+    >>> import numpy as np
+    >>> from fimo.experiments.config import Config
+    >>> from fimo.experiments.rundir import RunDir
+    >>> from fimo.scores import Scores
+    >>> run = RunDir(tempfile.mkdtemp())
+    >>> _ = run.write_config(Config(name="tiny"))
+    >>> _ = Scores(np.ones((1, 2)), [0], [3, 4], "m").save(run.scores_file("m"))
+    >>> with contextlib.redirect_stdout(io.StringIO()) as out:
+    ...     code = main(["verify", str(run.path)])
+    >>> code, out.getvalue().strip().endswith("match their checksums.")
+    (0, True)
+    >>> _ = run.scores_file("m").write_bytes(b"damaged")
+    >>> main(["verify", str(run.path)])  # 1 of 1 files damaged: exit 2
+    2
+    >>> main(["verify", tempfile.mkdtemp()])  # not a run directory
+    2
+    """
     from fimo.experiments.rundir import RunDir
     from fimo.io import DamagedFileError
 
@@ -226,7 +272,14 @@ def verify_command(
 
 @app.command("presets")
 def presets_command() -> None:
-    """List the built-in experiments: what each runs and how long it takes on 2 CPU cores."""
+    """List the built-in experiments: what each runs and how long it takes on 2 CPU cores.
+
+    >>> import contextlib, io
+    >>> with contextlib.redirect_stdout(io.StringIO()) as out:
+    ...     code = main(["presets"])
+    >>> code, "fimo presets" in out.getvalue(), "adult" in out.getvalue()
+    (0, True, True)
+    """
     from rich.table import Table
 
     from fimo.experiments.config import load_config, preset_about, preset_names
@@ -355,7 +408,15 @@ def _usage_message(exc) -> str:
 
 
 def entry() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: :func:`main` on the command line, its code as exit status.
+
+    >>> from unittest import mock
+    >>> with mock.patch("sys.argv", ["fimo", "verify", "no/such/run"]):
+    ...     entry()
+    Traceback (most recent call last):
+    ...
+    SystemExit: 2
+    """
     sys.exit(main())
 
 

@@ -85,12 +85,21 @@ class Scores:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """The shape of ``values``: (n_test, n_train), or (n_checkpoints, n_test, n_train)."""
+        """The shape of ``values``: (n_test, n_train), or (n_checkpoints, n_test, n_train).
+
+        >>> Scores(np.zeros((2, 3)), test=[0, 1], train=[4, 5, 6], method="m").shape
+        (2, 3)
+        """
         return self.values.shape
 
     def select(self, test=None, train=None) -> Scores:
         """The sub-matrix for the given dataset indices (in the order given), every checkpoint
-        kept."""
+        kept.
+
+        >>> s = Scores(np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]), [0, 1], [4, 5, 6], "m")
+        >>> s.select(test=[1], train=[6, 4]).values.tolist()
+        [[6.0, 4.0]]
+        """
         rows = _positions(self.test, test, "test", self.method)
         cols = _positions(self.train, train, "train", self.method)
         return Scores(
@@ -221,7 +230,11 @@ class Scores:
     def load(cls, path) -> Scores:
         """Read a file written by :meth:`save`.
 
-        >>> # s = Scores.load("runs/adult/scores/grad_dot.npz")
+        >>> import tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "grad_dot.npz")
+        >>> s = Scores.load(Scores(np.array([[0.5, -1.0]]), [7], [3, 5], "grad_dot").save(path))
+        >>> s.method, s.test.tolist(), s.train.tolist(), s.values.tolist()
+        ('grad_dot', [7], [3, 5], [[0.5, -1.0]])
         """
         data = read_npz(path)
         return cls(
@@ -369,7 +382,11 @@ def load_matrix(path, key: str | None = None) -> np.ndarray:
     ``torch.load(weights_only=True)`` (a tensor or a dict of tensors, no pickled code);
     ``.safetensors`` files need the ``safetensors`` package.
 
-    >>> # m = load_matrix("kronfluence_scores.safetensors", key="all_modules")
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "other.npz")
+    >>> np.savez(path, all_modules=np.arange(6.0).reshape(2, 3), labels=np.arange(3))
+    >>> load_matrix(path, key="all_modules").shape
+    (2, 3)
     """
     path = Path(path)
     if not path.is_file():
@@ -419,7 +436,13 @@ def load_indices(path) -> np.ndarray:
     """Dataset indices from a .npy / .npz / .pt file or a text file (.txt, .csv: integers
     separated by commas, spaces or new lines).
 
-    >>> # load_indices("test_indices.txt")
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "test_indices.txt")
+    >>> with open(path, "w") as f:
+    ...     print("4, 0", file=f)
+    ...     print("7 2", file=f)
+    >>> load_indices(path).tolist()
+    [4, 0, 7, 2]
     """
     path = Path(path)
     if not path.is_file():

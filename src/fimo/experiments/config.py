@@ -34,6 +34,12 @@ from fimo.training import TrainingSettings
 
 @dataclass
 class DataConfig:
+    """The table ``[data]``: which dataset, how much of it is scored and used.
+
+    >>> from_dict({"data": {"dataset": "concrete", "n_test": 20}}).data
+    DataConfig(dataset='concrete', n_test=20, factory='', options={}, n_train=0)
+    """
+
     dataset: str = "adult"
     n_test: int = 100  # the first n_test test instances are scored and recorded
     factory: str = ""  # "package.module:function" returning (train, test); overrides dataset
@@ -43,6 +49,13 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
+    """The table ``[model]``: the architecture, its initialisation seed, what is trained.
+
+    >>> m = from_dict({"model": {"hidden": [16]}}).model
+    >>> m.kind, m.hidden, m.trainable
+    ('mlp', [16], [])
+    """
+
     kind: str = "mlp"
     hidden: list[int] = field(default_factory=lambda: [128, 128])
     seed: int = 0
@@ -52,7 +65,14 @@ class ModelConfig:
 
 @dataclass
 class GoldConfig:
-    """The gold standard's size and precision; the run settings are FurtherSettings."""
+    """The gold standard's size and precision; the run settings are FurtherSettings.
+
+    In a TOML file both sit in the table ``[further]``:
+
+    >>> config = from_dict({"further": {"seeds": 4, "left_out": 10, "lr": 0.05}})
+    >>> config.gold.seeds, config.gold.left_out, config.further.lr
+    (4, 10, 0.05)
+    """
 
     seeds: int = 16
     first_seed: int = 0
@@ -66,6 +86,13 @@ class GoldConfig:
 
 @dataclass
 class MethodsConfig:
+    """The table ``[methods]``: the methods to score with and their settings.
+
+    >>> m = from_dict({"methods": {"names": ["cg"], "cg": {"damping": 0.01}}}).methods
+    >>> m.names, m.train, m.settings
+    (['cg'], 'all', {'cg': {'damping': 0.01}})
+    """
+
     names: list[str] = field(default_factory=lambda: ["grad_dot", "grad_cos"])
     train: str = "all"  # score every training instance ("all") or only the left-out ones
     #: per-method settings, from the tables [methods.<name>]
@@ -74,6 +101,12 @@ class MethodsConfig:
 
 @dataclass
 class RunConfig:
+    """The table ``[run]``: where the work runs (device, executor, workers, Ray address).
+
+    >>> from_dict({"run": {"workers": 2}}).run
+    RunConfig(device='cpu', executor='local', workers=2, address='auto')
+    """
+
     device: str = "cpu"
     executor: str = "local"  # local or ray
     workers: int = 1  # local worker processes
@@ -82,6 +115,13 @@ class RunConfig:
 
 @dataclass
 class Config:
+    """A whole experiment: one section per table of the TOML file.
+
+    >>> config = Config(name="tiny", gold=GoldConfig(seeds=2))
+    >>> config.name, config.gold.seeds, config.data.dataset, config.further.scheme
+    ('tiny', 2, 'adult', 'drop')
+    """
+
     name: str = "adult"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

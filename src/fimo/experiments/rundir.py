@@ -57,7 +57,12 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 @dataclass
 class RunFiles:
-    """What :meth:`RunDir.load` found in a run directory."""
+    """What :meth:`RunDir.load` found in a run directory.
+
+    >>> files = RunFiles(Path("runs/x"), gold=None, scores={}, config=None, settings={}, manifest={})
+    >>> files.train is None, files.notes
+    (True, [])
+    """
 
     path: Path
     gold: object
@@ -91,63 +96,140 @@ class RunDir:
     # -- the files ---------------------------------------------------------------------------
     @property
     def config_file(self) -> Path:
+        """The resolved settings.
+
+        >>> RunDir("runs/x").config_file.as_posix()
+        'runs/x/config.toml'
+        """
         return self.path / "config.toml"
 
     @property
     def manifest_file(self) -> Path:
+        """Fingerprints, timings and the evaluation's settings.
+
+        >>> RunDir("runs/x").manifest_file.as_posix()
+        'runs/x/manifest.json'
+        """
         return self.path / "manifest.json"
 
     @property
     def model_dir(self) -> Path:
+        """The final model's folder.
+
+        >>> RunDir("runs/x").model_dir.as_posix()
+        'runs/x/model'
+        """
         return self.path / "model"
 
     @property
     def final_weights(self) -> Path:
+        """The final weights (a state dict).
+
+        >>> RunDir("runs/x").final_weights.as_posix()
+        'runs/x/model/final.pt'
+        """
         return self.model_dir / "final.pt"
 
     @property
     def model_meta(self) -> Path:
+        """The final-training record and its fingerprint.
+
+        >>> RunDir("runs/x").model_meta.as_posix()
+        'runs/x/model/meta.json'
+        """
         return self.model_dir / "meta.json"
 
     @property
     def further(self) -> Path:
-        """The shard store's folder (its files: :mod:`fimo.further.store`)."""
+        """The shard store's folder (its files: :mod:`fimo.further.store`).
+
+        >>> RunDir("runs/x").further.as_posix()
+        'runs/x/further'
+        """
         return self.path / "further"
 
     @property
     def gold_file(self) -> Path:
+        """The assembled gold standard.
+
+        >>> RunDir("runs/x").gold_file.as_posix()
+        'runs/x/further/gold.npz'
+        """
         return self.further / GOLD
 
     @property
     def scores_dir(self) -> Path:
+        """One Scores file per method.
+
+        >>> RunDir("runs/x").scores_dir.as_posix()
+        'runs/x/scores'
+        """
         return self.path / "scores"
 
     def scores_file(self, name: str) -> Path:
+        """The Scores file of method (or `fimo compare` name) ``name``.
+
+        >>> RunDir("runs/x").scores_file("grad_dot").as_posix()
+        'runs/x/scores/grad_dot.npz'
+        """
         return self.scores_dir / f"{name}.npz"
 
     @property
     def metrics_dir(self) -> Path:
+        """The evaluation's tables.
+
+        >>> RunDir("runs/x").metrics_dir.as_posix()
+        'runs/x/metrics'
+        """
         return self.path / "metrics"
 
     @property
     def plots_dir(self) -> Path:
+        """The figures.
+
+        >>> RunDir("runs/x").plots_dir.as_posix()
+        'runs/x/plots'
+        """
         return self.path / "plots"
 
     @property
     def plots_fingerprint(self) -> Path:
+        """What the figures were drawn from.
+
+        >>> RunDir("runs/x").plots_fingerprint.as_posix()
+        'runs/x/plots/fingerprint.json'
+        """
         return self.plots_dir / "fingerprint.json"
 
     @property
     def report(self) -> Path:
+        """The self-contained report page.
+
+        >>> RunDir("runs/x").report.as_posix()
+        'runs/x/report.html'
+        """
         return self.path / "report.html"
 
     @property
     def lock_file(self) -> Path:
+        """Held while a process works in the directory (:meth:`lock`).
+
+        >>> RunDir("runs/x").lock_file.as_posix()
+        'runs/x/.lock'
+        """
         return self.path / ".lock"
 
     # -- the directory as a whole ------------------------------------------------------------
     def check_exists(self) -> None:
-        """InputError unless the directory exists."""
+        """InputError unless the directory exists.
+
+        >>> import tempfile
+        >>> RunDir(tempfile.mkdtemp()).check_exists()
+        >>> RunDir(tempfile.mkdtemp() + "/none").check_exists()  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        fimo.errors.InputError: run directory '.../none' does not exist
+        """
         if not self.path.is_dir():
             raise InputError(f"run directory {str(self.path)!r} does not exist")
 
@@ -207,6 +289,15 @@ class RunDir:
         ``.lock`` that is a symbolic link is refused, never followed (it could point at any
         file of the user's). A directory holding files that are not fimo's is refused
         (:meth:`check_ours`).
+
+        >>> import tempfile
+        >>> run = RunDir(tempfile.mkdtemp())
+        >>> with run.lock():
+        ...     with run.lock():  # doctest: +ELLIPSIS
+        ...         pass
+        Traceback (most recent call last):
+        ...
+        fimo.errors.InputError: ... is in use by another fimo run (pid ...); wait for it ...
         """
         self.check_ours()
         self.path.mkdir(parents=True, exist_ok=True)
@@ -233,20 +324,50 @@ class RunDir:
 
     def remove_temporaries(self) -> list[Path]:
         """Remove the files left by a process killed while writing (they are never read):
-        only fimo's own temporaries, only in the folders fimo writes."""
+        only fimo's own temporaries, only in the folders fimo writes.
+
+        >>> import tempfile
+        >>> run = RunDir(tempfile.mkdtemp())
+        >>> _ = (run.path / ".manifest.json.abcd1234.tmp").write_text("cut sho")
+        >>> _ = (run.path / "notes.tmp").write_text("the user's")
+        >>> [p.name for p in run.remove_temporaries()], sorted(p.name for p in run.path.iterdir())
+        (['.manifest.json.abcd1234.tmp'], ['notes.tmp'])
+        """
         folders = [self.path, self.model_dir, self.further, self.further / SHARDS]
         folders += [self.scores_dir, self.metrics_dir, self.plots_dir]
         return remove_temporaries(folders)
 
     def verify(self) -> tuple[int, list[Path]]:
-        """``(files checked, damaged files)``: every file against its ``.sha256`` checksum."""
+        """``(files checked, damaged files)``: every file against its ``.sha256`` checksum.
+
+        >>> import tempfile
+        >>> run = RunDir(tempfile.mkdtemp())
+        >>> path = Scores(np.ones((1, 2)), [0], [3, 4], "m").save(run.scores_file("m"))
+        >>> run.verify()
+        (1, [])
+        >>> _ = path.write_bytes(b"damaged")
+        >>> checked, damaged = run.verify()
+        >>> checked, [p.name for p in damaged]
+        (1, ['m.npz'])
+        """
         self.check_exists()
         return verify_folder(self.path)
 
     # -- configuration and manifest ----------------------------------------------------------
     def read_config(self, notes: list[str]):
         """``(Config or None, settings dict)`` from ``config.toml``; what could not be read is
-        said in ``notes``."""
+        said in ``notes``.
+
+        >>> import tempfile
+        >>> from fimo.experiments.config import Config
+        >>> run, notes = RunDir(tempfile.mkdtemp()), []
+        >>> run.read_config(notes), notes
+        ((None, {}), ["config.toml is missing: settings and examples' data are not shown."])
+        >>> _ = run.write_config(Config(name="tiny"))
+        >>> config, settings = run.read_config(notes)
+        >>> config.name, settings["name"]
+        ('tiny', 'tiny')
+        """
         import tomllib
 
         from fimo.experiments.config import load_config
@@ -265,10 +386,29 @@ class RunDir:
                 return None, {}
 
     def write_config(self, config) -> Path:
+        """Write ``config.toml`` (the configuration's TOML).
+
+        >>> import tempfile
+        >>> from fimo.experiments.config import Config
+        >>> run = RunDir(tempfile.mkdtemp())
+        >>> run.write_config(Config(name="tiny")) == run.config_file
+        True
+        >>> run.config_file.read_text().splitlines()[0]
+        'name = "tiny"'
+        """
         return write_text(self.config_file, config.to_toml())
 
     def read_manifest(self, notes: list[str] | None = None) -> dict:
-        """The manifest, or ``{}`` when there is none (or it cannot be read: said in notes)."""
+        """The manifest, or ``{}`` when there is none (or it cannot be read: said in notes).
+
+        >>> import tempfile
+        >>> run, notes = RunDir(tempfile.mkdtemp()), []
+        >>> run.read_manifest()
+        {}
+        >>> _ = run.manifest_file.write_text("{cut")
+        >>> run.read_manifest(notes), notes  # doctest: +ELLIPSIS
+        ({}, ['manifest.json could not be read (...).'])
+        """
         if not self.manifest_file.is_file():
             return {}
         try:
@@ -280,6 +420,14 @@ class RunDir:
             return {}
 
     def write_manifest(self, manifest: dict) -> None:
+        """Write ``manifest.json`` (atomically).
+
+        >>> import tempfile
+        >>> run = RunDir(tempfile.mkdtemp())
+        >>> run.write_manifest({"timings": {"gold": 1.5}})
+        >>> run.read_manifest()["timings"]
+        {'gold': 1.5}
+        """
         write_json(self.manifest_file, manifest)
 
     # -- the final model ---------------------------------------------------------------------
@@ -337,10 +485,24 @@ class RunDir:
         )
 
     def write_model_meta(self, meta: dict) -> None:
+        """Write ``model/meta.json`` (atomically).
+
+        >>> import tempfile
+        >>> run = RunDir(tempfile.mkdtemp())
+        >>> run.write_model_meta({"fingerprint": "abc"})
+        >>> run.read_model_meta()
+        {'fingerprint': 'abc'}
+        """
         write_json(self.model_meta, meta)
 
     def save_final(self, model: torch.nn.Module) -> Path:
-        """Save the model's weights (as CPU tensors) to ``model/final.pt``, with checksum."""
+        """Save the model's weights (as CPU tensors) to ``model/final.pt``, with checksum.
+
+        >>> import tempfile
+        >>> run = RunDir(tempfile.mkdtemp())
+        >>> run.save_final(torch.nn.Linear(2, 1)).relative_to(run.path).as_posix()
+        'model/final.pt'
+        """
         state = model.state_dict()
         if any(t.device.type != "cpu" for t in state.values()):
             cpu = type(state)((k, t.cpu()) for k, t in state.items())
@@ -353,6 +515,13 @@ class RunDir:
 
         Returns the state dict, or None when the file is damaged (its checksum does not
         match: a warning says so and the model is trained again, to the same weights).
+
+        >>> import tempfile
+        >>> run = RunDir(tempfile.mkdtemp())
+        >>> saved, model = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+        >>> _ = run.save_final(saved)
+        >>> sorted(run.load_final(model)), torch.equal(model.weight, saved.weight)
+        (['bias', 'weight'], True)
         """
         path = self.final_weights
         if checksum_matches(path) is False:
@@ -385,11 +554,32 @@ class RunDir:
 
     # -- the gold standard and the scores ----------------------------------------------------
     def shard_store(self, fingerprint: str, description: dict, overwrite: bool) -> ShardStore:
-        """The gold standard's shard store in ``further/`` (see :class:`ShardStore`)."""
+        """The gold standard's shard store in ``further/`` (see :class:`ShardStore`).
+
+        >>> import tempfile
+        >>> run = RunDir(tempfile.mkdtemp())
+        >>> store = run.shard_store("abc", {"seeds": 1}, overwrite=False)
+        >>> store.folder == run.further, [p.name for p in run.further.iterdir()]
+        (True, ['fingerprint.json'])
+        """
         return ShardStore(self.further, fingerprint, description, overwrite=overwrite)
 
     def load_gold(self) -> GoldStandard:
-        """The gold standard in ``further/gold.npz``, with the settings recorded beside it."""
+        """The gold standard in ``further/gold.npz``, with the settings recorded beside it.
+
+        >>> import tempfile
+        >>> from fimo import ArrayDataset, FurtherSettings, Task
+        >>> from fimo.further.runner import gold_standard
+        >>> x = torch.linspace(-1, 1, 12).reshape(6, 2)
+        >>> task = Task(torch.nn.Linear(2, 1), ArrayDataset(x, x.sum(1)), ArrayDataset(x, x.sum(1)),
+        ...             loss="mse")
+        >>> gold = gold_standard(task, FurtherSettings(lr=0.1, batch_size=3), [0], [0, 5], [1, 2])
+        >>> run = RunDir(tempfile.mkdtemp())
+        >>> _ = gold.save(run.gold_file)
+        >>> loaded = run.load_gold()
+        >>> loaded.left_out.tolist(), loaded.test.tolist(), loaded.loss_without.shape
+        ([0, 5], [1, 2], (1, 2, 2, 2))
+        """
         stamp = self.further / FINGERPRINT
         recorded = _read_json_table(stamp) if stamp.exists() else {}
         if recorded is None:
@@ -402,7 +592,15 @@ class RunDir:
 
     def cached_scores(self, name: str, fp: str) -> Scores | None:
         """The scores saved for method ``name`` under fingerprint ``fp``, or None: absent,
-        made under other settings, or damaged (a warning says so; they are recomputed)."""
+        made under other settings, or damaged (a warning says so; they are recomputed).
+
+        >>> import tempfile
+        >>> run = RunDir(tempfile.mkdtemp())
+        >>> scores = Scores(np.ones((1, 2)), [0], [3, 4], "grad_dot", {"fingerprint": "f1"})
+        >>> _ = scores.save(run.scores_file("grad_dot"))
+        >>> run.cached_scores("grad_dot", "f1").shape, run.cached_scores("grad_dot", "f2")
+        ((1, 2), None)
+        """
         path = self.scores_file(name)
         if not path.exists():
             return None
@@ -476,7 +674,18 @@ class RunDir:
     # -- scores made elsewhere (`fimo compare`) ----------------------------------------------
     def read_external(self, scores_file, name: str, orientation: str, sign: str, key=None):
         """The matrix of ``fimo compare``, after checking its name, orientation and sign and
-        that this directory exists (before any lock is taken)."""
+        that this directory exists (before any lock is taken).
+
+        >>> import tempfile
+        >>> run = RunDir(tempfile.mkdtemp())
+        >>> np.save(run.path / "theirs.npy", np.zeros((3, 2)))
+        >>> run.read_external(run.path / "theirs.npy", "theirs", "train,test", "harmful").shape
+        (3, 2)
+        >>> run.read_external(run.path / "theirs.npy", "grad_dot", "train,test", "harmful")
+        Traceback (most recent call last):
+        ...
+        fimo.errors.InputError: --name: 'grad_dot' is a built-in method's name; ...
+        """
         from fimo.methods import ALL_METHOD_NAMES
         from fimo.scores import ORIENTATIONS, SIGNS, load_matrix
 
@@ -514,7 +723,24 @@ class RunDir:
         train_indices=None,
     ) -> Scores:
         """Save the matrix as ``scores/<name>.npz`` once it is known to cover the gold
-        standard, and refresh ``run.scores``. The caller holds the lock."""
+        standard, and refresh ``run.scores``. The caller holds the lock.
+
+        >>> import tempfile
+        >>> from fimo import ArrayDataset, FurtherSettings, Task
+        >>> from fimo.further.runner import gold_standard
+        >>> x = torch.linspace(-1, 1, 12).reshape(6, 2)
+        >>> task = Task(torch.nn.Linear(2, 1), ArrayDataset(x, x.sum(1)), ArrayDataset(x, x.sum(1)),
+        ...             loss="mse")
+        >>> gold = gold_standard(task, FurtherSettings(lr=0.1, batch_size=3), [0], [0, 5], [1, 2])
+        >>> run = RunDir(tempfile.mkdtemp())
+        >>> _ = gold.save(run.gold_file)
+        >>> files = run.load()
+        >>> matrix = np.array([[0.1, 0.2], [0.3, 0.4]])  # gold's 2 test × its 2 left out
+        >>> run.add_external(files, matrix, "theirs", "test,train", "helpful", "theirs.npy").shape
+        (2, 2)
+        >>> list(files.scores), run.scores_file("theirs").exists()
+        (['theirs'], True)
+        """
         from fimo.scores import ORIENTATIONS, load_indices
 
         layout = ORIENTATIONS[orientation]
@@ -551,7 +777,14 @@ def run_lock(out: str | os.PathLike):
 
 
 def load_run(path) -> RunFiles:
-    """:meth:`RunDir.load` of the directory ``path``."""
+    """:meth:`RunDir.load` of the directory ``path``.
+
+    >>> import tempfile
+    >>> load_run(tempfile.mkdtemp())  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    fimo.errors.InputError: .../further/gold.npz: no gold standard here (run `fimo run` first)
+    """
     return RunDir(path).load()
 
 

@@ -61,6 +61,10 @@ class UnrolledSeed:
     standard's run 0). ``steps``/``epochs``: the checkpoints, as the engine records them.
     ``segment``: 1 when the whole trajectory was stored, else the length of the segments
     recomputed from saved states (memory budget). ``mode``: ``"forward"`` or ``"reverse"``.
+
+    >>> one = UnrolledSeed(np.zeros((1, 2, 3)), np.ones((1, 2)), np.array([4]), np.array([1.0]))
+    >>> one.values.shape, one.segment, one.mode
+    ((1, 2, 3), 1, 'reverse')
     """
 
     values: np.ndarray  # (C, T, n)
@@ -145,6 +149,10 @@ def run_zero(n: int, settings: FurtherSettings, seed: int) -> list[_Step]:
     All schemes give run 0 the same batches; under ``downweight`` the engine's batch carries
     one extra column (training instance 0 with weight 0), kept here so that dropout draws the
     same masks.
+
+    >>> plan = run_zero(12, FurtherSettings(batch_size=4, epochs=2), seed=0)
+    >>> len(plan), len(plan[0].idx), [step.last_in_epoch for step in plan]
+    (6, 4, [False, False, True, False, False, True])
     """
     steps = []
     for item in schedule(
@@ -160,7 +168,12 @@ def run_zero(n: int, settings: FurtherSettings, seed: int) -> list[_Step]:
 
 
 def checkpoint_steps(plan: list[_Step], settings: FurtherSettings, per_epoch: int) -> list[int]:
-    """The step counts at which the engine records the test losses (its rule, its checks)."""
+    """The step counts at which the engine records the test losses (its rule, its checks).
+
+    >>> settings = FurtherSettings(batch_size=4, epochs=2, record_every=2)
+    >>> checkpoint_steps(run_zero(12, settings, 0), settings, per_epoch=3)
+    [2, 3, 4, 6]
+    """
     total = len(plan)
     if settings.record_steps and settings.record_steps[-1] > total:
         raise InputError(

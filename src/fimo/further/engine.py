@@ -46,6 +46,14 @@ class FurtherSettings:
     of each epoch). ``record_steps``: also record after each of these step counts. ``max_steps``: stop after this many steps (None: run all ``epochs``).
     ``engine``: ``"auto"`` uses the fused batched-matmul path for plain MLPs
     (:mod:`fimo.further.fast`) and ``vmap(grad)`` otherwise; ``"generic"`` always the latter.
+
+    >>> s = FurtherSettings(lr=0.01, batch_size=32, record_steps=[8, 2, 8])
+    >>> s.scheme, s.epochs, s.record_steps  # record_steps sorted, duplicates dropped
+    ('drop', 2, [2, 8])
+    >>> FurtherSettings(momentum=1.0)
+    Traceback (most recent call last):
+    ...
+    fimo.errors.InputError: further.momentum: got 1.0; must be in [0, 1)
     """
 
     optimizer: str = "sgd"
@@ -125,11 +133,25 @@ class FurtherSettings:
             )
 
     def as_dict(self) -> dict:
+        """The settings as plain values (``betas`` a list), for TOML files and fingerprints.
+
+        >>> d = FurtherSettings(optimizer="adam").as_dict()
+        >>> d["optimizer"], d["betas"], d["record_steps"]
+        ('adam', [0.9, 0.999], [])
+        """
         d = asdict(self)
         d["betas"] = list(self.betas)
         return d
 
     def transform(self):
+        """The optimizer these settings name (:func:`fimo.further.optim.make_optimizer`).
+
+        >>> opt = FurtherSettings(lr=0.5).transform()
+        >>> params = {"w": torch.ones(2)}
+        >>> updates, _ = opt.update({"w": torch.tensor([1.0, -2.0])}, opt.init(params), params)
+        >>> updates["w"].tolist()  # plain SGD: −lr · gradient
+        [-0.5, 1.0]
+        """
         return make_optimizer(
             self.optimizer,
             self.lr,
@@ -144,6 +166,13 @@ class FurtherSettings:
 
 @dataclass
 class SeedResult:
+    """One seed's test losses at each checkpoint: the full run and every left-out run.
+
+    >>> r = SeedResult(np.zeros((2, 3)), np.zeros((2, 3, 4)), np.array([5, 10]), np.array([1, 2]))
+    >>> r.loss_without.shape, r.loss_without_group is None
+    ((2, 3, 4), True)
+    """
+
     loss_full: np.ndarray  # (C, T)
     loss_without: np.ndarray  # (C, T, L)
     steps: np.ndarray  # (C,)
@@ -152,7 +181,12 @@ class SeedResult:
 
 
 def stack(params: dict[str, torch.Tensor], runs: int) -> dict[str, torch.Tensor]:
-    """Copies of ``params`` stacked along a new leading run axis of size ``runs``."""
+    """Copies of ``params`` stacked along a new leading run axis of size ``runs``.
+
+    >>> stacked = stack({"w": torch.ones(2, 3), "b": torch.zeros(3)}, runs=4)
+    >>> stacked["w"].shape, stacked["b"].shape
+    (torch.Size([4, 2, 3]), torch.Size([4, 3]))
+    """
     return {k: p.detach().unsqueeze(0).repeat(runs, *([1] * p.dim())) for k, p in params.items()}
 
 

@@ -34,7 +34,12 @@ DEFAULT_BUDGET = 2 * 2**30
 
 @dataclass(frozen=True)
 class LeftOutRuns:
-    """Every left-out run of a gold standard: one per index of ``left_out``, one per group."""
+    """Every left-out run of a gold standard: one per index of ``left_out``, one per group.
+
+    >>> runs = LeftOutRuns(np.array([3, 7]), checked_groups([[1, 2], [5]], n=10))
+    >>> runs.left_out.tolist(), runs.groups.members.tolist(), runs.groups.offsets.tolist()
+    ([3, 7], [1, 2, 5], [0, 2, 3])
+    """
 
     left_out: np.ndarray
     groups: Groups
@@ -44,7 +49,20 @@ def compute_shard(
     task: Task, settings: FurtherSettings, shard: Shard, left_out, test, on_step=None
 ):
     """Further-train one shard: the seed's full run and its chunk of left-out runs (or, for a
-    group shard, of group runs; ``left_out`` is then a :class:`LeftOutRuns`)."""
+    group shard, of group runs; ``left_out`` is then a :class:`LeftOutRuns`).
+
+    >>> from fimo import ArrayDataset
+    >>> data = ArrayDataset(torch.zeros(10, 3), torch.zeros(10))
+    >>> task = Task(torch.nn.Linear(3, 1), data, data, loss="mse")
+    >>> settings = FurtherSettings(batch_size=4)  # 3 steps an epoch, 2 epochs
+    >>> res = compute_shard(task, settings, Shard(seed=0, start=0, stop=2), [3, 7, 9], [0, 1])
+    >>> res.loss_full.shape, res.loss_without.shape, res.steps.tolist()  # left out: 3 and 7
+    ((2, 2), (2, 2, 2), [3, 6])
+    >>> runs = LeftOutRuns(np.array([3, 7, 9]), checked_groups([[1, 2], [5]], n=10))
+    >>> res = compute_shard(task, settings, Shard(0, 0, 2, group=True), runs, [0])
+    >>> res.loss_without.shape, res.loss_without_group.shape  # the two groups' runs
+    ((2, 1, 0), (2, 1, 2))
+    """
     if isinstance(left_out, LeftOutRuns):
         if shard.group:
             groups = left_out.groups[shard.start : shard.stop]
@@ -62,6 +80,14 @@ def bytes_per_run(task: Task, settings: FurtherSettings, n_test: int) -> int:
     Parameters, gradients, updates and optimizer state (two slots for Adam), and the
     activations of one batch and of the test set, taken as four times the widest layer's
     inputs and outputs (an MLP-shaped guess; set ``left_out_per_shard`` for other models).
+
+    >>> from fimo import ArrayDataset
+    >>> data = ArrayDataset(torch.zeros(10, 3), torch.zeros(10))
+    >>> task = Task(torch.nn.Linear(3, 1), data, data, loss="mse")  # 4 float32 parameters
+    >>> bytes_per_run(task, FurtherSettings(batch_size=4), n_test=10)  # 4·(4·4 + 4·14·3)
+    736
+    >>> bytes_per_run(task, FurtherSettings(batch_size=4, optimizer="adam"), n_test=10)
+    768
     """
     itemsize = next(iter(task.params().values())).element_size()
     slots = 4 + (2 if settings.optimizer in ("adam", "adamw") else int(settings.momentum > 0))
@@ -99,6 +125,11 @@ class ShardPlan:
 
     ``shards``: every (seed, chunk) pair, in order; ``per_shard``: left-out runs per chunk;
     ``steps_per_shard``: the optimizer steps a shard's runs take (they advance together).
+
+    >>> from fimo.further.store import plan_shards
+    >>> plan = ShardPlan(plan_shards([0], n_left_out=3, per_shard=2), 2, steps_per_shard=6)
+    >>> [shard.name for shard in plan.shards]
+    ['seed-00000_lo-00000-00002', 'seed-00000_lo-00002-00003']
     """
 
     shards: list[Shard]
@@ -136,7 +167,15 @@ def plan_gold(
 
 
 class LocalExecutor:
-    """Shards in this process (``workers=1``) or in a pool of spawned worker processes."""
+    """Shards in this process (``workers=1``) or in a pool of spawned worker processes.
+
+    >>> LocalExecutor(workers=2).workers, LocalExecutor.name
+    (2, 'local')
+    >>> LocalExecutor(workers=0)
+    Traceback (most recent call last):
+    ...
+    fimo.errors.InputError: workers: got 0; must be ≥ 1
+    """
 
     name = "local"
 
@@ -146,6 +185,20 @@ class LocalExecutor:
         self.workers = workers
 
     def run(self, task, settings, shards, left_out, test, on_result, on_step=None, compute=None):
+        """Compute each shard (``compute``, by default :func:`compute_shard`) and hand each
+        result to ``on_result(shard, result)`` as it arrives.
+
+        >>> from fimo import ArrayDataset
+        >>> from fimo.further.store import plan_shards
+        >>> data = ArrayDataset(torch.zeros(10, 3), torch.zeros(10))
+        >>> task = Task(torch.nn.Linear(3, 1), data, data, loss="mse")
+        >>> got = []
+        >>> LocalExecutor().run(
+        ...     task, FurtherSettings(batch_size=4), plan_shards([0, 1], 3, 2), [3, 7, 9], [0],
+        ...     on_result=lambda shard, res: got.append((shard.seed, res.loss_without.shape)))
+        >>> got  # (seed, (checkpoints, test, left-out runs of the shard))
+        [(0, (2, 1, 2)), (0, (2, 1, 1)), (1, (2, 1, 2)), (1, (2, 1, 1))]
+        """
         compute = compute or compute_shard
         if self.workers == 1:
             for shard in shards:
@@ -214,6 +267,11 @@ class RayExecutor:
 
     ``address="auto"`` joins the cluster this machine belongs to; ``"ray://HOST:PORT"`` a
     remote one through Ray Client; ``None`` starts a local cluster (``num_cpus`` CPUs).
+    Making one only checks that Ray is installed; Ray starts in :meth:`run`.
+
+    >>> ex = RayExecutor(address=None, num_cpus=2)
+    >>> ex.name, ex.address, ex.num_cpus, ex.retries
+    ('ray', None, 2, 3)
     """
 
     name = "ray"
@@ -228,6 +286,31 @@ class RayExecutor:
         self.address, self.num_cpus, self.retries = address, num_cpus, retries
 
     def run(self, task, settings, shards, left_out, test, on_result, on_step=None, compute=None):
+        """Start or join Ray, submit one task per shard and hand each result to
+        ``on_result(shard, result)`` as it arrives (``on_step`` is not used: no live progress).
+
+        Here with Ray replaced by an in-process stand-in (the example starts no cluster):
+
+        >>> import sys, types
+        >>> from unittest import mock
+        >>> from fimo import ArrayDataset
+        >>> from fimo.further.store import plan_shards
+        >>> data = ArrayDataset(torch.zeros(10, 3), torch.zeros(10))
+        >>> task = Task(torch.nn.Linear(3, 1), data, data, loss="mse")
+        >>> stand_in = types.SimpleNamespace(
+        ...     is_initialized=lambda: True, put=lambda obj: obj, get=lambda ref: ref(),
+        ...     wait=lambda refs, num_returns: (refs[:num_returns], refs[num_returns:]),
+        ...     remote=lambda **options: lambda f: types.SimpleNamespace(
+        ...         remote=lambda *args: lambda: f(*args)))
+        >>> names = lambda task, settings, shard, left_out, test: shard.name
+        >>> threads, got = torch.get_num_threads(), []
+        >>> with mock.patch.dict(sys.modules, {"ray": stand_in}):
+        ...     RayExecutor().run(task, None, plan_shards([0], 3, 2), [3, 7, 9], [0],
+        ...                       lambda shard, result: got.append(result), compute=names)
+        >>> torch.set_num_threads(threads)  # a Ray task runs on one thread
+        >>> got
+        ['seed-00000_lo-00000-00002', 'seed-00000_lo-00002-00003']
+        """
         import ray
 
         if not ray.is_initialized():

@@ -36,6 +36,17 @@ class UnrolledEstimate:
     ``mean``/``sem``: (C, n_test, n_train), positive = helpful; ``sem`` is NaN with one seed.
     ``per_seed``: (S, C, n_test, len(kept)) for the training instances ``kept``.
     ``loss_full``: (S, C, n_test), the measurement on each seed's full run.
+
+    >>> from fimo.data import ArrayDataset
+    >>> from fimo.models import mlp
+    >>> import torch
+    >>> x = torch.randn(12, 3, generator=torch.Generator().manual_seed(0))
+    >>> data = ArrayDataset(x, (x[:, 0] > 0).long())
+    >>> task = Task(mlp(3, 2, hidden=(4,)), data, data)
+    >>> tiny = {"lr": 0.1, "batch_size": 4, "epochs": 2}  # 2 epochs of 3 steps
+    >>> est = unrolled_estimate(task, [0, 1], range(12), further=tiny, seeds=2, keep=[3])
+    >>> est.mean.shape, est.per_seed.shape, est.steps.tolist(), est.seeds.tolist()
+    ((2, 2, 12), (2, 2, 2, 1), [3, 6], [0, 1])
     """
 
     mean: np.ndarray
@@ -51,7 +62,20 @@ class UnrolledEstimate:
     settings: dict = field(default_factory=dict)
 
     def scores(self) -> Scores:
-        """The seed mean as Scores with a checkpoint axis (C, n_test, n_train)."""
+        """The seed mean as Scores with a checkpoint axis (C, n_test, n_train).
+
+        >>> from fimo.data import ArrayDataset
+        >>> from fimo.models import mlp
+        >>> import torch
+        >>> x = torch.randn(12, 3, generator=torch.Generator().manual_seed(0))
+        >>> data = ArrayDataset(x, (x[:, 0] > 0).long())
+        >>> task = Task(mlp(3, 2, hidden=(4,)), data, data)
+        >>> tiny = {"lr": 0.1, "batch_size": 4, "epochs": 2}  # 2 epochs of 3 steps
+        >>> est = unrolled_estimate(task, [0], range(12), further=tiny, seeds=1)
+        >>> scores = est.scores()
+        >>> scores.shape, scores.method, bool(np.all(scores.values == est.mean))
+        ((2, 1, 12), 'unrolled', True)
+        """
         return Scores(
             self.mean,
             self.test,
@@ -63,7 +87,21 @@ class UnrolledEstimate:
         )
 
     def save(self, path) -> Path:
-        """Every array in one .npz (numpy-readable), beside the Scores file."""
+        """Every array in one .npz (numpy-readable), beside the Scores file.
+
+        >>> import tempfile
+        >>> from fimo.data import ArrayDataset
+        >>> from fimo.models import mlp
+        >>> import torch
+        >>> x = torch.randn(12, 3, generator=torch.Generator().manual_seed(0))
+        >>> data = ArrayDataset(x, (x[:, 0] > 0).long())
+        >>> task = Task(mlp(3, 2, hidden=(4,)), data, data)
+        >>> tiny = {"lr": 0.1, "batch_size": 4, "epochs": 2}  # 2 epochs of 3 steps
+        >>> est = unrolled_estimate(task, [0], range(12), further=tiny, seeds=1)
+        >>> path = est.save(Path(tempfile.mkdtemp()) / "unrolled.npz")
+        >>> np.load(path)["mean"].shape
+        (2, 1, 12)
+        """
         arrays = {k: getattr(self, k) for k in _ARRAYS}
         return write_npz(path, **arrays)
 
@@ -117,8 +155,16 @@ def unrolled_estimate(
     ``keep``: training indices (within ``train``) whose per-seed values are kept.
     ``steps``: the checkpoints wanted (default: all the further-training settings record).
 
-    >>> # est = unrolled_estimate(task, range(10), range(500), further=settings, seeds=16,
-    >>> #                         keep=gold.left_out)
+    >>> from fimo.data import ArrayDataset
+    >>> from fimo.models import mlp
+    >>> import torch
+    >>> x = torch.randn(12, 3, generator=torch.Generator().manual_seed(0))
+    >>> data = ArrayDataset(x, (x[:, 0] > 0).long())
+    >>> task = Task(mlp(3, 2, hidden=(4,)), data, data)
+    >>> tiny = {"lr": 0.1, "batch_size": 4, "epochs": 2}  # 2 epochs of 3 steps
+    >>> est = unrolled_estimate(task, [0, 1], range(12), further=tiny, seeds=2, keep=[3])
+    >>> est.sem.shape, bool(np.isfinite(est.sem).all()), est.loss_full.shape
+    ((2, 2, 12), True, (2, 2, 2))
     """
     test, train = test_and_train(task, test, train, "unrolled")
     settings = _further_settings(further)
@@ -201,7 +247,16 @@ def unrolled(
     standard's checkpoint ``steps``); ``seeds``: a count (seeds 0, 1, ...) or a list.
     :func:`unrolled_estimate` also gives the standard error and per-seed values.
 
-    >>> # scores = unrolled(task, range(10), range(500), further=settings, seeds=16)
+    >>> from fimo.data import ArrayDataset
+    >>> from fimo.models import mlp
+    >>> import torch
+    >>> x = torch.randn(12, 3, generator=torch.Generator().manual_seed(0))
+    >>> data = ArrayDataset(x, (x[:, 0] > 0).long())
+    >>> task = Task(mlp(3, 2, hidden=(4,)), data, data)
+    >>> tiny = {"lr": 0.1, "batch_size": 4, "epochs": 2}  # 2 epochs of 3 steps
+    >>> scores = unrolled(task, [0], range(12), further=tiny, seeds=1, steps=[6])
+    >>> scores.shape, scores.steps.tolist()
+    ((1, 1, 12), [6])
     """
     estimate = unrolled_estimate(
         task, test, train, further=further, seeds=seeds, steps=steps, mode=mode,
