@@ -382,7 +382,7 @@ def check_request(
     for setting, values in wanted:
         if len(values) == 0:
             raise InputError(f"{setting}: got none; give at least one")
-    if len(left_out) < 2:
+    if len(left_out) == 1:  # none is allowed with groups (checked above)
         raise InputError(
             f"left_out: got {left_out.tolist()}; need at least 2 left-out instances (centring "
             "subtracts their mean, so one alone gives a gold standard of zeros)"
