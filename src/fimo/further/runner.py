@@ -12,6 +12,8 @@ already in the store, hands the rest to an executor and writes each result as it
 from __future__ import annotations
 
 import os
+import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -236,16 +238,19 @@ def end_with_parent(poll_seconds: float = 0.5) -> threading.Thread:
     """End this process (at once, exit code 1) when the process that started it ends.
 
     A worker whose driver was stopped with SIGTERM or ``kill -9`` would otherwise go on
-    computing shards nobody collects. A daemon thread polls ``os.getppid()``: when the parent
-    dies the worker is handed to another process, and its parent id changes. (Linux's
-    ``PR_SET_PDEATHSIG`` is not used: it fires when the *thread* that started the worker
-    ends, which in a process pool may be a helper thread, not the driver.)
+    computing shards nobody collects. On Linux the kernel sends the worker SIGKILL when the
+    thread that started it ends (``PR_SET_PDEATHSIG``; the pool starts its workers from the
+    driver's main thread, so that is the driver's end). Everywhere, a daemon thread also polls
+    ``os.getppid()``: when the parent dies the worker is handed to another process and its
+    parent id changes. (The thread alone was not enough: a worker blocked in a call that holds
+    Python's lock outlived its killed driver in tests/test_faults_interrupt.py.)
 
     >>> watcher = end_with_parent()
     >>> watcher.daemon and watcher.is_alive()
     True
     """
     parent = os.getppid()
+    _kill_me_with_parent()
 
     def watch() -> None:
         while True:
@@ -256,6 +261,20 @@ def end_with_parent(poll_seconds: float = 0.5) -> threading.Thread:
     watcher = threading.Thread(target=watch, name="fimo-end-with-parent", daemon=True)
     watcher.start()
     return watcher
+
+
+def _kill_me_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent ends (prctl PR_SET_PDEATHSIG); a
+    no-op elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # no libc with prctl: the polling thread remains
+        pass
 
 
 def _worker_compute(compute, settings, shard, left_out, test):
