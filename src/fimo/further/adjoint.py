@@ -42,7 +42,7 @@ from torch.func import grad, jvp, vjp, vmap
 
 from fimo.data.base import check_indices
 from fimo.errors import InputError, NumericalError, check_choice
-from fimo.further.engine import FurtherSettings, stack
+from fimo.further.engine import FurtherSettings, stack, tree_to
 from fimo.further.fast import fused_mlp_grads
 from fimo.further.plan import schedule, steps_per_epoch
 from fimo.further.runner import bytes_per_run
@@ -304,7 +304,7 @@ class _RunZero:
         some = next(iter(self.params0.values()))
         self.device, self.dtype = some.device, some.dtype
         self.opt = settings.transform()
-        self.state0 = _to(self.opt.init(self.params0), self.device)
+        self.state0 = tree_to(self.opt.init(self.params0), self.device)
         n = len(task.train)
         self.per_epoch = steps_per_epoch(n, settings.batch_size)
         self.plan = run_zero(n, settings, seed)
@@ -622,11 +622,3 @@ def _all_losses_jvp(task, params, grad_bar, X, Y, chunk: int = 4096) -> torch.Te
         along = vmap(lambda t: jvp(lambda q: task.losses(q, x, y), (p,), (t,))[1])  # noqa: B023
         out.append(along(tangents).double())
     return torch.cat(out, 1)
-
-
-def _to(tree, device):
-    if isinstance(tree, torch.Tensor):
-        return tree.to(device)
-    if isinstance(tree, dict):
-        return {k: _to(v, device) for k, v in tree.items()}
-    return tree

@@ -365,7 +365,7 @@ class _RunStack:
         some = next(iter(self.params.values()))
         self.device, self.dtype = some.device, some.dtype
         self.opt = settings.transform()
-        self.state = _to(self.opt.init(self.params), self.device)
+        self.state = tree_to(self.opt.init(self.params), self.device)
         self.inputs, self.targets = task.train.inputs, task.train.targets
         self.step_grads = _step_gradients(task, settings)
 
@@ -455,11 +455,19 @@ class _Checkpoints:
         )
 
 
-def _to(tree, device):
+def tree_to(tree, device):
+    """A nested dict of tensors (an optimizer's state) with every tensor moved to ``device``;
+    anything else is kept as it is.
+
+    >>> state = {"count": torch.zeros(2), "m": {"w": torch.ones(2, 3)}, "note": 1}
+    >>> moved = tree_to(state, "cpu")
+    >>> moved["m"]["w"].device.type, moved["note"]
+    ('cpu', 1)
+    """
     if isinstance(tree, torch.Tensor):
         return tree.to(device)
     if isinstance(tree, dict):
-        return {k: _to(v, device) for k, v in tree.items()}
+        return {k: tree_to(v, device) for k, v in tree.items()}
     return tree
 
 
