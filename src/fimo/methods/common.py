@@ -33,6 +33,9 @@ def test_and_train(task: Task, test, train, method: str) -> tuple[np.ndarray, np
     return test, train
 
 
+test_and_train.__test__ = False  # a checker, not a test: pytest must not collect it
+
+
 def seed_value(name: str, value) -> int:
     """``value`` as an int, or an InputError naming ``name``.
 

@@ -99,7 +99,7 @@ class UnrolledEstimate:
         >>> tiny = {"lr": 0.1, "batch_size": 4, "epochs": 2}  # 2 epochs of 3 steps
         >>> est = unrolled_estimate(task, [0], range(12), further=tiny, seeds=1)
         >>> path = est.save(Path(tempfile.mkdtemp()) / "unrolled.npz")
-        >>> np.load(path)["mean"].shape
+        >>> np.load(path, allow_pickle=False)["mean"].shape
         (2, 1, 12)
         """
         arrays = {k: getattr(self, k) for k in _ARRAYS}
