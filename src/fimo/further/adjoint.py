@@ -42,8 +42,7 @@ from torch.func import grad, jvp, vjp, vmap
 
 from fimo.data.base import check_indices
 from fimo.errors import InputError, NumericalError, check_choice
-from fimo.further.engine import FurtherSettings, stack, tree_to
-from fimo.further.fast import fused_mlp_grads
+from fimo.further.engine import FurtherSettings, stack, step_gradients, tree_to
 from fimo.further.plan import schedule, steps_per_epoch
 from fimo.further.runner import bytes_per_run
 from fimo.task import Task
@@ -310,12 +309,7 @@ class _RunZero:
         self.plan = run_zero(n, settings, seed)
         self.marks = checkpoint_steps(self.plan, settings, self.per_epoch)
         self.total = len(self.plan)
-
-        def run_loss(p, x, y, w):
-            return (task.losses(p, x, y) * w).sum()
-
-        fused = fused_mlp_grads(task) if settings.engine == "auto" else None
-        self.step_grads = fused or vmap(grad(run_loss), randomness="same")
+        self.step_grads = step_gradients(task, settings)
         self.state_bytes = _nbytes(self.params0) + _nbytes(self.state0) + 5056
         # a vector (tangent or cotangent) with its scratch and the batch's activations
         self.vector_bytes = 4 * self.state_bytes + 2 * bytes_per_run(task, settings, 0)

@@ -329,8 +329,21 @@ def _paired_randomness(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
-def _step_gradients(task: Task, settings: FurtherSettings) -> Callable:
-    """``grads(params, x, y, w)``: each stacked run's gradient of Σ_b w·ℓ, fused or vmap'd."""
+def step_gradients(task: Task, settings: FurtherSettings) -> Callable:
+    """``grads(params, x, y, w)``: each stacked run's gradient of Σ_b w·ℓ, fused or vmap'd
+    (the engine's step, which the adjoint replays too).
+
+    >>> from fimo.data import ArrayDataset
+    >>> x = torch.tensor([[1.0, 2.0]])
+    >>> task = Task(torch.nn.Sequential(torch.nn.Linear(2, 1, bias=False)),
+    ...             ArrayDataset(x, torch.zeros(1, 1)), ArrayDataset(x, torch.zeros(1, 1)),
+    ...             loss="mse")
+    >>> params = stack(task.params(), 1)
+    >>> grads = step_gradients(task, FurtherSettings())(params, x[None], torch.zeros(1, 1, 1),
+    ...                                                   torch.ones(1, 1))
+    >>> tuple(grads["0.weight"].shape)
+    (1, 1, 2)
+    """
 
     def run_loss(p, x, y, w):
         return (task.losses(p, x, y) * w).sum()
@@ -367,7 +380,7 @@ class _RunStack:
         self.opt = settings.transform()
         self.state = tree_to(self.opt.init(self.params), self.device)
         self.inputs, self.targets = task.train.inputs, task.train.targets
-        self.step_grads = _step_gradients(task, settings)
+        self.step_grads = step_gradients(task, settings)
 
     def join(self, item: Step) -> None:
         """Add the runs whose batch first differs from the full run's at this step."""
