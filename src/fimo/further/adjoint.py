@@ -480,84 +480,113 @@ def _forward_sweep(
     pushes the tangents through it: a forward-over-reverse product through the batch gradient
     (with the instance's weight moving) and the forward product of the optimizer update.
     """
-    n = len(task.train)
-    X, Y = task.train.inputs, task.train.targets
     params, state = z0
-    device = next(iter(params.values())).device
-    dtype = next(iter(params.values())).dtype
-    inst = torch.as_tensor(instances, device=device)
-    L = len(inst)
+    some = next(iter(params.values()))
+    inst = torch.as_tensor(instances, device=some.device)
     floats, _ = _split(state)
-    d_params = {k: torch.zeros(L, *v.shape, dtype=dtype, device=device) for k, v in params.items()}
-    d_state = {k: torch.zeros(L, *v.shape, dtype=v.dtype, device=device) for k, v in floats.items()}
-    out = np.empty((len(marks), len(X_test), L))
-    downweight = settings.scheme == "downweight"
-
-    def measure_one(p, x, y):
-        return task.measure(p, x.unsqueeze(0), y.unsqueeze(0))[0]
-
-    test_grads = vmap(grad(measure_one), in_dims=(None, 0, 0))
+    tangents = (
+        {
+            k: torch.zeros(len(inst), *v.shape, dtype=some.dtype, device=v.device)
+            for k, v in params.items()
+        },
+        {
+            k: torch.zeros(len(inst), *v.shape, dtype=v.dtype, device=v.device)
+            for k, v in floats.items()
+        },
+    )
+    test_grads = _test_gradients(task)
+    out = np.empty((len(marks), len(X_test), len(inst)))
     c = 0
     for t, item in enumerate(plan):
-        idx = item.idx.to(device)
-        w = item.w.to(device=device, dtype=dtype)
-        x, y = X[idx], Y[idx]
-        p = {k: v[0] for k, v in params.items()}
-        if downweight:  # the batch mean minus Σ_l v_l ℓ(z_l)/n, v = 0; tangent v̇_l = 1
-            x_extra, y_extra = X[inst], Y[inst]
-
-            def step_loss(q, v):
-                batch = (task.losses(q, x, y) * w).sum()  # noqa: B023
-                return batch - (task.losses(q, x_extra, y_extra) * v).sum() / n  # noqa: B023
-
-            weights = torch.zeros(L, dtype=dtype, device=device)
-            d_weights = torch.eye(L, dtype=dtype, device=device)
-        else:  # Σ_b u_b ℓ_b / Σ_b u_b, u = 1 on the batch; removal: u̇ = −1 where idx = i
-
-            def step_loss(q, u):
-                return (task.losses(q, x, y) * u).sum() / u.sum()  # noqa: B023
-
-            weights = (w > 0).to(dtype)
-            d_weights = -((idx.unsqueeze(0) == inst.unsqueeze(1)) & (w > 0)).to(dtype)
-
-        def along(dp, du):
-            return jvp(grad(step_loss), (p, weights), (dp, du))  # noqa: B023
-
-        rng = _rng_state()
-        grads, d_grads = vmap(along, randomness="same")(
-            {k: v[:, 0] for k, v in d_params.items()}, d_weights
-        )
-        _set_rng_state(rng)
-        grads = {k: v[:1] for k, v in grads.items()}  # the same for every tangent
-        floats, rest = _split(state)
-
-        def update(q, s, g):
-            full = _join(s, rest, state)  # noqa: B023
-            updates, new_state = opt.update(g, full, q)
-            return {k: q[k] + updates[k] for k in q}, _split(new_state)[0]
-
-        def push(dq, ds, dg):
-            return jvp(update, (params, floats, grads), (dq, ds, dg))[1]  # noqa: B023
-
-        d_params, d_state = vmap(push)(
-            d_params, d_state, {k: v.unsqueeze(1) for k, v in d_grads.items()}
-        )
+        tangents = _push_tangents(task, settings, opt, (params, state), tangents, item, inst)
         params, state = advance((params, state), t)
         on_state(t + 1, (params, state))
         if c < len(marks) and marks[c] == t + 1:
             with task.eval_mode():
                 gs = test_grads({k: v[0] for k, v in params.items()}, X_test, Y_test)
-            out[c] = (
-                sum(
-                    (gs[k].reshape(len(X_test), -1).to(dtype) @ d_params[k].reshape(L, -1).T)
-                    for k in gs
-                )
-                .double()
-                .cpu()
-                .numpy()
-            )
+            out[c] = _along_tangents(gs, tangents[0])
             c += 1
     return out
+
+
+def _test_gradients(task):
+    """A function of (θ, X_test, Y_test) giving each test instance's measurement gradient."""
+
+    def measure_one(p, x, y):
+        return task.measure(p, x.unsqueeze(0), y.unsqueeze(0))[0]
+
+    return vmap(grad(measure_one), in_dims=(None, 0, 0))
+
+
+def _along_tangents(gs: dict, d_params: dict) -> np.ndarray:
+    """(T, L): each test gradient (T, ...) dotted with each instance's tangent (L, 1, ...)."""
+    L = next(iter(d_params.values())).shape[0]
+    dtype = next(iter(d_params.values())).dtype
+    total = sum(gs[k].reshape(len(gs[k]), -1).to(dtype) @ d_params[k].reshape(L, -1).T for k in gs)
+    return total.double().cpu().numpy()
+
+
+def _removal_loss(task, settings, item, inst, dtype):
+    """The step's loss as a function of (θ, weights), the weights now and their removal tangents.
+
+    ``downweight``: the batch mean minus Σ_l v_l ℓ(z_l)/n with v = 0 and tangent v̇_l = 1.
+    ``mask`` and ``drop``: Σ_b u_b ℓ_b / Σ_b u_b with u = 1 on the batch and u̇ = −1 where the
+    batch holds instance l.
+    """
+    device = inst.device
+    X, Y = task.train.inputs, task.train.targets
+    idx = item.idx.to(device)
+    w = item.w.to(device=device, dtype=dtype)
+    x, y = X[idx], Y[idx]
+    if settings.scheme == "downweight":
+        n, x_extra, y_extra = len(task.train), X[inst], Y[inst]
+
+        def step_loss(q, v):
+            batch = (task.losses(q, x, y) * w).sum()
+            return batch - (task.losses(q, x_extra, y_extra) * v).sum() / n
+
+        zeros = torch.zeros(len(inst), dtype=dtype, device=device)
+        return step_loss, zeros, torch.eye(len(inst), dtype=dtype, device=device)
+
+    def masked_loss(q, u):
+        return (task.losses(q, x, y) * u).sum() / u.sum()
+
+    weights = (w > 0).to(dtype)
+    d_weights = -((idx.unsqueeze(0) == inst.unsqueeze(1)) & (w > 0)).to(dtype)
+    return masked_loss, weights, d_weights
+
+
+def _push_tangents(task, settings, opt, z, tangents, item, inst):
+    """The tangents (of θ and the optimizer's float state) after one step of run 0 from ``z``.
+
+    A forward-over-reverse product through the batch gradient (the instance's weight moving
+    along its removal) and the forward product of the optimizer update.
+    """
+    params, state = z
+    d_params, d_state = tangents
+    dtype = next(iter(params.values())).dtype
+    step_loss, weights, d_weights = _removal_loss(task, settings, item, inst, dtype)
+    p = {k: v[0] for k, v in params.items()}
+
+    def along(dp, du):
+        return jvp(grad(step_loss), (p, weights), (dp, du))
+
+    rng = _rng_state()
+    grads, d_grads = vmap(along, randomness="same")(
+        {k: v[:, 0] for k, v in d_params.items()}, d_weights
+    )
+    _set_rng_state(rng)
+    grads = {k: v[:1] for k, v in grads.items()}  # the same for every tangent
+    floats, rest = _split(state)
+
+    def update(q, s, g):
+        updates, new_state = opt.update(g, _join(s, rest, state), q)
+        return {k: q[k] + updates[k] for k in q}, _split(new_state)[0]
+
+    def push(dq, ds, dg):
+        return jvp(update, (params, floats, grads), (dq, ds, dg))[1]
+
+    return vmap(push)(d_params, d_state, {k: v.unsqueeze(1) for k, v in d_grads.items()})
 
 
 def _optimizer_vjp(opt, params, state, item, task, rng, lam, lam_state):
