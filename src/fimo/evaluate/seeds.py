@@ -207,35 +207,13 @@ def noise_floor(
     flags = [bool(c) for c in ((centred,) if isinstance(centred, bool) else centred)]
     S = len(gold.seeds)
     h = S // 2
-    C = len(gold.steps)
-    adjusted = np.asarray(gold.adjusted(), dtype=np.float64)  # (S, C, T, L)
     parts = _splits(S, h, splits, seed) if h >= 1 else []
     rows: list[dict] = []
     for flag in flags:
-        per_split = {name: [] for name in metrics}  # each (C, T)
-        for a, b in parts:
-            ma, mb = adjusted[a].mean(axis=0), adjusted[b].mean(axis=0)  # (C, T, L)
-            flat = gold_flat(gold, ma) | gold_flat(gold, mb)
-            if flag:
-                ma = ma - ma.mean(axis=-1, keepdims=True)
-                mb = mb - mb.mean(axis=-1, keepdims=True)
-            per = per_test_values(ma, mb, metrics, undefined=flat)
-            for name in metrics:
-                per_split[name].append(per[name])
+        per_split = _split_half_values(gold, parts, metrics, flag)
         for name in metrics:
-            if per_split[name]:
-                per_test = nanmean(np.stack(per_split[name]), axis=0)  # (C, T)
-            else:
-                per_test = np.full((C, len(gold.test)), np.nan)
-            mean, sem, n = summarise(per_test)
-            for c in range(C):
-                m = S / h if h else math.nan
-                r, s = float(mean[c]), float(sem[c])
-                rho = float(spearman_brown(r, m)) if h else math.nan
-                d_rho = m / (1.0 + (m - 1.0) * r) ** 2 if h and math.isfinite(rho) else math.nan
-                rho_sem = d_rho * s
-                ceiling = math.sqrt(rho) if math.isfinite(rho) and rho >= 0 else math.nan
-                ceiling_sem = rho_sem / (2 * ceiling) if ceiling > 0 else math.nan
+            mean, sem, n = summarise(per_split[name])
+            for c in range(len(gold.steps)):
                 base = {
                     "checkpoint": c,
                     "step": int(gold.steps[c]),
@@ -243,11 +221,7 @@ def noise_floor(
                     "metric": name,
                     "centred": flag,
                 }
-                for estimate, seeds, value, err in (
-                    ("split_half", h, r, s),
-                    ("spearman_brown", S, rho, rho_sem),
-                    ("ceiling", S, ceiling, ceiling_sem),
-                ):
+                for estimate, seeds, value, err in _estimates(float(mean[c]), float(sem[c]), S, h):
                     rows.append(
                         {
                             **base,
@@ -260,3 +234,40 @@ def noise_floor(
                         }
                     )
     return rows
+
+
+def _split_half_values(gold, parts, metrics, centred: bool) -> dict[str, np.ndarray]:
+    """Per metric, (C, T): the agreement of the two halves' means, averaged over the splits.
+
+    All NaN when there is no split (a single seed).
+    """
+    adjusted = np.asarray(gold.adjusted(), dtype=np.float64)  # (S, C, T, L)
+    per_split = {name: [] for name in metrics}  # each (C, T)
+    for a, b in parts:
+        ma, mb = adjusted[a].mean(axis=0), adjusted[b].mean(axis=0)  # (C, T, L)
+        flat = gold_flat(gold, ma) | gold_flat(gold, mb)
+        if centred:
+            ma = ma - ma.mean(axis=-1, keepdims=True)
+            mb = mb - mb.mean(axis=-1, keepdims=True)
+        per = per_test_values(ma, mb, metrics, undefined=flat)
+        for name in metrics:
+            per_split[name].append(per[name])
+    empty = np.full((len(gold.steps), len(gold.test)), np.nan)
+    return {name: nanmean(np.stack(v), axis=0) if v else empty for name, v in per_split.items()}
+
+
+def _estimates(r: float, sem: float, S: int, h: int) -> list[tuple[str, int, float, float]]:
+    """(estimate, seeds, value, SEM) for the split-half agreement ``r`` of halves of h seeds,
+    its Spearman–Brown step-up to S seeds and the ceiling (its square root); the SEMs carried
+    through each transformation to first order."""
+    m = S / h if h else math.nan
+    rho = float(spearman_brown(r, m)) if h else math.nan
+    d_rho = m / (1.0 + (m - 1.0) * r) ** 2 if h and math.isfinite(rho) else math.nan
+    rho_sem = d_rho * sem
+    ceiling = math.sqrt(rho) if math.isfinite(rho) and rho >= 0 else math.nan
+    ceiling_sem = rho_sem / (2 * ceiling) if ceiling > 0 else math.nan
+    return [
+        ("split_half", h, r, sem),
+        ("spearman_brown", S, rho, rho_sem),
+        ("ceiling", S, ceiling, ceiling_sem),
+    ]
