@@ -216,56 +216,86 @@ def schedule(
     """
     check_choice("further.scheme", scheme, SCHEMES)
     groups = left_out if isinstance(left_out, Groups) else Groups.singles(left_out)
-    n_runs = 1 + len(groups)
-    sizes = torch.as_tensor(groups.sizes())
     gen = torch.Generator().manual_seed(int(seed))
     offsets = torch.arange(batch_size)
     n_batches = steps_per_epoch(n, batch_size)
     members, real = groups.padded(fill=0)
-    singles = members.shape[1] == 1
-    if scheme == "mask" and not singles:
-        is_member = torch.zeros(len(groups), n, dtype=torch.bool)
-        rows = torch.arange(len(groups)).unsqueeze(1).expand_as(members)
-        is_member[rows[real], members[real]] = True
+    excluded = _exclusion(scheme, members, real, n)
+    sizes = torch.as_tensor(groups.sizes())
     taken = 0
     for epoch in range(epochs):
         perm = torch.randperm(n, generator=gen)
-        if scheme == "drop":
-            position = torch.empty(n, dtype=torch.long)
-            position[perm] = torch.arange(n)
-            # each group's member positions in this epoch's order, sorted, minus their rank m:
-            # the kept instances before member m. Member m precedes the j-th kept instance
-            # (0-based) iff that count is ≤ j, so the j-th kept one sits at j + #{m: count ≤ j}
-            pos = torch.where(real, position[members], n + members.shape[1]).sort(1).values
-            before = (pos - torch.arange(members.shape[1])).contiguous()
+        before = _kept_before(perm, members, real) if scheme == "drop" else None
         for b in range(n_batches):
             if max_steps is not None and taken >= max_steps:
                 return
             k = b * batch_size + offsets  # positions in the (shortened) sequence, (B,)
             if scheme == "drop":
-                valid_full = (k < n).unsqueeze(0)
-                valid_left = k.unsqueeze(0) < (n - sizes).unsqueeze(1)
-                kk = k.unsqueeze(0).expand(len(groups), -1).contiguous()
-                shifted = kk + torch.searchsorted(before, kk, right=True)
-                idx = torch.cat([k.clamp(max=n - 1).unsqueeze(0), shifted.clamp(max=n - 1)])
-                idx = perm[idx]
-                valid = torch.cat([valid_full, valid_left])
+                idx, valid = _drop_rows(perm, before, k, n, sizes)
             else:
-                valid = (k < n).unsqueeze(0).expand(n_runs, -1).clone()
-                idx = perm[k.clamp(max=n - 1)].unsqueeze(0).expand(n_runs, -1).clone()
-                if scheme == "mask" and singles:
-                    valid[1:] &= idx[1:] != members
-                elif scheme == "mask":
-                    valid[1:] &= ~is_member.gather(1, idx[1:])
+                idx, valid = _shared_rows(perm, k, n, 1 + len(groups), excluded)
             counts = valid.sum(1, keepdim=True)
             w = valid.double() / counts.clamp(min=1)
             if scheme == "downweight":
-                extra_idx = torch.cat([torch.zeros(1, members.shape[1], dtype=torch.long), members])
-                extra_real = torch.cat([torch.zeros_like(real[:1]), real])
-                extra_w = torch.zeros(extra_real.shape, dtype=torch.float64)
-                extra_w.masked_fill_(extra_real, -1.0 / n)
-                idx = torch.cat([idx, extra_idx], 1)
-                w = torch.cat([w, extra_w], 1)
+                idx, w = _with_downweighted(idx, w, members, real, n)
             active = counts.squeeze(1) > 0
             yield Step(idx, w, None if bool(active.all()) else active, epoch, b == n_batches - 1)
             taken += 1
+
+
+def _exclusion(scheme: str, members: torch.Tensor, real: torch.Tensor, n: int):
+    """For ``mask``, a function of a (runs − 1, B) index block giving which entries belong to
+    the run's left-out instance or group; None for the other schemes."""
+    if scheme != "mask":
+        return None
+    if members.shape[1] == 1:
+        return lambda idx: idx == members
+    is_member = torch.zeros(len(members), n, dtype=torch.bool)
+    rows = torch.arange(len(members)).unsqueeze(1).expand_as(members)
+    is_member[rows[real], members[real]] = True
+    return lambda idx: is_member.gather(1, idx)
+
+
+def _kept_before(perm: torch.Tensor, members: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """(groups, size): for each group's members in this epoch's order (sorted), the count of
+    kept instances before member m, i.e. its position minus its rank m.
+
+    Member m precedes the j-th kept instance (0-based) iff that count is ≤ j, so the j-th kept
+    one sits at j + #{m: count ≤ j}.
+    """
+    n = len(perm)
+    position = torch.empty(n, dtype=torch.long)
+    position[perm] = torch.arange(n)
+    pos = torch.where(real, position[members], n + members.shape[1]).sort(1).values
+    return (pos - torch.arange(members.shape[1])).contiguous()
+
+
+def _drop_rows(perm, before, k, n: int, sizes: torch.Tensor):
+    """``drop``: (indices, valid) of the batch at positions ``k`` for the full run and for
+    each run's order without its members (shifted past them)."""
+    valid_full = (k < n).unsqueeze(0)
+    valid_left = k.unsqueeze(0) < (n - sizes).unsqueeze(1)
+    kk = k.unsqueeze(0).expand(len(before), -1).contiguous()
+    shifted = kk + torch.searchsorted(before, kk, right=True)
+    idx = torch.cat([k.clamp(max=n - 1).unsqueeze(0), shifted.clamp(max=n - 1)])
+    return perm[idx], torch.cat([valid_full, valid_left])
+
+
+def _shared_rows(perm, k, n: int, n_runs: int, excluded):
+    """``mask`` and ``downweight``: every run sees the full run's batch; under ``mask`` the
+    run's own members are not valid."""
+    valid = (k < n).unsqueeze(0).expand(n_runs, -1).clone()
+    idx = perm[k.clamp(max=n - 1)].unsqueeze(0).expand(n_runs, -1).clone()
+    if excluded is not None:
+        valid[1:] &= ~excluded(idx[1:])
+    return idx, valid
+
+
+def _with_downweighted(idx, w, members, real, n: int):
+    """``downweight``: each run's members appended to its batch with weight −1/n (none for
+    run 0)."""
+    extra_idx = torch.cat([torch.zeros(1, members.shape[1], dtype=torch.long), members])
+    extra_real = torch.cat([torch.zeros_like(real[:1]), real])
+    extra_w = torch.zeros(extra_real.shape, dtype=torch.float64)
+    extra_w.masked_fill_(extra_real, -1.0 / n)
+    return torch.cat([idx, extra_idx], 1), torch.cat([w, extra_w], 1)
