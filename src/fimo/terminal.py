@@ -17,7 +17,10 @@ def rich_summary_table(
     rows, metric: str = "cosine", centred: bool = True, also: str | None = "spearman"
 ):
     """A ``rich.table.Table``: per method, ``metric`` at the first and last checkpoints
-    (± SEM), its peak (and epoch), and ``also`` (default Spearman) at the first and last.
+    (± SEM), its peak (and where), and ``also`` (default Spearman) at the first and last.
+
+    Checkpoints are named by epoch when they fall on whole epochs, else by step (a run that
+    records within its first epoch).
 
     >>> from rich.console import Console
     >>> rows = [{"method": "a", "checkpoint": c, "step": 5 * c, "epoch": c + 1.0,
@@ -35,15 +38,16 @@ def rich_summary_table(
     other = {}
     if also and also != metric:
         other = {e["method"]: e for e in summary(rows, also, centred)}
-    e_first = entries[0]["first"]["epoch"] if entries else math.nan
-    e_last = entries[0]["last"]["epoch"] if entries else math.nan
+    by = _position_unit(rows)
+    e_first = entries[0]["first"][by] if entries else math.nan
+    e_last = entries[0]["last"][by] if entries else math.nan
 
     title = f"Agreement with the {'centred' if centred else 'uncentred'} gold standard"
     table = Table(title=title, caption="mean ± SEM over test instances")
     table.add_column("method", style="bold")
-    table.add_column(f"{metric} first (epoch {epoch_text(e_first)})", justify="right")
-    table.add_column(f"{metric} last (epoch {epoch_text(e_last)})", justify="right")
-    table.add_column(f"{metric} peak (epoch)", justify="right")
+    table.add_column(f"{metric} first ({by} {epoch_text(e_first)})", justify="right")
+    table.add_column(f"{metric} last ({by} {epoch_text(e_last)})", justify="right")
+    table.add_column(f"{metric} peak ({by})", justify="right")
     if other:
         table.add_column(f"{also} first", justify="right")
         table.add_column(f"{also} last", justify="right")
@@ -53,7 +57,7 @@ def rich_summary_table(
             e["method"],
             mean_sem_text(e["first"]["mean"], e["first"]["sem"], 3),
             mean_sem_text(e["last"]["mean"], e["last"]["sem"], 3),
-            f"{mean_sem_text(peak['mean'], None, 3)} ({epoch_text(peak['epoch'])})"
+            f"{mean_sem_text(peak['mean'], None, 3)} ({epoch_text(peak[by])})"
             if peak
             else "n/a",
         ]
@@ -69,3 +73,15 @@ def rich_summary_table(
             )
         table.add_row(*cells)
     return table
+
+
+def _position_unit(rows) -> str:
+    """``"epoch"`` when every checkpoint falls on a whole epoch, else ``"step"``.
+
+    >>> _position_unit([{"epoch": 1.0, "step": 10}, {"epoch": 2.0, "step": 20}])
+    'epoch'
+    >>> _position_unit([{"epoch": 0.0117, "step": 3}])
+    'step'
+    """
+    epochs = [float(r["epoch"]) for r in rows if "epoch" in r]
+    return "epoch" if all(math.isfinite(e) and e == int(e) for e in epochs) else "step"
