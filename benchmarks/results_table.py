@@ -1,10 +1,17 @@
-"""Summary tables of finished runs for docs/results.md.
+"""Summary tables and figures of finished runs for docs/results.md.
 
 For each run directory: the final model beside its baseline, the gold standard's size and
 the run's time, then each method's centred cosine and Spearman with the gold standard at the
-first and last checkpoint and at its peak (with the step of the peak).
+first and last checkpoint and at its peak (with the step of the peak), the noise ceiling at
+the first and last checkpoint, and the seed-count table (the paper's Figs. 3 and 7: for k
+seeds per gold standard, the best checkpoint's centred cosine averaged over the S // k
+non-overlapping windows of k seeds).
 
     python benchmarks/results_table.py runs/adult runs/credit ...
+    python benchmarks/results_table.py --plots docs/img runs/diabetes-paper
+
+``--plots DIR`` also writes DIR/<run>-agreement.png and DIR/<run>-seeds.png from the run's
+metric tables (the report's figures), so that anyone with the run can check them.
 """
 
 from __future__ import annotations
@@ -68,9 +75,82 @@ def table(run: Path) -> str:
             peak = max(rows, key=lambda r: float(r["mean"]))
             cells += [_cell(rows[0]), _cell(rows[-1]), f"{_cell(peak)} ({peak['step']})"]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += ["", *noise_lines(run), "", *seed_lines(run)]
     return "\n".join(lines) + "\n"
 
 
+def _metric_rows(run: Path, name: str) -> list[dict]:
+    from fimo.evaluate.tables import read_table
+
+    path = run / "metrics" / f"{name}.csv"
+    return read_table(path) if path.exists() else []
+
+
+def noise_lines(run: Path) -> list[str]:
+    """The noise ceiling (a perfect method's centred cosine) at the first and last checkpoint."""
+    rows = [
+        r
+        for r in _metric_rows(run, "noise_floor")
+        if r["estimate"] == "ceiling" and r["metric"] == "cosine" and r["centred"]
+    ]
+    if not rows:
+        return []
+    rows.sort(key=lambda r: r["step"])
+    first, last = rows[0], rows[-1]
+    return [
+        f"Noise ceiling (centred cosine, {first['seeds']} seeds): "
+        f"{first['mean']:.3f} at step {first['step']}, {last['mean']:.3f} at step {last['step']}."
+    ]
+
+
+def seed_lines(run: Path) -> list[str]:
+    """Peak centred cosine over checkpoints for each window size k, per method."""
+    rows = [
+        r
+        for r in _metric_rows(run, "seed_count")
+        if r["best"] and r["metric"] == "cosine" and r["centred"]
+    ]
+    if not rows:
+        return []
+    ks = sorted({r["k"] for r in rows})
+    peak = {(r["method"], r["k"]): r for r in rows}
+    methods = sorted({r["method"] for r in rows}, key=lambda m: -peak[(m, ks[-1])]["mean"])
+    lines = [
+        "| method | " + " | ".join(f"k={k}" for k in ks) + " |",
+        "|---|" + "---|" * len(ks),
+    ]
+    for m in methods:
+        cells = [f"{peak[(m, k)]['mean']:.3f}" if (m, k) in peak else "" for k in ks]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return ["Peak centred cosine by seeds per gold standard (k):", "", *lines]
+
+
+def plots(run: Path, out: Path) -> list[Path]:
+    """The agreement grid and the seed-count figure of the run, as PNG files in ``out``."""
+    from fimo.evaluate.plots import plot_agreement_grid, plot_seed_count
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = _metric_rows(run, "by_checkpoint")
+    noise = _metric_rows(run, "noise_floor")
+    keep = [r for r in rows if r["metric"] in ("cosine", "spearman")]
+    written = []
+    for suffix, fig in (
+        ("agreement", plot_agreement_grid(keep, centred=True, noise=noise)),
+        ("seeds", plot_seed_count(_metric_rows(run, "seed_count"))),
+    ):
+        path = out / f"{run.name}-{suffix}.png"
+        fig.savefig(path, dpi=110)
+        written.append(path)
+    return written
+
+
 if __name__ == "__main__":
-    for arg in sys.argv[1:]:
+    args = sys.argv[1:]
+    plot_dir = None
+    if args[:1] == ["--plots"]:
+        plot_dir, args = Path(args[1]), args[2:]
+    for arg in args:
         print(table(Path(arg)))
+        if plot_dir is not None:
+            for path in plots(Path(arg), plot_dir):
+                print(f"wrote {path}")
