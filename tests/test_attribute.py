@@ -188,4 +188,28 @@ def test_the_command_prints_a_table_per_test_instance(tiny_toml, run, capsys):
     printed = capsys.readouterr().out
     assert printed.count("Test instance #") == 2
     best = result.helpful(3)[0]
-    assert f"#{best}" in printed and f"Attribution: {out / 'attribution.html'}" in printed
+    assert (
+        f"#{best}" in printed
+        and f"Attribution: {out / 'attribution.html'} (unrolled_quadratic, computed in" in printed
+    )
+    assert "saved scores reused)" in printed
+
+
+def test_a_further_training_the_default_cannot_model_is_refused_first(tmp_path, capsys):
+    path = tmp_path / "adam.toml"
+    path.write_text(tomli_w.dumps({**TINY, "further": {**TINY["further"], "optimizer": "adam"}}))
+    out = tmp_path / "run"
+    assert main(["attribute", str(path), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "further.optimizer = 'adam' is not supported" in err
+    assert not out.exists()
+
+
+def test_bad_further_settings_for_a_task_are_named():
+    x = torch.zeros(4, 2)
+    task = fimo.Task(torch.nn.Linear(2, 1), fimo.ArrayDataset(x, x.sum(1)),
+                     fimo.ArrayDataset(x, x.sum(1)), loss="mse")  # fmt: skip
+    with pytest.raises(fimo.errors.InputError, match=r"^further: got \{'lrr': 0.1\}; give a"):
+        fimo.attribute(task, [0], further={"lrr": 0.1})
+    with pytest.raises(fimo.errors.InputError, match=r"^--test: got 4, but there are only 4"):
+        fimo.attribute(task, [4])

@@ -178,7 +178,10 @@ def attribute_command(
     if not quiet:
         for t in result.scores.test.tolist():
             console.print(rich_attribution_table(result, t))
-    console.print(f"Attribution: {result.page}", soft_wrap=True)
+    took = f"computed in {result.seconds:.1f} s" + (
+        ", saved scores reused" if result.reused else ""
+    )
+    console.print(f"Attribution: {result.page} ({method}, {took})", soft_wrap=True)
 
 
 @app.command("report")

@@ -35,6 +35,7 @@ from fimo.further.plan import steps_per_epoch
 from fimo.io import fingerprint, write_text
 from fimo.methods import available_methods, get_method
 from fimo.methods.unrolled import unrolled_estimate
+from fimo.methods.unrolled_quadratic import resolve_optimizer
 from fimo.scores import Scores
 from fimo.task import Task
 
@@ -156,7 +157,8 @@ class Attribution:
     ``step``, for one with seeds their mean); ``sem``: its seed-to-seed standard error, or
     None; ``top``: the rows of :func:`fimo.evaluate.attribution.top_instances`;
     ``descriptions``: the instances decoded; ``page``: ``attribution.html`` (None when
-    nothing was written); ``reused``: whether saved scores were used.
+    nothing was written); ``reused``: whether saved scores were used; ``seconds``: how long
+    the method took (when the scores were computed).
 
     >>> s = Scores(np.array([[0.5, -0.1]]), [0], [0, 1], "grad_dot")
     >>> Attribution(s, None, None, [], {}).helpful(0)
@@ -271,6 +273,9 @@ def attribute(
         )
     config = source if isinstance(source, Config) else load_config(source, scale=scale)
     config = with_overrides(config, device=device)
+    if request.method == "unrolled_quadratic":  # its optimizer check, before any training
+        table = config.methods.settings.get(request.method, {})
+        resolve_optimizer(config.further, table.get("lr"), table.get("momentum"))
     out = default_run_dir(config) if out is None else out
     return _from_config(config, request, RunDir(out), overwrite, console, quiet)
 
@@ -309,9 +314,7 @@ def _from_config(config: Config, request: Request, rundir: RunDir, overwrite, co
 
 def _from_task(task: Task, request: Request, further, out, console, quiet) -> Attribution:
     request.check_range(len(task.test))
-    further = (
-        further if isinstance(further, FurtherSettings) else FurtherSettings(**(further or {}))
-    )
+    further = _further_settings(further)
     settings, step = _settings(request.method, {}, further, len(task.train), request)
     dtype = str(next(task.model.parameters()).dtype).removeprefix("torch.")
     data = task.train.inputs, task.train.targets, task.test.inputs, task.test.targets
@@ -324,6 +327,19 @@ def _from_task(task: Task, request: Request, further, out, console, quiet) -> At
     with rundir.lock():
         rundir.remove_temporaries()
         return _attribute(job, rundir, console, quiet)
+
+
+def _further_settings(further) -> FurtherSettings:
+    """``further=`` of a Task as FurtherSettings (None: the defaults)."""
+    if further is None or isinstance(further, FurtherSettings):
+        return further or FurtherSettings()
+    try:
+        return FurtherSettings(**further)
+    except TypeError:
+        raise InputError(
+            f"further: got {further!r}; give a FurtherSettings or a dict of its settings "
+            f"({', '.join(f.name for f in dataclasses.fields(FurtherSettings))})"
+        ) from None
 
 
 def _fingerprint(fps: dict, request: Request, settings: dict, n_train: int, dtype: str) -> str:
@@ -343,7 +359,7 @@ def _fingerprint(fps: dict, request: Request, settings: dict, n_train: int, dtyp
 def _attribute(job: _Job, rundir: RunDir | None, console: Console, quiet: bool) -> Attribution:
     """The scores (saved ones when they match, else computed and saved), the top instances
     and, with a run directory, the page."""
-    name, started = job.request.method, time.perf_counter()
+    name = job.request.method
     found = _cached(rundir, name, job.fingerprint)
     if found is not None:
         scores, sem = found
@@ -361,7 +377,7 @@ def _attribute(job: _Job, rundir: RunDir | None, console: Console, quiet: bool) 
     descriptions = describe_examples(rows, train=job.train, test=job.test)
     result = Attribution(
         scores, sem, job.step, rows, descriptions, None, found is not None,
-        time.perf_counter() - started, job.about + _about(job, scores),
+        scores.settings.get("seconds", 0.0), job.about + _about(job, scores),
     )  # fmt: skip
     if rundir is not None:
         title = f"fimo attribute: {name}"
@@ -372,7 +388,10 @@ def _attribute(job: _Job, rundir: RunDir | None, console: Console, quiet: bool) 
 
 def _about(job: _Job, scores: Scores) -> list[str]:
     """The page's lines on what was computed."""
-    lines = [f"method {job.request.method}: {len(scores.train)} training instances scored"]
+    lines = [
+        f"method {job.request.method}: {len(scores.train)} training instances scored in "
+        f"{scores.settings.get('seconds', 0.0):.1f} s"
+    ]
     if job.step is not None:
         f = job.settings["further"]
         lines.append(
@@ -400,7 +419,7 @@ def _cached(rundir: RunDir | None, name: str, fp: str):
 def _compute(job: _Job, console: Console, quiet: bool) -> tuple[Scores, Scores | None]:
     """Run the method on every training instance, with a progress bar."""
     name, task = job.request.method, job.task.with_cached_trunk()
-    train = np.arange(len(task.train))
+    train, started = np.arange(len(task.train)), time.perf_counter()
     with progress_bar(console, quiet) as bar:
         progress_job = bar.add_task(name, total=len(train))
         arguments = dict(job.settings, progress=lambda k: bar.advance(progress_job, k))
@@ -411,9 +430,10 @@ def _compute(job: _Job, console: Console, quiet: bool) -> tuple[Scores, Scores |
                          steps=scores.steps)  # fmt: skip
         else:
             scores, sem = get_method(name)(task, job.request.test, train, **arguments), None
+    seconds = round(time.perf_counter() - started, 3)
     for s in (scores, sem):
         if s is not None:
-            s.settings["fingerprint"] = job.fingerprint
+            s.settings.update(fingerprint=job.fingerprint, seconds=seconds)
     return scores, sem
 
 
