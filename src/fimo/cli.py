@@ -178,9 +178,7 @@ def attribute_command(
     if not quiet:
         for t in result.scores.test.tolist():
             console.print(rich_attribution_table(result, t))
-    took = f"computed in {result.seconds:.1f} s" + (
-        ", saved scores reused" if result.reused else ""
-    )
+    took = "saved scores reused" if result.reused else f"computed in {result.seconds:.1f} s"
     console.print(f"Attribution: {result.page} ({method}, {took})", soft_wrap=True)
 
 
