@@ -182,9 +182,10 @@ def test_a_foreign_out_directory_is_refused(tiny_toml, tmp_path, capsys):
 
 def test_the_command_prints_a_table_per_test_instance(tiny_toml, run, capsys):
     out, result = run
-    assert (
-        main(["attribute", str(tiny_toml), "--out", str(out), "--test", "3,0", "--top", "4"]) == 0
-    )
+    argv = ["attribute", str(tiny_toml), "--out", str(out), "--test", "3,0", "--top", "4"]
+    assert main(argv) == 0  # computes (an earlier test left another horizon's scores) or reuses
+    capsys.readouterr()
+    assert main(argv) == 0
     printed = capsys.readouterr().out
     assert printed.count("Test instance #") == 2
     best = result.helpful(3)[0]

@@ -199,11 +199,8 @@ def horizon(
     """
     per_epoch = steps_per_epoch(n_train, further.batch_size)
     total = per_epoch * further.epochs
-    T = (
-        (total if further.max_steps is None else min(total, further.max_steps))
-        if steps is None
-        else steps
-    )
+    configured = total if further.max_steps is None else min(total, further.max_steps)
+    T = configured if steps is None else steps
     cut = dataclasses.replace(
         further,
         epochs=max(further.epochs, math.ceil(T / per_epoch)),
@@ -240,7 +237,7 @@ def attribute(
     device: str | None = None,
     scale: str = "quick",
     overwrite: bool = False,
-    quiet: bool = True,
+    quiet: bool = False,
     console: Console | None = None,
 ) -> Attribution:
     """Score every training instance for the test instances ``test`` (dataset indices).
@@ -251,7 +248,7 @@ def attribute(
     further training the horizon refers to; with ``out`` the scores and page are saved
     there). ``steps``: the horizon of a horizon-matched method; ``seeds``: the seeds of a
     method that has them (``unrolled``); ``top``: how many helpful and harmful instances per
-    test instance are listed.
+    test instance are listed. Progress bars and notes go to stderr unless ``quiet``.
 
     >>> import torch
     >>> from fimo.data import ArrayDataset
@@ -265,6 +262,10 @@ def attribute(
     request = Request(test, method, steps, seeds, top).check()
     console = console or Console(stderr=True, quiet=quiet)
     if isinstance(source, Task):
+        if device is not None:
+            raise InputError(
+                f"device: got {device!r}; a Task runs where it is: move it first, task.to(...)"
+            )
         return _from_task(source, request, further, out, console, quiet)
     if further is not None:
         raise InputError(
