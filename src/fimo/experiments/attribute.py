@@ -39,7 +39,7 @@ from fimo.methods.unrolled_quadratic import resolve_optimizer
 from fimo.scores import Scores
 from fimo.task import Task
 
-__all__ = ["DEFAULT_METHOD", "Attribution", "Request", "attribute", "parse_indices"]
+__all__ = ["DEFAULT_METHOD", "Attribution", "Request", "attribute", "horizon", "parse_indices"]
 
 #: the default: horizon-matched (it answers "what if i were left out of further training?"),
 #: deterministic (no seeds), from the final model's gradients and curvature alone
