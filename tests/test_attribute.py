@@ -85,7 +85,7 @@ def test_the_page_shows_the_picks_decoded(config, run):
     assert "<script" not in page and "http" not in page  # self-contained
 
 
-def test_unrolled_gives_the_seed_mean_and_its_standard_error(config, run, tmp_path):
+def test_unrolled_gives_the_seed_mean_and_its_standard_error(config, run):
     out, _ = run
     result = attribute(config, [1], method="unrolled", seeds=3, steps=5, top=2, out=out)
     task = final_task(config, out)
