@@ -57,6 +57,27 @@ def run(config="adult", out=None, overwrite=False, quiet=False, scale="quick", *
     return run_pipeline(conf, out, overwrite=overwrite, quiet=quiet)
 
 
+def attribute(source, test, **options):
+    """Score every training instance for test instances ``test``, from the final model alone.
+
+    ``source``: a preset name, a TOML path or a Config (the final model is trained or reused
+    as ``fimo.run`` does, in ``out``) or a ``fimo.Task`` holding the final model. Options:
+    method (default ``"unrolled_quadratic"``), steps, seeds, top, out, further (for a Task),
+    device, scale, overwrite, quiet (:func:`fimo.experiments.attribute.attribute`).
+
+    >>> import fimo, torch
+    >>> x = torch.linspace(-1, 1, 16).reshape(8, 2)
+    >>> task = fimo.Task(torch.nn.Linear(2, 1), fimo.ArrayDataset(x, x.sum(1)),
+    ...                  fimo.ArrayDataset(x, x.sum(1)), loss="mse")
+    >>> result = fimo.attribute(task, [0, 7], further={"lr": 0.1, "batch_size": 4}, top=2)
+    >>> result.scores.shape, result.helpful(0)
+    ((2, 8), [0, 1])
+    """
+    from fimo.experiments.attribute import attribute as attribute_scores
+
+    return attribute_scores(source, test, **options)
+
+
 __all__ = [
     "ArrayDataset",
     "FurtherSettings",
@@ -64,6 +85,7 @@ __all__ = [
     "Scores",
     "Task",
     "agreement_by_checkpoint",
+    "attribute",
     "evaluate",
     "gold_standard",
     "grad_cos",

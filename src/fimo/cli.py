@@ -134,6 +134,54 @@ def _print_summary(rows: list[dict], report: Path, quiet: bool) -> None:
     console.print(f"Report: {report}")
 
 
+@app.command("attribute")
+def attribute_command(
+    source: Annotated[
+        str, typer.Argument(help="A preset name (see `fimo presets`) or a path to a .toml file.")
+    ] = "adult",
+    test: Annotated[
+        str, typer.Option(help="Test instances (dataset indices, comma-separated), e.g. 0,5,9.")
+    ] = "0,1,2",
+    method: Annotated[
+        str, typer.Option(help="The method (default unrolled_quadratic; see docs/attribute.md).")
+    ] = "unrolled_quadratic",
+    steps: Annotated[
+        int | None,
+        typer.Option(help="Further-training steps the estimate looks ahead (default: all)."),
+    ] = None,
+    seeds: Annotated[int | None, typer.Option(help="Seeds of a method that has them.")] = None,
+    top: Annotated[int, typer.Option(help="Helpful and harmful instances shown per test.")] = 5,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<name>).")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N.")] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Discard a final model trained under other settings.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars or tables.")] = False,
+    scale: Annotated[str, typer.Option(help="quick (default) or paper.")] = "quick",
+) -> None:
+    """Score every training instance for chosen test instances, from the final model alone.
+
+    Writes attribution/<method>.npz and attribution.html into the run directory; the same
+    command again reuses the scores. Bad settings exit with 2 before any work:
+
+    >>> main(["attribute", "concrete", "--test", "0,-1"]), main(["attribute", "--steps", "0"])
+    (2, 2)
+    """
+    from fimo.experiments.attribute import attribute, parse_indices
+    from fimo.terminal import rich_attribution_table
+
+    result = attribute(
+        source, parse_indices(test), method=method, steps=steps, seeds=seeds, top=top,
+        out=out, device=device, scale=scale, overwrite=overwrite, quiet=quiet,
+    )  # fmt: skip
+    console = Console() if Console().is_terminal else Console(width=120)
+    if not quiet:
+        for t in result.scores.test.tolist():
+            console.print(rich_attribution_table(result, t))
+    took = "saved scores reused" if result.reused else f"computed in {result.seconds:.1f} s"
+    console.print(f"Attribution: {result.page} ({method}, {took})", soft_wrap=True)
+
+
 @app.command("report")
 def report_command(
     run_dir: Annotated[Path, typer.Argument(help="A run directory made by `fimo run`.")],

@@ -10,7 +10,7 @@ import math
 from fimo.evaluate.formatting import epoch_text, mean_sem_text
 from fimo.evaluate.narrative import summary
 
-__all__ = ["rich_summary_table"]
+__all__ = ["describe_text", "rich_attribution_table", "rich_summary_table"]
 
 
 def rich_summary_table(
@@ -57,9 +57,7 @@ def rich_summary_table(
             e["method"],
             mean_sem_text(e["first"]["mean"], e["first"]["sem"], 3),
             mean_sem_text(e["last"]["mean"], e["last"]["sem"], 3),
-            f"{mean_sem_text(peak['mean'], None, 3)} ({epoch_text(peak[by])})"
-            if peak
-            else "n/a",
+            f"{mean_sem_text(peak['mean'], None, 3)} ({epoch_text(peak[by])})" if peak else "n/a",
         ]
         if other:
             o = other.get(e["method"])
@@ -85,3 +83,67 @@ def _position_unit(rows) -> str:
     """
     epochs = [float(r["epoch"]) for r in rows if "epoch" in r]
     return "epoch" if all(math.isfinite(e) and e == int(e) for e in epochs) else "step"
+
+
+def describe_text(desc, width: int = 60) -> str:
+    """A :func:`fimo.evaluate.describe` dict as one short line: the label, then the values.
+
+    >>> describe_text({"label": ">50K", "age": "38", "education": "Masters"})
+    '>50K · age 38, education Masters'
+    >>> describe_text({"label": "7", "image": "data:image/png;base64,..."})
+    '7 · [image]'
+    """
+    desc = dict(desc or {})
+    parts = [str(desc.pop("label"))] if "label" in desc else []
+    if desc.pop("image", None) is not None:
+        parts.append("[image]")
+    if "text" in desc:
+        parts.append(f"“{desc.pop('text')}”")
+    if desc:
+        parts.append(", ".join(f"{k} {v}" for k, v in desc.items()))
+    text = " · ".join(parts)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def rich_attribution_table(result, test: int):
+    """A ``rich.table.Table`` of one test instance's most helpful and most harmful training
+    instances (an :class:`~fimo.experiments.attribute.Attribution`), each decoded.
+
+    >>> import numpy as np
+    >>> from rich.console import Console
+    >>> from fimo.experiments.attribute import Attribution
+    >>> from fimo.evaluate.attribution import top_instances
+    >>> from fimo.scores import Scores
+    >>> s = Scores(np.array([[0.5, -0.2, 0.1]]), [7], [4, 5, 6], "grad_dot")
+    >>> result = Attribution(s, None, None, top_instances(s.values, [7], [4, 5, 6], 1), {})
+    >>> console = Console(width=100, record=True, file=open("/dev/null", "w"))
+    >>> console.print(rich_attribution_table(result, 7))
+    >>> print(console.export_text().splitlines()[4].strip())
+    │ helpful │    1 │    #4 │ +0.5  │             │
+    """
+    from rich.table import Table
+
+    from fimo.evaluate.attribution import score_text
+
+    desc = result.descriptions
+    shown = describe_text(desc.get("test", {}).get(test), 80)
+    table = Table(
+        title=f"Test instance #{test}" + (f": {shown}" if shown else ""),
+        caption="positive = helpful: leaving the training instance out would raise the test "
+        "loss" + ("; ± SEM over seeds" if result.sem is not None else ""),
+    )
+    for column, justify in (("", "left"), ("rank", "right"), ("train", "right")):
+        table.add_column(column, justify=justify)
+    table.add_column("score", justify="left")
+    table.add_column("instance", justify="left", overflow="fold")
+    for row in result.top:
+        if row["test"] != test:
+            continue
+        table.add_row(
+            row["direction"] if row["rank"] == 1 else "",
+            str(row["rank"]),
+            f"#{row['train']}",
+            score_text(row["score"], row["sem"]),
+            describe_text(desc.get("train", {}).get(row["train"])),
+        )
+    return table

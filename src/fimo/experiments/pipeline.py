@@ -40,7 +40,7 @@ from fimo.task import Task
 from fimo.training import evaluate_model, train_final
 from fimo.version import __version__
 
-__all__ = ["RunResult", "choose_left_out", "run", "run_lock"]
+__all__ = ["RunResult", "choose_left_out", "final_model", "progress_bar", "run", "run_lock"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -122,7 +122,15 @@ def _trunk_cached(task: Task, console: Console, quiet: bool) -> Task:
         return task.with_cached_trunk(progress)
 
 
-def _progress(console: Console, quiet: bool) -> Progress:
+def progress_bar(console: Console, quiet: bool) -> Progress:
+    """The stages' progress bar: what, bar, done of total, time left (nothing when ``quiet``).
+
+    >>> with progress_bar(Console(quiet=True), quiet=True) as bar:
+    ...     job = bar.add_task("grad_dot", total=4)
+    ...     bar.advance(job, 4)
+    >>> bar.tasks[0].completed == 4
+    True
+    """
     return Progress(
         TextColumn("{task.description:<18}"),
         BarColumn(),
@@ -132,6 +140,9 @@ def _progress(console: Console, quiet: bool) -> Progress:
         disable=quiet,
         transient=False,
     )
+
+
+_progress = progress_bar  # the stages' own name for it
 
 
 @dataclass
@@ -206,12 +217,17 @@ def _run(config: Config, rundir: RunDir, overwrite: bool, console, quiet: bool) 
     return RunResult(r.dir.path, config, task, gold, scores, rows, model_metrics, r.timings)
 
 
-def _prepare(config: Config, rundir: RunDir, overwrite: bool, console, quiet: bool) -> _Run:
-    """Every check before any work: the device, the data, the test and left-out indices and
-    the methods. Writes ``config.toml`` when the directory has none (or ``overwrite``)."""
+def _prepare(
+    config: Config, rundir: RunDir, overwrite: bool, console, quiet: bool, check=None
+) -> _Run:
+    """Every check before any work: the device, the data (and ``check(train, test)``, a
+    caller's own), the test and left-out indices and the methods. Writes ``config.toml`` when
+    the directory has none (or ``overwrite``)."""
     device = _device(config.run.device)
     train, test = load_data(config)
     check_pair(train, test, "data.factory" if config.data.factory else "data")
+    if check is not None:
+        check(train, test)
     if config.data.n_test > len(test):
         raise InputError(
             f"data.n_test: got {config.data.n_test}, but there are only {len(test)} test instances"
@@ -237,6 +253,26 @@ def _prepare(config: Config, rundir: RunDir, overwrite: bool, console, quiet: bo
         methods,
         {"data": data_fp},
     )
+
+
+def final_model(
+    config: Config, rundir: RunDir, overwrite: bool, console: Console, quiet: bool, check=None
+) -> tuple[_Run, Task, dict]:
+    """The checks of :func:`run` (with ``check(train, test)`` after the data are loaded),
+    then the final model trained or reused exactly as ``run`` does: ``(run state, task on
+    run.device, its test metrics)``. The caller holds ``rundir``'s lock (``fimo attribute``).
+
+    >>> import tempfile
+    >>> from fimo.experiments.config import from_dict
+    >>> config = from_dict({"name": "tiny", "data": {"dataset": "concrete", "n_test": 500}})
+    >>> final_model(config, RunDir(tempfile.mkdtemp()), False, Console(quiet=True), True)
+    Traceback (most recent call last):
+    ...
+    fimo.errors.InputError: data.n_test: got 500, but there are only 103 test instances
+    """
+    r = _prepare(config, rundir, overwrite, console, quiet, check)
+    task = build_task(config, r.train, r.test)
+    return r, task, _final_model_stage(r, task)
 
 
 def _final_model_stage(r: _Run, task: Task) -> dict:

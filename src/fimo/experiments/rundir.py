@@ -13,6 +13,9 @@ Layout (DESIGN.md ◆ Runs are data)::
     metrics/<table>.csv  the evaluation's tables (and .parquet with pyarrow)
     plots/               PNG and SVG figures, and fingerprint.json of what they were drawn from
     report.html          one self-contained page
+    attribution/<name>.npz   `fimo attribute`'s scores of every training instance for chosen
+                         test instances (and <name>.sem.npz, their seed-to-seed standard error)
+    attribution.html     `fimo attribute`'s page of the most helpful and harmful instances
     .lock                held while a process works in the directory
     <file>.sha256        the checksum of each .npz, .pt and .csv file (:mod:`fimo.io`)
 
@@ -211,6 +214,34 @@ class RunDir:
         return self.path / "report.html"
 
     @property
+    def attribution_dir(self) -> Path:
+        """`fimo attribute`'s scores.
+
+        >>> RunDir("runs/x").attribution_dir.as_posix()
+        'runs/x/attribution'
+        """
+        return self.path / "attribution"
+
+    def attribution_file(self, name: str, statistic: str = "") -> Path:
+        """`fimo attribute`'s scores by method ``name`` (the seed mean for a method with
+        seeds), or with ``statistic="sem"`` their seed-to-seed standard error.
+
+        >>> run = RunDir("runs/x")
+        >>> run.attribution_file("unrolled").as_posix(), run.attribution_file("unrolled", "sem").name
+        ('runs/x/attribution/unrolled.npz', 'unrolled.sem.npz')
+        """
+        return self.attribution_dir / (f"{name}.{statistic}.npz" if statistic else f"{name}.npz")
+
+    @property
+    def attribution_page(self) -> Path:
+        """`fimo attribute`'s page of the most helpful and harmful training instances.
+
+        >>> RunDir("runs/x").attribution_page.as_posix()
+        'runs/x/attribution.html'
+        """
+        return self.path / "attribution.html"
+
+    @property
     def lock_file(self) -> Path:
         """Held while a process works in the directory (:meth:`lock`).
 
@@ -334,7 +365,7 @@ class RunDir:
         (['.manifest.json.abcd1234.tmp'], ['notes.tmp'])
         """
         folders = [self.path, self.model_dir, self.further, self.further / SHARDS]
-        folders += [self.scores_dir, self.metrics_dir, self.plots_dir]
+        folders += [self.scores_dir, self.metrics_dir, self.plots_dir, self.attribution_dir]
         return remove_temporaries(folders)
 
     def verify(self) -> tuple[int, list[Path]]:
@@ -601,23 +632,20 @@ class RunDir:
         >>> run.cached_scores("grad_dot", "f1").shape, run.cached_scores("grad_dot", "f2")
         ((1, 2), None)
         """
-        path = self.scores_file(name)
-        if not path.exists():
-            return None
-        if not checksum_matches(path):
-            warnings.warn(
-                f"{path} is damaged or incomplete (no checksum, or its bytes do not match it); "
-                "recomputing it",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            return None
-        try:
-            cached = Scores.load(path)
-        except (InputError, KeyError, ValueError) as exc:
-            warnings.warn(f"{path} cannot be read ({exc}); recomputing it", RuntimeWarning, 3)
-            return None
-        return cached if cached.settings.get("fingerprint") == fp else None
+        return _cached_scores(self.scores_file(name), fp)
+
+    def cached_attribution(self, name: str, fp: str, statistic: str = "") -> Scores | None:
+        """`fimo attribute`'s scores (or ``statistic``) saved for method ``name`` under
+        fingerprint ``fp``, or None, as :meth:`cached_scores`.
+
+        >>> import tempfile
+        >>> run = RunDir(tempfile.mkdtemp())
+        >>> scores = Scores(np.ones((1, 2)), [0], [3, 4], "unrolled", {"fingerprint": "f1"})
+        >>> _ = scores.save(run.attribution_file("unrolled", "sem"))
+        >>> run.cached_attribution("unrolled", "f1", "sem").shape, run.cached_attribution("unrolled", "f1")
+        ((1, 2), None)
+        """
+        return _cached_scores(self.attribution_file(name, statistic), fp)
 
     def run_scores(self, config=None, manifest: dict | None = None, notes=None) -> dict:
         """The scores in ``scores/`` that belong to the run (see the module's docstring).
@@ -791,7 +819,7 @@ def load_run(path) -> RunFiles:
 #: what fimo writes at the top of a run directory (DESIGN.md ◆ Runs are data)
 FIMO_ENTRIES = frozenset(
     {"config.toml", "manifest.json", "model", "further", "scores", "metrics", "plots"}
-    | {"report.html", ".lock"}
+    | {"report.html", ".lock", "attribution", "attribution.html"}
 )
 
 
@@ -806,7 +834,7 @@ def _is_fimo_entry(folder: Path, entry: Path) -> bool:
     return name in FIMO_ENTRIES and (entry.is_dir() == (name in _FIMO_FOLDERS))
 
 
-_FIMO_FOLDERS = frozenset({"model", "further", "scores", "metrics", "plots"})
+_FIMO_FOLDERS = frozenset({"model", "further", "scores", "metrics", "plots", "attribution"})
 
 #: a run directory has at least one of these (the lock is taken first, config.toml written
 #: next; a run put together by hand for `fimo report` has further/ or scores/)
@@ -860,6 +888,27 @@ def _belonging_scores(file: Path, foreign: bool, recorded: str | None, notes: li
         )
         return None
     return sc
+
+
+def _cached_scores(path: Path, fp: str) -> Scores | None:
+    """The Scores in ``path`` if made under fingerprint ``fp``; None when absent, made under
+    other settings, or damaged (a warning says so: the caller recomputes them)."""
+    if not path.exists():
+        return None
+    if not checksum_matches(path):
+        warnings.warn(
+            f"{path} is damaged or incomplete (no checksum, or its bytes do not match it); "
+            "recomputing it",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return None
+    try:
+        cached = Scores.load(path)
+    except (InputError, KeyError, ValueError) as exc:
+        warnings.warn(f"{path} cannot be read ({exc}); recomputing it", RuntimeWarning, 4)
+        return None
+    return cached if cached.settings.get("fingerprint") == fp else None
 
 
 def _check_external_coverage(name: str, gold, test, scores: Scores) -> None:
