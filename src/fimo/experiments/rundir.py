@@ -729,8 +729,9 @@ class RunDir:
         >>> manifest = {"fingerprints": {"scores": {"grad_dot": "f1"}}}
         >>> with warnings.catch_warnings(record=True) as caught:
         ...     warnings.simplefilter("always")
-        ...     run.loaded_scores(None, manifest, []), str(caught[0].message)  # doctest: +ELLIPSIS
-        ({}, 'scores/grad_dot.npz is missing; ...')
+        ...     found = run.loaded_scores(None, manifest, [])
+        >>> found, str(caught[0].message)  # doctest: +ELLIPSIS
+        ({}, "scores/grad_dot.npz is missing; left out (`fimo run` with the run's ...")
         """
         found: list[str] = []
         scores = self.run_scores(config, manifest, found)
