@@ -65,6 +65,8 @@ def call_factory(spec: str, setting: str, *args):
     fn = resolve_callable(spec, setting)
     try:
         return fn(*args)
+    except InputError:  # fimo's own check inside the factory (e.g. ArrayDataset's): as it is
+        raise
     except Exception as exc:  # the user's code: its error, in one line, and whose it is
         reason = " ".join(str(exc).split())[:300]
         raise InputError(
