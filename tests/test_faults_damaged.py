@@ -136,9 +136,9 @@ def test_verify_names_every_damaged_file(out, capsys):
     before = files(out)
     assert main(["verify", str(out)]) == 2
     assert stderr(capsys) == (
-        f"error: 2 of {checked} files in {out} do not match their checksums "
-        "(metrics/by_checkpoint.csv, scores/grad_dot.npz); run `fimo run` with the same "
-        "configuration again to recompute them"
+        f"error: of {checked} files in {out}, 1 do not match their checksums "
+        "(metrics/by_checkpoint.csv) and 1 are missing (scores/grad_dot.npz); run `fimo run` "
+        "with the same configuration again to recompute them"
     )
     assert files(out) == before
 

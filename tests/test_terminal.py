@@ -9,7 +9,7 @@ def _rows(epochs, steps):
     return [
         {"method": "grad_dot", "checkpoint": c, "step": s, "epoch": e, "metric": "cosine",
          "centred": True, "mean": v, "sem": 0.01, "n": 4}
-        for c, (e, s, v) in enumerate(zip(epochs, steps, (0.5, 0.9, 0.7)))
+        for c, (e, s, v) in enumerate(zip(epochs, steps, (0.5, 0.9, 0.7), strict=True))
     ]  # fmt: skip
 
 

@@ -18,14 +18,33 @@ own, here on a tiny linear model:
 [('grad_dot', 'cosine'), ('grad_dot', 'pearson')]
 """
 
-from fimo import evaluate  # a package that can be called: fimo.evaluate(run_dir_or_gold, ...)
-from fimo.data import ArrayDataset
-from fimo.evaluate import agreement_by_checkpoint
-from fimo.further import FurtherSettings, GoldStandard, gold_standard
-from fimo.methods import grad_cos, grad_dot
-from fimo.scores import Scores
-from fimo.task import Task
+import importlib
+
 from fimo.version import __version__ as __version__
+
+#: public name -> the module that defines it; each is imported when first used, so that
+#: ``fimo --help`` and a refused command answer without loading torch
+_WHERE = {
+    "ArrayDataset": "fimo.data",
+    "FurtherSettings": "fimo.settings",
+    "GoldStandard": "fimo.further.gold",
+    "Scores": "fimo.scores",
+    "Task": "fimo.task",
+    "agreement_by_checkpoint": "fimo.evaluate",
+    "gold_standard": "fimo.further.runner",
+    "grad_cos": "fimo.methods.first_order",
+    "grad_dot": "fimo.methods.first_order",
+}
+
+
+def __getattr__(name: str):
+    """The public names, imported on first use (``fimo.evaluate``, a package that can be
+    called, is imported as the submodule it is)."""
+    if name == "evaluate":
+        return importlib.import_module("fimo.evaluate")
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'fimo' has no attribute {name!r}")
 
 
 def run(config="adult", out=None, overwrite=False, quiet=False, scale="quick", **overrides):

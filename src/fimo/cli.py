@@ -85,8 +85,11 @@ def run_command(
     >>> main(["run", "no_such_preset"]), main(["run", "--no-such-option"])
     (2, 2)
     """
+    from fimo.experiments.rundir import RunDir
+
+    if out is not None:  # a held or foreign directory is refused before torch loads
+        RunDir(out).check_free()
     from fimo.experiments.config import default_run_dir, load_config, with_overrides
-    from fimo.experiments.pipeline import run
 
     config = load_config(source, scale=scale)
     names = None if methods is None else [m.strip() for m in methods.split(",") if m.strip()]
@@ -112,6 +115,9 @@ def run_command(
     )
     if out is None:
         out = default_run_dir(config)
+        RunDir(out).check_free()
+    from fimo.experiments.pipeline import run
+
     result = run(config, out, overwrite=overwrite, quiet=quiet)
     _print_summary(result.rows, result.report, quiet)
 
@@ -203,7 +209,7 @@ def report_command(
     >>> main(["report", folder]), main(["report", folder, "--examples", "a,b"])
     (2, 2)
     """
-    from fimo.experiments.outputs import rebuild_report
+    from fimo.experiments.rundir import RunDir
 
     options = {}
     if examples is not None:
@@ -213,6 +219,10 @@ def report_command(
             raise InputError(
                 f"--examples: got {examples!r}; expected dataset indices such as 0,5,9"
             ) from None
+    RunDir(run_dir).check_exists()
+    RunDir(run_dir).check_free()  # before torch loads
+    from fimo.experiments.outputs import rebuild_report
+
     ev = rebuild_report(run_dir, **options)
     _print_evaluation(ev, run_dir, quiet)
 
@@ -266,8 +276,11 @@ def compare_command(
     ...       "--orientation", "test,train"])
     2
     """
-    from fimo.experiments.outputs import compare_run
     from fimo.experiments.rundir import RunDir
+
+    RunDir(run_dir).check_external(name, orientation, sign)
+    RunDir(run_dir).check_free()  # before torch loads
+    from fimo.experiments.outputs import compare_run
 
     sc, ev = compare_run(run_dir, scores, name, orientation, sign, test_indices, train_indices, key)
     if not quiet:
@@ -307,15 +320,24 @@ def verify_command(
     from fimo.io import DamagedFileError
 
     RunDir(run_dir).check_is_run()
-    checked, damaged = RunDir(run_dir).verify()
+    checked, damaged, missing = RunDir(run_dir).verify()
+    parts = []
     if damaged:
-        names = ", ".join(str(p.relative_to(run_dir)) for p in damaged[:5])
+        parts.append(f"{len(damaged)} do not match their checksums {_few(damaged, run_dir)}")
+    if missing:
+        parts.append(f"{len(missing)} are missing {_few(missing, run_dir)}")
+    if parts:
         raise DamagedFileError(
-            f"{len(damaged)} of {checked} files in {run_dir} do not match their checksums "
-            f"({names}{' ...' if len(damaged) > 5 else ''}); run `fimo run` with the same "
-            "configuration again to recompute them"
+            f"of {checked} files in {run_dir}, {' and '.join(parts)}; run `fimo run` with the "
+            "same configuration again to recompute them"
         )
     Console().print(f"{checked} files in {run_dir} match their checksums.")
+
+
+def _few(paths: list[Path], folder: Path) -> str:
+    """``(a, b, c ...)``: the first few of ``paths``, relative to ``folder``."""
+    names = ", ".join(Path(p).relative_to(folder).as_posix() for p in paths[:5])
+    return f"({names}{' ...' if len(paths) > 5 else ''})"
 
 
 @app.command("presets")
@@ -339,7 +361,7 @@ def presets_command() -> None:
         about = preset_about(name)
         cells = []
         for scale in ("quick", "paper"):
-            c = load_config(name, scale=scale)
+            c = load_config(name, scale=scale, check_methods=False)  # no torch: see from_dict
             g, f = c.gold, c.further
             steps = f"{f.max_steps} steps" if f.max_steps else f"{f.epochs} epochs"
             cells.append(

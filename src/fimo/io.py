@@ -66,7 +66,12 @@ def _fix(code: int | None, path) -> str:
         )
     if code in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"make {Path(path).parent} writable, or write the run elsewhere with --out"
-    if code in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+    if code == errno.EISDIR:
+        return (
+            "a folder stands where fimo writes a file: remove it and start again (finished "
+            "work is kept)"
+        )
+    if code in (errno.ENOTDIR, errno.EEXIST):
         return "a file stands where a folder is needed (or the reverse); choose another --out"
     return "check the disk and the folder, then start again: finished work is kept"
 
@@ -99,6 +104,69 @@ class DamagedFileError(InputError):
     DamagedFileError True
     >>> folder.cleanup()
     """
+
+
+#: the most a metadata file (a checksum, JSON, a configuration) may hold: more is damage
+MAX_METADATA_BYTES = 16 << 20
+
+
+def read_small_text(path: str | os.PathLike, limit: int = MAX_METADATA_BYTES) -> str:
+    """The UTF-8 text of a small file (a checksum, JSON, a configuration), read safely.
+
+    A file that is not a regular file (a folder, a device such as ``/dev/zero``, reached
+    through a link or not), larger than ``limit`` bytes, or not UTF-8 raises
+    :class:`DamagedFileError` naming it; an absent one raises ``FileNotFoundError``. So a
+    damaged file costs one line, never an endless read.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "a.json").write_text("{}")
+    >>> read_small_text(folder / "a.json")
+    '{}'
+    >>> read_small_text("/dev/zero")
+    Traceback (most recent call last):
+    ...
+    fimo.io.DamagedFileError: /dev/zero is not a regular file (a character device); ...
+    >>> _ = (folder / "b.json").write_bytes(bytes([0xFF]) + b"{}")
+    >>> read_small_text(folder / "b.json")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    fimo.io.DamagedFileError: .../b.json is not UTF-8 text (byte 0xff at 0); it is damaged: ...
+    """
+    fix = "it is damaged: delete it (fimo recomputes its own files)"
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a named pipe must not block the open
+    kind = _file_kind(os.fstat(fd).st_mode)
+    if kind != "regular file":
+        os.close(fd)
+        raise DamagedFileError(f"{path} is not a regular file (a {kind}); {fix}")
+    with os.fdopen(fd, "rb") as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise DamagedFileError(
+            f"{path} holds more than {limit} bytes, too many for metadata; {fix}"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DamagedFileError(
+            f"{path} is not UTF-8 text (byte {data[exc.start]:#04x} at {exc.start}); {fix}"
+        ) from None
+
+
+def _file_kind(mode: int) -> str:
+    import stat
+
+    for test, kind in (
+        (stat.S_ISREG, "regular file"),
+        (stat.S_ISDIR, "folder"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISFIFO, "named pipe"),
+        (stat.S_ISSOCK, "socket"),
+    ):
+        if test(mode):
+            return kind
+    return "special file"
 
 
 def checksum_path(path: str | os.PathLike) -> Path:
@@ -147,9 +215,11 @@ def checksum_matches(path: str | os.PathLike, sidecar: str | os.PathLike | None 
     """
     sidecar = Path(sidecar) if sidecar is not None else checksum_path(path)
     try:
-        recorded = sidecar.read_text(encoding="utf-8").split()
+        recorded = read_small_text(sidecar).split()
     except FileNotFoundError:
         return None
+    except DamagedFileError:  # a damaged checksum: the file is not trusted, it is recomputed
+        return False
     return bool(recorded) and recorded[0] == sha256_file(path)
 
 
@@ -256,7 +326,8 @@ def atomic_write(
             except OSError:
                 pass
         if isinstance(exc, OSError) and not isinstance(exc, StorageError):
-            raise StorageError(path, exc) from exc
+            target = exc.filename2 if isinstance(exc, IsADirectoryError) else None
+            raise StorageError(target or path, exc) from exc  # a rename names its target
         raise
     return path
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from fimo.errors import InputError, check_choice
-from fimo.io import fingerprint, read_npz, write_npz
+from fimo.io import DamagedFileError, fingerprint, read_npz, write_npz
 
 #: how other libraries lay out their matrices; ``test,train`` is fimo's own
 ORIENTATIONS = {
@@ -206,8 +206,10 @@ class Scores:
         if sign == "harmful":
             values = -values
         values = np.ascontiguousarray(values)
-        test = np.arange(values.shape[0]) if test is None else np.asarray(test).reshape(-1)
-        train = np.arange(values.shape[1]) if train is None else np.asarray(train).reshape(-1)
+        test = np.arange(values.shape[0]) if test is None else _dataset_indices(test, "test", name)
+        train = (
+            np.arange(values.shape[1]) if train is None else _dataset_indices(train, "train", name)
+        )
         if values.shape != (len(test), len(train)):
             fits = (len(test), len(train)) == values.shape[::-1]
             raise InputError(
@@ -237,6 +239,13 @@ class Scores:
         ('grad_dot', [7], [3, 5], [[0.5, -1.0]])
         """
         data = read_npz(path)
+        missing = [k for k in ("scores", "test", "train", "method", "settings", "units")
+                   if k not in data]  # fmt: skip
+        if missing:
+            raise DamagedFileError(
+                f"{path} is not a fimo Scores file (it has no {', '.join(missing)}); save one "
+                "with Scores.save, or bring a plain matrix in with `fimo compare`"
+            )
         return cls(
             data["scores"],
             data["test"],
@@ -246,6 +255,10 @@ class Scores:
             str(data["units"]),
             data.get("steps"),
         )
+
+
+#: no dataset index is larger (far beyond any dataset; past 2**63 a number is not even an int64)
+MAX_INDEX = 2**62
 
 
 def _real_values(values, method: str) -> np.ndarray:
@@ -280,7 +293,13 @@ def _dataset_indices(indices, axis: str, method: str) -> np.ndarray:
     ...
     fimo.errors.InputError: Scores('m'): train indices must be distinct; 3 appears more than once
     """
-    raw = np.asarray(indices).reshape(-1)
+    raw = np.asarray(indices)
+    if raw.ndim > 1:
+        raise InputError(
+            f"Scores({method!r}): {axis} indices must be a flat list; got nested lists (shape "
+            f"{raw.shape})"
+        )
+    raw = raw.reshape(-1)
     whole = raw.dtype.kind in "iu" or (
         raw.dtype.kind == "f" and bool(np.all(np.isfinite(raw) & (np.mod(raw, 1) == 0)))
     )
@@ -288,12 +307,16 @@ def _dataset_indices(indices, axis: str, method: str) -> np.ndarray:
         raise InputError(
             f"Scores({method!r}): {axis} indices must be whole numbers; got {raw[:5].tolist()}"
         )
-    out = raw.astype(np.int64)
-    if out.size and out.min() < 0:
+    if raw.size and raw.min() < 0:
         raise InputError(
-            f"Scores({method!r}): {axis} indices must be ≥ 0 (dataset indices); got "
-            f"{int(out.min())}"
+            f"Scores({method!r}): {axis} indices must be ≥ 0 (dataset indices); got {raw.min():.6g}"
         )
+    if raw.size and raw.max() > MAX_INDEX:
+        raise InputError(
+            f"Scores({method!r}): {axis} indices must be dataset indices, below 2**62; got "
+            f"{raw.max():.6g}"
+        )
+    out = raw.astype(np.int64)
     unique, counts = np.unique(out, return_counts=True)
     if (counts > 1).any():
         raise InputError(
@@ -463,9 +486,13 @@ def load_indices(path) -> np.ndarray:
             raise InputError(f"{path}: expected whole numbers; {exc}") from None
     if raw.size and not np.all(np.equal(np.mod(raw, 1), 0)):
         raise InputError(f"{path}: expected whole numbers (dataset indices)")
+    if raw.size and raw.min() < 0:
+        raise InputError(f"{path}: dataset indices must not be negative; got {raw.min():.6g}")
+    if raw.size and raw.max() > MAX_INDEX:
+        raise InputError(
+            f"{path}: {raw.max():.6g} is not a dataset index (indices are below 2**62)"
+        )
     out = raw.astype(np.int64)
-    if (out < 0).any():
-        raise InputError(f"{path}: dataset indices must not be negative")
     if len(set(out.tolist())) != len(out):
         raise InputError(f"{path}: an index appears more than once")
     return out

@@ -228,6 +228,8 @@ class Task:
                 raise InputError(
                     f"Task: {which} must be a fimo ArrayDataset; got {type(data).__name__}"
                 )
+            if len(data) == 0:
+                raise InputError(f"Task: the {which} set is empty; give at least one instance")
         self.loss_spec = loss
         if isinstance(loss, str):
             if loss not in LOSSES:
@@ -456,12 +458,18 @@ class Task:
                 f"Task: the model's output does not fit the loss {self.loss_name!r} on the "
                 f"{which} data (inputs {tuple(x.shape)}, targets {tuple(y.shape)}): {reason}"
             ) from exc
-        if not isinstance(out, torch.Tensor) or out.shape != (x.shape[0],):
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise InputError(
-                f"Task: the loss must return one value per instance, shape ({x.shape[0]},); "
-                f"got {got}"
-            )
+        _check_per_instance("loss", out, x.shape[0])
+        if not isinstance(self.measure_fn, in_float64):  # the user's own measurement
+            try:
+                with torch.no_grad():
+                    measured = self.measure_fn(outputs, y)
+            except Exception as exc:
+                reason = " ".join(str(exc).split())[:300]
+                raise InputError(
+                    f"Task: the measurement does not fit the model's output on the {which} data "
+                    f"(targets {tuple(y.shape)}): {reason}"
+                ) from exc
+            _check_per_instance("measurement", measured, x.shape[0])
         if self.loss_kind == LossKind.SQUARED_ERROR and outputs[:1].numel() != y[:1].numel():
             raise InputError(
                 f"Task: the model gives {outputs[:1].numel()} outputs per instance but the "
@@ -481,6 +489,27 @@ class Task:
                     f"{int(labels.max())}] but the model has {k} outputs; labels must be in "
                     f"[0, {k - 1}]"
                 )
+
+
+def _check_per_instance(what: str, out, n: int) -> None:
+    """InputError unless the loss (or measurement) gave ``n`` floating-point values: one per
+    instance, and differentiable (integers would make every gradient, hence Grad-Dot, zero).
+
+    >>> _check_per_instance("loss", torch.tensor([1, 0]), 2)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    fimo.errors.InputError: Task: the loss must return floating-point values ...; got dtype torch.int64
+    """
+    if not isinstance(out, torch.Tensor) or out.shape != (n,):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise InputError(
+            f"Task: the {what} must return one value per instance, shape ({n},); got {got}"
+        )
+    if not out.is_floating_point():
+        raise InputError(
+            f"Task: the {what} must return floating-point values (the methods use its "
+            f"gradient, which is zero for integers); got dtype {out.dtype}"
+        )
 
 
 def _trunk_batch(trunk: nn.Module, inputs: torch.Tensor, budget: int = 2**26) -> int:

@@ -7,48 +7,12 @@ A plain loop with ``torch.optim``, the way the paper's reference code trains: a
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 
 import torch
 
-from fimo.errors import InputError, NumericalError, check_choice
+from fimo.errors import NumericalError
+from fimo.settings import TrainingSettings
 from fimo.task import LossKind, Task
-
-
-@dataclass
-class TrainingSettings:
-    """How final training runs (the ``[training]`` table of a configuration), checked here.
-
-    >>> TrainingSettings(optimizer="adam", lr=1e-3).as_dict()["optimizer"]
-    'adam'
-    """
-
-    optimizer: str = "sgd"
-    lr: float = 1e-2
-    epochs: int = 100
-    batch_size: int = 128
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    seed: int = 0
-    # parameters (names or patterns) that final training updates; empty: the task's trainable
-    trainable: list[str] = field(default_factory=list)
-
-    def __post_init__(self):
-        check_choice("training.optimizer", self.optimizer, ("sgd", "adam", "adamw"))
-        if not (isinstance(self.lr, int | float) and 0 < self.lr < float("inf")):
-            raise InputError(f"training.lr: got {self.lr!r}; must be a positive number")
-        for name in ("epochs", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise InputError(f"training.{name}: got {value!r}; must be a whole number ≥ 1")
-
-    def as_dict(self) -> dict:
-        """The settings as a plain dict (for the run record).
-
-        >>> TrainingSettings().as_dict()["epochs"]
-        100
-        """
-        return asdict(self)
 
 
 def train_final(

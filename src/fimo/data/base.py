@@ -141,6 +141,10 @@ def check_indices(setting: str, values, size: int, what: str = "instances") -> n
         raw = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values)
     except (TypeError, ValueError) as exc:
         raise InputError(f"{setting}: cannot read {values!r} as indices ({exc})") from None
+    if raw.ndim > 1:
+        raise InputError(
+            f"{setting}: got nested lists (shape {raw.shape}); give a flat list of indices"
+        )
     raw = raw.reshape(-1)
     if raw.dtype == np.bool_:
         raise InputError(

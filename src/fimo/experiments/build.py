@@ -51,6 +51,29 @@ def resolve_callable(spec: str, setting: str) -> Callable:
     return fn
 
 
+def call_factory(spec: str, setting: str, *args):
+    """Call the factory ``spec`` (``package.module:function``) with ``args``; an error it
+    raises becomes one line that names the factory and quotes the error.
+
+    >>> call_factory("math:sqrt", "data.factory", 4.0)
+    2.0
+    >>> call_factory("math:sqrt", "data.factory", -1.0)
+    Traceback (most recent call last):
+    ...
+    fimo.errors.InputError: data.factory: math:sqrt raised ValueError: math domain error
+    """
+    fn = resolve_callable(spec, setting)
+    try:
+        return fn(*args)
+    except InputError:  # fimo's own check inside the factory (e.g. ArrayDataset's): as it is
+        raise
+    except Exception as exc:  # the user's code: its error, in one line, and whose it is
+        reason = " ".join(str(exc).split())[:300]
+        raise InputError(
+            f"{setting}: {spec} raised {type(exc).__name__}" + (f": {reason}" if reason else "")
+        ) from exc
+
+
 def datasets() -> dict[str, Callable]:
     """Built-in datasets by name.
 
@@ -84,7 +107,7 @@ def load_data(config) -> tuple[ArrayDataset, ArrayDataset]:
 
 def _load_data(config) -> tuple[ArrayDataset, ArrayDataset]:
     if config.data.factory:
-        result = resolve_callable(config.data.factory, "data.factory")()
+        result = call_factory(config.data.factory, "data.factory")
         if not (isinstance(result, tuple) and len(result) == 2):
             raise InputError(
                 f"data.factory: {config.data.factory} must return (train, test) ArrayDatasets; "
@@ -155,7 +178,7 @@ def build_model(config, train: ArrayDataset, test: ArrayDataset) -> nn.Module:
     """
     m = config.model
     if m.factory:
-        model = resolve_callable(m.factory, "model.factory")(train, test)
+        model = call_factory(m.factory, "model.factory", train, test)
         if not isinstance(model, nn.Module):
             raise InputError(
                 f"model.factory: {m.factory} must return a torch.nn.Module; "

@@ -28,8 +28,7 @@ import tomli_w
 import tomllib
 
 from fimo.errors import InputError, check_choice, closest
-from fimo.further.engine import FurtherSettings
-from fimo.training import TrainingSettings
+from fimo.settings import FurtherSettings, TrainingSettings
 
 
 @dataclass
@@ -285,8 +284,11 @@ def _check_type(section: str, key: str, value, default, elements=(None, None)):
     return value
 
 
-def from_dict(raw: dict) -> Config:
+def from_dict(raw: dict, check_methods: bool = True) -> Config:
     """Validate a configuration dict (as read from TOML) and build a Config.
+
+    ``check_methods=False`` leaves the methods' names and their own tables unchecked (checking
+    them imports every method, hence torch): for listing the presets, which the tests check.
 
     >>> from_dict({"name": "tiny", "further": {"seeds": 2, "lr": 0.05}}).gold.seeds
     2
@@ -308,7 +310,7 @@ def from_dict(raw: dict) -> Config:
         raise InputError(f"name: got {name!r}; expected a non-empty string")
     built = {}
     for section, classes in SECTIONS.items():
-        built.update(_build_section(section, classes, raw.get(section, {})))
+        built.update(_build_section(section, classes, raw.get(section, {}), check_methods))
     config = Config(
         name=name,
         data=built[DataConfig],
@@ -319,11 +321,11 @@ def from_dict(raw: dict) -> Config:
         methods=built[MethodsConfig],
         run=built[RunConfig],
     )
-    validate(config)
+    validate(config, check_methods)
     return config
 
 
-def _build_section(section: str, classes, table) -> dict:
+def _build_section(section: str, classes, table, check_methods: bool = True) -> dict:
     """The settings objects of one section (``further`` fills two classes), each key checked
     against the classes' fields and their types."""
     if not isinstance(table, dict):
@@ -339,7 +341,8 @@ def _build_section(section: str, classes, table) -> dict:
         per_method = {k: table[k] for k in table if k in ALL_METHOD_NAMES}
         table = {k: v for k, v in table.items() if k not in ALL_METHOD_NAMES}
         values[MethodsConfig]["settings"] = {
-            name: _method_settings(name, sub) for name, sub in per_method.items()
+            name: _method_settings(name, sub) if check_methods else dict(sub)
+            for name, sub in per_method.items()
         }
     for key, value in table.items():
         if key not in allowed or key == "settings":
@@ -352,7 +355,7 @@ def _build_section(section: str, classes, table) -> dict:
     return {cls: cls(**values[cls]) for cls in classes}
 
 
-def validate(config: Config) -> None:
+def validate(config: Config, check_methods: bool = True) -> None:
     """Range checks across the whole configuration (before any work starts).
 
     >>> validate(Config())
@@ -370,7 +373,8 @@ def validate(config: Config) -> None:
     if not config.model.hidden or any(h < 1 for h in config.model.hidden):
         raise InputError(f"model.hidden: got {config.model.hidden}; widths must be ≥ 1")
     check_choice("model.kind", config.model.kind, MODEL_KINDS)
-    _validate_methods(config.methods)
+    if check_methods:
+        _validate_methods(config.methods)
     if not (config.run.device == "cpu" or config.run.device.startswith("cuda")):
         raise InputError(f"run.device: got {config.run.device!r}; allowed: 'cpu', 'cuda', 'cuda:N'")
 
@@ -405,7 +409,10 @@ def _validate_gold(g: GoldConfig) -> None:
 
 
 def _validate_run(run: RunConfig) -> None:
+    from fimo.further.ray_address import ray_endpoint
+
     check_choice("run.executor", run.executor, ("local", "ray"))
+    ray_endpoint(run.address)  # its form; whether it answers is checked before the run's work
     if run.workers < 1:
         raise InputError(f"run.workers: got {run.workers}; must be ≥ 1")
 
@@ -474,19 +481,22 @@ def default_run_dir(config: Config) -> Path:
     return Path("runs") / config.name
 
 
-def load_config(source: str | Path | None = None, scale: str = "quick") -> Config:
+def load_config(
+    source: str | Path | None = None, scale: str = "quick", check_methods: bool = True
+) -> Config:
     """A preset by name (default ``adult``), or a TOML file by path, at a ``scale``.
 
     A configuration may carry a ``[scales.paper]`` table of overrides (same sections and keys
     as the configuration itself) that ``scale="paper"`` applies on top; ``"quick"`` (the
     default) uses the configuration as written. An ``[about]`` table (what the preset
     stands for, measured times) is descriptive and read by :func:`preset_about`.
+    ``check_methods``: see :func:`from_dict`.
 
     >>> load_config("concrete").name, load_config("concrete", scale="paper").name
     ('concrete', 'concrete-paper')
     """
     raw = _read_raw(source)
-    return from_dict(apply_scale(raw, scale, source))
+    return from_dict(apply_scale(raw, scale, source), check_methods)
 
 
 def preset_about(source: str) -> dict:
@@ -606,7 +616,13 @@ def _read_raw(source: str | Path | None) -> dict:
         path = Path(source)
         if not path.is_file():
             raise InputError(f"configuration file {source!r} does not exist")
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(
+                f"configuration file {source!r} is not UTF-8 text (byte {exc.object[exc.start]:#04x}"
+                f" at {exc.start}); save it as UTF-8"
+            ) from None
     else:
         names = preset_names()
         if source not in names:

@@ -20,7 +20,7 @@ from fimo.evaluate.plots import evaluation_figures, save_figure
 from fimo.evaluate.report import write_report
 from fimo.evaluate.tables import write_table
 from fimo.experiments.rundir import RunDir, RunFiles
-from fimo.io import fingerprint, write_json
+from fimo.io import fingerprint, read_small_text, write_json
 
 
 def model_summary(model: dict) -> str:
@@ -162,9 +162,10 @@ def _figures(run: RunDir, ev: Evaluation) -> dict[str, bytes]:
     folder, record = run.plots_dir, run.plots_fingerprint
     stamp = _figures_stamp(ev)
     try:
-        old = json.loads(record.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        old = json.loads(read_small_text(record))
+    except (OSError, ValueError):  # absent or damaged: the figures are drawn again
         old = {}
+    old = old if isinstance(old, dict) else {}
     names = old.get("figures", [])
     files = [folder / f"{n}.{fmt}" for n in names for fmt in ("png", "svg")]
     if old.get("fingerprint") == stamp and names and all(f.is_file() for f in files):

@@ -32,6 +32,7 @@ from fimo.experiments.config import Config
 from fimo.experiments.outputs import evaluate_run, model_summary, run_notes
 from fimo.experiments.rundir import RunDir, run_lock
 from fimo.further.gold import GoldStandard
+from fimo.further.ray_address import check_reachable
 from fimo.further.runner import ShardPlan, gold_standard, make_executor, plan_gold
 from fimo.io import fingerprint, non_default
 from fimo.methods import get_method
@@ -234,6 +235,8 @@ def _prepare(
         )
     left_out = choose_left_out(len(train), config.gold.left_out, config.gold.left_out_seed)
     methods = {name: get_method(name) for name in config.methods.names}
+    if config.run.executor == "ray":
+        check_reachable(config.run.address)
     rundir.path.mkdir(parents=True, exist_ok=True)
     rundir.check_gold_stamp(overwrite)
     if overwrite or not rundir.config_file.exists():

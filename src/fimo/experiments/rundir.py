@@ -33,20 +33,21 @@ import os
 import pickle
 import platform
 import re
+import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from fimo.errors import InputError, check_choice
-from fimo.further.gold import GoldStandard
-from fimo.further.store import FINGERPRINT, GOLD, SHARDS, ShardStore
 from fimo.io import (
     TEMPORARY_NAME,
+    DamagedFileError,
     atomic_write,
     checksum_matches,
+    checksum_path,
+    read_small_text,
     remove_temporaries,
     verify_folder,
     write_json,
@@ -158,7 +159,7 @@ class RunDir:
         >>> RunDir("runs/x").gold_file.as_posix()
         'runs/x/further/gold.npz'
         """
-        return self.further / GOLD
+        return self.further / _store().GOLD
 
     @property
     def scores_dir(self) -> Path:
@@ -301,6 +302,7 @@ class RunDir:
         if not self.path.is_dir():
             raise InputError(f"{str(self.path)!r} is a file; give a directory as --out")
         entries = list(self.path.iterdir())
+        self._check_no_linked_folders(entries)
         foreign = sorted(e.name for e in entries if not _is_fimo_entry(self.path, e))
         if entries and not foreign and not any((self.path / n).exists() for n in _FIRST_FILES):
             foreign = sorted(e.name for e in entries)  # e.g. only a report.html of the user's
@@ -310,6 +312,21 @@ class RunDir:
                 f"{str(self.path)!r} is not a fimo run directory: it holds files that are not "
                 f"fimo's ({', '.join(foreign[:3])}{more}), which fimo never overwrites; give a "
                 "new or empty directory as --out"
+            )
+
+    def _check_no_linked_folders(self, entries: list[Path]) -> None:
+        """InputError if one of fimo's folders here, or a folder in one of them (such as
+        ``further/shards``), is a symbolic link: fimo would write and delete files wherever it
+        points."""
+        ours = [e for e in entries if e.name in _FIMO_FOLDERS]
+        links = [e for e in ours if e.is_symlink()]
+        for folder in (e for e in ours if e.is_dir() and not e.is_symlink()):
+            links += [c for c in sorted(folder.iterdir()) if c.is_symlink() and c.is_dir()]
+        if links:
+            raise InputError(
+                f"{links[0]} is a symbolic link; fimo never follows links in a run directory "
+                "(it would write where the link points): replace it with a copy of the folder "
+                "(cp -rL) or delete it"
             )
 
     @contextlib.contextmanager
@@ -334,15 +351,10 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         fh = _open_lock(self.lock_file)
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            owner = fh.read().strip() or "another process"
+            _try_lock(self.path, fh)
+        except InputError:
             fh.close()
-            raise InputError(
-                f"{self.path} is in use by another fimo run ({owner}); wait for it to finish, "
-                "or use another --out"
-            ) from None
+            raise
         try:
             fh.seek(0)
             fh.truncate()
@@ -352,6 +364,27 @@ class RunDir:
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
             fh.close()
+
+    def check_free(self) -> None:
+        """The refusals of :meth:`lock` (a foreign directory, a linked or held ``.lock``),
+        without taking the lock or writing anything: a command checks them first, before it
+        loads torch, so that a refused command answers at once. :meth:`lock` checks again.
+
+        >>> import tempfile
+        >>> run = RunDir(tempfile.mkdtemp())
+        >>> run.check_free()  # no lock yet: free, and nothing is created
+        >>> with run.lock():
+        ...     run.check_free()  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        fimo.errors.InputError: ... is in use by another fimo run (pid ...); wait for it ...
+        """
+        self.check_ours()
+        if not (self.lock_file.exists() or self.lock_file.is_symlink()):
+            return
+        with _open_lock(self.lock_file, create=False) as fh:
+            _try_lock(self.path, fh)
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
     def remove_temporaries(self) -> list[Path]:
         """Remove the files left by a process killed while writing (they are never read):
@@ -364,25 +397,52 @@ class RunDir:
         >>> [p.name for p in run.remove_temporaries()], sorted(p.name for p in run.path.iterdir())
         (['.manifest.json.abcd1234.tmp'], ['notes.tmp'])
         """
-        folders = [self.path, self.model_dir, self.further, self.further / SHARDS]
+        folders = [self.path, self.model_dir, self.further, self.further / _store().SHARDS]
         folders += [self.scores_dir, self.metrics_dir, self.plots_dir, self.attribution_dir]
         return remove_temporaries(folders)
 
-    def verify(self) -> tuple[int, list[Path]]:
-        """``(files checked, damaged files)``: every file against its ``.sha256`` checksum.
+    def verify(self) -> tuple[int, list[Path], list[Path]]:
+        """``(files checked, damaged files, missing files)``: every file against its ``.sha256``
+        checksum, and every file the manifest names (so that a file deleted together with its
+        checksum is still noticed).
 
         >>> import tempfile
         >>> run = RunDir(tempfile.mkdtemp())
         >>> path = Scores(np.ones((1, 2)), [0], [3, 4], "m").save(run.scores_file("m"))
-        >>> run.verify()
-        (1, [])
+        >>> run.write_manifest({"fingerprints": {"scores": {"m": "f1", "gone": "f2"}}})
+        >>> checked, damaged, missing = run.verify()
+        >>> checked, damaged, [p.name for p in missing]
+        (2, [], ['gone.npz'])
         >>> _ = path.write_bytes(b"damaged")
-        >>> checked, damaged = run.verify()
-        >>> checked, [p.name for p in damaged]
-        (1, ['m.npz'])
+        >>> checked, damaged, missing = run.verify()
+        >>> [p.name for p in damaged], [p.name for p in missing]
+        (['m.npz'], ['gone.npz'])
         """
         self.check_exists()
-        return verify_folder(self.path)
+        checked, damaged = verify_folder(self.path)
+        unchecked = [p for p in self.recorded_files() if not checksum_path(p).exists()]
+        missing = [p for p in damaged + unchecked if not p.exists()]
+        damaged = [p for p in damaged if p.exists()]
+        return checked + len(unchecked), damaged, missing
+
+    def recorded_files(self, manifest: dict | None = None) -> list[Path]:
+        """The result files the manifest says the run made: the final weights, the gold
+        standard, each method's scores and those brought in, the metrics tables.
+
+        >>> run = RunDir("runs/x")
+        >>> manifest = {"fingerprints": {"weights": "a", "scores": {"grad_dot": "b"}}}
+        >>> [p.as_posix() for p in run.recorded_files(manifest)]
+        ['runs/x/model/final.pt', 'runs/x/scores/grad_dot.npz']
+        """
+        manifest = self.read_manifest() if manifest is None else manifest
+        prints = manifest.get("fingerprints") or {}
+        evaluation = manifest.get("evaluation") or {}
+        files = [self.final_weights] if prints.get("weights") else []
+        files += [self.gold_file] if prints.get("gold_standard") else []
+        names = [*(prints.get("scores") or {}), *(evaluation.get("external_scores") or {})]
+        files += [self.scores_file(n) for n in dict.fromkeys(names)]
+        files += [self.path / t for t in evaluation.get("tables") or [] if isinstance(t, str)]
+        return files
 
     # -- configuration and manifest ----------------------------------------------------------
     def read_config(self, notes: list[str]):
@@ -412,8 +472,8 @@ class RunDir:
         except InputError as exc:
             notes.append(f"config.toml could not be read as a fimo configuration ({exc}).")
             try:
-                return None, tomllib.loads(self.config_file.read_text(encoding="utf-8"))
-            except tomllib.TOMLDecodeError:
+                return None, tomllib.loads(read_small_text(self.config_file))
+            except (tomllib.TOMLDecodeError, DamagedFileError):
                 return None, {}
 
     def write_config(self, config) -> Path:
@@ -429,26 +489,30 @@ class RunDir:
         """
         return write_text(self.config_file, config.to_toml())
 
-    def read_manifest(self, notes: list[str] | None = None) -> dict:
-        """The manifest, or ``{}`` when there is none (or it cannot be read: said in notes).
+    def read_manifest(self) -> dict:
+        """The manifest, or ``{}`` when there is none; a damaged one (not a JSON table, or not a
+        regular file) is refused, never read as empty: `fimo report` would otherwise write back
+        only its evaluation part. `fimo run` with the run's configuration rebuilds it in full.
 
         >>> import tempfile
-        >>> run, notes = RunDir(tempfile.mkdtemp()), []
+        >>> run = RunDir(tempfile.mkdtemp())
         >>> run.read_manifest()
         {}
         >>> _ = run.manifest_file.write_text("{cut")
-        >>> run.read_manifest(notes), notes  # doctest: +ELLIPSIS
-        ({}, ['manifest.json could not be read (...).'])
+        >>> run.read_manifest()  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        fimo.io.DamagedFileError: .../manifest.json is damaged (not a JSON table); ...
         """
-        if not self.manifest_file.is_file():
+        if not (self.manifest_file.exists() or self.manifest_file.is_symlink()):
             return {}
-        try:
-            return json.loads(self.manifest_file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            if notes is None:
-                raise
-            notes.append(f"manifest.json could not be read ({exc}).")
-            return {}
+        manifest = _read_json_table(self.manifest_file)
+        if manifest is None:
+            raise DamagedFileError(
+                f"{self.manifest_file} is damaged (not a JSON table); rebuild it with `fimo run "
+                f"{self.config_file} --out {self.path}` (finished results are reused)"
+            )
+        return manifest
 
     def write_manifest(self, manifest: dict) -> None:
         """Write ``manifest.json`` (atomically).
@@ -504,11 +568,14 @@ class RunDir:
         >>> (run.further / "fingerprint.json").exists()
         False
         """
-        stamp = self.further / FINGERPRINT
-        if not stamp.is_file() or _read_json_table(stamp) is not None:
+        stamp = self.further / _store().FINGERPRINT
+        if not (stamp.exists() or stamp.is_symlink()) or _read_json_table(stamp) is not None:
             return
         if overwrite:
-            stamp.unlink()
+            if stamp.is_dir() and not stamp.is_symlink():
+                shutil.rmtree(stamp)
+            else:
+                stamp.unlink()
             return
         raise InputError(
             f"{stamp} is damaged (not a JSON table); pass --overwrite to compute the gold "
@@ -526,14 +593,17 @@ class RunDir:
         """
         write_json(self.model_meta, meta)
 
-    def save_final(self, model: torch.nn.Module) -> Path:
+    def save_final(self, model) -> Path:
         """Save the model's weights (as CPU tensors) to ``model/final.pt``, with checksum.
 
         >>> import tempfile
+        >>> import torch
         >>> run = RunDir(tempfile.mkdtemp())
         >>> run.save_final(torch.nn.Linear(2, 1)).relative_to(run.path).as_posix()
         'model/final.pt'
         """
+        import torch
+
         state = model.state_dict()
         if any(t.device.type != "cpu" for t in state.values()):
             cpu = type(state)((k, t.cpu()) for k, t in state.items())
@@ -541,7 +611,7 @@ class RunDir:
             state = cpu
         return atomic_write(self.final_weights, lambda p: torch.save(state, p))
 
-    def load_final(self, model: torch.nn.Module) -> dict | None:
+    def load_final(self, model) -> dict | None:
         """Load the saved final weights into ``model`` (weights only: no pickled code is run).
 
         Returns the state dict, or None when the file is damaged (its checksum does not
@@ -549,11 +619,14 @@ class RunDir:
 
         >>> import tempfile
         >>> run = RunDir(tempfile.mkdtemp())
+        >>> import torch
         >>> saved, model = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
         >>> _ = run.save_final(saved)
         >>> sorted(run.load_final(model)), torch.equal(model.weight, saved.weight)
         (['bias', 'weight'], True)
         """
+        import torch
+
         path = self.final_weights
         if checksum_matches(path) is False:
             warnings.warn(
@@ -584,7 +657,7 @@ class RunDir:
         return state
 
     # -- the gold standard and the scores ----------------------------------------------------
-    def shard_store(self, fingerprint: str, description: dict, overwrite: bool) -> ShardStore:
+    def shard_store(self, fingerprint: str, description: dict, overwrite: bool):
         """The gold standard's shard store in ``further/`` (see :class:`ShardStore`).
 
         >>> import tempfile
@@ -593,12 +666,12 @@ class RunDir:
         >>> store.folder == run.further, [p.name for p in run.further.iterdir()]
         (True, ['fingerprint.json'])
         """
-        return ShardStore(self.further, fingerprint, description, overwrite=overwrite)
+        return _store().ShardStore(self.further, fingerprint, description, overwrite=overwrite)
 
-    def load_gold(self) -> GoldStandard:
+    def load_gold(self):
         """The gold standard in ``further/gold.npz``, with the settings recorded beside it.
 
-        >>> import tempfile
+        >>> import tempfile, torch
         >>> from fimo import ArrayDataset, FurtherSettings, Task
         >>> from fimo.further.runner import gold_standard
         >>> x = torch.linspace(-1, 1, 12).reshape(6, 2)
@@ -611,7 +684,9 @@ class RunDir:
         >>> loaded.left_out.tolist(), loaded.test.tolist(), loaded.loss_without.shape
         ([0, 5], [1, 2], (1, 2, 2, 2))
         """
-        stamp = self.further / FINGERPRINT
+        from fimo.further.gold import GoldStandard
+
+        stamp = self.further / _store().FINGERPRINT
         recorded = _read_json_table(stamp) if stamp.exists() else {}
         if recorded is None:
             raise InputError(
@@ -673,6 +748,35 @@ class RunDir:
         order = [n for n in names if n in found] + sorted(n for n in found if n not in names)
         return {n: found[n] for n in order}
 
+    def loaded_scores(self, config, manifest: dict, notes: list[str]) -> dict:
+        """:meth:`run_scores`, and a warning (on the terminal, as well as a note in the report)
+        for each score file left out and each method of the run whose file is gone.
+
+        >>> import tempfile
+        >>> run = RunDir(tempfile.mkdtemp())
+        >>> manifest = {"fingerprints": {"scores": {"grad_dot": "f1"}}}
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     found = run.loaded_scores(None, manifest, [])
+        >>> found, str(caught[0].message)  # doctest: +ELLIPSIS
+        ({}, "scores/grad_dot.npz is missing; left out (`fimo run` with the run's ...")
+        """
+        found: list[str] = []
+        scores = self.run_scores(config, manifest, found)
+        made = ((manifest or {}).get("fingerprints") or {}).get("scores") or {}
+        wanted = list(made) + (list(config.methods.names) if config is not None else [])
+        skipped = (manifest or {}).get("skipped_methods") or {}
+        for name in dict.fromkeys(wanted):
+            if name not in scores and name not in skipped and not self.scores_file(name).exists():
+                found.append(
+                    f"scores/{name}.npz is missing; left out (`fimo run` with the run's "
+                    "configuration recomputes it)."
+                )
+        for note in found:
+            warnings.warn(note, RuntimeWarning, stacklevel=3)
+        notes.extend(found)
+        return scores
+
     # -- the whole run -----------------------------------------------------------------------
     def load(self) -> RunFiles:
         """The gold standard, scores, configuration, manifest and data of the run.
@@ -687,8 +791,8 @@ class RunDir:
         notes: list[str] = []
         gold = self.load_gold()
         config, settings = self.read_config(notes)
-        manifest = self.read_manifest(notes)
-        scores = self.run_scores(config, manifest, notes)
+        manifest = self.read_manifest()
+        scores = self.loaded_scores(config, manifest, notes)
         train = test = None
         if config is not None:
             from fimo.experiments.build import load_data
@@ -714,8 +818,29 @@ class RunDir:
         ...
         fimo.errors.InputError: --name: 'grad_dot' is a built-in method's name; ...
         """
+        from fimo.scores import load_matrix
+
+        self.check_external(name, orientation, sign)
+        matrix = load_matrix(scores_file, key)
+        if getattr(matrix, "ndim", 0) != 2:
+            raise InputError(
+                f"{scores_file}: expected a 2-D score matrix; got shape {tuple(matrix.shape)} (for "
+                "one matrix per checkpoint, save fimo.Scores(values, test, train, name, "
+                "{'origin': 'external'}, steps=...) as scores/<name>.npz and run fimo report)"
+            )
+        return matrix
+
+    def check_external(self, name: str, orientation: str, sign: str) -> None:
+        """InputError unless ``fimo compare``'s name, orientation and sign are valid and this
+        directory exists (checked before the matrix is read or torch is loaded).
+
+        >>> RunDir("runs/x").check_external("theirs", "train,test", "worse")
+        Traceback (most recent call last):
+        ...
+        fimo.errors.InputError: --sign: got 'worse'; allowed: 'helpful', 'harmful'
+        """
         from fimo.methods import ALL_METHOD_NAMES
-        from fimo.scores import ORIENTATIONS, SIGNS, load_matrix
+        from fimo.scores import ORIENTATIONS, SIGNS
 
         if not NAME.match(name or ""):
             raise InputError(
@@ -730,14 +855,6 @@ class RunDir:
         check_choice("--orientation", orientation, list(ORIENTATIONS))
         check_choice("--sign", sign, list(SIGNS))
         self.check_exists()
-        matrix = load_matrix(scores_file, key)
-        if getattr(matrix, "ndim", 0) != 2:
-            raise InputError(
-                f"{scores_file}: expected a 2-D score matrix; got shape {tuple(matrix.shape)} (for "
-                "one matrix per checkpoint, save fimo.Scores(values, test, train, name, "
-                "{'origin': 'external'}, steps=...) as scores/<name>.npz and run fimo report)"
-            )
-        return matrix
 
     def add_external(
         self,
@@ -753,7 +870,7 @@ class RunDir:
         """Save the matrix as ``scores/<name>.npz`` once it is known to cover the gold
         standard, and refresh ``run.scores``. The caller holds the lock.
 
-        >>> import tempfile
+        >>> import tempfile, torch
         >>> from fimo import ArrayDataset, FurtherSettings, Task
         >>> from fimo.further.runner import gold_standard
         >>> x = torch.linspace(-1, 1, 12).reshape(6, 2)
@@ -841,19 +958,30 @@ _FIMO_FOLDERS = frozenset({"model", "further", "scores", "metrics", "plots", "at
 _FIRST_FILES = (".lock", "config.toml", "manifest.json", "model", "further", "scores")
 
 
+def _store():
+    """:mod:`fimo.further.store` (it names the files of ``further/``), imported when first
+    needed: it loads torch, which checking or verifying a run directory does not need."""
+    import fimo.further.store as store
+
+    return store
+
+
 def _read_json_table(path: Path) -> dict | None:
-    """The JSON object in ``path``, or None when the file is not one (garbled, cut short)."""
+    """The JSON object in ``path``, or None when the file is not one (garbled, cut short, not
+    UTF-8, not a regular file or unreasonably large: :func:`fimo.io.read_small_text`)."""
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
+        value = json.loads(read_small_text(path))
+    except (ValueError, DamagedFileError):
         return None
     return value if isinstance(value, dict) else None
 
 
-def _open_lock(path: Path):
-    """``path`` opened for reading and writing (created if absent), never through a link."""
+def _open_lock(path: Path, create: bool = True):
+    """``path`` opened for reading and writing (created if absent), or only for reading
+    (``create=False``: a check that writes nothing), never through a link."""
+    flags = os.O_RDWR | os.O_CREAT if create else os.O_RDONLY
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        fd = os.open(path, flags | os.O_NOFOLLOW, 0o666)
     except OSError as exc:
         if path.is_symlink():
             raise InputError(
@@ -861,7 +989,21 @@ def _open_lock(path: Path):
                 "(it would write where the link points): delete it and start again"
             ) from None
         raise exc
-    return os.fdopen(fd, "r+")
+    return os.fdopen(fd, "r+" if create else "r")
+
+
+def _try_lock(folder: Path, fh) -> None:
+    """Take the exclusive lock on the open ``.lock`` file ``fh``, or an InputError naming the
+    process that holds it (a second run must stop at once, not wait)."""
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        owner = fh.read().strip() or "another process"
+        raise InputError(
+            f"{folder} is in use by another fimo run ({owner}); wait for it to finish, "
+            "or use another --out"
+        ) from None
 
 
 def _first_line(exc: Exception) -> str:

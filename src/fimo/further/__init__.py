@@ -1,17 +1,28 @@
-"""The further-training gold standard: schedules, pure optimizers, the engine, the store."""
+"""The further-training gold standard: schedules, pure optimizers, the engine, the store.
 
-from fimo.further.engine import FurtherSettings, further_train_seed
-from fimo.further.gold import GoldStandard
-from fimo.further.runner import LocalExecutor, RayExecutor, gold_standard
-from fimo.further.store import Shard, ShardStore
+Its names are imported when first used (``fimo.further.gold_standard``), so that importing a
+torch-free part of it (or of fimo) does not load torch.
+"""
 
-__all__ = [
-    "FurtherSettings",
-    "GoldStandard",
-    "LocalExecutor",
-    "RayExecutor",
-    "Shard",
-    "ShardStore",
-    "further_train_seed",
-    "gold_standard",
-]
+import importlib
+
+#: public name -> the module that defines it
+_WHERE = {
+    "FurtherSettings": "fimo.settings",
+    "further_train_seed": "fimo.further.engine",
+    "GoldStandard": "fimo.further.gold",
+    "LocalExecutor": "fimo.further.runner",
+    "RayExecutor": "fimo.further.runner",
+    "gold_standard": "fimo.further.runner",
+    "Shard": "fimo.further.store",
+    "ShardStore": "fimo.further.store",
+}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'fimo.further' has no attribute {name!r}")
+
+
+__all__ = sorted(_WHERE)

@@ -192,9 +192,6 @@ def chain(*transforms: Transform) -> Transform:
     return Transform(init, update)
 
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-
-
 def make_optimizer(
     name: str,
     lr: float,
@@ -207,7 +204,7 @@ def make_optimizer(
 ) -> Transform:
     """The optimizer for further training, by name, with gradient clipping when clip_norm > 0.
 
-    The settings are taken as valid: :class:`fimo.further.engine.FurtherSettings` checks them,
+    The settings are taken as valid: :class:`fimo.settings.FurtherSettings` checks them,
     once, when it is made (its ``transform()`` calls this).
 
     >>> opt = make_optimizer("adamw", lr=0.1, weight_decay=0.5)

@@ -33,8 +33,7 @@ import numpy as np
 import torch
 
 from fimo.errors import check_choice
-
-SCHEMES = ("drop", "mask", "downweight")
+from fimo.settings import SCHEMES
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from fimo.errors import InputError
 from fimo.further.engine import FurtherSettings, SeedResult, checked_groups, further_train_seed
 from fimo.further.gold import GoldStandard
 from fimo.further.plan import Groups, steps_per_epoch
+from fimo.further.ray_address import check_reachable, ray_endpoint
 from fimo.further.store import Shard, ShardStore, assemble, plan_shards
 from fimo.task import Task
 
@@ -302,6 +303,7 @@ class RayExecutor:
             raise InputError(
                 "--executor ray needs Ray: pip install 'fimo[ray]' (or pip install ray)"
             ) from exc
+        ray_endpoint(address)
         self.address, self.num_cpus, self.retries = address, num_cpus, retries
 
     def run(self, task, settings, shards, left_out, test, on_result, on_step=None, compute=None):
@@ -336,7 +338,7 @@ class RayExecutor:
             if self.address is None:
                 ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False)
             else:
-                ray.init(address=self.address, log_to_driver=False)
+                _join_ray(ray, self.address)
         on_gpu = next(iter(task.params().values())).is_cuda
         remote = ray.remote(num_cpus=1, num_gpus=1 if on_gpu else 0, max_retries=self.retries)(
             _ray_compute
@@ -350,6 +352,20 @@ class RayExecutor:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
                 on_result(pending.pop(ref), ray.get(ref))
+
+
+def _join_ray(ray, address: str) -> None:
+    """``ray.init(address)``; a cluster that cannot be joined is one line (Ray raises a
+    ConnectionError, which would read as a file's error, or a ValueError)."""
+    check_reachable(address)
+    try:
+        ray.init(address=address, log_to_driver=False)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise InputError(
+            f"run.address: cannot join the Ray cluster at {address!r} ({reason}); start one "
+            "(ray start --head), correct --address, or use --address local"
+        ) from None
 
 
 def _ray_compute(compute, task, settings, shard, left_out, test):
@@ -369,6 +385,10 @@ def make_executor(name: str = "local", workers: int = 1, address: str | None = "
     if name == "ray":
         return RayExecutor(address)
     raise InputError(f"executor: got {name!r}; allowed: 'local', 'ray'")
+
+
+#: the largest seed (torch and numpy take seeds as 64-bit integers)
+MAX_SEED = 2**63 - 1
 
 
 def check_request(
@@ -393,6 +413,9 @@ def check_request(
     seeds = list(seeds)
     if any(isinstance(s, bool) or not isinstance(s, int | np.integer) or s < 0 for s in seeds):
         raise InputError(f"seeds: got {seeds[:5]}; expected whole numbers ≥ 0")
+    too_large = [s for s in seeds if s > MAX_SEED]
+    if too_large:
+        raise InputError(f"seeds: got {too_large[0]}; a seed must be at most 2**63 - 1")
     if len(set(seeds)) != len(seeds):
         raise InputError(f"seeds: got {seeds[:8]}; a seed appears more than once")
     wanted = [("seeds", seeds), ("test", test)]

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.func import grad, vmap
 
+from fimo.errors import InputError
 from fimo.task import Task
 
 #: Bytes one chunk of flattened per-instance gradients may take, by default.
@@ -93,6 +94,24 @@ def flatten(tree: dict[str, torch.Tensor], batch_dims: int = 1) -> torch.Tensor:
     return torch.cat([g.reshape(*g.shape[:batch_dims], -1) for g in tree.values()], dim=-1)
 
 
+def check_chunk_size(chunk_size) -> None:
+    """InputError unless ``chunk_size`` is None (sized from the memory budget) or a whole
+    number ≥ 1, the settings' check for methods called from Python.
+
+    >>> check_chunk_size(-1)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    fimo.errors.InputError: chunk_size: got -1; must be a whole number ≥ 1 (or None: ...)
+    """
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
+        raise InputError(
+            f"chunk_size: got {chunk_size!r}; must be a whole number ≥ 1 (or None: sized from "
+            "the memory budget)"
+        )
+
+
 def per_instance_grads(
     task: Task,
     inputs: torch.Tensor,
@@ -120,6 +139,7 @@ def per_instance_grads(
         return fn(p, x.unsqueeze(0), y.unsqueeze(0)).squeeze(0)
 
     grads = vmap(grad(one), in_dims=(None, 0, 0))
+    check_chunk_size(chunk_size)
     size = chunk_size or chunk_size_for(task.num_params, inputs.element_size())
     with task.eval_mode():
         for start in range(0, len(inputs), size):
