@@ -32,3 +32,16 @@ def reference(config_path, tmp_path_factory):
     out = tmp_path_factory.mktemp("reference") / "run"
     run(load_config(config_path), out, quiet=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def handmade_report(tmp_path_factory):
+    """test_report's hand-made run with its report rebuilt once for the whole session (a few
+    seconds): (path, gold, scores, evaluation). Shared by test_report, test_compare and
+    test_report_browser; a test that changes the run works on a copy."""
+    from fimo.experiments.outputs import rebuild_report
+    from test_report import make_run_dir
+
+    path = tmp_path_factory.mktemp("report") / "run"
+    gold, scores = make_run_dir(path)
+    return path, gold, scores, rebuild_report(path)

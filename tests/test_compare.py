@@ -14,15 +14,12 @@ from fimo.cli import main
 from fimo.evaluate.tables import read_table
 from fimo.experiments.outputs import compare_run, rebuild_report
 from fimo.scores import Scores
-from test_report import make_run_dir
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    """A hand-made run with its report built once; each test works on a copy."""
-    path = tmp_path_factory.mktemp("compare") / "run"
-    gold, scores = make_run_dir(path)
-    rebuild_report(path)
+def base(handmade_report):
+    """A hand-made run with its report built once (conftest); each test works on a copy."""
+    path, gold, scores, _ = handmade_report
     return path, gold, scores
 
 

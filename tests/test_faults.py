@@ -45,12 +45,24 @@ def wait_for(condition, timeout=120.0):
     return False
 
 
-@pytest.mark.parametrize("kill_after_shards", [0, 2])
-def test_sigkill_then_restart_gives_the_same_numbers(tmp_path, kill_after_shards):
-    config_path = tmp_path / "faults.toml"
-    config_path.write_text(tomli_w.dumps(CONFIG))
-    reference = run(load_config(config_path), tmp_path / "reference", quiet=True)
+@pytest.fixture(scope="module")
+def faults_config(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("faults") / "faults.toml"
+    path.write_text(tomli_w.dumps(CONFIG))
+    return path
 
+
+@pytest.fixture(scope="module")
+def faults_reference(faults_config):
+    """One run of CONFIG never stopped, shared by both kills (they only read it)."""
+    return run(load_config(faults_config), faults_config.parent / "reference", quiet=True)
+
+
+@pytest.mark.parametrize("kill_after_shards", [0, 2])
+def test_sigkill_then_restart_gives_the_same_numbers(
+    tmp_path, faults_config, faults_reference, kill_after_shards
+):
+    config_path = faults_config
     out = tmp_path / "killed"
     shards = out / "further" / "shards"
     proc = fimo_run(config_path, out)
@@ -69,12 +81,12 @@ def test_sigkill_then_restart_gives_the_same_numbers(tmp_path, kill_after_shards
     assert again.returncode == 0, err
     gold, ref = (
         read_npz(out / "further/gold.npz"),
-        read_npz(tmp_path / "reference/further/gold.npz"),
+        read_npz(faults_reference.out / "further/gold.npz"),
     )
     for key in ("loss_full", "loss_without", "steps", "left_out", "test", "seeds"):
         np.testing.assert_array_equal(gold[key], ref[key])
     scores = read_npz(out / "scores/grad_dot.npz")["scores"]
-    np.testing.assert_array_equal(scores, reference.scores["grad_dot"].values)
+    np.testing.assert_array_equal(scores, faults_reference.scores["grad_dot"].values)
     assert len(list(shards.glob("*.npz"))) == 3 * 2
     assert finished <= 6
     # every shard on disk is whole: its bytes match the checksum written after it

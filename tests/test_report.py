@@ -100,12 +100,9 @@ def make_run_dir(path: Path, S=4, C=3, T=8, L=12, seed=0, methods=("grad_dot", "
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """A hand-made run with its report rebuilt once (shared: building takes a few seconds)."""
-    path = tmp_path_factory.mktemp("report") / "run"
-    gold, scores = make_run_dir(path)
-    ev = rebuild_report(path)
-    return path, gold, scores, ev
+def built(handmade_report):
+    """A hand-made run with its report rebuilt once (conftest: shared with other modules)."""
+    return handmade_report
 
 
 # -- files ---------------------------------------------------------------------------------------

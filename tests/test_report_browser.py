@@ -22,8 +22,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from fimo.experiments.outputs import rebuild_report
-from test_report import FIGURES, make_run_dir
+from test_report import FIGURES
 
 CHROMIUM = shutil.which("chromium") or (
     "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None
@@ -83,11 +82,9 @@ def console_messages(stderr: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("browser") / "run"
-    make_run_dir(path)
-    rebuild_report(path)
-    return path / "report.html"
+def report(handmade_report) -> Path:
+    """The hand-made run's report (conftest: built once, only read here)."""
+    return handmade_report[0] / "report.html"
 
 
 def test_report_in_headless_chromium(report, tmp_path_factory, record_property):
