@@ -82,11 +82,11 @@ def train_final(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(s.seed)
         for epoch in range(s.epochs):
-            perm = torch.randperm(n, generator=gen).to(X.device)
-            total = torch.zeros((), dtype=torch.float64, device=X.device)
+            perm = torch.randperm(n, generator=gen).to(Y.device)
+            total = torch.zeros((), dtype=torch.float64, device=Y.device)
             for start in range(0, n, s.batch_size):
                 batch = perm[start : start + s.batch_size]
-                loss = task.loss_fn(model(X[batch]), Y[batch]).mean()
+                loss = task.loss_fn(task.forward(X[batch]), Y[batch]).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -115,7 +115,7 @@ def evaluate_model(task: Task) -> dict[str, float]:
     {'test_loss': 0.6931471824645996, 'test_accuracy': 0.5}
     """
     with torch.no_grad(), task.eval_mode():
-        out = task.model(task.test.inputs)
+        out = task.forward(task.test.inputs)
     result = {"test_loss": float(task.loss_fn(out, task.test.targets).mean())}
     if task.loss_kind == LossKind.CROSS_ENTROPY:
         result["test_accuracy"] = float((out.argmax(-1) == task.test.targets).double().mean())
