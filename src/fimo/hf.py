@@ -73,17 +73,30 @@ class ModelCall:
     """
 
     def arguments(self, inputs, dtype: torch.dtype) -> tuple[tuple, dict]:
-        """(positional, keyword) arguments of the forward for ``inputs``."""
+        """(positional, keyword) arguments of the forward for ``inputs``.
+
+        >>> args, kwargs = ModelCall().arguments(Fields({"x": torch.zeros(2, 3)}), torch.float32)
+        >>> args, list(kwargs)
+        ((), ['x'])
+        """
         if isinstance(inputs, Fields):
             return (), inputs.as_dict()
         return (inputs,), {}
 
     def outputs(self, result) -> torch.Tensor:
-        """The tensor the loss reads from the forward's result."""
+        """The tensor the loss reads from the forward's result: here the result itself.
+
+        >>> ModelCall().outputs(torch.ones(1))
+        tensor([1.])
+        """
         return result
 
     def verify(self, model: nn.Module, inputs, dtype: torch.dtype) -> str | None:
-        """Nothing to check for a plain model (see :meth:`HuggingFaceCall.verify`)."""
+        """Nothing to check for a plain model (see :meth:`HuggingFaceCall.verify`).
+
+        >>> ModelCall().verify(nn.Linear(2, 2), torch.zeros(1, 2), torch.float32) is None
+        True
+        """
         return None
 
 
@@ -103,6 +116,14 @@ class HuggingFaceCall(ModelCall):
         self.mask_as_data = True
 
     def arguments(self, inputs, dtype: torch.dtype) -> tuple[tuple, dict]:
+        """Keyword arguments, the 2-D ``attention_mask`` as a 4-D float mask (while
+        ``mask_as_data``).
+
+        >>> mask = torch.tensor([[1, 0]])
+        >>> _, kw = HuggingFaceCall(causal=False).arguments(Fields({"attention_mask": mask}), torch.float32)
+        >>> (kw["attention_mask"][0, 0] == 0).tolist()  # both queries see the first key only
+        [[True, False], [True, False]]
+        """
         args, kwargs = super().arguments(inputs, dtype)
         mask = kwargs.get("attention_mask")
         if self.mask_as_data and mask is not None and mask.dim() == 2:
@@ -110,12 +131,26 @@ class HuggingFaceCall(ModelCall):
         return args, kwargs
 
     def outputs(self, result) -> torch.Tensor:
+        """The result's ``.logits`` (a model without them: its first output, e.g. the hidden
+        states of a bare encoder).
+
+        >>> HuggingFaceCall(causal=False).outputs((torch.zeros(1, 2),)).shape
+        torch.Size([1, 2])
+        """
         return result.logits if hasattr(result, "logits") else result[0]
 
     def verify(self, model: nn.Module, inputs, dtype: torch.dtype) -> str | None:
         """Check the 4-D mask against the model's own 2-D path on ``inputs`` (a few
         instances, eval mode); if they disagree, keep the model's own mask from now on and
-        return a note saying so (per-instance gradients then come from a loop)."""
+        return a note saying so (per-instance gradients then come from a loop).
+
+        >>> class Own(nn.Module):  # a model that ignores the mask agrees with either form
+        ...     def forward(self, input_ids, attention_mask):
+        ...         return (input_ids.double(),)
+        >>> inputs = Fields({"input_ids": torch.ones(1, 2), "attention_mask": torch.ones(1, 2)})
+        >>> HuggingFaceCall(causal=True).verify(Own(), inputs, torch.float64) is None
+        True
+        """
         if not (isinstance(inputs, Fields) and "attention_mask" in inputs):
             return None
         with torch.no_grad():

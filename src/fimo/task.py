@@ -264,6 +264,7 @@ class Task:
             if not isinstance(data, ArrayDataset):
                 raise InputError(
                     f"Task: {which} must be a fimo ArrayDataset; got {type(data).__name__}"
+                    f"{_converter_hint(data)}"
                 )
         self.loss_spec = loss
         if isinstance(loss, str):
@@ -631,6 +632,15 @@ def check_keywords(model: nn.Module, inputs) -> None:
             f"Task: the model's forward takes no argument {unknown[0]!r} (a field of the "
             f"inputs); it takes {named[:8]}; rename the field or leave it out of the dataset"
         )
+
+
+def _converter_hint(data) -> str:
+    """For a torch or Hugging Face dataset given as a task's data: the converter to use."""
+    if hasattr(data, "column_names"):
+        return " (fimo.data.from_hf_dataset converts a datasets.Dataset)"
+    if isinstance(data, torch.utils.data.Dataset):
+        return " (fimo.data.from_torch_dataset converts a torch Dataset)"
+    return ""
 
 
 def _shape_text(inputs) -> str:

@@ -82,15 +82,27 @@ class Fields:
         return f"Fields({shapes})"
 
     def keys(self):
-        """The field names, in order (so that ``model(**fields)`` works)."""
+        """The field names, in order (so that ``model(**fields)`` works).
+
+        >>> list(Fields({"input_ids": torch.zeros(2, 3), "attention_mask": torch.ones(2, 3)}).keys())
+        ['input_ids', 'attention_mask']
+        """
         return self._fields.keys()
 
     def values(self):
-        """The tensors, in order."""
+        """The tensors, in order.
+
+        >>> [tuple(v.shape) for v in Fields({"a": torch.zeros(2, 3), "b": torch.ones(2)}).values()]
+        [(2, 3), (2,)]
+        """
         return self._fields.values()
 
     def items(self):
-        """(name, tensor) pairs, in order."""
+        """(name, tensor) pairs, in order.
+
+        >>> [(k, v.tolist()) for k, v in Fields({"a": torch.tensor([1, 2])}).items()]
+        [('a', [1, 2])]
+        """
         return self._fields.items()
 
     def as_dict(self) -> dict[str, torch.Tensor]:
@@ -194,7 +206,7 @@ class ArrayDataset:
             self.targets, torch.Tensor
         ):
             raise InputError(
-                "ArrayDataset: inputs (or a dict of them) and targets must be torch tensors; "
+                "ArrayDataset: inputs and targets must be torch tensors; "
                 f"got {type(self.inputs).__name__} and {type(self.targets).__name__} "
                 "(torch.as_tensor converts numpy arrays)"
             )
@@ -261,7 +273,7 @@ def _check_values(what: str, values: torch.Tensor) -> None:
     if values.dtype == torch.bool or values.dtype.is_complex:
         raise InputError(
             f"ArrayDataset: {what} have dtype {values.dtype}; expected real numbers "
-            "(floats, or integers such as class indices, token ids and masks; .long() converts)"
+            "(floats, or integer class indices for targets)"
         )
     if values.is_floating_point() and not torch.isfinite(values).all():
         bad = (~torch.isfinite(values)).reshape(len(values), -1).any(1)
