@@ -196,11 +196,16 @@ def test_grad_dot_equals_the_dot_product_of_independent_gradients():
     np.testing.assert_allclose(scores.values, expected.numpy(), rtol=1e-6)
 
 
-def test_final_training_on_dict_inputs_lowers_the_loss():
+def test_final_training_on_dict_inputs_lowers_the_loss_and_trains_only_theta():
     data = token_data(12, seed=11)
-    task = make_task(tiny_bert(), data, data)
+    task = make_task(tiny_bert(), data, data, trainable=["bert.encoder.layer.1.*", "classifier.*"])
+    before = {n: p.detach().clone() for n, p in task.model.named_parameters()}
     history = train_final(task, TrainingSettings(lr=0.05, epochs=6, batch_size=4))
     assert history[-1] < history[0] - 0.01
+    for name, p in task.model.named_parameters():
+        assert p.requires_grad  # restored after training
+        if name not in task.trainable:  # frozen: unchanged, and no gradient was computed
+            assert torch.equal(p, before[name]) and p.grad is None
 
 
 class PairDataset(torch.utils.data.Dataset):

@@ -289,7 +289,8 @@ class Task:
         self.trainable = tuple(trainable)
         check_choice("Task: per_instance", per_instance, PER_INSTANCE_PATHS)
         self.per_instance, self._path = per_instance, None
-        check_keywords(model, train.inputs)
+        for data in (train, test):
+            check_keywords(model, data.inputs)
         self.call = model_call(model)
         self._check_output()
         with self.eval_mode():

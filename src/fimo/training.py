@@ -6,7 +6,8 @@ A plain loop with ``torch.optim``, the way the paper's reference code trains: a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -79,7 +80,7 @@ def train_final(
     gen = torch.Generator().manual_seed(s.seed)
     history = []
     model.train()
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), _frozen_without_gradients(model, task.trainable):
         torch.manual_seed(s.seed)
         for epoch in range(s.epochs):
             perm = torch.randperm(n, generator=gen).to(Y.device)
@@ -102,6 +103,20 @@ def train_final(
                 on_epoch(epoch + 1, mean)
     model.eval()
     return history
+
+
+@contextlib.contextmanager
+def _frozen_without_gradients(model: torch.nn.Module, trainable) -> Iterator[None]:
+    """Parameters outside ``trainable`` get no gradients while training (backward stops where
+    nothing below is trained, e.g. under a transformers model's top layer); restored after."""
+    frozen = [p for n, p in model.named_parameters() if n not in trainable and p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
 
 
 def evaluate_model(task: Task) -> dict[str, float]:

@@ -305,7 +305,7 @@ def check_pair(train, test, source: str = "data") -> None:
     if _instance_shapes(train.inputs) != _instance_shapes(test.inputs):
         raise InputError(
             f"{source}: train inputs have shape {_shapes(train.inputs)} but test inputs "
-            f"{_shapes(test.inputs)}; every instance must have the same shape (and fields)"
+            f"{_shapes(test.inputs)}; every instance must have the same shape"
         )
     kinds = ["floats" if d.targets.is_floating_point() else "class indices" for d in (train, test)]
     if kinds[0] != kinds[1]:
