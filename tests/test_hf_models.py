@@ -200,7 +200,7 @@ def test_final_training_on_dict_inputs_lowers_the_loss_and_trains_only_theta():
     data = token_data(12, seed=11)
     task = make_task(tiny_bert(), data, data, trainable=["bert.encoder.layer.1.*", "classifier.*"])
     before = {n: p.detach().clone() for n, p in task.model.named_parameters()}
-    history = train_final(task, TrainingSettings(lr=0.05, epochs=6, batch_size=4))
+    history = train_final(task, TrainingSettings(optimizer="adam", lr=0.01, epochs=6, batch_size=4))
     assert history[-1] < history[0] - 0.01
     for name, p in task.model.named_parameters():
         assert p.requires_grad  # restored after training
@@ -359,3 +359,27 @@ def test_a_torch_or_hf_dataset_given_to_task_names_its_converter():
     table = datasets.Dataset.from_dict({"input_ids": [[1, 2]], "label": [0]})
     with pytest.raises(InputError, match=r"got Dataset \(fimo.data.from_hf_dataset converts"):
         Task(tiny_bert(), data, table)
+
+
+def test_a_model_that_does_not_take_the_4d_mask_keeps_its_own_and_gets_the_loop():
+    """The check at Task creation catches a model whose attention reads a 4-D mask otherwise
+    (here: ignores it); it keeps its own 2-D mask, which vmap cannot take, so the loop."""
+
+    class IgnoresFourDMasks(transformers.BertForSequenceClassification):
+        def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, **kw):
+            if attention_mask is not None and attention_mask.dim() == 4:
+                attention_mask = None
+            return super().forward(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            )
+
+    data = token_data(5, seed=16)
+    data.inputs["attention_mask"][0, 4:] = 0  # the check sees a padded instance
+    torch.manual_seed(0)
+    model = IgnoresFourDMasks(tiny_bert().config).double()
+    with pytest.warns(UserWarning, match="does not take a 4-D float mask"):
+        task = Task(model, data, data)
+    with pytest.warns(UserWarning, match="cannot use torch.func.vmap"):
+        assert task.per_instance_path() == "loop"
+    G = gradient_matrix(task, data, range(5))
+    torch.testing.assert_close(G, loop_gradients(task, data), rtol=1e-6, atol=1e-12)
