@@ -67,8 +67,10 @@ def baseline(task: Task) -> dict:
     >>> result["baseline"], result["baseline_test_accuracy"]
     ('logistic regression', 1.0)
     """
-    if task.loss_kind == LossKind.CUSTOM:
-        return {}  # a custom loss: no standard reference model to compare with
+    if task.loss_kind not in (LossKind.CROSS_ENTROPY, LossKind.SQUARED_ERROR) or not isinstance(
+        task.train.inputs, torch.Tensor
+    ):
+        return {}  # a custom loss or keyword inputs: no standard reference model to compare with
     task = task.with_cached_trunk()
     X, Xt = _standardise(_features(task.train.inputs), _features(task.test.inputs))
     y, yt = task.train.targets, task.test.targets

@@ -11,14 +11,17 @@ from __future__ import annotations
 import contextlib
 import enum
 import fnmatch
+import inspect
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
-from torch.func import functional_call
+from torch.func import functional_call, grad, vmap
 
-from fimo.data.base import ArrayDataset
-from fimo.errors import InputError, closest
+from fimo.data.base import ArrayDataset, Fields
+from fimo.errors import InputError, check_choice, closest
+from fimo.hf import is_hf_model, model_call
 
 Params = dict[str, torch.Tensor]
 
@@ -42,7 +45,30 @@ def squared_error(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (diff**2).sum(dim=1)
 
 
-LOSSES: dict[str, Callable] = {"cross_entropy": cross_entropy, "mse": squared_error}
+def token_cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-sequence mean next-token cross-entropy of a causal language model: logits (B, T, V)
+    against token ids (B, T), position t's logits predicting token t + 1 (the convention of
+    transformers' ``labels``). Tokens marked -100 (padding, a prompt) do not count; a
+    sequence with no counted token has loss 0.
+
+    >>> logits = torch.zeros(2, 3, 4)  # uniform over 4 tokens: log 4 per predicted token
+    >>> token_cross_entropy(logits, torch.tensor([[1, 2, 3], [1, 2, -100]]))
+    tensor([1.3863, 1.3863])
+    """
+    predicted, wanted = outputs[:, :-1], targets[:, 1:]
+    counted = wanted != -100
+    each = nn.functional.cross_entropy(
+        predicted.transpose(1, 2), wanted.clamp(min=0), reduction="none"
+    )
+    weights = counted.to(each.dtype)
+    return (each * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+LOSSES: dict[str, Callable] = {
+    "cross_entropy": cross_entropy,
+    "mse": squared_error,
+    "token_cross_entropy": token_cross_entropy,
+}
 
 
 class LossKind(str, enum.Enum):
@@ -58,6 +84,7 @@ class LossKind(str, enum.Enum):
 
     CROSS_ENTROPY = "cross_entropy"
     SQUARED_ERROR = "squared_error"
+    TOKEN_CROSS_ENTROPY = "token_cross_entropy"
     CUSTOM = "custom"
 
 
@@ -71,6 +98,8 @@ def loss_kind(fn: Callable) -> LossKind:
         return LossKind.CROSS_ENTROPY
     if fn is squared_error:
         return LossKind.SQUARED_ERROR
+    if fn is token_cross_entropy:
+        return LossKind.TOKEN_CROSS_ENTROPY
     return LossKind.CUSTOM
 
 
@@ -194,7 +223,11 @@ def select_parameters(model: nn.Module, names: Sequence[str]) -> list[str]:
 class Task:
     """What the user supplies: model, per-instance loss, train and test data, trainable θ.
 
-    ``loss`` is ``"cross_entropy"``, ``"mse"`` or a function ``(outputs, targets) -> (B,)``;
+    ``model`` is a torch module; its inputs are a tensor (one positional argument) or
+    :class:`fimo.data.Fields` (keyword arguments), and a ``transformers`` model's outputs are
+    its ``.logits`` (:mod:`fimo.hf`). ``loss`` is ``"cross_entropy"``, ``"mse"``,
+    ``"token_cross_entropy"`` (a causal language model, :func:`token_cross_entropy`) or a
+    function ``(outputs, targets) -> (B,)``;
     ``loss_spec`` keeps it as given (so that ``Task(..., loss=task.loss_spec)`` has the same
     loss), ``loss_name`` is the name to show and ``loss_kind`` (:class:`LossKind`) says whether
     it is one of fimo's built-in losses, which some methods treat in closed form.
@@ -202,7 +235,10 @@ class Task:
     that further training updates and that every method
     differentiates (all by default). ``measurement`` is the test function g
     ``(outputs, targets) -> (B,)``; by default the per-instance loss, evaluated in float64
-    from the model's outputs (:func:`in_float64`).
+    from the model's outputs (:func:`in_float64`). ``per_instance`` says how per-instance
+    gradients are taken: ``"vmap"`` (``torch.func.vmap``, fast), ``"loop"`` (one instance at a
+    time, for models ``vmap`` cannot map over) or ``"auto"`` (vmap if a probe on two training
+    instances succeeds, else the loop with a warning; :meth:`per_instance_path`).
 
     >>> model = nn.Linear(3, 2)
     >>> data = ArrayDataset(torch.randn(8, 3), torch.randint(0, 2, (8,)))
@@ -220,6 +256,7 @@ class Task:
         trainable: Sequence[str] | None = None,
         measurement: Callable | None = None,
         name: str = "task",
+        per_instance: str = "auto",
     ):
         if not isinstance(model, nn.Module):
             raise InputError(f"Task: model must be a torch.nn.Module; got {type(model).__name__}")
@@ -227,6 +264,7 @@ class Task:
             if not isinstance(data, ArrayDataset):
                 raise InputError(
                     f"Task: {which} must be a fimo ArrayDataset; got {type(data).__name__}"
+                    f"{_converter_hint(data)}"
                 )
             if len(data) == 0:
                 raise InputError(f"Task: the {which} set is empty; give at least one instance")
@@ -251,7 +289,16 @@ class Task:
         if not trainable:
             raise InputError("Task: no trainable parameters; name at least one in `trainable`")
         self.trainable = tuple(trainable)
+        check_choice("Task: per_instance", per_instance, PER_INSTANCE_PATHS)
+        self.per_instance, self._path = per_instance, None
+        for data in (train, test):
+            check_keywords(model, data.inputs)
+        self.call = model_call(model)
         self._check_output()
+        with self.eval_mode():
+            note = self.call.verify(model, train.inputs[:2], self._dtype(self.params()))
+        if note:
+            warnings.warn(f"fimo: {note}", stacklevel=2)
 
     # -- the functional view ---------------------------------------------------------------
     def params(self) -> Params:
@@ -288,7 +335,71 @@ class Task:
                 [0., 0.],
                 [0., 0.]])
         """
-        return functional_call(self.model, {**self.frozen(), **params}, (inputs,))
+        args, kwargs = self.call.arguments(inputs, self._dtype(params))
+        result = functional_call(self.model, {**self.frozen(), **params}, args, kwargs)
+        return self.call.outputs(result)
+
+    def forward(self, inputs: torch.Tensor | Fields) -> torch.Tensor:
+        """The model's outputs with its own parameters, differentiable with autograd (final
+        training and evaluation call the model this way).
+
+        >>> data = ArrayDataset({"x": torch.ones(2, 3)}, torch.tensor([0, 1]))
+        >>> class Keyword(nn.Linear):
+        ...     def forward(self, x):
+        ...         return super().forward(x)
+        >>> Task(Keyword(3, 2), data, data).forward(data.inputs).shape
+        torch.Size([2, 2])
+        """
+        args, kwargs = self.call.arguments(inputs, self._dtype(self.params()))
+        return self.call.outputs(self.model(*args, **kwargs))
+
+    def per_instance_path(self) -> str:
+        """``"vmap"`` or ``"loop"``: how per-instance gradients (and stacked runs) are taken.
+
+        With ``per_instance="auto"``, decided once by a probe: ``vmap(grad(loss))`` over two
+        training instances in eval mode; if it raises (the model branches on the values of
+        its inputs, say), the loop, with a warning. With ``"vmap"``, a failing probe is an
+        InputError naming the fix.
+
+        >>> data = ArrayDataset(torch.randn(4, 3), torch.randint(0, 2, (4,)))
+        >>> Task(nn.Linear(3, 2), data, data).per_instance_path()
+        'vmap'
+        """
+        if self._path is None:
+            self._path = "loop" if self.per_instance == "loop" else self._probe_vmap()
+        return self._path
+
+    def _probe_vmap(self) -> str:
+        """ "vmap" if vmap(grad(loss)) runs on two training instances; else "loop" (auto) or
+        an InputError (per_instance="vmap")."""
+        x, y = self.train.inputs[:2], self.train.targets[:2]
+
+        def one(p, xi, yi):
+            return self.losses(p, xi.unsqueeze(0), yi.unsqueeze(0)).squeeze(0)
+
+        try:
+            with self.eval_mode():
+                vmap(grad(one), in_dims=(None, 0, 0))(self.params(), x, y)
+        except (RuntimeError, NotImplementedError, ValueError, TypeError) as exc:
+            where = _failing_frame(exc)
+            if self.per_instance == "vmap":
+                raise InputError(
+                    f"Task: per_instance='vmap' fails on {type(self.model).__name__} (in "
+                    f"{where}); use per_instance='loop' (or 'auto'), or for a transformers "
+                    "model load it with attn_implementation='eager'"
+                ) from exc
+            warnings.warn(
+                f"fimo: per-instance gradients of {type(self.model).__name__} cannot use "
+                f"torch.func.vmap (it fails in {where}); using a loop over instances (slower)",
+                stacklevel=3,
+            )
+            return "loop"
+        return "vmap"
+
+    @staticmethod
+    def _dtype(params: Params) -> torch.dtype:
+        """The floating dtype the parameters compute in (for masks built as data)."""
+        return next((p.dtype for p in params.values() if p.is_floating_point()), torch.float32)
 
     def losses(self, params: Params, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Per-instance training losses (B,) at ``params``.
@@ -345,7 +456,7 @@ class Task:
         >>> Task(model, data, data, trainable=["2.*"]).trunk_length()
         2
         """
-        if not isinstance(self.model, nn.Sequential):
+        if not isinstance(self.model, nn.Sequential) or isinstance(self.train.inputs, Fields):
             return 0
         names = list(self.model._modules)
         owners = [
@@ -393,6 +504,7 @@ class Task:
                 trainable=self.trainable,
                 measurement=self.measure_fn,
                 name=self.name,
+                per_instance=self.per_instance,
             )
         self._cached_trunk = (self.trainable, result)
         return result
@@ -448,6 +560,7 @@ class Task:
 
     def _check_fit(self, which: str, data: ArrayDataset) -> None:
         x, y = data.inputs[:2], data.targets[:2]
+        shape = _shape_text(x)
         try:
             with torch.no_grad():
                 outputs = self.outputs(self.params(), x)
@@ -456,9 +569,9 @@ class Task:
             reason = " ".join(str(exc).split())[:300]
             raise InputError(
                 f"Task: the model's output does not fit the loss {self.loss_name!r} on the "
-                f"{which} data (inputs {tuple(x.shape)}, targets {tuple(y.shape)}): {reason}"
+                f"{which} data (inputs {shape}, targets {tuple(y.shape)}): {reason}"
             ) from exc
-        _check_per_instance("loss", out, x.shape[0])
+        _check_per_instance("loss", out, len(x))
         if not isinstance(self.measure_fn, in_float64):  # the user's own measurement
             try:
                 with torch.no_grad():
@@ -469,7 +582,7 @@ class Task:
                     f"Task: the measurement does not fit the model's output on the {which} data "
                     f"(targets {tuple(y.shape)}): {reason}"
                 ) from exc
-            _check_per_instance("measurement", measured, x.shape[0])
+            _check_per_instance("measurement", measured, len(x))
         if self.loss_kind == LossKind.SQUARED_ERROR and outputs[:1].numel() != y[:1].numel():
             raise InputError(
                 f"Task: the model gives {outputs[:1].numel()} outputs per instance but the "
@@ -481,7 +594,13 @@ class Task:
                 "model's current weights; check the model, its weights and the data"
             )
         labels = data.targets
-        if self.loss_kind == LossKind.CROSS_ENTROPY and not labels.is_floating_point():
+        if self.loss_kind == LossKind.TOKEN_CROSS_ENTROPY:
+            labels = labels[labels != -100]  # tokens that do not count
+        if (
+            self.loss_kind in (LossKind.CROSS_ENTROPY, LossKind.TOKEN_CROSS_ENTROPY)
+            and not labels.is_floating_point()
+            and labels.numel()
+        ):
             k = outputs.shape[-1]
             if labels.min() < 0 or labels.max() >= k:
                 raise InputError(
@@ -510,6 +629,68 @@ def _check_per_instance(what: str, out, n: int) -> None:
             f"Task: the {what} must return floating-point values (the methods use its "
             f"gradient, which is zero for integers); got dtype {out.dtype}"
         )
+
+
+PER_INSTANCE_PATHS = ("auto", "vmap", "loop")
+
+
+def check_keywords(model: nn.Module, inputs) -> None:
+    """InputError when the inputs' fields are not arguments of the model's forward.
+
+    A forward with ``**kwargs`` takes any field, except a ``transformers`` model's: its
+    forward drops unknown keywords silently, so they must be named arguments; and its
+    ``labels`` would make it compute its own loss, so they belong in the targets.
+
+    >>> check_keywords(nn.Linear(2, 2), Fields({"x": torch.zeros(1, 2)}))
+    Traceback (most recent call last):
+    ...
+    fimo.errors.InputError: Task: the model's forward takes no argument 'x' (a field of the inputs); it takes ['input']; rename the field or leave it out of the dataset
+    """
+    if not isinstance(inputs, Fields):
+        return
+    hf = is_hf_model(model)
+    if hf and "labels" in inputs:
+        raise InputError(
+            "Task: the inputs hold a field 'labels'; give the labels as the dataset's targets "
+            "(fimo computes the loss), e.g. from_hf_dataset(ds, label='labels')"
+        )
+    params = inspect.signature(model.forward).parameters.values()
+    named = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    takes_any = not hf and any(p.kind == p.VAR_KEYWORD for p in params)
+    unknown = [k for k in inputs.keys() if k not in named]
+    if unknown and not takes_any:
+        raise InputError(
+            f"Task: the model's forward takes no argument {unknown[0]!r} (a field of the "
+            f"inputs); it takes {named[:8]}; rename the field or leave it out of the dataset"
+        )
+
+
+def _converter_hint(data) -> str:
+    """For a torch or Hugging Face dataset given as a task's data: the converter to use."""
+    if hasattr(data, "column_names"):
+        return " (fimo.data.from_hf_dataset converts a datasets.Dataset)"
+    if isinstance(data, torch.utils.data.Dataset):
+        return " (fimo.data.from_torch_dataset converts a torch Dataset)"
+    return ""
+
+
+def _shape_text(inputs) -> str:
+    """The shape of inputs for messages: a tensor's, or each field's."""
+    if isinstance(inputs, Fields):
+        return ", ".join(f"{k} {tuple(v.shape)}" for k, v in inputs.items())
+    return str(tuple(inputs.shape))
+
+
+def _failing_frame(exc: BaseException) -> str:
+    """'module.function' of the innermost frame outside torch where ``exc`` was raised."""
+    where = "the model"
+    tb = exc.__traceback__
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        if not module.startswith(("torch", "fimo", "contextlib")):
+            where = f"{module}.{tb.tb_frame.f_code.co_name}"
+        tb = tb.tb_next
+    return where
 
 
 def _trunk_batch(trunk: nn.Module, inputs: torch.Tensor, budget: int = 2**26) -> int:

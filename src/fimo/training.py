@@ -6,7 +6,8 @@ A plain loop with ``torch.optim``, the way the paper's reference code trains: a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -43,14 +44,14 @@ def train_final(
     gen = torch.Generator().manual_seed(s.seed)
     history = []
     model.train()
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), _frozen_without_gradients(model, task.trainable):
         torch.manual_seed(s.seed)
         for epoch in range(s.epochs):
-            perm = torch.randperm(n, generator=gen).to(X.device)
-            total = torch.zeros((), dtype=torch.float64, device=X.device)
+            perm = torch.randperm(n, generator=gen).to(Y.device)
+            total = torch.zeros((), dtype=torch.float64, device=Y.device)
             for start in range(0, n, s.batch_size):
                 batch = perm[start : start + s.batch_size]
-                loss = task.loss_fn(model(X[batch]), Y[batch]).mean()
+                loss = task.loss_fn(task.forward(X[batch]), Y[batch]).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -68,6 +69,20 @@ def train_final(
     return history
 
 
+@contextlib.contextmanager
+def _frozen_without_gradients(model: torch.nn.Module, trainable) -> Iterator[None]:
+    """Parameters outside ``trainable`` get no gradients while training (backward stops where
+    nothing below is trained, e.g. under a transformers model's top layer); restored after."""
+    frozen = [p for n, p in model.named_parameters() if n not in trainable and p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
 def evaluate_model(task: Task) -> dict[str, float]:
     """Test loss, and accuracy for classification, of the current model (in eval mode).
 
@@ -79,7 +94,7 @@ def evaluate_model(task: Task) -> dict[str, float]:
     {'test_loss': 0.6931471824645996, 'test_accuracy': 0.5}
     """
     with torch.no_grad(), task.eval_mode():
-        out = task.model(task.test.inputs)
+        out = task.forward(task.test.inputs)
     result = {"test_loss": float(task.loss_fn(out, task.test.targets).mean())}
     if task.loss_kind == LossKind.CROSS_ENTROPY:
         result["test_accuracy"] = float((out.argmax(-1) == task.test.targets).double().mean())

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch.func import grad, vmap
+from torch.utils._pytree import tree_leaves, tree_map
 
 from fimo.errors import InputError, NumericalError
 from fimo.further.fast import fused_mlp_grads
@@ -222,7 +223,36 @@ def step_gradients(task: Task, settings: FurtherSettings) -> Callable:
         return (task.losses(p, x, y) * w).sum()
 
     fused = fused_mlp_grads(task) if settings.engine == "auto" else None
-    return fused or vmap(grad(run_loss), randomness="same")
+    return fused or over_runs(grad(run_loss), task)
+
+
+def over_runs(fn: Callable, task: Task) -> Callable:
+    """``fn`` of one run mapped over the leading run axis of all its arguments: by ``vmap``
+    with dropout draws shared across the runs, or, for a model that ``vmap`` cannot map over
+    (:meth:`fimo.Task.per_instance_path`), by a loop that gives every run the same random
+    state, so the runs stay paired; the results stacked along the run axis.
+
+    >>> from fimo.data import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(4, 2), torch.randint(0, 2, (4,)))
+    >>> task = Task(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5)), data, data,
+    ...             per_instance="loop")
+    >>> draws = over_runs(lambda x: task.model[1](x), task)(torch.ones(3, 5))
+    >>> bool((draws == draws[0]).all())  # every run saw the same dropout mask
+    True
+    """
+    if task.per_instance_path() == "vmap":
+        return vmap(fn, randomness="same")
+
+    def looped(*args):
+        runs = len(tree_leaves(args)[0])
+        start = torch.get_rng_state()
+        each = []
+        for r in range(runs):
+            torch.set_rng_state(start)
+            each.append(fn(*tree_map(lambda t, r=r: t[r], args)))
+        return tree_map(lambda *parts: torch.stack(parts), *each)
+
+    return looped
 
 
 class _RunStack:
@@ -295,7 +325,7 @@ class _Checkpoints:
         self.task, self.settings, self.seed, self.left_out = task, settings, seed, left_out
         self.per_epoch = per_epoch
         x, y = task.test.inputs[test], task.test.targets[test]
-        self.measure = vmap(lambda p: task.measure(p, x, y))
+        self.measure = over_runs(lambda p: task.measure(p, x, y), task)
         self.wanted = set(settings.record_steps)
         self.losses, self.steps = [], []
 

@@ -22,7 +22,10 @@ _ACTIVATIONS = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Identity: "identity"}
 def _plan(task: Task) -> list[tuple[str, str | None, str]] | None:
     """[(weight name, bias name or None, activation after the layer)], or None if unsupported."""
     model = task.model
-    if not isinstance(model, nn.Sequential) or task.loss_kind == LossKind.CUSTOM:
+    if not isinstance(model, nn.Sequential) or task.loss_kind not in (
+        LossKind.CROSS_ENTROPY,
+        LossKind.SQUARED_ERROR,
+    ):
         return None
     layers: list[list] = []
     for name, module in model.named_children():

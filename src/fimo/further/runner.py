@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fimo.data.base import check_indices
+from fimo.data.base import check_indices, instance_size
 from fimo.errors import InputError
 from fimo.further.engine import FurtherSettings, SeedResult, checked_groups, further_train_seed
 from fimo.further.gold import GoldStandard
@@ -96,7 +96,7 @@ def bytes_per_run(task: Task, settings: FurtherSettings, n_test: int) -> int:
     slots = 4 + (2 if settings.optimizer in ("adam", "adamw") else int(settings.momentum > 0))
     widths = [p.shape[-1] for p in task.params().values() if p.dim() == 2]
     widths += [p.shape[0] for p in task.params().values() if p.dim() == 2]
-    widest = max(widths, default=int(np.prod(task.train.inputs.shape[1:])))
+    widest = max(widths, default=instance_size(task.train.inputs))
     activations = 4 * (settings.batch_size + n_test) * widest * max(1, len(widths) // 2)
     return itemsize * (slots * task.num_params + activations)
 

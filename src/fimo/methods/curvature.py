@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import grad, jacrev, jvp, vjp, vmap
 
+from fimo.data.base import instance_size
 from fimo.errors import InputError, check_choice
 from fimo.methods.gradients import DEFAULT_BUDGET, chunk_size_for, fit_count
 from fimo.task import LossKind, Task, eval_mode
@@ -92,7 +93,7 @@ def activation_width(task: Task, x: torch.Tensor, params=None) -> int:
     >>> activation_width(task, X)  # 2 inputs and 1 output of the Linear layer
     3
     """
-    total = [int(x[:1].numel())]
+    total = [instance_size(x[:1])]
 
     def count(module, inputs, output):
         for out in output if isinstance(output, tuple | list) else (output,):
@@ -107,7 +108,7 @@ def activation_width(task: Task, x: torch.Tensor, params=None) -> int:
     finally:
         for h in handles:
             h.remove()
-    return max(total[0], int(x[:1].numel()) + int(out.numel()))
+    return max(total[0], instance_size(x[:1]) + int(out.numel()))
 
 
 class FlatParams:

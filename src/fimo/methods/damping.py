@@ -17,6 +17,7 @@ import hashlib
 import numpy as np
 import torch
 
+from fimo.data.base import tensors_of
 from fimo.errors import InputError
 from fimo.methods.gradients import per_instance_grads
 from fimo.task import Task
@@ -55,11 +56,12 @@ def _digest(task: Task, x: torch.Tensor, y: torch.Tensor, idx: np.ndarray, chunk
     """A digest of what the damping base depends on: every tensor of the model's state (by
     name), the trainable names, the rows and their data, the dtype and the chunk size."""
     h = hashlib.blake2b(digest_size=20)
-    h.update(repr((task.trainable, str(x.dtype), chunk_size, task.loss_name)).encode())
+    dtypes = [str(t.dtype) for t in tensors_of(x)]
+    h.update(repr((task.trainable, dtypes, chunk_size, task.loss_name)).encode())
     for name, t in task.model.state_dict().items():
         h.update(name.encode())
         h.update(_bytes(t))
-    for t in (x, y, torch.as_tensor(idx, dtype=torch.long)):
+    for t in (*tensors_of(x), y, torch.as_tensor(idx, dtype=torch.long)):
         h.update(_bytes(t))
     return h.hexdigest()
 

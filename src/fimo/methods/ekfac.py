@@ -393,7 +393,8 @@ def fit_ekfac(
         else:
             noise = torch.randn(n, d_o, generator=gen, dtype=dtype)
     vectors = d_o if mode == "exact" else 1  # an upper bound (cross-entropy needs C − 1)
-    size = chunk_size or chunk_size_for(task.num_params * vectors, x_all.element_size())
+    itemsize = next(iter(params.values())).element_size()
+    size = chunk_size or chunk_size_for(task.num_params * vectors, itemsize)
     with task.eval_mode():
         for layer in layers:
             layer.A, layer.S = 0, 0

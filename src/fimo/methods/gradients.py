@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+import torch.utils._pytree
 from torch.func import grad, vmap
 
 from fimo.errors import InputError
@@ -138,13 +139,37 @@ def per_instance_grads(
     def one(p, x, y):
         return fn(p, x.unsqueeze(0), y.unsqueeze(0)).squeeze(0)
 
-    grads = vmap(grad(one), in_dims=(None, 0, 0))
+    grads = over_instances(grad(one), task)
     check_chunk_size(chunk_size)
-    size = chunk_size or chunk_size_for(task.num_params, inputs.element_size())
+    itemsize = next(iter(params.values())).element_size()
+    size = chunk_size or chunk_size_for(task.num_params, itemsize)
     with task.eval_mode():
         for start in range(0, len(inputs), size):
             rows = slice(start, min(start + size, len(inputs)))
             yield rows, flatten(grads(params, inputs[rows], targets[rows]))
+
+
+def over_instances(fn, task: Task):
+    """``fn(params, x, y)`` of one instance mapped over the rows of ``x`` and ``y``: by
+    ``vmap``, or by a loop when the task's model cannot go through ``vmap``
+    (:meth:`fimo.Task.per_instance_path`); the results stacked along a new leading axis.
+
+    >>> from fimo.data.base import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(3, 2), torch.randint(0, 2, (3,)))
+    >>> task = Task(torch.nn.Linear(2, 2), data, data, per_instance="loop")
+    >>> mapped = over_instances(lambda p, x, y: (p["weight"] @ x)[y], task)
+    >>> torch.allclose(mapped(task.params(), data.inputs, data.targets),
+    ...                (data.inputs @ task.model.weight.T).gather(1, data.targets[:, None])[:, 0])
+    True
+    """
+    if task.per_instance_path() == "vmap":
+        return vmap(fn, in_dims=(None, 0, 0))
+
+    def looped(params, inputs, targets):
+        each = [fn(params, inputs[i], targets[i]) for i in range(len(inputs))]
+        return torch.utils._pytree.tree_map(lambda *parts: torch.stack(parts), *each)
+
+    return looped
 
 
 def gradient_matrix(task: Task, data, indices, measure: bool = False, **kw) -> torch.Tensor:

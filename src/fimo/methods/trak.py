@@ -217,7 +217,8 @@ def _feature_pass(task, proj, subset, train, chunk_size) -> tuple[_Features, str
     jac = vmap(jacrev(f), in_dims=(None, 0, 0))
     with torch.no_grad():
         d_f = f(params, task.train.inputs[0], task.train.targets[0]).numel()
-    size = chunk_size or chunk_size_for(task.num_params * d_f, task.train.inputs.element_size())
+    itemsize = next(iter(params.values())).element_size()
+    size = chunk_size or chunk_size_for(task.num_params * d_f, itemsize)
     in_kernel = np.zeros(n, dtype=bool)
     in_kernel[subset] = True
     dual = m * d_f <= k
