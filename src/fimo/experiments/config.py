@@ -440,6 +440,8 @@ def _check_method_setting(where: str, key: str, value) -> None:
         raise InputError(f"{where}: got {value!r}; must be a finite number ≥ 0")
     if key.endswith("chunk_size") and isinstance(value, int) and value < 1:
         raise InputError(f"{where}: got {value!r}; must be a whole number ≥ 1 (or absent)")
+    if key == "proj_dim" and not (isinstance(value, int) and value >= 1):
+        raise InputError(f"{where}: got {value!r}; must be a whole number ≥ 1 (or absent: none)")
 
 
 MODEL_KINDS = ("mlp", "resnet_small", "minilm")
