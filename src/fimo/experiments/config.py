@@ -627,6 +627,10 @@ def _read_raw(source: str | Path | None) -> dict:
 def with_overrides(config: Config, **overrides) -> Config:
     """Apply CLI-style overrides (None = keep), revalidating the result.
 
+    A method in ``methods`` that the configuration does not list takes the settings its
+    family has in the configuration (:mod:`fimo.experiments.families`): named on the command
+    line for ``adult``, ``lissa_hessian`` gets the influence family's ``hessian_samples``.
+
     >>> with_overrides(Config(), seeds=4, lr=None).gold.seeds
     4
     """
@@ -663,4 +667,11 @@ def with_overrides(config: Config, **overrides) -> Config:
             continue
         section, name = mapping[key]
         raw[section][name] = value
+    if overrides.get("methods") is not None:  # a method the configuration did not list
+        from fimo.experiments.families import with_family_settings  # takes its family's
+
+        methods = config.methods
+        raw["methods"].update(
+            with_family_settings(overrides["methods"], methods.names, methods.settings)
+        )
     return from_dict(raw)
