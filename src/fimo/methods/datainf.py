@@ -28,6 +28,7 @@ from fimo.methods.common import (
     subset_record,
     test_and_train,
 )
+from fimo.methods.cost import CostProbe
 from fimo.methods.gradients import DEFAULT_BUDGET, chunk_size_for, per_instance_grads
 from fimo.methods.gradients import gradient_matrix as _gradient_matrix
 from fimo.methods.projection import block_seed, check_proj_dim, gradient_projector
@@ -186,9 +187,15 @@ def datainf(
     v = layout(_gradient_matrix(task, task.test, test, measure=True, chunk_size=chunk_size))
 
     # pass 1: λ_l from the mean squared gradient entry of each block over the Hessian sample
+    probe = CostProbe(
+        f"two passes over the gradients of {m} training instances",
+        2 * m,
+        "lower hessian_samples or proj_dim",
+    )
     squares = torch.zeros(len(spans), dtype=dtype)
     for _, g in grads.chunks(sample):
         squares += torch.stack([g[:, s].pow(2).sum() for s in spans])
+        probe.tick(len(g))
     mean_square = squares / torch.as_tensor([m * size for size in layout.sizes], dtype=dtype)
     if damping is None:
         lam = mean_square / lambda_const
@@ -202,6 +209,7 @@ def datainf(
             gl = g[:, s]
             coef = (v[:, s] @ gl.T) / (lam[k] + gl.pow(2).sum(1))
             acc[:, s] += coef @ gl
+        probe.tick(len(g))
     inverse = torch.where(lam > 0, 1 / lam.clamp_min(torch.finfo(dtype).tiny), 0)
     pre = torch.empty_like(v)
     for k, s in enumerate(spans):  # a block with λ_l = 0 has only zero gradients: it adds 0

@@ -41,6 +41,7 @@ from fimo.methods.common import (
     subset_record,
     test_and_train,
 )
+from fimo.methods.cost import CostProbe
 from fimo.methods.gradients import chunk_size_for, flatten, gradient_matrix
 from fimo.methods.projection import Projector, check_proj_dim
 from fimo.scores import Scores
@@ -141,6 +142,11 @@ def _feature_pass(task, proj, subset, train, chunk_size) -> tuple[_Features, str
     wanted = np.full(n, -1, dtype=np.int64)
     wanted[train] = np.arange(len(train))
     order = np.arange(n) if m == n else np.union1d(subset, train)
+    probe = CostProbe(
+        f"the projected features of {len(order)} training instances",
+        len(order),
+        "lower proj_dim or hessian_samples",
+    )
     with task.eval_mode():
         for start in range(0, len(order), size):
             pos = order[start : start + size]
@@ -155,6 +161,7 @@ def _feature_pass(task, proj, subset, train, chunk_size) -> tuple[_Features, str
                 with torch.no_grad():
                     s = slope(params, x[keep], y[keep])
                 feats.scored[where[keep]] = torch.einsum("bfk,bf->bk", F[keep], s)
+            probe.tick(len(pos))
     return feats, output, curvature
 
 
