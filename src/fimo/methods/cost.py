@@ -76,7 +76,13 @@ class CostProbe:
         self.ticks: list[tuple[float, float]] = []  # (time, units done) at the first two ticks
 
     def tick(self, units: float = 1) -> str | None:
-        """Count ``units`` done; at the second tick, the announcement (or None when short)."""
+        """Count ``units`` done; at the second tick, the announcement (or None when short).
+
+        >>> times = iter([0.0, 1.0, 1.5])
+        >>> probe = CostProbe("scoring", 100, "score fewer", clock=lambda: next(times))
+        >>> probe.tick(10), probe.tick(10)  # 1 s + 80 × 0.05 s = 5 s: too short to announce
+        (None, None)
+        """
         if len(self.ticks) >= 2:
             return None
         done = units + (self.ticks[-1][1] if self.ticks else 0)
