@@ -60,7 +60,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fimo.data import load_adult
 from fimo.methods import get_method
-from fimo.methods.trak import Projector
+from fimo.methods.projection import Projector
 from fimo.models import mlp
 from fimo.task import Task
 from fimo.training import TrainingSettings, train_final

@@ -9,7 +9,8 @@ from torch.func import jacrev, vmap
 from fimo.data import ArrayDataset
 from fimo.errors import InputError
 from fimo.methods.gradients import flatten, gradient_matrix
-from fimo.methods.trak import Projector, trak
+from fimo.methods.projection import Projector
+from fimo.methods.trak import trak
 from fimo.models import mlp
 from fimo.task import Task
 
@@ -236,10 +237,10 @@ def test_ill_conditioned_full_rank_kernel_is_inverted_in_float64(n):
 
 @pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
 def test_projection_matrix_depends_on_seed_size_and_k_only(kind, monkeypatch):
-    import fimo.methods.trak as trak_module
+    import fimo.methods.projection as projection_module
 
     # small blocks, so that the 1000 rows span many of them (32 rows each at k = 32)
-    monkeypatch.setattr(trak_module, "BLOCK_BUDGET", 4096)
+    monkeypatch.setattr(projection_module, "BLOCK_BUDGET", 4096)
     P, k = 1000, 32
     m32 = Projector(P, k, seed=5, kind=kind, dtype=torch.float32)
     m64 = Projector(P, k, seed=5, kind=kind, dtype=DT)

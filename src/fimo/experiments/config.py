@@ -447,6 +447,8 @@ def _check_method_setting(where: str, key: str, value) -> None:
         raise InputError(f"{where}: got {value!r}; must be a finite number ≥ 0")
     if key.endswith("chunk_size") and isinstance(value, int) and value < 1:
         raise InputError(f"{where}: got {value!r}; must be a whole number ≥ 1 (or absent)")
+    if key == "proj_dim" and not (isinstance(value, int) and value >= 1):
+        raise InputError(f"{where}: got {value!r}; must be a whole number ≥ 1 (or absent: none)")
 
 
 MODEL_KINDS = ("mlp", "resnet_small", "minilm")
@@ -641,6 +643,10 @@ def _read_raw(source: str | Path | None) -> dict:
 def with_overrides(config: Config, **overrides) -> Config:
     """Apply CLI-style overrides (None = keep), revalidating the result.
 
+    A method in ``methods`` that the configuration does not list takes the settings its
+    family has in the configuration (:mod:`fimo.experiments.families`): named on the command
+    line for ``adult``, ``lissa_hessian`` gets the influence family's ``hessian_samples``.
+
     >>> with_overrides(Config(), seeds=4, lr=None).gold.seeds
     4
     """
@@ -677,4 +683,11 @@ def with_overrides(config: Config, **overrides) -> Config:
             continue
         section, name = mapping[key]
         raw[section][name] = value
+    if overrides.get("methods") is not None:  # a method the configuration did not list
+        from fimo.experiments.families import with_family_settings  # takes its family's
+
+        methods = config.methods
+        raw["methods"].update(
+            with_family_settings(overrides["methods"], methods.names, methods.settings)
+        )
     return from_dict(raw)

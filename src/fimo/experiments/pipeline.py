@@ -36,6 +36,7 @@ from fimo.further.ray_address import check_reachable
 from fimo.further.runner import ShardPlan, gold_standard, make_executor, plan_gold
 from fimo.io import fingerprint, non_default
 from fimo.methods import get_method
+from fimo.methods.cost import announcements
 from fimo.scores import Scores
 from fimo.task import Task
 from fimo.training import evaluate_model, train_final
@@ -494,9 +495,13 @@ def _method_settings(r: _Run, name: str, steps) -> dict:
 
 
 def _run_method(r: _Run, task: Task, name: str, train_idx, fp: str, settings: dict) -> Scores:
-    """Compute one method's scores and write them to ``scores/<name>.npz``."""
+    """Compute one method's scores and write them to ``scores/<name>.npz``; the method's
+    estimates of its long loops are printed above its progress bar."""
     started = time.perf_counter()
-    with _progress(r.console, r.quiet) as bar:
+    with (
+        _progress(r.console, r.quiet) as bar,
+        announcements(lambda text: bar.console.print(f"{name}: {text}", highlight=False)),
+    ):
         job = bar.add_task(name, total=len(train_idx))
         result = r.methods[name](
             task.with_cached_trunk(),

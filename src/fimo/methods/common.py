@@ -11,6 +11,7 @@ import torch
 
 from fimo.data.base import check_indices
 from fimo.errors import InputError
+from fimo.methods.cost import CostProbe
 from fimo.methods.gradients import per_instance_grads
 from fimo.task import Task
 
@@ -127,7 +128,8 @@ def score_matrix(
     ``chunks`` gives other ``(rows, G)`` pairs (rows index into ``train``). ``transform`` is
     applied to each chunk (e.g. normalising for Grad-Cos); ``test_side`` (k, D) is the test
     side, already preconditioned (and projected) by the method. ``progress(m)`` is called
-    with the number of training instances each chunk scored.
+    with the number of training instances each chunk scored; a pass estimated to take long
+    is announced (:class:`fimo.methods.cost.CostProbe`).
 
     >>> from fimo.data.base import ArrayDataset
     >>> data = ArrayDataset(torch.randn(5, 3), torch.randint(0, 2, (5,)))
@@ -142,6 +144,11 @@ def score_matrix(
         chunks = training_gradients(task, train, chunk_size)
     n = len(task.train)
     out = np.empty((len(test_side), len(train)), dtype=np.float64)
+    probe = CostProbe(
+        f"scoring {len(train)} training instances against {len(test_side)} test vectors",
+        len(train),
+        'score fewer training instances (methods.train = "left_out") or test instances',
+    )
     for rows, G in chunks:
         if transform is not None:
             G = transform(G)
@@ -151,4 +158,5 @@ def score_matrix(
         out[:, rows] = block.double().cpu().numpy()
         if progress is not None:
             progress(rows.stop - rows.start)
+        probe.tick(rows.stop - rows.start)
     return out

@@ -34,7 +34,7 @@ x = (1, 0) and (0, 2) that is diag(1, 4):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -830,7 +830,12 @@ def dense_matrix(operator, size: int | None = None, block: int | None = None) ->
 
 
 def lanczos(
-    operator, size: int, iterations: int, seed: int = 0, dtype: torch.dtype | None = None
+    operator,
+    size: int,
+    iterations: int,
+    seed: int = 0,
+    dtype: torch.dtype | None = None,
+    on_step: Callable[[], object] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Ritz pairs of a symmetric operator v (P,) → (P,) from ``iterations`` Lanczos steps.
 
@@ -840,7 +845,8 @@ def lanczos(
     Returns ``(values, vectors, residuals, steps)``: eigenvalue estimates sorted by decreasing
     magnitude, Ritz vectors as rows (m, P), the residual norms ‖C y − μ y‖ of each pair
     (|β_m · last component|), and the number of steps taken. Cost: ``iterations`` products,
-    O(iterations² · P) for the reorthogonalisation, memory iterations × P.
+    O(iterations² · P) for the reorthogonalisation, memory iterations × P. ``on_step()`` is
+    called after each step (e.g. :meth:`fimo.methods.cost.CostProbe.tick`).
 
     >>> D = torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
     >>> values, vectors, residuals, steps = lanczos(lambda v: D @ v, size=3, iterations=3)
@@ -867,6 +873,8 @@ def lanczos(
             w = w - Q[: j + 1].T @ (Q[: j + 1] @ w)
         beta = float(w.norm())
         scale = max(scale, abs(alpha), beta)
+        if on_step is not None:
+            on_step()
         if j == m - 1:
             break
         if beta <= 1e-10 * max(scale, 1e-300):  # invariant subspace: restart orthogonally

@@ -28,8 +28,10 @@ from fimo.methods.common import (
     subset_record,
     test_and_train,
 )
+from fimo.methods.cost import CostProbe
 from fimo.methods.gradients import DEFAULT_BUDGET, chunk_size_for, per_instance_grads
 from fimo.methods.gradients import gradient_matrix as _gradient_matrix
+from fimo.methods.projection import block_seed, check_proj_dim, gradient_projector
 from fimo.scores import Scores
 from fimo.task import Task
 
@@ -62,22 +64,51 @@ def parameter_blocks(task: Task, blocks: str = "module") -> list[tuple[str, list
     return list(groups.items())
 
 
+class _BlockProjection:
+    """The blocks' permutation of θ and each block's projector (:mod:`fimo.methods.projection`):
+    a block of p_l entries becomes min(k, p_l) numbers, so DataInf's per-block inverses work
+    on the projected blocks; without ``proj_dim`` every block is kept whole."""
+
+    def __init__(self, groups, proj_dim, seed: int, kind: str, dtype: torch.dtype):
+        self.perm = torch.as_tensor([i for _, cols in groups for i in cols])
+        self.sizes = [len(cols) for _, cols in groups]
+        bounds = np.cumsum([0, *self.sizes])
+        self.spans = [slice(int(a), int(b)) for a, b in pairwise(bounds)]
+        self.projectors = [
+            gradient_projector(size, proj_dim, block_seed(seed, b), kind, dtype)
+            for b, size in enumerate(self.sizes)
+        ]
+        bounds = np.cumsum([0] + [p.dim for p in self.projectors])
+        #: where each block lies in the projected vector
+        self.projected_spans = [slice(int(a), int(b)) for a, b in pairwise(bounds)]
+        self.width = int(bounds[-1])
+
+    def __call__(self, G: torch.Tensor) -> torch.Tensor:
+        """G (m, P) in parameter order → (m, width), the blocks contiguous and projected."""
+        G = G[:, self.perm]
+        if all(p.k is None for p in self.projectors):
+            return G
+        return torch.cat(
+            [p.project(G[:, s]) for p, s in zip(self.projectors, self.spans, strict=True)], dim=1
+        )
+
+
 class _TrainGradients:
-    """Per-instance training gradients (columns permuted so blocks are contiguous).
+    """Per-instance training gradients, blocks contiguous and projected (``blocks``).
 
     Kept in memory when they fit in the budget (they are read in up to three passes),
-    recomputed chunk by chunk otherwise.
+    recomputed chunk by chunk otherwise; each chunk is projected as it is made.
     """
 
-    def __init__(self, task: Task, perm: torch.Tensor, chunk_size: int | None):
-        self.task, self.perm, self.chunk_size = task, perm, chunk_size
+    def __init__(self, task: Task, blocks: _BlockProjection, chunk_size: int | None):
+        self.task, self.blocks, self.chunk_size = task, blocks, chunk_size
         itemsize = next(iter(task.params().values())).element_size()
         self.cache: torch.Tensor | None = None
-        self.fits = len(task.train) * task.num_params * itemsize <= DEFAULT_BUDGET
+        self.fits = len(task.train) * blocks.width * itemsize <= DEFAULT_BUDGET
         self.size = chunk_size or chunk_size_for(task.num_params, itemsize)
 
     def chunks(self, indices: np.ndarray):
-        """Yield (rows, G) with G (rows, P) for the training instances ``indices``."""
+        """Yield (rows, G) with G (rows, width) for the training instances ``indices``."""
         if self.cache is None and self.fits:
             everything = np.arange(len(self.task.train))
             self.cache = torch.cat([g for _, g in self._compute(everything)])
@@ -93,7 +124,7 @@ class _TrainGradients:
         idx = torch.as_tensor(indices)
         x, y = self.task.train.inputs[idx], self.task.train.targets[idx]
         for rows, g in per_instance_grads(self.task, x, y, chunk_size=self.size):
-            yield rows, g[:, self.perm]
+            yield rows, self.blocks(g)
 
 
 def datainf(
@@ -108,6 +139,9 @@ def datainf(
     hessian_samples: int | None = None,
     hessian_seed: int = 0,
     chunk_size: int | None = None,
+    proj_dim: int | None = None,
+    projection: str = "rademacher",
+    proj_seed: int = 0,
 ) -> Scores:
     """DataInf scores (1/n)·Σ_l g_jlᵀ Ĥ_l⁻¹ ∇g_l(z_t) (Sherman-Morrison per instance),
     positive = helpful.
@@ -118,6 +152,12 @@ def datainf(
     ``hessian_samples`` = m draws m training instances for the sum over i and for λ_l (the
     paper's SST-2 setting used 1000; :func:`fimo.methods.common.hessian_subset` with
     ``hessian_seed``, the same draw as the influence family's); by default all n.
+
+    ``proj_dim`` = k projects each block of p_l > k entries to k numbers, φ_il = P_lᵀg_il
+    (``projection`` ``"rademacher"`` or ``"gaussian"``, one seeded P_l per block from
+    ``proj_seed``; :mod:`fimo.methods.projection`), chunk by chunk, and runs DataInf on the
+    projected blocks. λ_l keeps its unprojected meaning: mean_i ‖φ_il‖² / (p_l ·
+    ``lambda_const``), since E‖φ_il‖² = ‖g_il‖².
 
     >>> from fimo.data.base import ArrayDataset
     >>> data = ArrayDataset(torch.randn(20, 3, dtype=torch.float64), torch.randint(0, 2, (20,)))
@@ -132,24 +172,31 @@ def datainf(
         raise InputError(f"datainf lambda_const: got {lambda_const!r}; must be a number > 0")
     if damping is not None and not (isinstance(damping, int | float) and damping > 0):
         raise InputError(f"datainf damping: got {damping!r}; must be a number > 0 (or None)")
+    check_proj_dim("datainf", proj_dim)
     hessian_seed = seed_value("hessian_seed", hessian_seed)
+    proj_seed = seed_value("proj_seed", proj_seed)
     sample = hessian_subset(n, hessian_samples, hessian_seed)
     m = len(sample)
 
     groups = parameter_blocks(task, blocks)
-    perm = torch.as_tensor([i for _, cols in groups for i in cols])
-    bounds = np.cumsum([0] + [len(cols) for _, cols in groups])
-    spans = [slice(int(a), int(b)) for a, b in pairwise(bounds)]
-    grads = _TrainGradients(task, perm, chunk_size)
+    dtype = next(iter(task.params().values())).dtype
+    layout = _BlockProjection(groups, proj_dim, proj_seed, projection, dtype)
+    spans = layout.projected_spans
+    grads = _TrainGradients(task, layout, chunk_size)
 
-    v = _gradient_matrix(task, task.test, test, measure=True, chunk_size=chunk_size)[:, perm]
-    dtype = v.dtype
+    v = layout(_gradient_matrix(task, task.test, test, measure=True, chunk_size=chunk_size))
 
     # pass 1: λ_l from the mean squared gradient entry of each block over the Hessian sample
+    probe = CostProbe(
+        f"two passes over the gradients of {m} training instances",
+        2 * m,
+        "lower hessian_samples or proj_dim",
+    )
     squares = torch.zeros(len(spans), dtype=dtype)
     for _, g in grads.chunks(sample):
         squares += torch.stack([g[:, s].pow(2).sum() for s in spans])
-    mean_square = squares / torch.as_tensor([m * (s.stop - s.start) for s in spans], dtype=dtype)
+        probe.tick(len(g))
+    mean_square = squares / torch.as_tensor([m * size for size in layout.sizes], dtype=dtype)
     if damping is None:
         lam = mean_square / lambda_const
     else:
@@ -162,6 +209,7 @@ def datainf(
             gl = g[:, s]
             coef = (v[:, s] @ gl.T) / (lam[k] + gl.pow(2).sum(1))
             acc[:, s] += coef @ gl
+        probe.tick(len(g))
     inverse = torch.where(lam > 0, 1 / lam.clamp_min(torch.finfo(dtype).tiny), 0)
     pre = torch.empty_like(v)
     for k, s in enumerate(spans):  # a block with λ_l = 0 has only zero gradients: it adds 0
@@ -182,5 +230,9 @@ def datainf(
         **subset_record(n, hessian_samples, hessian_seed, sample),
         "n_hessian": m,
         "chunk_size": chunk_size,
+        "proj_dim": proj_dim,
+        "projection": projection if layout.width < task.num_params else "identity",
+        "proj_seed": proj_seed,
+        "projected_dim": layout.width,
     }
     return Scores(out, test, train, "datainf", settings, units="test-loss change (1/n scale)")

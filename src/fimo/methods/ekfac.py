@@ -35,6 +35,7 @@ from fimo.methods.common import (
     subset_record,
     test_and_train,
 )
+from fimo.methods.cost import CostProbe
 from fimo.methods.damping import resolve_damping
 from fimo.methods.gradients import chunk_size_for, gradient_matrix
 from fimo.scores import Scores
@@ -395,6 +396,7 @@ def fit_ekfac(
     vectors = d_o if mode == "exact" else 1  # an upper bound (cross-entropy needs C − 1)
     itemsize = next(iter(params.values())).element_size()
     size = chunk_size or chunk_size_for(task.num_params * vectors, itemsize)
+    probe = CostProbe(f"two passes over {n} training instances", 2 * n, "lower hessian_samples")
     with task.eval_mode():
         for layer in layers:
             layer.A, layer.S = 0, 0
@@ -405,6 +407,7 @@ def fit_ekfac(
             for layer, (a, d) in zip(layers, got, strict=True):
                 layer.A = layer.A + torch.einsum("btd,bte->de", a, a) / n
                 layer.S = layer.S + torch.einsum("cbto,cbtp->op", d, d) / n
+            probe.tick(rows.stop - rows.start)
         for layer in layers:
             layer.QA = torch.linalg.eigh(layer.A)[1]
             layer.QS = torch.linalg.eigh(layer.S)[1]
@@ -421,6 +424,7 @@ def fit_ekfac(
                     g = torch.einsum("cbto,btd->cbod", d_rot, a_rot)
                     lam = (g**2).sum(dim=(0, 1))
                 layer.eigen = layer.eigen + lam / n
+            probe.tick(rows.stop - rows.start)
     return layers, mode
 
 

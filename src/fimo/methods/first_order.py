@@ -4,6 +4,11 @@ Grad-Dot scores a pair by ∇g(z_test)·∇ℓ(z_i) at the final weights: one st
 descent of size η without z_i changes the test loss by about (η/n)·∇g·∇ℓ_i (plus a term common
 to every i, which centring removes), so positive = helpful, the gold standard's sign.
 Grad-Cos divides by both gradient norms.
+
+With ``proj_dim`` = k both work on randomly projected gradients Pᵀ∇ (:mod:`fimo.methods.
+projection`; each chunk of training gradients is projected as it is made): Grad-Dot's
+projected dot product equals the exact one in expectation over P, Grad-Cos is the cosine of
+the projected vectors.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import torch
 
 from fimo.methods.common import score_matrix, test_and_train
 from fimo.methods.gradients import gradient_matrix
+from fimo.methods.projection import check_proj_dim, gradient_projector
 from fimo.scores import Scores
 from fimo.task import Task
 
@@ -21,26 +27,56 @@ def _unit_rows(G: torch.Tensor) -> torch.Tensor:
     return G / G.norm(dim=1, keepdim=True).clamp_min(1e-30)
 
 
-def _scores(task: Task, test, train, normalise: bool, chunk_size=None, progress=None):
+def _scores(task: Task, test, train, normalise: bool, settings: dict, progress=None):
     method = "grad_cos" if normalise else "grad_dot"
     test, train = test_and_train(task, test, train, method)
-    g_test = gradient_matrix(task, task.test, test, measure=True, chunk_size=chunk_size)
+    check_proj_dim(method, settings["proj_dim"])
+    dtype = next(iter(task.params().values())).dtype
+    proj = gradient_projector(
+        task.num_params, settings["proj_dim"], settings["proj_seed"], settings["projection"], dtype
+    )
+    chunk_size = settings["chunk_size"]
+    g_test = proj.project(
+        gradient_matrix(task, task.test, test, measure=True, chunk_size=chunk_size)
+    )
     if normalise:
         g_test = _unit_rows(g_test)
+
+    def transform(G: torch.Tensor) -> torch.Tensor:
+        G = proj.project(G)
+        return _unit_rows(G) if normalise else G
+
     out = score_matrix(
         task,
         train,
         g_test,
-        transform=_unit_rows if normalise else None,
+        transform=transform,
         per_n=False,
         progress=progress,
         chunk_size=chunk_size,
     )
-    return test, train, out
+    record = {**settings, "projected_dim": proj.dim}
+    if proj.k is None:
+        record["projection"] = "identity"
+    return test, train, out, record
 
 
-def grad_dot(task: Task, test, train, *, progress=None, chunk_size: int | None = None) -> Scores:
+def grad_dot(
+    task: Task,
+    test,
+    train,
+    *,
+    progress=None,
+    chunk_size: int | None = None,
+    proj_dim: int | None = None,
+    projection: str = "rademacher",
+    proj_seed: int = 0,
+) -> Scores:
     """Grad-Dot: ∇g(z_test)ᵀ∇ℓ(z_i) at the final weights, for every (test, train) pair.
+
+    ``proj_dim`` = k (default None: exact) scores (Pᵀ∇g)ᵀ(Pᵀ∇ℓ_i) instead, P a ``projection``
+    (``"rademacher"`` or ``"gaussian"``, entries of variance 1/k, seeded by ``proj_seed``):
+    equal to the exact score in expectation; k ≥ P is no projection.
 
     >>> from fimo.data.base import ArrayDataset
     >>> data = ArrayDataset(torch.randn(20, 3, dtype=torch.float64), torch.randint(0, 2, (20,)))
@@ -48,15 +84,34 @@ def grad_dot(task: Task, test, train, *, progress=None, chunk_size: int | None =
     >>> scores = grad_dot(task, test=range(4), train=range(20))
     >>> scores.values.shape, bool((scores.values.diagonal() >= 0).all())  # ‖∇ℓ‖² ≥ 0
     ((4, 20), True)
+    >>> grad_dot(task, range(4), range(20), proj_dim=4).settings["projected_dim"]
+    4
     """
-    test, train, values = _scores(task, test, train, False, chunk_size, progress)
-    return Scores(
-        values, test, train, "grad_dot", {"chunk_size": chunk_size}, "gradient dot product"
-    )
+    settings = {
+        "chunk_size": chunk_size,
+        "proj_dim": proj_dim,
+        "projection": projection,
+        "proj_seed": proj_seed,
+    }
+    test, train, values, record = _scores(task, test, train, False, settings, progress)
+    return Scores(values, test, train, "grad_dot", record, "gradient dot product")
 
 
-def grad_cos(task: Task, test, train, *, progress=None, chunk_size: int | None = None) -> Scores:
+def grad_cos(
+    task: Task,
+    test,
+    train,
+    *,
+    progress=None,
+    chunk_size: int | None = None,
+    proj_dim: int | None = None,
+    projection: str = "rademacher",
+    proj_seed: int = 0,
+) -> Scores:
     """Grad-Cos: the cosine of ∇g(z_test) and ∇ℓ(z_i) at the final weights.
+
+    ``proj_dim``, ``projection`` and ``proj_seed`` as in :func:`grad_dot`: the cosine of the
+    projected gradients Pᵀ∇g and Pᵀ∇ℓ_i.
 
     >>> from fimo.data.base import ArrayDataset
     >>> data = ArrayDataset(torch.randn(20, 3, dtype=torch.float64), torch.randint(0, 2, (20,)))
@@ -65,5 +120,11 @@ def grad_cos(task: Task, test, train, *, progress=None, chunk_size: int | None =
     >>> bool(abs(scores.values.diagonal() - 1).max() < 1e-12)  # each instance with itself
     True
     """
-    test, train, values = _scores(task, test, train, True, chunk_size, progress)
-    return Scores(values, test, train, "grad_cos", {"chunk_size": chunk_size}, units="cosine")
+    settings = {
+        "chunk_size": chunk_size,
+        "proj_dim": proj_dim,
+        "projection": projection,
+        "proj_seed": proj_seed,
+    }
+    test, train, values, record = _scores(task, test, train, True, settings, progress)
+    return Scores(values, test, train, "grad_cos", record, units="cosine")

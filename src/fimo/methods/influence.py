@@ -41,6 +41,7 @@ from fimo.methods.common import (
     subset_record,
     test_and_train,
 )
+from fimo.methods.cost import CostProbe
 from fimo.methods.curvature import (
     DEFAULT_BATCH,
     KINDS,
@@ -222,6 +223,11 @@ def _cg_solve(op, lam: float, B: torch.Tensor, tol: float, max_iter: int, method
     bnorm = B.norm(dim=1)
     active = rs.sqrt() > tol * bnorm
     iters = torch.zeros(len(B), dtype=torch.long)
+    probe = CostProbe(
+        f"at most {max_iter} conjugate-gradient iterations on {len(B)} systems",
+        max_iter,
+        "lower hessian_samples or max_iter (or raise tol)",
+    )
     for _ in range(max_iter):
         rows = torch.nonzero(active).flatten()
         if len(rows) == 0:
@@ -244,6 +250,7 @@ def _cg_solve(op, lam: float, B: torch.Tensor, tol: float, max_iter: int, method
         rs[rows] = rs_new
         iters[rows] += 1
         active[rows] = rs_new.sqrt() > tol * bnorm[rows]
+        probe.tick()
     true_res = (B - op(X) - lam * X).norm(dim=1) / bnorm.clamp_min(torch.finfo(B.dtype).tiny)
     true_res[bnorm == 0] = 0.0
     converged = ~active
@@ -638,6 +645,13 @@ def _lissa_series(op, lam, V, depth, repeat, batch_size, scale, seed, full):
     total = torch.zeros_like(V)
     total_sq = torch.zeros(len(V), dtype=V.dtype)
     last_change = 0.0
+    probe = CostProbe(
+        f"{depth * repeat} curvature products on "
+        + ("the whole curvature data" if full else f"minibatches of {batch_size}")
+        + f" (depth {depth} × repeat {repeat})",
+        depth * repeat,
+        "lower depth or hessian_samples" + ("" if full else " or batch_size"),
+    )
     for _ in range(repeat):
         h = V.clone()
         for j in range(depth):
@@ -658,6 +672,7 @@ def _lissa_series(op, lam, V, depth, repeat, batch_size, scale, seed, full):
                 )
             last_change = float(((h_new - h).norm(dim=1) / norms.clamp_min(1e-300)).max())
             h = h_new
+            probe.tick()
         total += h
         total_sq += (h * h).sum(1)
     mean = total / repeat
@@ -733,7 +748,10 @@ def arnoldi(
     record["curvature_batch"] = op.plan(1)[0]  # Lanczos: one vector per product
     rank = min(rank, op.size)
     steps = min(op.size, max(rank, iterations if iterations is not None else 2 * rank))
-    values, vectors, residuals, steps = lanczos(op, op.size, steps, seed)
+    probe = CostProbe(
+        f"{steps} Lanczos steps (curvature products)", steps, "lower rank or hessian_samples"
+    )
+    values, vectors, residuals, steps = lanczos(op, op.size, steps, seed, on_step=probe.tick)
     mu, U, res = values[:rank], vectors[:rank].to(op.dtype), residuals[:rank]
     if bool((mu + lam <= 0).any()):
         raise NumericalError(

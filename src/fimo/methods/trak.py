@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.func import grad, jacrev, vmap
 
-from fimo.errors import InputError, check_choice
+from fimo.errors import InputError
 from fimo.methods.common import (
     hessian_subset,
     score_matrix,
@@ -41,102 +41,14 @@ from fimo.methods.common import (
     subset_record,
     test_and_train,
 )
-from fimo.methods.gradients import DEFAULT_BUDGET, chunk_size_for, flatten, gradient_matrix
+from fimo.methods.cost import CostProbe
+from fimo.methods.gradients import chunk_size_for, flatten, gradient_matrix
+from fimo.methods.projection import Projector, check_proj_dim
 from fimo.scores import Scores
 from fimo.task import LossKind, Task
 
-PROJECTIONS = ("rademacher", "gaussian")
-#: Bytes one generated block of the projection matrix may take, counted in float32 whatever the
-#: dtype, so that the block shape (and with it the matrix) does not depend on the dtype.
-BLOCK_BUDGET = 16 * 2**20
-#: The dtype the random entries are drawn in (then cast): the matrix is a function of
-#: (seed, num_params, k, kind) only, and float64 copies equal float32 ones up to its rounding.
-DRAW_DTYPE = torch.float32
 #: The dtype of the kernel, its factorisation and the solve (see :func:`trak`).
 WIDE = torch.float64
-
-
-class Projector:
-    """A seeded random projection P (num_params × k), entries ±1/√k or N(0, 1/k).
-
-    P is made of row blocks of a fixed number of rows (``BLOCK_BUDGET`` / (4k), whatever the
-    dtype), each drawn in float32 from its own generator seeded by (seed, block) and then cast
-    to ``dtype``, so it is a function of (seed, num_params, k, kind) only: the same whether it
-    is held in memory (when it fits in ``budget`` bytes) or regenerated block by block at
-    every use, and the same in float32 and float64 up to float32 rounding (Rademacher
-    entries: exactly, when 1/√k is exact). ``k=None`` is the identity (no projection).
-
-    >>> Projector(10, 4, seed=0).project(torch.ones(2, 10)).shape
-    torch.Size([2, 4])
-    """
-
-    def __init__(
-        self,
-        num_params: int,
-        k: int | None,
-        seed: int = 0,
-        kind: str = "rademacher",
-        dtype: torch.dtype = torch.float32,
-        budget: int = DEFAULT_BUDGET,
-    ):
-        check_choice("trak projection", kind, PROJECTIONS)
-        self.num_params, self.k, self.seed, self.kind, self.dtype = num_params, k, seed, kind, dtype
-        itemsize = torch.finfo(dtype).bits // 8
-        draw_size = torch.finfo(DRAW_DTYPE).bits // 8
-        if k is not None:
-            self.rows = int(max(1, min(num_params, BLOCK_BUDGET // (k * draw_size))))
-        self.matrix = None
-        if k is not None and num_params * k * itemsize <= budget:
-            self.matrix = torch.cat([self.block(b) for b in range(self.num_blocks)])
-
-    @property
-    def dim(self) -> int:
-        """The projected dimension.
-
-        >>> Projector(10, 4).dim, Projector(10, None).dim
-        (4, 10)
-        """
-        return self.num_params if self.k is None else self.k
-
-    @property
-    def num_blocks(self) -> int:
-        """How many row blocks P is drawn in.
-
-        >>> Projector(10, 4).num_blocks
-        1
-        """
-        return -(-self.num_params // self.rows)
-
-    def block(self, b: int) -> torch.Tensor:
-        """Rows [b·rows, (b+1)·rows) of P.
-
-        >>> Projector(10, 4).block(0).abs().unique()  # Rademacher: ±1/√k
-        tensor([0.5000])
-        """
-        state = np.random.SeedSequence([int(self.seed), b]).generate_state(2)
-        gen = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-        shape = (min(self.rows, self.num_params - b * self.rows), self.k)
-        if self.kind == "gaussian":
-            values = torch.randn(shape, generator=gen, dtype=DRAW_DTYPE)
-        else:
-            values = torch.randint(0, 2, shape, generator=gen).to(DRAW_DTYPE) * 2 - 1
-        return values.to(self.dtype) / self.k**0.5
-
-    def project(self, g: torch.Tensor) -> torch.Tensor:
-        """G (m, num_params) → G P (m, k).
-
-        >>> proj = Projector(10, 4)
-        >>> torch.equal(proj.project(torch.eye(10)), proj.matrix)
-        True
-        """
-        if self.k is None:
-            return g
-        if self.matrix is not None:
-            return g @ self.matrix
-        out = torch.zeros(g.shape[0], self.k, dtype=g.dtype)
-        for b in range(self.num_blocks):
-            out += g[:, b * self.rows : (b + 1) * self.rows] @ self.block(b)
-        return out
 
 
 def _output_function(task: Task):
@@ -177,8 +89,7 @@ def _condition(kept: torch.Tensor, extra: float | None) -> float | None:
 
 
 def _check_settings(proj_dim, damping) -> None:
-    if proj_dim is not None and not (isinstance(proj_dim, int) and proj_dim >= 1):
-        raise InputError(f"trak proj_dim: got {proj_dim!r}; must be a positive integer or None")
+    check_proj_dim("trak", proj_dim)
     if not (isinstance(damping, int | float) and damping >= 0):
         raise InputError(f"trak damping: got {damping!r}; must be a number ≥ 0")
 
@@ -232,6 +143,11 @@ def _feature_pass(task, proj, subset, train, chunk_size) -> tuple[_Features, str
     wanted = np.full(n, -1, dtype=np.int64)
     wanted[train] = np.arange(len(train))
     order = np.arange(n) if m == n else np.union1d(subset, train)
+    probe = CostProbe(
+        f"the projected features of {len(order)} training instances",
+        len(order),
+        "lower proj_dim or hessian_samples",
+    )
     with task.eval_mode():
         for start in range(0, len(order), size):
             pos = order[start : start + size]
@@ -246,6 +162,7 @@ def _feature_pass(task, proj, subset, train, chunk_size) -> tuple[_Features, str
                 with torch.no_grad():
                     s = slope(params, x[keep], y[keep])
                 feats.scored[where[keep]] = torch.einsum("bfk,bf->bk", F[keep], s)
+            probe.tick(len(pos))
     return feats, output, curvature
 
 
