@@ -207,6 +207,20 @@ def test_each_solver_equals_the_dense_closed_form_on_a_small_network(solver):
     assert rel(s.values, want) < 1e-6, rel(s.values, want)
 
 
+@pytest.mark.parametrize("solver", ["lanczos", "series"])
+def test_one_test_gradient_per_block_gives_the_same_scores(solver, monkeypatch):
+    """A memory budget that holds one test gradient's vectors: five blocks, each scored
+    against every chunk of training gradients (chunks of 7 of the 60)."""
+    task = regression_task()
+    steps, lr = [1, 3, 10, 50], 0.05
+    monkeypatch.setattr(uq_module, "DEFAULT_BUDGET", 1)
+    s = unrolled_quadratic(
+        task, range(5), range(60), steps=steps, lr=lr, solver=solver, tol=1e-12, chunk_size=7
+    )
+    want = reference_scores(task, steps, lr)
+    assert rel(s.values, want) < 1e-6, rel(s.values, want)
+
+
 def test_weight_decay_of_further_training_shifts_the_curvature():
     task = regression_task()
     further = FurtherSettings(lr=0.05, weight_decay=0.3)

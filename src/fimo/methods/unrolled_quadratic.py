@@ -506,14 +506,15 @@ def _check_stability(opt: dict, top: float, record: dict) -> None:
 
 
 def _stream(task, blocks, C, K, train, chunk_size, progress) -> np.ndarray:
-    """(1/n) S_c Gᵀ for each block of test rows, over chunks of training gradients."""
+    """(1/n) S_c Gᵀ for each block of test rows, over chunks of training gradients (each
+    chunk computed once, for every block)."""
     n = len(task.train)
     idx = torch.as_tensor(train, dtype=torch.long)
     x, y = task.train.inputs[idx], task.train.targets[idx]
     out = np.empty((C, K, len(train)), dtype=np.float64)
-    for b, (rows, scorer) in enumerate(blocks):
-        for cols, g in per_instance_grads(task, x, y, chunk_size=chunk_size):
+    for cols, g in per_instance_grads(task, x, y, chunk_size=chunk_size):
+        for rows, scorer in blocks:
             out[:, rows, cols] = (scorer(g) / n).numpy()
-            if progress is not None and b == len(blocks) - 1:
-                progress(cols.stop - cols.start)
+        if progress is not None:
+            progress(cols.stop - cols.start)
     return out
