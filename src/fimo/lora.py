@@ -139,8 +139,9 @@ def lora_targets(model: nn.Module, targets: Sequence[str]) -> list[str]:
             )
         found = [n for n in hits if n in linear]
         if not found:
+            suffixes = {".".join(n.split(".")[k:]) for n in linear for k in range(n.count(".") + 1)}
             raise InputError(
-                f"lora: target {target!r} selects no Linear layer{closest(target, linear)}; "
+                f"lora: target {target!r} selects no Linear layer{closest(target, suffixes)}; "
                 f"Linear layers: {listed or 'none'}"
             )
         chosen.update(found)
@@ -224,7 +225,7 @@ def check_lora_settings(table, where: str = "further.lora") -> dict:
     fimo.errors.InputError: further.lora.rank: got 0; must be a whole number ≥ 1
     """
     if not isinstance(table, dict):
-        raise InputError(f"{where}: expected a table {{rank = 8, targets = [...]}}; got {table!r}")
+        raise InputError(f"{where}: got {table!r}; expected a table {{rank = 8, targets = [...]}}")
     for key in table:
         if key not in LORA_KEYS:
             raise InputError(
