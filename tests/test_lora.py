@@ -288,6 +288,11 @@ def test_targets_that_select_no_linear_layer_are_refused(targets, message):
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
+def test_a_single_string_of_targets_is_refused():
+    with pytest.raises(InputError, match=r"^with_lora\.targets: got 'query'; expected a non-empty"):
+        with_lora(tiny_text_task(), rank=2, targets="query")
+
+
 def test_a_model_with_adapters_is_refused():
     lora = with_lora(tiny_text_task(), rank=2, targets=["query"])
     with pytest.raises(InputError, match="already holds LoRA adapters"):

@@ -187,7 +187,7 @@ def with_lora(
     True
     """
     settings = check_lora_settings(
-        {"rank": rank, "targets": list(targets), "seed": seed}
+        {"rank": rank, "targets": targets, "seed": seed}
         | ({} if alpha is None else {"alpha": alpha}),
         "with_lora",
     )
