@@ -6,10 +6,11 @@ mistake refused) before the heavy libraries load; the code that trains reads the
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import asdict, dataclass, field
 
-from fimo.errors import InputError, check_choice
+from fimo.errors import InputError, check_choice, closest
 
 #: further training's optimizers (:func:`fimo.further.optim.make_optimizer`)
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -181,3 +182,53 @@ class TrainingSettings:
         100
         """
         return asdict(self)
+
+
+#: the keys of ``further.lora`` (:mod:`fimo.lora`)
+LORA_KEYS = ("rank", "targets", "alpha", "seed")
+
+
+def check_lora_settings(table, where: str = "further.lora") -> dict:
+    """``table`` checked: ``rank`` a whole number ≥ 1, ``targets`` a non-empty list of
+    strings, optional ``alpha`` a positive number and ``seed`` a whole number ≥ 0; returns it
+    as a plain dict. InputError (naming ``where``) otherwise.
+
+    >>> check_lora_settings({"rank": 8, "targets": ["query", "value"]})
+    {'rank': 8, 'targets': ['query', 'value']}
+    >>> check_lora_settings({"rank": 0, "targets": ["query"]})
+    Traceback (most recent call last):
+    ...
+    fimo.errors.InputError: further.lora.rank: got 0; must be a whole number ≥ 1
+    """
+    if not isinstance(table, dict):
+        raise InputError(f"{where}: got {table!r}; expected a table {{rank = 8, targets = [...]}}")
+    for key in table:
+        if key not in LORA_KEYS:
+            raise InputError(
+                f"{where}: unknown key {key!r}{closest(str(key), LORA_KEYS)}; "
+                f"allowed: {', '.join(LORA_KEYS)}"
+            )
+    for key in ("rank", "targets"):
+        if key not in table:
+            raise InputError(f"{where}: {key} is missing; e.g. {{rank = 8, targets = ['query']}}")
+    _check_whole(where, "rank", table["rank"], 1)
+    targets = table["targets"]
+    if (
+        not isinstance(targets, list | tuple)
+        or not targets
+        or not all(isinstance(t, str) and t for t in targets)
+    ):
+        raise InputError(
+            f"{where}.targets: got {targets!r}; expected a non-empty list of module names or "
+            "patterns, e.g. ['query', 'value']"
+        )
+    alpha = table.get("alpha", 1.0)
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha < math.inf:
+        raise InputError(f"{where}.alpha: got {alpha!r}; must be a positive number")
+    _check_whole(where, "seed", table.get("seed", 0), 0)
+    return {**table, "targets": list(targets)}
+
+
+def _check_whole(where: str, key: str, value, least: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise InputError(f"{where}.{key}: got {value!r}; must be a whole number ≥ {least}")

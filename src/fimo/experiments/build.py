@@ -24,6 +24,7 @@ from torch import nn
 import fimo.data
 from fimo.data import ArrayDataset
 from fimo.errors import InputError, closest
+from fimo.lora import with_lora
 from fimo.models import mlp
 from fimo.task import Task
 
@@ -251,9 +252,31 @@ def final_training_task(config, task: Task, cached=None) -> Task:
         "trainable": list(config.training.trainable),
         "measurement": task.measure_fn,
         "name": task.name,
+        "per_instance": task.per_instance,
     }
     full = Task(task.model, task.train, task.test, **kwargs)
     if task.trunk_length() == 0 or full.trunk_length() < task.trunk_length():
         return full  # final training changes the trunk further training keeps frozen
     head = cached(task)
     return Task(head.model, head.train, head.test, **{**kwargs, "trainable": full.trainable})
+
+
+def further_task(config, task: Task) -> Task:
+    """The task further training and the methods work on, from the final model's ``task``:
+    ``task`` itself, or, when ``further.lora`` is set, a task whose θ is LoRA adapters on
+    the named Linear layers (:func:`fimo.lora.with_lora`; the final model is left as it is).
+
+    >>> from fimo.experiments.config import from_dict
+    >>> config = from_dict({"data": {"dataset": "concrete", "n_train": 10},
+    ...                     "model": {"hidden": [4]},
+    ...                     "further": {"lora": {"rank": 2, "targets": ["2"]}}})
+    >>> task = build_task(config, *load_data(config))
+    >>> further_task(config, task).trainable  # layer 2: Linear(4, 1)
+    ('2.lora_A.weight', '2.lora_B.weight')
+    """
+    lora = config.gold.lora
+    if not lora:
+        return task
+    return with_lora(
+        task, lora["rank"], lora["targets"], alpha=lora.get("alpha"), seed=lora.get("seed", 0)
+    )

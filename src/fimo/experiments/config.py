@@ -28,7 +28,7 @@ import tomli_w
 import tomllib
 
 from fimo.errors import InputError, check_choice, closest
-from fimo.settings import FurtherSettings, TrainingSettings
+from fimo.settings import FurtherSettings, TrainingSettings, check_lora_settings
 
 
 @dataclass
@@ -71,6 +71,8 @@ class GoldConfig:
     >>> config = from_dict({"further": {"seeds": 4, "left_out": 10, "lr": 0.05}})
     >>> config.gold.seeds, config.gold.left_out, config.further.lr
     (4, 10, 0.05)
+    >>> from_dict({"further": {"lora": {"rank": 8, "targets": ["query", "value"]}}}).gold.lora
+    {'rank': 8, 'targets': ['query', 'value']}
     """
 
     seeds: int = 16
@@ -81,6 +83,8 @@ class GoldConfig:
     #: left-out runs per shard; 0: as many as fit in memory_budget_mb
     left_out_per_shard: int = 0
     memory_budget_mb: int = 2048
+    #: LoRA further training, {rank, targets, alpha, seed} (fimo.lora.with_lora); empty: none
+    lora: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -140,6 +144,8 @@ class Config:
         further.update(_plain(self.gold))
         if further.get("max_steps") is None:
             further.pop("max_steps", None)
+        if not further.get("lora"):
+            further.pop("lora", None)
         return {
             "name": self.name,
             "data": _plain(self.data),
@@ -406,6 +412,8 @@ def _validate_gold(g: GoldConfig) -> None:
         raise InputError(f"further.left_out_per_shard: got {g.left_out_per_shard}; must be ≥ 0")
     if g.memory_budget_mb < 1:
         raise InputError(f"further.memory_budget_mb: got {g.memory_budget_mb}; must be ≥ 1")
+    if g.lora:
+        g.lora = check_lora_settings(g.lora)
 
 
 def _validate_run(run: RunConfig) -> None:

@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fimo.baselines import baseline
 from fimo.data.base import ArrayDataset, check_pair
 from fimo.errors import InputError, NumericalError
-from fimo.experiments.build import build_task, final_training_task, load_data
+from fimo.experiments.build import build_task, final_training_task, further_task, load_data
 from fimo.experiments.config import Config
 from fimo.experiments.outputs import evaluate_run, model_summary, run_notes
 from fimo.experiments.rundir import RunDir, run_lock
@@ -202,8 +202,9 @@ def _run(config: Config, rundir: RunDir, overwrite: bool, console, quiet: bool) 
     r = _prepare(config, rundir, overwrite, console or Console(stderr=True, quiet=quiet), quiet)
     task = build_task(config, r.train, r.test)
     model_metrics = _final_model_stage(r, task)
-    gold, gold_record = _gold_stage(r, task)
-    scores, skipped = _methods_stage(r, task, gold.steps)
+    further = _further_task(r, task)
+    gold, gold_record = _gold_stage(r, further)
+    scores, skipped = _methods_stage(r, further, gold.steps)
     task.to("cpu", torch.float32)  # handed back as the final model is saved: CPU, float32
     manifest = {
         "fimo_version": __version__,
@@ -315,6 +316,18 @@ def _final_model_stage(r: _Run, task: Task) -> dict:
     model_metrics = {k: meta[k] for k in MODEL_METRICS if k in meta}
     r.console.print(model_summary(model_metrics), highlight=False)
     return model_metrics
+
+
+def _further_task(r: _Run, task: Task) -> Task:
+    """The task of further training and the methods (:func:`further_task`); under LoRA the
+    weights' fingerprint, which theirs derive from, takes in the adapters' settings, and the
+    new task's own frozen trunk is computed here, once, with a progress bar."""
+    if not r.config.gold.lora:
+        return task
+    r.fingerprints["weights"] = fingerprint(r.fingerprints["weights"], r.config.gold.lora)
+    further = further_task(r.config, task)
+    _trunk_cached(further, r.console, r.quiet)
+    return further
 
 
 def _train_final_model(r: _Run, task: Task, model_fp: str) -> dict:
