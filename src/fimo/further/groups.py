@@ -71,12 +71,21 @@ def groups_by_label(dataset) -> tuple[Groups, list]:
     >>> groups, labels = groups_by_label(data)
     >>> labels, [g.tolist() for g in groups.lists()]
     ([0, 1, 2], [[1, 4], [0, 2], [3]])
+    >>> groups_by_label(ArrayDataset(torch.zeros(2, 2), torch.tensor([0.5, 1.5])))
+    Traceback (most recent call last):
+    ...
+    fimo.errors.InputError: groups = 'label': the targets are float32 numbers, not classes (a regression); use groups = 'feature:<column>' or a file of indices
     """
     targets = np.asarray(dataset.targets)
     if targets.ndim != 1:
         raise InputError(
             f"groups = 'label': the targets have shape {targets.shape}; one label per "
             "instance is needed (use groups = 'feature:<column>' or a file of indices)"
+        )
+    if targets.dtype.kind not in "iub":
+        raise InputError(
+            f"groups = 'label': the targets are {targets.dtype} numbers, not classes (a "
+            "regression); use groups = 'feature:<column>' or a file of indices"
         )
     return _by_value(targets, "label")
 
