@@ -224,3 +224,30 @@ def test_other_groups_are_never_mixed_with_the_stored_ones(grouped, tmp_path):
     # random groups have no names: no attribution table, FT-LDS as before
     assert _rows(out / "metrics" / "group_attribution.csv") == []
     assert len(_rows(out / "metrics" / "ft_lds.csv")) == 2 * 4
+
+
+def test_report_and_compare_rebuild_the_group_tables(grouped, tmp_path):
+    result, _ = grouped
+    out = tmp_path / "copy"
+    shutil.copytree(result.out, out)
+    tables = ("ft_lds", "ft_lds_ceiling", "group_attribution")
+    before = {name: _rows(out / "metrics" / f"{name}.csv") for name in tables}
+    for name in tables:
+        (out / "metrics" / f"{name}.csv").unlink()
+    assert main(["report", str(out), "--quiet"]) == 0
+    assert {name: _rows(out / "metrics" / f"{name}.csv") for name in tables} == before
+    # a matrix made elsewhere, over the whole training set, gets its FT-LDS too
+    rng = np.random.default_rng(3)
+    matrix = rng.normal(size=(8, 397))
+    np.save(tmp_path / "outside.npy", matrix)
+    code = main(["compare", str(out), "--scores", str(tmp_path / "outside.npy"), "--name",
+                 "outside", "--orientation", "test,train", "--quiet"])  # fmt: skip
+    assert code == 0
+    gold = read_npz(out / "further" / "gold.npz")
+    effect = (gold["loss_without_group"] - gold["loss_full"][..., None]).mean(0)[-1]  # (T, G)
+    sums = np.stack([matrix[:, g].sum(1) for g in GROUPS], axis=-1)
+    expected = np.mean([spearmanr(sums[t], effect[t])[0] for t in range(8)])
+    rows = _rows(out / "metrics" / "ft_lds.csv")
+    row = next(r for r in rows if r["method"] == "outside" and int(r["checkpoint"]) == 3)
+    assert float(row["mean"]) == pytest.approx(expected, abs=1e-12)
+    assert "outside" in {r["source"] for r in _rows(out / "metrics" / "group_attribution.csv")}
