@@ -63,6 +63,12 @@ def run_notes(config, manifest: dict, gold) -> list[str]:
             f"× {len(gold.test)} test instances, scheme {f.scheme!r}, {f.optimizer} lr "
             f"{f.lr:g}, {f.epochs} epochs, {config.gold.dtype}."
         )
+        if getattr(gold, "groups", None) is not None:
+            sizes = gold.groups.sizes()
+            notes.append(
+                f"Group runs: {len(gold.groups)} groups ({config.groups.describe()}) of "
+                f"{sizes.min()} to {sizes.max()} training instances, in every seed."
+            )
     skipped = (manifest or {}).get("skipped_methods") or {}
     notes.extend(f"Skipped {name}: {reason}" for name, reason in skipped.items())
     return notes
