@@ -57,7 +57,8 @@ def test_groups_tables_and_specs_parse_to_the_same_settings():
     assert spec == table
     assert from_dict({"groups": {"feature": "sex"}}).groups.kind == "feature"
     assert from_dict({"groups": {"kind": "feature:sex"}}).groups.feature == "sex"
-    assert parse_groups("random:7") == {"kind": "random", "count": 7}  # α defaults to 1 %
+    assert parse_groups("random:7") == {"kind": "random", "count": 7}
+    assert with_overrides(from_dict({}), groups="random:7").groups.fraction == 0.5  # default
     assert from_dict({}).groups.active is False and "groups" not in from_dict({}).to_dict()
     # written and read back: config.toml records the groups
     config = with_overrides(from_dict({}), groups="file:g.txt")

@@ -3,9 +3,9 @@
 - :func:`random_groups`: ``count`` random subsets, each a fraction ``fraction`` of the training
   set, drawn with ``numpy.random.default_rng(seed)``: the same arguments give the same groups,
   and the groups themselves are stored with the gold standard (``group_members``,
-  ``group_offsets``). Small fractions (1 %) keep a further-training run close to the full one,
-  where a first-order (linear) account of the scores can hold; α = 0.5 is the usual LDS choice
-  for retraining (docs/groups.md).
+  ``group_offsets``). α = 0.5 (the usual LDS choice, and the default of a ``[groups]`` table)
+  measures the group effects far above the seed noise; small fractions (1 %) keep a run
+  closer to the full one, but on small sets their effects are mostly noise (docs/groups.md).
 - :func:`groups_by_label`: one group per class (target value).
 - :func:`groups_by_feature`: one group per value of a column (an original column kept in
   ``info["raw"]``, such as Adult's ``sex``, or a column of a tabular ``inputs``).
