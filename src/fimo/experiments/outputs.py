@@ -64,10 +64,11 @@ def run_notes(config, manifest: dict, gold) -> list[str]:
             f"{f.lr:g}, {f.epochs} epochs, {config.gold.dtype}."
         )
         if getattr(gold, "groups", None) is not None:
-            sizes = gold.groups.sizes()
+            low, high = int(gold.groups.sizes().min()), int(gold.groups.sizes().max())
+            size = f"{low}" if low == high else f"{low} to {high}"
             notes.append(
                 f"Group runs: {len(gold.groups)} groups ({config.groups.describe()}) of "
-                f"{sizes.min()} to {sizes.max()} training instances, in every seed."
+                f"{size} training instances, in every seed."
             )
     skipped = (manifest or {}).get("skipped_methods") or {}
     notes.extend(f"Skipped {name}: {reason}" for name, reason in skipped.items())
