@@ -63,6 +63,14 @@ def run_command(
         str | None,
         typer.Option(help="Ray cluster: auto, ray://HOST:PORT, or local to start one here."),
     ] = None,
+    groups: Annotated[
+        str | None,
+        typer.Option(
+            help="Groups the gold standard also leaves out (FT-LDS): random:COUNT:FRACTION "
+            "(e.g. random:50:0.01), label, feature:NAME, file:PATH or none (replaces the "
+            "configuration's groups table)."
+        ),
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option(help="Discard results made under other settings and start afresh.")
     ] = False,
@@ -84,6 +92,8 @@ def run_command(
     2
     >>> main(["run", "no_such_preset"]), main(["run", "--no-such-option"])
     (2, 2)
+    >>> main(["run", "adult", "--groups", "random:2:0.01", "--out", tempfile.mkdtemp()])
+    2
     """
     from fimo.experiments.rundir import RunDir
 
@@ -112,6 +122,7 @@ def run_command(
         executor=executor,
         workers=workers,
         address=address,
+        groups=groups,
     )
     if out is None:
         out = default_run_dir(config)

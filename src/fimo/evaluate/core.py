@@ -15,12 +15,15 @@ from fimo.errors import InputError
 from fimo.evaluate.calibration import calibration
 from fimo.evaluate.curves import sorted_score_curves
 from fimo.evaluate.examples import describe_examples, most_influential
+from fimo.evaluate.lds import group_tables
 from fimo.evaluate.metrics import ALL_METRICS, agreement_by_checkpoint, check_metrics
 from fimo.evaluate.seeds import NOISE_METRICS, noise_floor, seed_count_study
-from fimo.evaluate.tables import SCHEMAS, have_pandas, to_frame
+from fimo.evaluate.tables import GROUP_SCHEMAS, SCHEMAS, have_pandas, to_frame
 
 #: the tables of an evaluation, in the order files and reports list them
 TABLES = tuple(SCHEMAS)
+#: the tables added when the gold standard has group runs (FT-LDS, docs/groups.md)
+GROUP_TABLES = tuple(GROUP_SCHEMAS)
 
 
 @dataclass
@@ -80,7 +83,7 @@ class Evaluation:
         return self.table(name)
 
     def __getattr__(self, name: str):
-        if name in TABLES and "rows" in self.__dict__:
+        if name in (*TABLES, *GROUP_TABLES) and "rows" in self.__dict__:
             return self.table(name)
         raise AttributeError(name)
 
@@ -183,6 +186,7 @@ def compute(
     example_test: Sequence[int] | None = None,
     example_k: int = 3,
     example_step: int | None = None,
+    group_names: Sequence[str] | None = None,
     train=None,
     test=None,
     frames: bool | None = None,
@@ -196,7 +200,9 @@ def compute(
     ``curve_steps`` (default: the first at one epoch or later, and the last); the examples
     the test instances ``example_test`` (dataset indices, default: the first three), the
     ``example_k`` strongest picks at ``example_step``. ``train`` and ``test`` (datasets)
-    let the examples be described readably.
+    let the examples be described readably. A gold standard with group runs adds the
+    tables of :data:`GROUP_TABLES` (:func:`fimo.evaluate.lds.group_tables`: FT-LDS, its
+    ceiling, and, for groups with ``group_names``, the group attribution).
 
     >>> import numpy as np
     >>> from fimo import GoldStandard, Scores
@@ -231,6 +237,9 @@ def compute(
         "sorted_curves": sorted_score_curves(gold, scores, curve_steps, flags),
         "examples": picks,
     }
+    if gold.groups is not None:
+        grouped, left = group_tables(gold, scores, group_names, noise_splits, noise_seed)
+        rows.update(grouped)
     options = {
         "metrics": list(metrics),
         "centred": list(flags),
@@ -243,6 +252,12 @@ def compute(
         "example_k": example_k,
         "example_step": int(picks[0]["step"]) if picks else example_step,
     }
+    if gold.groups is not None:
+        options["groups"] = {
+            "count": len(gold.groups),
+            "names": None if group_names is None else [str(x) for x in group_names],
+            "methods_without_members": left,
+        }
     return Evaluation(
         gold=gold,
         scores=scores,

@@ -14,7 +14,10 @@ rank: FT-LDS is the same with or without it, and the adjusted difference is what
 
 :func:`ft_lds_noise_ceiling` is the gold standard's own agreement with itself by split-half over
 seeds (Spearman–Brown corrected, :func:`fimo.evaluate.seeds.noise_floor`); :func:`additivity`
-compares a group's measured effect with the sum of its members' measured single effects.
+compares a group's measured effect with the sum of its members' measured single effects;
+:func:`group_attribution` sets each method's predicted effect of named groups (a class, a
+value of a column) beside the measured one; :func:`group_tables` makes all of them for an
+evaluation.
 """
 
 from __future__ import annotations
@@ -207,3 +210,106 @@ def additivity(gold: GoldStandard) -> list[dict]:
             }
         )
     return rows
+
+
+def group_attribution(gold: GoldStandard, scores: Mapping[str, object], names=None) -> list[dict]:
+    """Each group's measured effect beside each method's predicted one, at every checkpoint.
+
+    Rows: ``group, name, size, checkpoint, step, epoch, source`` (``'gold'`` or a method),
+    ``mean`` and ``sem`` over the test instances of the effect on each (gold: the seed mean of
+    ``loss_without_group − loss_full``; a method: the sum of its scores over the members, in
+    the method's own units), ``n`` test instances, and ``seed_sem`` (gold only: the standard
+    error over seeds of the test-set mean effect; NaN for a method).
+
+    >>> from fimo.scores import Scores
+    >>> g = GoldStandard(np.zeros((2, 1, 2)), np.zeros((2, 1, 2, 0)), [5], [1.0], [], [0, 1],
+    ...                  [0, 1], loss_without_group=[[[[1.0], [3.0]]], [[[3.0], [5.0]]]],
+    ...                  groups=[[0, 2]])
+    >>> s = Scores([[1.0, 5.0, 2.0], [0.0, 5.0, 1.0]], test=[0, 1], train=[0, 1, 2], method="m")
+    >>> [(r["source"], r["name"], r["mean"], r["sem"], r["seed_sem"])
+    ...  for r in group_attribution(g, {"m": s}, names=["a"])]
+    [('gold', 'a', 3.0, 1.0, 1.0), ('m', 'a', 2.0, 1.0, nan)]
+    """
+    _check_groups(gold)
+    G = len(gold.groups)
+    names = [f"group {g}" for g in range(G)] if names is None else [str(x) for x in names]
+    if len(names) != G:
+        raise InputError(f"group names: got {len(names)} for {G} groups")
+    per_seed = gold.adjusted_group().mean(axis=2)  # (S, C, G): the test-set mean, per seed
+    S, C = per_seed.shape[:2]
+    seed_sem = per_seed.std(axis=0, ddof=1) / np.sqrt(S) if S > 1 else np.full((C, G), np.nan)
+    sources = {"gold": (measured_group_effects(gold), seed_sem)}
+    for method, sc in scores.items():
+        sums = np.broadcast_to(group_sums(gold, sc), (C, len(gold.test), G))
+        sources[str(method)] = (sums, np.full((C, G), np.nan))
+    sizes = gold.groups.sizes()
+    rows = []
+    for source, (effects, spread) in sources.items():
+        mean, sem, n = summarise(np.moveaxis(effects, 1, -1))  # over test instances: (C, G)
+        for g in range(G):
+            for c in range(C):
+                rows.append(
+                    {
+                        "group": g,
+                        "name": names[g],
+                        "size": int(sizes[g]),
+                        "checkpoint": c,
+                        "step": int(gold.steps[c]),
+                        "epoch": float(gold.epochs[c]),
+                        "source": source,
+                        "mean": float(mean[c, g]),
+                        "sem": float(sem[c, g]),
+                        "n": int(n[c, g]),
+                        "seed_sem": float(spread[c, g]),
+                    }
+                )
+    return rows
+
+
+def covers_groups(gold: GoldStandard, sc) -> bool:
+    """Whether a method scored every member of every group (its scores can be summed).
+
+    >>> from fimo.scores import Scores
+    >>> g = GoldStandard(np.zeros((1, 1, 1)), np.zeros((1, 1, 1, 0)), [5], [1.0], [], [0], [0],
+    ...                  loss_without_group=[[[[0.2]]]], groups=[[1, 2]])
+    >>> covers_groups(g, Scores([[1.0, 2.0]], [0], [1, 2], "m")), covers_groups(
+    ...     g, Scores([[1.0]], [0], [1], "m"))
+    (True, False)
+    """
+    return bool(np.isin(gold.groups.members, np.asarray(sc.train)).all())
+
+
+def group_tables(
+    gold: GoldStandard,
+    scores: Mapping[str, object],
+    names=None,
+    splits: int = 20,
+    seed: int = 0,
+) -> tuple[dict[str, list[dict]], list[str]]:
+    """The group tables of an evaluation and the methods left out of them (they did not
+    score every group member): ``ft_lds`` (:func:`ft_lds`) and ``ft_lds_ceiling``
+    (:func:`ft_lds_noise_ceiling`, with two seeds or more), empty with fewer than 3 groups;
+    ``group_attribution`` (:func:`group_attribution`) when the groups have ``names`` (groups
+    defined by the user; random groups have none).
+
+    >>> from fimo.scores import Scores
+    >>> g = GoldStandard(np.zeros((2, 1, 1)), np.zeros((2, 1, 1, 0)), [5], [1.0], [], [0],
+    ...                  [0, 1], loss_without_group=[[[[1.0, 2.0, 3.0]]], [[[1.0, 3.0, 2.0]]]],
+    ...                  groups=[[0], [1], [2]])
+    >>> tables, left = group_tables(g, {"m": Scores([[1.0, 2.0, 2.0]], [0], [0, 1, 2], "m"),
+    ...                                 "few": Scores([[1.0]], [0], [0], "few")})
+    >>> {k: len(v) for k, v in tables.items()}, left, tables["ft_lds"][0]["mean"]
+    ({'ft_lds': 1, 'ft_lds_ceiling': 3, 'group_attribution': 0}, ['few'], 1.0)
+    """
+    _check_groups(gold)
+    usable = {name: sc for name, sc in scores.items() if covers_groups(gold, sc)}
+    left = [name for name in scores if name not in usable]
+    ranked = len(gold.groups) >= 3
+    tables = {
+        "ft_lds": ft_lds(gold, usable) if ranked else [],
+        "ft_lds_ceiling": (
+            ft_lds_noise_ceiling(gold, splits, seed) if ranked and len(gold.seeds) > 1 else []
+        ),
+        "group_attribution": [] if names is None else group_attribution(gold, usable, names),
+    }
+    return tables, left

@@ -29,6 +29,9 @@ __all__ = [
     "by_method",
     "calibration_table",
     "example_groups",
+    "ft_lds_sentences",
+    "ft_lds_table",
+    "group_attribution_table",
     "headline",
     "metric_table",
     "noise_table",
@@ -684,6 +687,90 @@ def calibration_table(calibration_rows, centred: bool) -> dict | None:
         "rows": [
             {"method": m, "cells": [cell(m, c) for c, _ in checkpoints]}
             for m in dict.fromkeys(r["method"] for r in rows)
+        ],
+    }
+
+
+def ft_lds_table(ft_rows, ceiling_rows=()) -> dict:
+    """FT-LDS as a methods × checkpoints table with its noise ceiling, as
+    :func:`metric_table` gives one (FT-LDS has one view: the adjusted difference).
+
+    >>> ft = [{"method": "a", "checkpoint": 0, "step": 5, "epoch": 1.0, "metric": "ft_lds",
+    ...        "mean": 0.4, "sem": 0.05, "n": 10}]
+    >>> ceil = [{"checkpoint": 0, "epoch": 1.0, "estimate": "ceiling", "mean": 0.8, "sem": 0.02}]
+    >>> t = ft_lds_table(ft, ceil)
+    >>> t["epochs"], t["rows"][0]["cells"][0]["mean"], t["ceiling"][0]["mean"]
+    ([1.0], 0.4, 0.8)
+    """
+    table = metric_table([{**r, "centred": False} for r in ft_rows], "ft_lds", False)
+    ceiling = {float(r["epoch"]): r for r in ceiling_rows if r["estimate"] == "ceiling"}
+    table["ceiling"] = [ceiling.get(e) for e in table["epochs"]] if ceiling else None
+    return table
+
+
+def ft_lds_sentences(ft_rows, ceiling_rows=()) -> list[str]:
+    """What the FT-LDS table says: the best method at the last checkpoint against the
+    ceiling there.
+
+    >>> ft = [{"method": m, "checkpoint": 0, "step": 5, "epoch": 1.0, "metric": "ft_lds",
+    ...        "mean": v, "sem": 0.05, "n": 10} for m, v in (("a", 0.4), ("b", 0.1))]
+    >>> ceil = [{"checkpoint": 0, "epoch": 1.0, "estimate": "ceiling", "mean": 0.8, "sem": 0.02}]
+    >>> ft_lds_sentences(ft, ceil)[0]
+    'At epoch 1 (the last checkpoint), a has the highest FT-LDS, 0.400 ± 0.050 (the noise ceiling is 0.800 ± 0.020); the lowest is b, 0.100 ± 0.050.'
+    """
+    table = ft_lds_table(ft_rows, ceiling_rows)
+    if not table["epochs"]:
+        return []
+    last = [(e["method"], e["cells"][-1]) for e in table["rows"] if e["cells"][-1] is not None]
+    last = [(m, r) for m, r in last if is_finite(r["mean"])]
+    if not last:
+        return []
+    last.sort(key=lambda mr: -float(mr[1]["mean"]))
+    (top, r), ceiling = last[0], (table["ceiling"] or [None])[-1]
+    text = (
+        f"At epoch {epoch_text(table['epochs'][-1])} (the last checkpoint), {top} has the "
+        f"highest FT-LDS, {_num3(r['mean'], r['sem'])}"
+    )
+    if ceiling is not None and is_finite(ceiling["mean"]):
+        text += f" (the noise ceiling is {_num3(ceiling['mean'], ceiling['sem'])})"
+    if len(last) > 1:
+        low, lr = last[-1]
+        text += f"; the lowest is {low}, {_num3(lr['mean'], lr['sem'])}"
+    return [text + "."]
+
+
+def group_attribution_table(rows, checkpoint: int | None = None) -> dict | None:
+    """The group attribution at one checkpoint (default: the last): a row per group with
+    the measured effect (``gold``) and each method's predicted one.
+
+    Returns ``{"epoch", "sources": [...], "rows": [{"name", "size", "cells"}]}`` (``cells``:
+    the row of each source, or None), or None when there are no rows.
+
+    >>> rows = [{"group": 0, "name": "a", "size": 3, "checkpoint": 0, "epoch": 1.0,
+    ...          "source": s, "mean": v, "sem": 0.1, "seed_sem": 0.2} for s, v in
+    ...         (("gold", 0.5), ("m", 2.0))]
+    >>> t = group_attribution_table(rows)
+    >>> t["sources"], t["rows"][0]["name"], [c["mean"] for c in t["rows"][0]["cells"]]
+    (['gold', 'm'], 'a', [0.5, 2.0])
+    """
+    if not rows:
+        return None
+    if checkpoint is None:
+        checkpoint = max(int(r["checkpoint"]) for r in rows)
+    mine = [r for r in rows if int(r["checkpoint"]) == checkpoint]
+    sources = list(dict.fromkeys(r["source"] for r in mine))
+    cells = {(int(r["group"]), r["source"]): r for r in mine}
+    groups = {int(r["group"]): r for r in mine}
+    return {
+        "epoch": float(mine[0]["epoch"]),
+        "sources": sources,
+        "rows": [
+            {
+                "name": groups[g]["name"],
+                "size": int(groups[g]["size"]),
+                "cells": [cells.get((g, s)) for s in sources],
+            }
+            for g in sorted(groups)
         ],
     }
 

@@ -25,6 +25,9 @@ from fimo.evaluate.metrics import ALL_METRICS
 from fimo.evaluate.narrative import (
     calibration_table,
     example_groups,
+    ft_lds_sentences,
+    ft_lds_table,
+    group_attribution_table,
     headline,
     metric_table,
     noise_table,
@@ -44,6 +47,7 @@ SECTIONS = (
     ("noise", "Noise floor"),
     ("seeds", "Seeds"),
     ("calibration", "Calibration"),
+    ("groups", "Groups"),
     ("curves", "Sorted scores"),
     ("examples", "Examples"),
     ("reading", "How to read"),
@@ -334,8 +338,9 @@ def _evaluation_page(ev, rows, settings, manifest, notes, figures) -> list[str]:
         figures = {k: figure_bytes(f, ("png",))["png"] for k, f in evaluation_figures(ev).items()}
     gold = ev.gold
     methods = list(dict.fromkeys(str(r["method"]) for r in rows))
+    sections = [(k, v) for k, v in SECTIONS if k != "groups" or "ft_lds" in ev.rows]
     parts = [
-        "<nav>" + "".join(f"<a href='#{k}'>{_esc(v)}</a>" for k, v in SECTIONS) + "</nav>",
+        "<nav>" + "".join(f"<a href='#{k}'>{_esc(v)}</a>" for k, v in sections) + "</nav>",
         f"<p class='meta'>Methods: {_esc(', '.join(methods) or 'none')}. Gold standard: "
         f"{len(gold.seeds)} seeds × {len(gold.left_out)} left-out × {len(gold.test)} test "
         f"instances; checkpoints at epochs {_esc(', '.join(epoch_text(e) for e in gold.epochs))}"
@@ -348,6 +353,8 @@ def _evaluation_page(ev, rows, settings, manifest, notes, figures) -> list[str]:
     parts += ["<h2 id='noise'>Noise floor</h2>", *_noise_section(ev)]
     parts += ["<h2 id='seeds'>Number of seeds</h2>", *_seed_section(ev, figures)]
     parts += ["<h2 id='calibration'>Calibration</h2>", *_calibration_section(ev, figures)]
+    if "ft_lds" in ev.rows:
+        parts += ["<h2 id='groups'>Groups: FT-LDS</h2>", *_groups_section(ev)]
     parts += [
         "<h2 id='curves'>Sorted scores</h2>",
         "<p>Each test instance's scores over the left-out instances, sorted (most harmful "
@@ -540,6 +547,100 @@ def _calibration_section(ev, figures) -> list[str]:
     adjusted = _calibration_table(rows, False)
     if adjusted:
         out.append(f"<details><summary>Adjusted-only gold standard</summary>{adjusted}</details>")
+    return out
+
+
+# -- groups ------------------------------------------------------------------------------------
+_BEST = " class='best'"
+
+
+def _ft_lds_table(ev) -> str:
+    table = ft_lds_table(ev.rows["ft_lds"], ev.rows["ft_lds_ceiling"])
+    body = []
+    for entry in table["rows"]:
+        tds = "".join(
+            "<td>–</td>"
+            if r is None
+            else f"<td{_BEST if best else ''} title='n = {int(r['n'])} test instances, step "
+            f"{int(r['step'])}'>{_esc(mean_sem_text(r['mean'], r['sem'], 3))}</td>"
+            for r, best in zip(entry["cells"], entry["best"], strict=True)
+        )
+        body.append(f"<tr><td>{_esc(entry['method'])}</td>{tds}</tr>")
+    if table["ceiling"] is not None:
+        tds = "".join(
+            "<td>–</td>"
+            if r is None
+            else f"<td class='floor'>{_esc(mean_sem_text(r['mean'], r['sem'], 3))}</td>"
+            for r in table["ceiling"]
+        )
+        body.append(f"<tr><td class='floor'>noise ceiling</td>{tds}</tr>")
+    return _table(f"<th>method</th>{_epoch_heads(table['epochs'])}", body)
+
+
+def _attribution_table(ev) -> str:
+    table = group_attribution_table(ev.rows["group_attribution"])
+    if table is None:
+        return ""
+    units = {name: getattr(sc, "units", "") for name, sc in ev.scores.items()}
+    head = "<th>group</th><th>size</th>" + "".join(
+        "<th>measured (loss change)</th>"
+        if s == "gold"
+        else f"<th>{_esc(s)}{f' ({_esc(units[s])})' if units.get(s) else ''}</th>"
+        for s in table["sources"]
+    )
+    body = []
+    for entry in table["rows"]:
+        tds = []
+        for source, r in zip(table["sources"], entry["cells"], strict=True):
+            if r is None:
+                tds.append("<td>–</td>")
+                continue
+            text = mean_sem_text(r["mean"], r["sem"], 3)
+            if source == "gold":
+                text += f" (seeds: ± {sci(r['seed_sem'])})"
+            tds.append(f"<td>{_esc(text)}</td>")
+        body.append(
+            f"<tr><td>{_esc(entry['name'])}</td><td>{entry['size']}</td>{''.join(tds)}</tr>"
+        )
+    return (
+        f"<h3>Group attribution at epoch {_esc(epoch_text(table['epoch']))}</h3>"
+        "<p>Each group's effect on the test instances' loss when it is left out: measured by "
+        "further training (the seed mean of the adjusted difference) and predicted by each "
+        "method as the sum of its scores over the group's members, in the method's own units "
+        "(the calibration scale above converts them). Mean ± SEM over test instances; for the "
+        "measurement also the standard error over seeds of the test-set mean.</p>"
+        + _table(head, body)
+    )
+
+
+def _groups_section(ev) -> list[str]:
+    info = ev.options.get("groups", {})
+    G = int(info.get("count", 0))
+    out = [
+        f"<p>The gold standard also left out {G} {plural(G, 'group')} of training instances, "
+        "each in a run of its own, paired by seed with the full run. FT-LDS is the linear "
+        "datamodeling score measured against further training: for each test instance, the "
+        "Spearman correlation across the groups between a method's predicted effect (the sum "
+        "of its scores over the group's members) and the measured one (the seed mean of "
+        "loss without the group minus loss of the full run, eq. 17), averaged over test "
+        "instances (± SEM), at every checkpoint. Centring subtracts one number per test "
+        "instance and changes no rank, so FT-LDS uses the adjusted difference as it is. The "
+        "noise ceiling is the measured effects' split-half agreement over seeds, stepped up "
+        "by Spearman–Brown: what a method that predicted the noise-free effects would reach.</p>"
+    ]
+    if ev.rows["ft_lds"]:
+        out.append("".join(f"<p>{_esc(s)}</p>" for s in ft_lds_sentences(
+            ev.rows["ft_lds"], ev.rows["ft_lds_ceiling"])))  # fmt: skip
+        out.append(_ft_lds_table(ev))
+    else:
+        out.append("<p class='meta'>FT-LDS ranks groups: it needs at least 3.</p>")
+    left = info.get("methods_without_members") or []
+    if left:
+        out.append(
+            f"<p class='meta'>Not in these tables: {_esc(', '.join(left))} (their scores do "
+            "not cover every group member).</p>"
+        )
+    out.append(_attribution_table(ev))
     return out
 
 

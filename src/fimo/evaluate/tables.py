@@ -96,6 +96,36 @@ SCHEMAS: dict[str, dict[str, type]] = {
 }
 
 
+#: the tables of a gold standard with group runs (docs/groups.md), written only for one
+GROUP_SCHEMAS: dict[str, dict[str, type]] = {
+    "ft_lds": {
+        "method": str,
+        "checkpoint": int,
+        "step": int,
+        "epoch": float,
+        "metric": str,
+        "groups": int,
+        "mean": float,
+        "sem": float,
+        "n": int,
+    },
+    "ft_lds_ceiling": dict(SCHEMAS["noise_floor"]),
+    "group_attribution": {
+        "group": int,
+        "name": str,
+        "size": int,
+        "checkpoint": int,
+        "step": int,
+        "epoch": float,
+        "source": str,
+        "mean": float,
+        "sem": float,
+        "n": int,
+        "seed_sem": float,
+    },
+}
+
+
 def have_pyarrow() -> bool:
     """True when pyarrow is importable (then tables are also written as Parquet).
 
@@ -140,9 +170,10 @@ def _parse(kind: type, text: str):
 
 
 def _schema(name: str) -> dict[str, type]:
-    if name not in SCHEMAS:
-        raise InputError(f"table: unknown table {name!r}; known: {', '.join(SCHEMAS)}")
-    return SCHEMAS[name]
+    known = {**SCHEMAS, **GROUP_SCHEMAS}
+    if name not in known:
+        raise InputError(f"table: unknown table {name!r}; known: {', '.join(known)}")
+    return known[name]
 
 
 def _check(name: str, rows: list[Mapping]) -> dict[str, type]:

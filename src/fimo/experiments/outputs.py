@@ -15,7 +15,7 @@ import math
 import os
 from pathlib import Path
 
-from fimo.evaluate.core import TABLES, Evaluation, compute
+from fimo.evaluate.core import GROUP_TABLES, TABLES, Evaluation, compute
 from fimo.evaluate.plots import evaluation_figures, save_figure
 from fimo.evaluate.report import write_report
 from fimo.evaluate.tables import write_table
@@ -63,6 +63,13 @@ def run_notes(config, manifest: dict, gold) -> list[str]:
             f"× {len(gold.test)} test instances, scheme {f.scheme!r}, {f.optimizer} lr "
             f"{f.lr:g}, {f.epochs} epochs, {config.gold.dtype}."
         )
+        if getattr(gold, "groups", None) is not None:
+            low, high = int(gold.groups.sizes().min()), int(gold.groups.sizes().max())
+            size = f"{low}" if low == high else f"{low} to {high}"
+            notes.append(
+                f"Group runs: {len(gold.groups)} groups ({config.groups.describe()}) of "
+                f"{size} training instances, in every seed."
+            )
     skipped = (manifest or {}).get("skipped_methods") or {}
     notes.extend(f"Skipped {name}: {reason}" for name, reason in skipped.items())
     return notes
@@ -114,6 +121,12 @@ def write_evaluation(
     written: dict[str, list[Path]] = {"metrics": [], "plots": [], "report": []}
     for name in TABLES:
         written["metrics"] += write_table(run.metrics_dir, name, ev.rows[name])
+    for name in GROUP_TABLES:  # only for a gold standard with group runs; never a stale one
+        if name in ev.rows:
+            written["metrics"] += write_table(run.metrics_dir, name, ev.rows[name])
+        else:
+            for suffix in (".csv", ".csv.sha256", ".parquet"):
+                (run.metrics_dir / f"{name}{suffix}").unlink(missing_ok=True)
     png = _figures(run, ev)
     written["plots"] += [run.plots_dir / f"{n}.{fmt}" for n in png for fmt in ("png", "svg")]
     if manifest is not None:
@@ -182,6 +195,17 @@ def _figures(run: RunDir, ev: Evaluation) -> dict[str, bytes]:
     return png
 
 
+def group_names(manifest) -> list[str] | None:
+    """The names of the gold standard's groups as the manifest records them (None for random
+    groups, or without groups).
+
+    >>> group_names({"gold_standard": {"groups": {"names": ["<=50K", ">50K"]}}}), group_names({})
+    (['<=50K', '>50K'], None)
+    """
+    record = ((manifest or {}).get("gold_standard") or {}).get("groups") or {}
+    return record.get("names")
+
+
 def evaluate_run(
     out,
     gold,
@@ -223,6 +247,7 @@ def evaluate_run(
     for name, sc in run.run_scores(None, None, extra_notes).items():
         if name not in merged and sc.settings.get("origin") == "external":
             merged[name] = sc
+    options.setdefault("group_names", group_names(manifest))
     ev = compute(gold, merged, train=train, test=test, **options)
     title = f"fimo: {config.name}" if config is not None else f"fimo: {run.path.name}"
     write_evaluation(
@@ -253,6 +278,7 @@ def rebuild_report(path, **options) -> Evaluation:
 
 def _rewrite(files: RunFiles, **options) -> Evaluation:
     """Compute the evaluation of a loaded run and write it back into its directory."""
+    options.setdefault("group_names", group_names(files.manifest))
     ev = compute(files.gold, files.scores, train=files.train, test=files.test, **options)
     name = files.config.name if files.config is not None else files.path.name
     write_evaluation(

@@ -32,6 +32,8 @@ from fimo.experiments.config import Config
 from fimo.experiments.outputs import evaluate_run, model_summary, run_notes
 from fimo.experiments.rundir import RunDir, run_lock
 from fimo.further.gold import GoldStandard
+from fimo.further.groups import make_groups
+from fimo.further.plan import Groups
 from fimo.further.ray_address import check_reachable
 from fimo.further.runner import ShardPlan, gold_standard, make_executor, plan_gold
 from fimo.io import fingerprint, non_default
@@ -163,6 +165,8 @@ class _Run:
     left_out: np.ndarray
     methods: dict
     fingerprints: dict
+    groups: Groups | None = None  # the groups left out together ([groups]), with their names
+    group_names: list[str] | None = None
     timings: dict = field(default_factory=dict)
 
 
@@ -236,6 +240,7 @@ def _prepare(
             f"data.n_test: got {config.data.n_test}, but there are only {len(test)} test instances"
         )
     left_out = choose_left_out(len(train), config.gold.left_out, config.gold.left_out_seed)
+    groups, group_names = _groups(config, train)
     methods = {name: get_method(name) for name in config.methods.names}
     if config.run.executor == "ray":
         check_reachable(config.run.address)
@@ -257,6 +262,8 @@ def _prepare(
         left_out,
         methods,
         {"data": data_fp},
+        groups,
+        group_names,
     )
 
 
@@ -278,6 +285,22 @@ def final_model(
     r = _prepare(config, rundir, overwrite, console, quiet, check)
     task = build_task(config, r.train, r.test)
     return r, task, _final_model_stage(r, task)
+
+
+def _groups(config: Config, train: ArrayDataset) -> tuple[Groups | None, list[str] | None]:
+    """The groups of ``[groups]`` on the training set (None when there are none), with their
+    names (None for random groups)."""
+    g = config.groups
+    if not g.active:
+        return None, None
+    raw = train.info.get("raw") if isinstance(train.info, dict) else None
+    if raw is not None and len(raw) > len(train) and config.data.n_train:
+        # load_data keeps the first n_train instances; the loader's original rows are all there
+        train = ArrayDataset(
+            train.inputs, train.targets, train.feature_names,
+            {**train.info, "raw": np.asarray(raw)[: len(train)]},
+        )  # fmt: skip
+    return make_groups(train, g.kind, g.count, g.fraction, g.seed, g.feature, g.file)
 
 
 def _final_model_stage(r: _Run, task: Task) -> dict:
@@ -355,6 +378,9 @@ def _gold_stage(r: _Run, task: Task) -> tuple[GoldStandard, dict]:
     the gold standard and its record for the manifest."""
     config = r.config
     task.to(r.device, DTYPES[config.gold.dtype])
+    # the groups' member lists (not how they were named) join the fingerprint when there are
+    # any, so that a run without groups keeps the fingerprint it always had
+    grouped = () if r.groups is None else (r.groups.members, r.groups.offsets)
     gold_fp = fingerprint(
         r.fingerprints["weights"],
         r.fingerprints["data"],
@@ -363,8 +389,11 @@ def _gold_stage(r: _Run, task: Task) -> tuple[GoldStandard, dict]:
         r.test_idx,
         config.gold.dtype,
         r.device.type,
+        *grouped,
     )
     described = {"settings": config.further.as_dict(), "dtype": config.gold.dtype}
+    if r.groups is not None:
+        described["groups"] = config.groups.describe()
     store = r.dir.shard_store(gold_fp, {**described, "device": r.device.type}, r.overwrite)
     # the results on disk fit these settings (or are gone): only now may they replace the
     # recorded ones, so that a refused run leaves the directory's config.toml as it was
@@ -378,6 +407,7 @@ def _gold_stage(r: _Run, task: Task) -> tuple[GoldStandard, dict]:
         len(r.test_idx),
         config.gold.left_out_per_shard,
         config.gold.memory_budget_mb * 2**20,
+        n_groups=0 if r.groups is None else len(r.groups),
     )
     gold = _further_train(r, task, store, seeds, plan)
     r.fingerprints["gold_standard"] = gold_fp
@@ -386,7 +416,7 @@ def _gold_stage(r: _Run, task: Task) -> tuple[GoldStandard, dict]:
 
 def _gold_record(r: _Run, gold: GoldStandard, seeds: list[int], plan: ShardPlan) -> dict:
     """The manifest's record of the gold standard: what was run, and how it was split."""
-    return {
+    record = {
         "seeds": seeds,
         "left_out": r.left_out.tolist(),
         "test": [int(r.test_idx[0]), int(r.test_idx[-1]) + 1],
@@ -395,6 +425,14 @@ def _gold_record(r: _Run, gold: GoldStandard, seeds: list[int], plan: ShardPlan)
         "shards": len(plan.shards),
         "executor": r.config.run.executor,
     }
+    if r.groups is not None:  # the members are in gold.npz; here what they are
+        record["groups"] = {
+            "spec": r.config.groups.describe(),
+            "count": len(r.groups),
+            "sizes": r.groups.sizes().tolist(),
+            "names": r.group_names,
+        }
+    return record
 
 
 def _further_train(r: _Run, task: Task, store, seeds: list[int], plan: ShardPlan):
@@ -410,8 +448,9 @@ def _further_train(r: _Run, task: Task, store, seeds: list[int], plan: ShardPlan
     )
     in_process = config.run.executor == "local" and config.run.workers == 1
     started = time.perf_counter()
+    runs = 1 + len(r.left_out) + (0 if r.groups is None else len(r.groups))
     with _progress(r.console, r.quiet) as bar:
-        shown = _ShardProgress(bar, plan, len(todo), f"{len(seeds)} seeds × {1 + len(r.left_out)}")
+        shown = _ShardProgress(bar, plan, len(todo), f"{len(seeds)} seeds × {runs}")
         gold = gold_standard(
             task,
             config.further,
@@ -423,6 +462,7 @@ def _further_train(r: _Run, task: Task, store, seeds: list[int], plan: ShardPlan
             left_out_per_shard=plan.per_shard,
             on_step=shown.step if in_process else None,
             on_shard=shown.shard if in_process else shown.shard_with_steps,
+            groups=r.groups,
         )
     r.timings["further_training"] = time.perf_counter() - started
     if todo:
@@ -464,6 +504,8 @@ def _methods_stage(r: _Run, task: Task, steps) -> tuple[dict[str, Scores], dict[
     Returns the scores and the methods skipped (with their reasons)."""
     config = r.config
     train_idx = np.arange(len(r.train)) if config.methods.train == "all" else r.left_out
+    if config.methods.train == "left_out" and r.groups is not None:  # FT-LDS sums over members
+        train_idx = np.union1d(r.left_out, r.groups.members)
     scores: dict[str, Scores] = {}
     skipped: dict[str, str] = {}
     fps = r.fingerprints["scores"] = {}

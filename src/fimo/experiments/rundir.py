@@ -7,7 +7,8 @@ Layout (DESIGN.md ◆ Runs are data)::
                          evaluation's settings and the scores brought in with `fimo compare`
     model/final.pt       the final weights (state dict; loaded with weights_only=True)
     model/meta.json      the final-training record and its fingerprint
-    further/             fingerprint.json, shards/seed-SSSSS_lo-AAAAA-BBBBB.npz, gold.npz
+    further/             fingerprint.json, shards/seed-SSSSS_lo-AAAAA-BBBBB.npz (and
+                         seed-SSSSS_gr-AAAAA-BBBBB.npz, the group runs of [groups]), gold.npz
                          (the shard store's folder, :mod:`fimo.further.store`)
     scores/<name>.npz    one Scores matrix per method, or brought in with `fimo compare`
     metrics/<table>.csv  the evaluation's tables (and .parquet with pyarrow)

@@ -3,13 +3,15 @@
 - :func:`random_groups`: ``count`` random subsets, each a fraction ``fraction`` of the training
   set, drawn with ``numpy.random.default_rng(seed)``: the same arguments give the same groups,
   and the groups themselves are stored with the gold standard (``group_members``,
-  ``group_offsets``). Small fractions (1 %) keep a further-training run close to the full one,
-  where a first-order (linear) account of the scores can hold; α = 0.5 is the usual LDS choice
-  for retraining (docs/groups.md).
+  ``group_offsets``). α = 0.5 (the usual LDS choice, and the default of a ``[groups]`` table)
+  measures the group effects far above the seed noise; small fractions (1 %) keep a run
+  closer to the full one, but on small sets their effects are mostly noise (docs/groups.md).
 - :func:`groups_by_label`: one group per class (target value).
 - :func:`groups_by_feature`: one group per value of a column (an original column kept in
   ``info["raw"]``, such as Adult's ``sex``, or a column of a tabular ``inputs``).
 - :func:`groups_from_file`: one group per line of a text file of indices.
+- :func:`make_groups`: one of the above by name, as a ``[groups]`` table names it, with a
+  name for each group (the class, the value, the line).
 
 Every function returns the groups (a :class:`fimo.further.plan.Groups`) checked against the
 training set: no empty group, no index out of range or named twice, no group of all the data.
@@ -69,12 +71,21 @@ def groups_by_label(dataset) -> tuple[Groups, list]:
     >>> groups, labels = groups_by_label(data)
     >>> labels, [g.tolist() for g in groups.lists()]
     ([0, 1, 2], [[1, 4], [0, 2], [3]])
+    >>> groups_by_label(ArrayDataset(torch.zeros(2, 2), torch.tensor([0.5, 1.5])))
+    Traceback (most recent call last):
+    ...
+    fimo.errors.InputError: groups = 'label': the targets are float32 numbers, not classes (a regression); use groups = 'feature:<column>' or a file of indices
     """
     targets = np.asarray(dataset.targets)
     if targets.ndim != 1:
         raise InputError(
             f"groups = 'label': the targets have shape {targets.shape}; one label per "
             "instance is needed (use groups = 'feature:<column>' or a file of indices)"
+        )
+    if targets.dtype.kind not in "iub":
+        raise InputError(
+            f"groups = 'label': the targets are {targets.dtype} numbers, not classes (a "
+            "regression); use groups = 'feature:<column>' or a file of indices"
         )
     return _by_value(targets, "label")
 
@@ -97,6 +108,11 @@ def groups_by_feature(dataset, column: str | int) -> tuple[Groups, list]:
     names = list(getattr(dataset, "feature_names", None) or ())
     if column in raw_columns and "raw" in info:
         values = np.asarray(info["raw"])[:, raw_columns.index(column)]
+        if len(values) != len(dataset):
+            raise InputError(
+                f"groups = 'feature:{column}': the dataset keeps {len(values)} original rows "
+                f"for {len(dataset)} instances; give a dataset whose info['raw'] matches it"
+            )
     elif column in names or isinstance(column, int):
         inputs = np.asarray(dataset.inputs)
         j = names.index(column) if column in names else column
@@ -150,3 +166,39 @@ def groups_from_file(path, n: int) -> Groups:
     if not groups:
         raise InputError(f"groups file {path}: holds no group (one line of indices per group)")
     return checked_groups(groups, n)
+
+
+def make_groups(
+    dataset, kind: str, count=50, fraction=0.01, seed=0, feature="", file=""
+) -> tuple[Groups, list[str] | None]:
+    """The groups of a ``[groups]`` table (``kind``: ``random``, ``label``, ``feature`` or
+    ``file``, with the keys that kind reads) and a name for each group: the class (by its
+    label name when the dataset has them), the column's value, or the file's line; None for
+    random groups, which are interchangeable.
+
+    >>> import torch
+    >>> from fimo.data import ArrayDataset
+    >>> data = ArrayDataset(torch.zeros(6, 2), torch.tensor([1, 0, 1, 1, 0, 1]),
+    ...                     info={"label_names": ["no", "yes"]})
+    >>> groups, names = make_groups(data, "label")
+    >>> [g.tolist() for g in groups.lists()], names
+    ([[1, 4], [0, 2, 3, 5]], ['no', 'yes'])
+    >>> groups, names = make_groups(data, "random", count=3, fraction=0.5, seed=1)
+    >>> groups.sizes().tolist(), names
+    ([3, 3, 3], None)
+    """
+    n = len(dataset)
+    if kind == "random":
+        return random_groups(n, count, fraction, seed), None
+    if kind == "label":
+        groups, values = groups_by_label(dataset)
+        label_names = list((getattr(dataset, "info", None) or {}).get("label_names", ()))
+        known = all(isinstance(v, int) and 0 <= v < len(label_names) for v in values)
+        return groups, [str(label_names[v]) if known else str(v) for v in values]
+    if kind == "feature":
+        groups, values = groups_by_feature(dataset, feature)
+        return groups, [f"{feature} = {v}" for v in values]
+    if kind == "file":
+        groups = groups_from_file(file, n)
+        return groups, [f"group {g}" for g in range(len(groups))]
+    raise InputError(f"groups.kind: got {kind!r}; allowed: 'random', 'label', 'feature', 'file'")
