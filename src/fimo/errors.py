@@ -48,6 +48,26 @@ def check_choice(setting: str, value, choices) -> None:
         )
 
 
+def check_keys(where: str, keys, allowed, ordered: bool = True) -> None:
+    """Raise InputError naming the first of ``keys`` that is not in ``allowed`` (a table's
+    unknown key), with the closest allowed one and the list (sorted unless ``ordered``).
+
+    >>> check_keys("about", ["summary"], ["summary", "paper_counterpart"])  # returns None
+    >>> check_keys("about", ["sumary"], ["summary", "paper_counterpart"])
+    Traceback (most recent call last):
+    ...
+    fimo.errors.InputError: about: unknown key 'sumary' (did you mean 'summary'?); allowed: paper_counterpart, summary
+    """
+    names = [str(a) for a in allowed]
+    for key in keys:
+        if key not in allowed:
+            shown = names if not ordered else sorted(names)
+            raise InputError(
+                f"{where}: unknown key {key!r}{closest(str(key), names)}; "
+                f"allowed: {', '.join(shown)}"
+            )
+
+
 class NumericalError(RuntimeError):
     """Numerical trouble (NaN or infinite losses, divergence): the message says where and what to try.
 

@@ -10,7 +10,7 @@ import math
 import numbers
 from dataclasses import asdict, dataclass, field
 
-from fimo.errors import InputError, check_choice, closest
+from fimo.errors import InputError, check_choice, check_keys
 
 #: further training's optimizers (:func:`fimo.further.optim.make_optimizer`)
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -202,12 +202,7 @@ def check_lora_settings(table, where: str = "further.lora") -> dict:
     """
     if not isinstance(table, dict):
         raise InputError(f"{where}: got {table!r}; expected a table {{rank = 8, targets = [...]}}")
-    for key in table:
-        if key not in LORA_KEYS:
-            raise InputError(
-                f"{where}: unknown key {key!r}{closest(str(key), LORA_KEYS)}; "
-                f"allowed: {', '.join(LORA_KEYS)}"
-            )
+    check_keys(where, table, LORA_KEYS, ordered=False)
     for key in ("rank", "targets"):
         if key not in table:
             raise InputError(f"{where}: {key} is missing; e.g. {{rank = 8, targets = ['query']}}")

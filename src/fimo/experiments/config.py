@@ -28,7 +28,7 @@ from pathlib import Path
 import tomli_w
 import tomllib
 
-from fimo.errors import InputError, check_choice, closest
+from fimo.errors import InputError, check_choice, check_keys, closest
 from fimo.settings import FurtherSettings, TrainingSettings, check_lora_settings
 
 
@@ -369,11 +369,7 @@ def from_dict(raw: dict, check_methods: bool = True) -> Config:
     if not isinstance(raw, dict):
         raise InputError(f"configuration: expected a table of settings; got {type(raw).__name__}")
     top = {"name", *SECTIONS}
-    for key in raw:
-        if key not in top:
-            raise InputError(
-                f"configuration: unknown key {key!r}{closest(key, top)}; allowed: {sorted(top)}"
-            )
+    check_keys("configuration", raw, top)
     name = raw.get("name", "experiment")
     if not isinstance(name, str) or not name:
         raise InputError(f"name: got {name!r}; expected a non-empty string")
@@ -687,12 +683,7 @@ def _check_about(about) -> None:
     """
     if not isinstance(about, dict):
         raise InputError(f"about: expected a table; got {about!r}")
-    for key in about:
-        if key not in ABOUT_KEYS:
-            raise InputError(
-                f"about: unknown key {key!r}{closest(key, ABOUT_KEYS)}; "
-                f"allowed: {', '.join(ABOUT_KEYS)}"
-            )
+    check_keys("about", about, ABOUT_KEYS, ordered=False)
 
 
 def _check_override_keys(table, where: str) -> None:
@@ -710,11 +701,8 @@ def _check_override_keys(table, where: str) -> None:
     if not isinstance(table, dict):
         raise InputError(f"{where}: expected a table of overrides; got {table!r}")
     top = {"name", *SECTIONS}
+    check_keys(where, table, top)
     for key, value in table.items():
-        if key not in top:
-            raise InputError(
-                f"{where}: unknown key {key!r}{closest(key, top)}; allowed: {sorted(top)}"
-            )
         if key == "name":
             continue
         if not isinstance(value, dict):
@@ -723,12 +711,7 @@ def _check_override_keys(table, where: str) -> None:
         allowed = {k for cls in classes for k in _allowed(cls)} - {"settings"}
         if key == "methods":
             allowed |= set(ALL_METHOD_NAMES)
-        for sub in value:
-            if sub not in allowed:
-                raise InputError(
-                    f"{where}.{key}: unknown key {sub!r}{closest(sub, allowed)}; "
-                    f"allowed: {', '.join(sorted(allowed))}"
-                )
+        check_keys(f"{where}.{key}", value, allowed)
 
 
 def _merge(base: dict, overrides: dict, where: str) -> None:
