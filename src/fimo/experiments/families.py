@@ -11,7 +11,7 @@ nearest sibling that sets it, among the methods for which that setting means the
 
 from __future__ import annotations
 
-from fimo.methods import method_defaults
+from fimo.methods import ALL_METHOD_NAMES, method_defaults
 
 INFLUENCE = ("cg", "lissa", "lissa_hessian", "arnoldi", "generalized", "explicit")
 #: (methods, settings): the methods for which these settings mean the same thing, nearest
@@ -58,7 +58,7 @@ def with_family_settings(names: list[str], listed: list[str], tables: dict[str, 
     """
     out = {name: dict(values) for name, values in tables.items()}
     for name in names:
-        if name in listed:
+        if name in listed or name not in ALL_METHOD_NAMES:  # an unknown name: validation says so
             continue
         inherited = family_settings(name, tables)
         if inherited:
