@@ -29,3 +29,12 @@ def test_whole_epochs_keep_the_epoch_label():
     text = _text(_rows([1.0, 2.0, 3.0], [100, 200, 300]))
     assert "cosine first (epoch 1)" in text and "cosine peak (epoch)" in text
     assert "0.900 (2)" in text
+
+
+def test_error_lines_print_colon_words_as_text(capsys):
+    """rich would turn ':M:' into an emoji; a message must reach the user as written."""
+    from fimo import cli
+
+    cli._error("error", "--groups: expected random:M:α, e.g. random:50:0.01 [sic]")
+    err = capsys.readouterr().err
+    assert "random:M:α, e.g. random:50:0.01 [sic]" in err

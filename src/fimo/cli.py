@@ -25,7 +25,7 @@ app = typer.Typer(
     help="fimo: final-model-only training data attribution (further training as the gold "
     "standard, and the gradient-based methods it unifies).",
 )
-err = Console(stderr=True)
+err = Console(stderr=True, emoji=False)  # ":M:" in a message is text, not an emoji
 
 
 @app.command("run")
