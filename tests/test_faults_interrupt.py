@@ -20,6 +20,14 @@ LONG = {
 }
 
 
+def as_at_a_terminal() -> None:
+    """In the child, before fimo starts: SIGINT delivered and not ignored, as for a command at
+    a terminal (a shell's background job, such as a CI runner started with ``&``, ignores it,
+    and its children inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def start(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, Path]:
     config = tmp_path / "long.toml"
     config.write_text(tomli_w.dumps(LONG))
@@ -27,7 +35,7 @@ def start(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, Path]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "fimo.cli", "run", str(config), "--out", str(out), "--quiet",
          *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=as_at_a_terminal,
     )  # fmt: skip
     return proc, out
 
