@@ -201,13 +201,4 @@ def with_lora(
         layer = LoraLinear(getattr(parent, child), settings["rank"], scale_alpha, generator)
         setattr(parent, child, layer)
     adapters = [n for n, p in model.named_parameters() if p.requires_grad]  # the rest: frozen
-    return Task(
-        model,
-        task.train,
-        task.test,
-        loss=task.loss_spec,
-        trainable=adapters,
-        measurement=task.measure_fn,
-        name=task.name,
-        per_instance=task.per_instance,
-    )
+    return task.rebuilt(model, trainable=adapters)

@@ -466,6 +466,27 @@ class Task:
         ]
         return min(owners, default=0)
 
+    def rebuilt(self, model=None, train=None, test=None, trainable=None) -> Task:
+        """A Task with this one's loss, measurement, name and per-instance path on another
+        model, data or choice of θ (each defaults to this task's own).
+
+        >>> data = ArrayDataset(torch.randn(4, 3), torch.randn(4))
+        >>> task = Task(torch.nn.Linear(3, 1), data, data, loss="mse", name="toy")
+        >>> other = task.rebuilt(trainable=["bias"])
+        >>> other.trainable, other.loss_name, other.name
+        (('bias',), 'mse', 'toy')
+        """
+        return Task(
+            self.model if model is None else model,
+            self.train if train is None else train,
+            self.test if test is None else test,
+            loss=self.loss_spec,
+            trainable=self.trainable if trainable is None else trainable,
+            measurement=self.measure_fn,
+            name=self.name,
+            per_instance=self.per_instance,
+        )
+
     def with_cached_trunk(self, progress: Callable[[int, int], None] | None = None) -> Task:
         """An equivalent task whose frozen leading layers are computed once.
 
@@ -496,15 +517,10 @@ class Task:
                 train_x = _batched(trunk, self.train.inputs, size, progress, 0, total)
                 test_x = _batched(trunk, self.test.inputs, size, progress, len(self.train), total)
             head.training = self.model.training  # a slice starts in training mode
-            result = Task(
+            result = self.rebuilt(
                 head,
                 ArrayDataset(train_x, self.train.targets, None, self.train.info),
                 ArrayDataset(test_x, self.test.targets, None, self.test.info),
-                loss=self.loss_spec,
-                trainable=self.trainable,
-                measurement=self.measure_fn,
-                name=self.name,
-                per_instance=self.per_instance,
             )
         self._cached_trunk = (self.trainable, result)
         return result

@@ -247,18 +247,10 @@ def final_training_task(config, task: Task, cached=None) -> Task:
     cached = cached or Task.with_cached_trunk
     if not config.training.trainable:
         return task
-    kwargs = {
-        "loss": task.loss_spec,
-        "trainable": list(config.training.trainable),
-        "measurement": task.measure_fn,
-        "name": task.name,
-        "per_instance": task.per_instance,
-    }
-    full = Task(task.model, task.train, task.test, **kwargs)
+    full = task.rebuilt(trainable=list(config.training.trainable))
     if task.trunk_length() == 0 or full.trunk_length() < task.trunk_length():
         return full  # final training changes the trunk further training keeps frozen
-    head = cached(task)
-    return Task(head.model, head.train, head.test, **{**kwargs, "trainable": full.trainable})
+    return cached(task).rebuilt(trainable=full.trainable)
 
 
 def further_task(config, task: Task) -> Task:
