@@ -577,27 +577,23 @@ class Task:
     def _check_fit(self, which: str, data: ArrayDataset) -> None:
         x, y = data.inputs[:2], data.targets[:2]
         shape = _shape_text(x)
-        try:
-            with torch.no_grad():
-                outputs = self.outputs(self.params(), x)
-                out = self.loss_fn(outputs, y)
-        except Exception as exc:  # the model and the loss disagree: say so plainly
-            reason = " ".join(str(exc).split())[:300]
-            raise InputError(
-                f"Task: the model's output does not fit the loss {self.loss_name!r} on the "
-                f"{which} data (inputs {shape}, targets {tuple(y.shape)}): {reason}"
-            ) from exc
+
+        def outputs_and_loss():
+            outputs = self.outputs(self.params(), x)
+            return outputs, self.loss_fn(outputs, y)
+
+        outputs, out = _plainly(
+            outputs_and_loss,
+            f"Task: the model's output does not fit the loss {self.loss_name!r} on the {which} "
+            f"data (inputs {shape}, targets {tuple(y.shape)})",
+        )
         _check_per_instance("loss", out, len(x))
         if not isinstance(self.measure_fn, in_float64):  # the user's own measurement
-            try:
-                with torch.no_grad():
-                    measured = self.measure_fn(outputs, y)
-            except Exception as exc:
-                reason = " ".join(str(exc).split())[:300]
-                raise InputError(
-                    f"Task: the measurement does not fit the model's output on the {which} data "
-                    f"(targets {tuple(y.shape)}): {reason}"
-                ) from exc
+            measured = _plainly(
+                lambda: self.measure_fn(outputs, y),
+                f"Task: the measurement does not fit the model's output on the {which} data "
+                f"(targets {tuple(y.shape)})",
+            )
             _check_per_instance("measurement", measured, len(x))
         if self.loss_kind == LossKind.SQUARED_ERROR and outputs[:1].numel() != y[:1].numel():
             raise InputError(
@@ -624,6 +620,23 @@ class Task:
                     f"{int(labels.max())}] but the model has {k} outputs; labels must be in "
                     f"[0, {k - 1}]"
                 )
+
+
+def _plainly(call: Callable, what: str):
+    """``call()`` without gradients; any error it raises becomes an InputError ``what: reason``
+    (one line, at most 300 characters of the reason): the model, loss or measurement disagree.
+
+    >>> _plainly(lambda: 1 / 0, "Task: the loss does not fit")
+    Traceback (most recent call last):
+    ...
+    fimo.errors.InputError: Task: the loss does not fit: division by zero
+    """
+    try:
+        with torch.no_grad():
+            return call()
+    except Exception as exc:
+        reason = " ".join(str(exc).split())[:300]
+        raise InputError(f"{what}: {reason}") from exc
 
 
 def _check_per_instance(what: str, out, n: int) -> None:
