@@ -36,6 +36,7 @@ from fimo.further.groups import make_groups
 from fimo.further.plan import Groups
 from fimo.further.ray_address import check_reachable
 from fimo.further.runner import ShardPlan, gold_standard, make_executor, plan_gold
+from fimo.further.threads import THREADS_PER_WORKER
 from fimo.io import fingerprint, non_default
 from fimo.methods import get_method
 from fimo.methods.cost import announcements
@@ -424,6 +425,8 @@ def _gold_record(r: _Run, gold: GoldStandard, seeds: list[int], plan: ShardPlan)
         "left_out_per_shard": plan.per_shard,
         "shards": len(plan.shards),
         "executor": r.config.run.executor,
+        "workers": r.config.run.workers,
+        "threads_per_worker": THREADS_PER_WORKER,  # the results depend on it, bit for bit
     }
     if r.groups is not None:  # the members are in gold.npz; here what they are
         record["groups"] = {

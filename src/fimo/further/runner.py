@@ -4,7 +4,8 @@ A shard is (seed, chunk of left-out instances). The driver plans the shards, ski
 already in the store, hands the rest to an executor and writes each result as it arrives:
 
 - ``LocalExecutor(workers=1)``: in this process (progress step by step), or in ``workers``
-  processes (spawned, each with its share of the CPU threads);
+  processes (spawned); every shard is computed on one torch thread
+  (:mod:`fimo.further.threads`: the results do not depend on the worker count or the load);
 - ``RayExecutor(address)``: one Ray task per shard (a GPU per task when the task is on CUDA);
   a worker that dies has its shard retried by Ray; the driver writes results as they arrive.
 """
@@ -29,6 +30,7 @@ from fimo.further.gold import GoldStandard
 from fimo.further.plan import Groups, steps_per_epoch
 from fimo.further.ray_address import check_reachable, ray_endpoint
 from fimo.further.store import Shard, ShardStore, assemble, plan_shards
+from fimo.further.threads import THREADS_PER_WORKER, torch_threads
 from fimo.task import Task
 
 #: Bytes the stacked runs of one shard may take, by default.
@@ -170,10 +172,12 @@ def plan_gold(
 
 
 class LocalExecutor:
-    """Shards in this process (``workers=1``) or in a pool of spawned worker processes.
+    """Shards in this process (``workers=1``) or in a pool of spawned worker processes, each
+    computing on ``threads`` torch threads (:data:`fimo.further.threads.THREADS_PER_WORKER`
+    by default; this process's own count is restored when the shards are done).
 
-    >>> LocalExecutor(workers=2).workers, LocalExecutor.name
-    (2, 'local')
+    >>> LocalExecutor(workers=2).workers, LocalExecutor.name, LocalExecutor().threads
+    (2, 'local', 1)
     >>> LocalExecutor(workers=0)
     Traceback (most recent call last):
     ...
@@ -182,10 +186,12 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, workers: int = 1):
+    def __init__(self, workers: int = 1, threads: int = THREADS_PER_WORKER):
         if workers < 1:
             raise InputError(f"workers: got {workers}; must be ≥ 1")
-        self.workers = workers
+        if threads < 1:
+            raise InputError(f"threads: got {threads}; must be ≥ 1")
+        self.workers, self.threads = workers, threads
 
     def run(self, task, settings, shards, left_out, test, on_result, on_step=None, compute=None):
         """Compute each shard (``compute``, by default :func:`compute_shard`) and hand each
@@ -204,18 +210,19 @@ class LocalExecutor:
         """
         compute = compute or compute_shard
         if self.workers == 1:
-            for shard in shards:
-                on_result(shard, compute(task, settings, shard, left_out, test, on_step=on_step))
+            with torch_threads(self.threads):
+                for shard in shards:
+                    result = compute(task, settings, shard, left_out, test, on_step=on_step)
+                    on_result(shard, result)
             return
         import concurrent.futures as cf
         import multiprocessing as mp
 
-        threads = max(1, torch.get_num_threads() // self.workers)
         with cf.ProcessPoolExecutor(
             self.workers,
             mp_context=mp.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(task, threads),
+            initargs=(task, self.threads),
         ) as pool:
             futures = {
                 pool.submit(_worker_compute, compute, settings, sh, left_out, test): sh
@@ -369,7 +376,7 @@ def _join_ray(ray, address: str) -> None:
 
 
 def _ray_compute(compute, task, settings, shard, left_out, test):
-    torch.set_num_threads(1)
+    torch.set_num_threads(THREADS_PER_WORKER)
     return compute(task, settings, shard, left_out, test)
 
 

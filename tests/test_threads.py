@@ -1,0 +1,82 @@
+"""Further training computes every shard on one torch thread (fimo.further.threads): in this
+process and in worker processes, whatever this process's own thread count, and a run with one
+worker and a run with two give the same gold standard bit for bit, with the count recorded in
+the manifest."""
+
+import json
+
+import numpy as np
+import pytest
+import tomli_w
+import torch
+
+from fimo import ArrayDataset, FurtherSettings, Task
+from fimo.errors import InputError
+from fimo.experiments.config import load_config, with_overrides
+from fimo.experiments.pipeline import run
+from fimo.further.runner import LocalExecutor
+from fimo.further.store import plan_shards
+from fimo.further.threads import THREADS_PER_WORKER, torch_threads
+from fimo.io import read_npz
+
+
+def threads_seen(task, settings, shard, left_out, test, on_step=None):
+    """A stand-in for compute_shard: the torch thread count the shard was computed on."""
+    return torch.get_num_threads()
+
+
+def small_task() -> Task:
+    data = ArrayDataset(torch.randn(12, 3, generator=torch.Generator().manual_seed(0)),
+                        torch.zeros(12, 1))  # fmt: skip
+    return Task(torch.nn.Linear(3, 1), data, data, loss="mse")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_shards_are_computed_on_one_thread_and_the_caller_keeps_its_own(workers):
+    seen = []
+    with torch_threads(2):
+        LocalExecutor(workers).run(
+            small_task(), FurtherSettings(batch_size=4), plan_shards([0, 1], 3, 2), [3, 7, 9],
+            [0], on_result=lambda shard, threads: seen.append(threads), compute=threads_seen,
+        )  # fmt: skip
+        assert torch.get_num_threads() == 2
+    assert THREADS_PER_WORKER == 1 and seen == [1] * 4
+
+
+def test_threads_can_be_chosen_for_a_benchmark_and_are_checked():
+    seen = []
+    with torch_threads(1):
+        LocalExecutor(threads=2).run(
+            small_task(), FurtherSettings(batch_size=4), plan_shards([0], 3, 3), [3, 7, 9],
+            [0], on_result=lambda shard, threads: seen.append(threads), compute=threads_seen,
+        )  # fmt: skip
+        assert torch.get_num_threads() == 1
+    assert seen == [2]
+    with pytest.raises(InputError, match="threads: got 0"):
+        LocalExecutor(threads=0)
+
+
+TINY = {
+    "name": "tiny",
+    "data": {"dataset": "diabetes", "n_test": 8},
+    "training": {"epochs": 1},
+    "further": {"seeds": 2, "left_out": 4, "left_out_per_shard": 2, "epochs": 1,
+                "batch_size": 128, "lr": 0.05},
+    "methods": {"names": ["grad_dot"], "train": "left_out"},
+}  # fmt: skip
+
+
+def test_one_worker_and_two_give_the_same_gold_standard_and_record_the_threads(tmp_path):
+    config = tmp_path / "tiny.toml"
+    config.write_text(tomli_w.dumps(TINY))
+    golds, records = [], []
+    with torch_threads(2):  # the process's own count must not reach the shards
+        for workers in (1, 2):
+            out = tmp_path / f"workers-{workers}"
+            run(with_overrides(load_config(config), workers=workers), out, quiet=True)
+            golds.append(read_npz(out / "further/gold.npz"))
+            records.append(json.loads((out / "manifest.json").read_text())["gold_standard"])
+    for key in ("loss_full", "loss_without", "steps"):
+        np.testing.assert_array_equal(golds[0][key], golds[1][key], err_msg=key)
+    assert np.abs(golds[0]["loss_without"] - golds[0]["loss_full"][..., None]).max() > 0
+    assert [(r["workers"], r["threads_per_worker"]) for r in records] == [(1, 1), (2, 1)]
