@@ -455,6 +455,9 @@ def gold_standard(
 ) -> GoldStandard:
     """Further-train every (seed, chunk) shard not yet in ``store`` → GoldStandard.
 
+    Each shard is computed on one torch thread (:mod:`fimo.further.threads`); ``executor``
+    (by default :class:`LocalExecutor`, in this process) says where.
+
     ``groups`` (a list of index lists, or :class:`fimo.further.plan.Groups`) adds, per seed,
     one run without each group's members, in shards of their own (``seed-S_gr-A-B``), kept as
     ``loss_without_group`` with the groups (``left_out`` may then be empty). A store's
