@@ -96,11 +96,12 @@ def gold_contenders(args) -> dict[str, Callable[[], None]]:
 
         return run
 
+    threads = f"{args.threads} thread{'s' * (args.threads > 1)}"
     return {
-        f"fimo before: 1 process × {args.threads} threads": fimo(1, args.threads),
+        f"fimo before: 1 process × {threads}": fimo(1, args.threads),
         "fimo now: 1 worker × 1 thread": fimo(1, 1),
         f"fimo now: {args.workers} workers × 1 thread": fimo(args.workers, 1),
-        f"paper's code, {args.threads} threads": paper(args.threads),
+        f"paper's code, {threads}": paper(args.threads),
         "paper's code, 1 thread": paper(1),
     }
 

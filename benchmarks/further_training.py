@@ -11,7 +11,9 @@ with ``list.remove``, ``loss.item()`` at every step, the final model read from d
 epoch;
 (c) fimo's engine, fused batched-matmul path (the default for MLPs) on one thread (fimo's
 default, docs/benchmarks.md *Threads and a shared machine*) and on ``--threads``;
-(d) fimo's engine, generic path (``vmap(grad)`` over the run axis).
+(d) fimo's engine, generic path (``vmap(grad)`` over the run axis);
+(e) fimo's engine with ``--workers`` worker processes of one thread each (default: the
+available cores; their start-up is included in the time).
 
 All compute the same gold standard (Adult, MLP 106-128-128-2, batch 128, SGD lr 1e-4,
 ``drop`` scheme). The script first checks in float64 that they agree (relative difference of
@@ -47,6 +49,7 @@ from fimo.further import engine as further_engine
 from fimo.further.engine import FurtherSettings
 from fimo.further.plan import differs_from_full, schedule
 from fimo.further.runner import LocalExecutor, gold_standard
+from fimo.further.threads import available_cores
 from fimo.models import mlp
 from fimo.task import Task
 
@@ -327,6 +330,7 @@ def main() -> None:
     parser.add_argument("--skip", nargs="+", choices=["adult", "mnist", "reviews"])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=available_cores())
     parser.add_argument("--count-only", action="store_true", help="with --skip: no timing")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -377,17 +381,23 @@ def comparison(args) -> None:
     runs = len(seeds) * (1 + len(left_out))
     flop = flops_per_run_step(train.inputs.shape[1], (128, 128), 2, 128) * runs * steps
     peak = matmul_rate()
+    threads = f"{args.threads} thread{'s' * (args.threads > 1)}"
     print(
         f"\nAdult MLP {train.inputs.shape[1]}-128-128-2, batch 128, SGD lr 1e-4: {len(seeds)} "
-        f"seeds × {1 + len(left_out)} runs × {steps} steps, float32; {args.threads} threads "
-        "unless said otherwise"
+        f"seeds × {1 + len(left_out)} runs × {steps} steps, float32; {threads} unless said "
+        "otherwise"
     )
     print(f"large float32 matrix product: {peak:.0f} GFLOP/s ({load_average()})")
     fimo_ways = {
         "fimo, fused, 1 thread (default)": ("auto", LocalExecutor()),
-        f"fimo, fused, {args.threads} threads": ("auto", LocalExecutor(threads=args.threads)),
-        f"fimo, generic vmap, {args.threads} thr": ("generic", LocalExecutor(threads=args.threads)),
+        f"fimo, fused, {threads}": ("auto", LocalExecutor(threads=args.threads)),
+        f"fimo, generic vmap, {threads}": ("generic", LocalExecutor(threads=args.threads)),
     }
+    if args.workers > 1:  # one shard per seed here; the workers' start-up is included
+        fimo_ways[f"fimo, fused, {args.workers} workers × 1"] = (
+            "auto",
+            LocalExecutor(args.workers),
+        )
     times, losses = {}, {}
     for label, (engine, executor) in fimo_ways.items():
         s = FurtherSettings(lr=1e-4, epochs=args.epochs, engine=engine)
@@ -405,13 +415,13 @@ def comparison(args) -> None:
     times["paper's code (PAPER.md §2)"] = (time.perf_counter() - t0, load_average())
     naive, by_paper = times["naive loop (TensorDataset)"][0], times["paper's code (PAPER.md §2)"][0]
     print(
-        f"  {'':<32} {'time':>7}  {'s/run-epoch':>11}  {'GFLOP/s':>7}  {'of matmul':>9}  "
+        f"  {'':<36} {'time':>7}  {'s/run-epoch':>11}  {'GFLOP/s':>7}  {'of matmul':>9}  "
         f"{'vs naive':>8}  {'vs paper':>8}  load"
     )
     for label, (t, load) in times.items():
         rate = flop / t / 1e9
         print(
-            f"  {label:<32} {t:6.1f}s  {t / (runs * args.epochs):11.3f}  {rate:7.0f}  "
+            f"  {label:<36} {t:6.1f}s  {t / (runs * args.epochs):11.3f}  {rate:7.0f}  "
             f"{rate / peak:9.0%}  {naive / t:7.1f}×  {by_paper / t:7.1f}×  {load}"
         )
     for label, adjusted in losses.items():

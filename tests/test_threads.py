@@ -4,6 +4,7 @@ worker and a run with two give the same gold standard bit for bit, with the coun
 the manifest."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -41,6 +42,26 @@ def test_shards_are_computed_on_one_thread_and_the_caller_keeps_its_own(workers)
         )  # fmt: skip
         assert torch.get_num_threads() == 2
     assert THREADS_PER_WORKER == 1 and seen == [1] * 4
+
+
+def process_seen(task, settings, shard, left_out, test, on_step=None):
+    """A stand-in for compute_shard: the process the shard was computed in."""
+    return os.getpid()
+
+
+def test_a_single_shard_is_computed_here_and_two_in_workers():
+    def pids(n_left_out):
+        seen = []
+        LocalExecutor(workers=2).run(
+            small_task(), FurtherSettings(batch_size=4), plan_shards([0], n_left_out, 2),
+            [3, 7, 9][:n_left_out], [0], on_result=lambda shard, pid: seen.append(pid),
+            compute=process_seen,
+        )  # fmt: skip
+        return seen
+
+    assert pids(2) == [os.getpid()]  # one shard: no worker to start
+    two = pids(3)
+    assert len(two) == 2 and os.getpid() not in two
 
 
 def test_threads_can_be_chosen_for_a_benchmark_and_are_checked():

@@ -172,8 +172,9 @@ def plan_gold(
 
 
 class LocalExecutor:
-    """Shards in this process (``workers=1``) or in a pool of spawned worker processes, each
-    computing on ``threads`` torch threads (:data:`fimo.further.threads.THREADS_PER_WORKER`
+    """Shards in this process (``workers=1``, or a single shard to compute) or in a pool of
+    at most ``workers`` spawned worker processes (one per shard), each computing on
+    ``threads`` torch threads (:data:`fimo.further.threads.THREADS_PER_WORKER`
     by default; this process's own count is restored when the shards are done).
 
     >>> LocalExecutor(workers=2).workers, LocalExecutor.name, LocalExecutor().threads
@@ -209,7 +210,8 @@ class LocalExecutor:
         [(0, (2, 1, 2)), (0, (2, 1, 1)), (1, (2, 1, 2)), (1, (2, 1, 1))]
         """
         compute = compute or compute_shard
-        if self.workers == 1:
+        shards = list(shards)
+        if min(self.workers, len(shards)) <= 1:  # nothing to share: no process to start
             with torch_threads(self.threads):
                 for shard in shards:
                     result = compute(task, settings, shard, left_out, test, on_step=on_step)
@@ -219,7 +221,7 @@ class LocalExecutor:
         import multiprocessing as mp
 
         with cf.ProcessPoolExecutor(
-            self.workers,
+            min(self.workers, len(shards)),
             mp_context=mp.get_context("spawn"),
             initializer=_init_worker,
             initargs=(task, self.threads),
