@@ -378,9 +378,6 @@ def _gold_stage(r: _Run, task: Task) -> tuple[GoldStandard, dict]:
     the gold standard and its record for the manifest."""
     config = r.config
     task.to(r.device, DTYPES[config.gold.dtype])
-    # the groups' member lists (not how they were named) join the fingerprint when there are
-    # any, so that a run without groups keeps the fingerprint it always had
-    grouped = () if r.groups is None else (r.groups.members, r.groups.offsets)
     gold_fp = fingerprint(
         r.fingerprints["weights"],
         r.fingerprints["data"],
@@ -389,12 +386,17 @@ def _gold_stage(r: _Run, task: Task) -> tuple[GoldStandard, dict]:
         r.test_idx,
         config.gold.dtype,
         r.device.type,
-        *grouped,
     )
+    # the group runs have their own fingerprint: the gold standard's and the groups' member
+    # lists (not how they were named), so that other groups recompute the group shards alone
+    # and a run without groups keeps the fingerprint it always had
+    group_fp = None
     described = {"settings": config.further.as_dict(), "dtype": config.gold.dtype}
     if r.groups is not None:
+        group_fp = fingerprint(gold_fp, r.groups.members, r.groups.offsets)
         described["groups"] = config.groups.describe()
-    store = r.dir.shard_store(gold_fp, {**described, "device": r.device.type}, r.overwrite)
+    described["device"] = r.device.type
+    store = r.dir.shard_store(gold_fp, described, r.overwrite, group_fp)
     # the results on disk fit these settings (or are gone): only now may they replace the
     # recorded ones, so that a refused run leaves the directory's config.toml as it was
     r.dir.write_config(config)
@@ -411,6 +413,8 @@ def _gold_stage(r: _Run, task: Task) -> tuple[GoldStandard, dict]:
     )
     gold = _further_train(r, task, store, seeds, plan)
     r.fingerprints["gold_standard"] = gold_fp
+    if group_fp is not None:
+        r.fingerprints["group_runs"] = group_fp
     return gold, _gold_record(r, gold, seeds, plan)
 
 
