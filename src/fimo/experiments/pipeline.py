@@ -240,7 +240,7 @@ def _prepare(
             f"data.n_test: got {config.data.n_test}, but there are only {len(test)} test instances"
         )
     left_out = choose_left_out(len(train), config.gold.left_out, config.gold.left_out_seed)
-    groups, group_names = _groups(config, train)
+    groups, group_names = _groups(config, train, left_out)
     methods = {name: get_method(name) for name in config.methods.names}
     if config.run.executor == "ray":
         check_reachable(config.run.address)
@@ -287,9 +287,11 @@ def final_model(
     return r, task, _final_model_stage(r, task)
 
 
-def _groups(config: Config, train: ArrayDataset) -> tuple[Groups | None, list[str] | None]:
+def _groups(
+    config: Config, train: ArrayDataset, left_out: np.ndarray
+) -> tuple[Groups | None, list[str] | None]:
     """The groups of ``[groups]`` on the training set (None when there are none), with their
-    names (None for random groups)."""
+    names (None for random groups; nested ones are drawn from ``left_out``)."""
     g = config.groups
     if not g.active:
         return None, None
@@ -300,7 +302,9 @@ def _groups(config: Config, train: ArrayDataset) -> tuple[Groups | None, list[st
             train.inputs, train.targets, train.feature_names,
             {**train.info, "raw": np.asarray(raw)[: len(train)]},
         )  # fmt: skip
-    return make_groups(train, g.kind, g.count, g.fraction, g.seed, g.feature, g.file)
+    return make_groups(
+        train, g.kind, g.count, g.fraction, g.seed, g.feature, g.file, g.bins, left_out
+    )
 
 
 def _final_model_stage(r: _Run, task: Task) -> dict:
