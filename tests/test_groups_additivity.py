@@ -59,11 +59,12 @@ def _plain(gold, seeds):
             for g in nested:
                 d = np.mean([gold.loss_without_group[s, c, t, g] - gold.loss_full[s, c, t]
                              for s in seeds])  # fmt: skip
-                a = sum(
+                singles = [
                     np.mean([gold.loss_without[s, c, t, position[i]] - gold.loss_full[s, c, t]
-                             for s in seeds])  # fmt: skip
+                             for s in seeds])
                     for i in GROUPS[g]
-                )
+                ]  # fmt: skip
+                a = sum(singles)
                 dd, aa, da, diff = dd + d * d, aa + a * a, da + d * a, diff + (d - a) ** 2
         out.append(
             {"cosine": da / math.sqrt(dd * aa), "relative_gap": math.sqrt(diff / dd),
@@ -105,7 +106,10 @@ def test_noise_gap_is_the_seed_spread_of_the_difference():
                 ]  # fmt: skip
                 spread += np.var(per_seed, ddof=1) / 4
                 effect = np.mean(
-                    [gold.loss_without_group[s, c, t, g] - gold.loss_full[s, c, t] for s in range(4)]
+                    [
+                        gold.loss_without_group[s, c, t, g] - gold.loss_full[s, c, t]
+                        for s in range(4)
+                    ]
                 )
                 norm += effect**2
         assert row["noise_gap"] == pytest.approx(math.sqrt(spread / norm), rel=1e-12)

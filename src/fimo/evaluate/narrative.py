@@ -26,10 +26,10 @@ from fimo.evaluate.formatting import (
 from fimo.evaluate.metrics import ALL_METRICS
 
 __all__ = [
+    "additivity_sentence",
     "by_method",
     "calibration_table",
     "example_groups",
-    "additivity_sentence",
     "ft_lds_sentences",
     "ft_lds_table",
     "group_attribution_table",

@@ -25,6 +25,7 @@ training set: no empty group, no index out of range or named twice, no group of 
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -199,7 +200,7 @@ def quantile_bins(values, bins: int, what: str = "feature") -> tuple[np.ndarray,
     bin_of = np.searchsorted(edges[1:-1], numbers, side="right")
     names = [
         f"[{a:.4g}, {b:.4g}{']' if k == len(edges) - 2 else ')'}"
-        for k, (a, b) in enumerate(zip(edges[:-1], edges[1:], strict=True))
+        for k, (a, b) in enumerate(itertools.pairwise(edges))
     ]
     return bin_of, names
 
