@@ -209,15 +209,18 @@ class ShardStore:
         for path in sorted((self.folder / SHARDS).glob("seed-*_gr-*")):
             path.unlink()
 
-    def fingerprint_of(self, shard: Shard) -> str | None:
-        """The fingerprint ``shard`` is made under: the group fingerprint for a group shard.
+    def fingerprint_of(self, shard: Shard) -> str:
+        """The fingerprint ``shard`` is made under: the group fingerprint for a group shard
+        (the store's when it has none: then the store's fingerprint covers the groups).
 
         >>> import tempfile
         >>> store = ShardStore(Path(tempfile.mkdtemp()), "abc", {}, group_fingerprint="g1")
         >>> store.fingerprint_of(Shard(0, 0, 2)), store.fingerprint_of(Shard(0, 0, 2, group=True))
         ('abc', 'g1')
         """
-        return self.group_fingerprint if shard.group else self.fingerprint
+        if shard.group and self.group_fingerprint is not None:
+            return self.group_fingerprint
+        return self.fingerprint
 
     def path(self, shard: Shard) -> Path:
         """Where ``shard`` is kept: ``shards/<name>.npz`` in the store's folder.
@@ -278,7 +281,7 @@ class ShardStore:
         except DamagedFileError as exc:  # unreadable despite its checksum: recompute, never use
             warnings.warn(f"{exc}; recomputing it", RuntimeWarning, stacklevel=2)
             return None
-        if str(data.get("fingerprint")) != str(self.fingerprint_of(shard)):
+        if str(data.get("fingerprint")) != self.fingerprint_of(shard):
             raise InputError(
                 f"{path} was made under fingerprint {data.get('fingerprint')}, not "
                 f"{self.fingerprint_of(shard)}; pass --overwrite to start afresh"
