@@ -16,7 +16,7 @@ from scipy.stats import spearmanr
 from fimo.cli import main
 from fimo.errors import InputError
 from fimo.evaluate.lds import ft_lds
-from fimo.experiments.config import from_dict, parse_groups, with_overrides
+from fimo.experiments.config import from_dict, load_config, parse_groups, with_overrides
 from fimo.experiments.pipeline import run
 from fimo.further.gold import GoldStandard
 from fimo.io import read_npz
@@ -65,6 +65,16 @@ def test_groups_tables_and_specs_parse_to_the_same_settings():
     config = with_overrides(from_dict({}), groups="file:g.txt")
     assert from_dict(config.to_dict()).groups == config.groups
     assert config.to_dict()["groups"] == {"kind": "file", "file": "g.txt"}
+
+
+def test_the_adult_groups_preset_is_adult_with_random_groups():
+    adult, grouped = load_config("adult"), load_config("adult-groups")
+    assert grouped.groups.describe() == "random:50:0.5"
+    mine, theirs = grouped.to_dict(), adult.to_dict()
+    assert mine.pop("groups") == {"kind": "random", "count": 50, "fraction": 0.5, "seed": 0}
+    assert mine.pop("name") == "adult-groups" and theirs.pop("name") == "adult"
+    assert mine == theirs  # the same model, further training, left-out instances, methods
+    assert load_config("adult-groups", scale="paper").gold.seeds == 100
 
 
 @pytest.mark.parametrize(
