@@ -192,9 +192,8 @@ def _singles_and_groups(task, settings, seed, left_out, groups: Groups, test, on
 
 def _random_state(device: torch.device) -> tuple:
     """The state of the generators dropout draws from (CPU, and ``device`` on CUDA)."""
-    return torch.get_rng_state(), torch.cuda.get_rng_state(
-        device
-    ) if device.type == "cuda" else None
+    on_cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), on_cuda
 
 
 def _set_random_state(state: tuple, device: torch.device) -> None:
@@ -381,7 +380,7 @@ class _RunStack:
         runs = self.rows()
         if len(runs) == 0:
             return
-        params, twice = self.params, len(runs) == 1  # a lone row (source mode): as two
+        params, twice = self.params, self.source is not None and len(runs) == 1
         if twice:
             params, runs = _take_rows(params, torch.zeros(2, dtype=torch.long)), runs.repeat(2)
         idx = item.idx[runs].to(self.device)
