@@ -263,3 +263,46 @@ def test_label_groups_run_end_to_end():
         expected = hand_loop(task, settings, 1, group.tolist())[:, :3]
         np.testing.assert_allclose(gold.loss_without_group[1, ..., g], expected, atol=1e-12)
     assert len(additivity(gold)) == 1 and len(ft_lds_noise_ceiling(gold)) == 3
+
+
+def _dropout_task():
+    """make_task's data with a Dropout layer: the runs' dropout draws must stay paired."""
+    task = make_task()
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(5, 8), torch.nn.ReLU(), torch.nn.Dropout(0.3), torch.nn.Linear(8, 2)
+    ).to(torch.float64)
+    return Task(model, task.train, task.test)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("dropout", [False, True])
+@pytest.mark.parametrize("groups", [[[4, 9], [1, 2, 3, 20], [32]], [[32], [7]]])
+def test_single_and_group_runs_together_equal_them_apart_with_one_full_run(
+    scheme, dropout, groups, monkeypatch
+):
+    task = _dropout_task() if dropout else make_task()
+    settings = FurtherSettings(lr=0.05, batch_size=8, epochs=2, scheme=scheme, momentum=0.9,
+                               record_every=3)  # fmt: skip
+    left_out, test = [4, 17, 30], [0, 3, 5]  # the groups [32], [7] join after step 1
+    # before: one call for the single runs, one for the groups, each with its full run
+    alone = further_train_seed(task, settings, 5, left_out, test)
+    grouped = further_train_seed(task, settings, 5, [], test, groups=groups)
+    import fimo.further.engine as engine
+
+    full_steps = []  # how often a stack steps the full run (row 0: member 0)
+    advance = engine._RunStack.advance
+
+    def counting(self, item):
+        advance(self, item)
+        full_steps.append(int((self.members == 0).sum()))
+
+    monkeypatch.setattr(engine._RunStack, "advance", counting)
+    both = further_train_seed(task, settings, 5, left_out, test, groups=groups)
+    np.testing.assert_array_equal(both.loss_full, alone.loss_full)
+    np.testing.assert_array_equal(both.loss_without, alone.loss_without)
+    np.testing.assert_array_equal(both.loss_without_group, grouped.loss_without_group)
+    np.testing.assert_array_equal(both.steps, alone.steps)
+    steps = 2 * 5  # 33 instances in batches of 8: 5 steps an epoch
+    # the full run steps once a step, in one of the stacks (apart, it stepped in both)
+    assert sum(full_steps) == steps and len(full_steps) > steps

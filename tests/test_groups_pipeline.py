@@ -6,6 +6,7 @@ group shard is recomputed alone; another group definition is never mixed in.
 """
 
 import csv
+import json
 import shutil
 
 import numpy as np
@@ -15,7 +16,7 @@ from scipy.stats import spearmanr
 from fimo.cli import main
 from fimo.errors import InputError
 from fimo.evaluate.lds import ft_lds
-from fimo.experiments.config import from_dict, parse_groups, with_overrides
+from fimo.experiments.config import from_dict, load_config, parse_groups, with_overrides
 from fimo.experiments.pipeline import run
 from fimo.further.gold import GoldStandard
 from fimo.io import read_npz
@@ -64,6 +65,16 @@ def test_groups_tables_and_specs_parse_to_the_same_settings():
     config = with_overrides(from_dict({}), groups="file:g.txt")
     assert from_dict(config.to_dict()).groups == config.groups
     assert config.to_dict()["groups"] == {"kind": "file", "file": "g.txt"}
+
+
+def test_the_adult_groups_preset_is_adult_with_random_groups():
+    adult, grouped = load_config("adult"), load_config("adult-groups")
+    assert grouped.groups.describe() == "random:50:0.5"
+    mine, theirs = grouped.to_dict(), adult.to_dict()
+    assert mine.pop("groups") == {"kind": "random", "count": 50, "fraction": 0.5, "seed": 0}
+    assert mine.pop("name") == "adult-groups" and theirs.pop("name") == "adult"
+    assert mine == theirs  # the same model, further training, left-out instances, methods
+    assert load_config("adult-groups", scale="paper").gold.seeds == 100
 
 
 @pytest.mark.parametrize(
@@ -207,24 +218,42 @@ def test_a_lost_group_shard_is_recomputed_alone_and_bit_for_bit(grouped, tmp_pat
     assert _rows(out / "metrics" / "ft_lds.csv") == _rows(result.out / "metrics" / "ft_lds.csv")
 
 
-def test_other_groups_are_never_mixed_with_the_stored_ones(grouped, tmp_path):
+def test_other_groups_recompute_the_group_shards_alone(grouped, tmp_path):
     result, config = grouped
     out = tmp_path / "copy"
     shutil.copytree(result.out, out)
+    shards = out / "further" / "shards"
+    singles = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in shards.glob("*_lo-*")}
     other = with_overrides(config, groups="random:5:0.01")
-    with pytest.raises(InputError, match="--overwrite"):
-        run(other, out, quiet=True)
-    assert len(list((out / "further" / "shards").glob("*_gr-*.npz"))) == 3  # nothing lost
-    fresh = run(other, out, overwrite=True, quiet=True)
-    assert len(fresh.gold.groups) == 5 and fresh.gold.groups.sizes().tolist() == [4] * 5
-    assert sorted(p.name for p in (out / "further" / "shards").glob("*_gr-*.npz")) == [
+    changed = run(other, out, quiet=True)  # no --overwrite: the single runs do not change
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in shards.glob("*_lo-*")} == singles
+    assert sorted(p.name for p in shards.glob("*_gr-*.npz")) == [
         f"seed-0000{s}_gr-00000-00005.npz" for s in range(3)
-    ]
-    # the single-instance runs are the same runs, computed again
-    np.testing.assert_array_equal(fresh.gold.loss_without, result.gold.loss_without)
+    ]  # the old group shards are gone, the new ones made
+    assert len(changed.gold.groups) == 5 and changed.gold.groups.sizes().tolist() == [4] * 5
+    # the same numbers as a run of these groups from scratch
+    fresh = run(other, tmp_path / "fresh", quiet=True)
+    np.testing.assert_array_equal(changed.gold.loss_without, fresh.gold.loss_without)
+    np.testing.assert_array_equal(changed.gold.loss_without_group, fresh.gold.loss_without_group)
+    np.testing.assert_array_equal(changed.gold.groups.members, fresh.gold.groups.members)
+    for table in ("ft_lds", "ft_lds_ceiling", "group_attribution", "by_checkpoint"):
+        assert _rows(out / "metrics" / f"{table}.csv") == _rows(
+            tmp_path / "fresh" / "metrics" / f"{table}.csv"
+        )
     # random groups have no names: no attribution table, FT-LDS as before
     assert _rows(out / "metrics" / "group_attribution.csv") == []
     assert len(_rows(out / "metrics" / "ft_lds.csv")) == 2 * 4
+    # the single-instance gold standard keeps the fingerprint of a run without groups
+    plain = run(from_dict(TINY), tmp_path / "plain", quiet=True)
+    prints = [r.out / "manifest.json" for r in (changed, plain)]
+    changed_fp, plain_fp = (json.loads(p.read_text())["fingerprints"] for p in prints)
+    assert changed_fp["gold_standard"] == plain_fp["gold_standard"]
+    assert "group_runs" in changed_fp and "group_runs" not in plain_fp
+    # and a directory without groups takes the groups without recomputing its single runs
+    plain_singles = {p: p.stat().st_mtime_ns for p in plain.out.glob("further/shards/*_lo-*")}
+    regrouped = run(other, plain.out, quiet=True)
+    assert {p: p.stat().st_mtime_ns for p in plain_singles} == plain_singles
+    np.testing.assert_array_equal(regrouped.gold.loss_without_group, fresh.gold.loss_without_group)
 
 
 def test_report_and_compare_rebuild_the_group_tables(grouped, tmp_path):

@@ -67,7 +67,8 @@ def run_command(
         str | None,
         typer.Option(
             help="Groups the gold standard also leaves out (FT-LDS): random:COUNT:FRACTION "
-            "(e.g. random:50:0.01), label, feature:NAME, file:PATH or none (replaces the "
+            "(e.g. random:50:0.01), nested:COUNT:FRACTION (of the left-out instances), label, "
+            "feature:NAME, feature:NAME:bins=K, file:PATH or none (replaces the "
             "configuration's groups table)."
         ),
     ] = None,

@@ -216,56 +216,102 @@ def compute(
     >>> ev.options["example_test"], ev.options["curve_steps"]
     ([0, 1], [5])
     """
+    scores = _checked_scores(gold, scores)
+    metrics, seed_metrics = check_metrics(metrics), check_metrics(seed_metrics)
+    flags = _centring_flags(centred)
+    picks = most_influential(gold, scores, example_test, example_k, example_step, True)
+    rows = {
+        "by_checkpoint": agreement_by_checkpoint(gold, scores, metrics, flags),
+        "seed_count": seed_count_study(gold, scores, seed_metrics, flags, seed_counts),
+        "noise_floor": noise_floor(gold, _noise_metrics(metrics), flags, noise_splits, noise_seed),
+        "calibration": calibration(gold, scores, flags),
+        "sorted_curves": sorted_score_curves(gold, scores, curve_steps, flags),
+        "examples": picks,
+    }
+    options = {
+        "metrics": list(metrics),
+        "centred": list(flags),
+        "seed_metrics": list(seed_metrics),
+        "noise_splits": noise_splits,
+        "noise_seed": noise_seed,
+        "example_k": example_k,
+    }
+    options.update(_options_found(rows, example_step))
+    if gold.groups is not None:
+        grouped, left = group_tables(gold, scores, group_names, noise_splits, noise_seed)
+        rows.update(grouped)
+        options["groups"] = _groups_option(gold, group_names, left)
+    return Evaluation(
+        gold=gold,
+        scores=scores,
+        rows=rows,
+        options=_in_order(options),
+        descriptions=describe_examples(picks, train=train, test=test),
+        frames=frames,
+    )
+
+
+def _checked_scores(gold, scores) -> dict:
+    """The scores as a name -> Scores mapping, checked to cover ``gold`` (a GoldStandard)."""
     from fimo.further.gold import GoldStandard
 
     if not isinstance(gold, GoldStandard):
         raise InputError(f"gold: expected a fimo GoldStandard; got {type(gold).__name__}")
     scores = as_scores(scores)
     _check_coverage(gold, scores)
-    metrics = check_metrics(metrics)
-    seed_metrics = check_metrics(seed_metrics)
+    return scores
+
+
+def _centring_flags(centred) -> tuple[bool, ...]:
+    """``centred`` (one bool or several) as a non-empty tuple of bools.
+
+    >>> _centring_flags(True), _centring_flags([True, False])
+    ((True,), (True, False))
+    """
     flags = tuple(bool(c) for c in ((centred,) if isinstance(centred, bool) else centred))
     if not flags:
         raise InputError("centred: give at least one of True (eq. 13) and False (eq. 17)")
-    noise_metrics = [m for m in NOISE_METRICS if m in metrics] or ["cosine"]
-    picks = most_influential(gold, scores, example_test, example_k, example_step, True)
-    rows = {
-        "by_checkpoint": agreement_by_checkpoint(gold, scores, metrics, flags),
-        "seed_count": seed_count_study(gold, scores, seed_metrics, flags, seed_counts),
-        "noise_floor": noise_floor(gold, noise_metrics, flags, noise_splits, noise_seed),
-        "calibration": calibration(gold, scores, flags),
-        "sorted_curves": sorted_score_curves(gold, scores, curve_steps, flags),
-        "examples": picks,
-    }
-    if gold.groups is not None:
-        grouped, left = group_tables(gold, scores, group_names, noise_splits, noise_seed)
-        rows.update(grouped)
-    options = {
-        "metrics": list(metrics),
-        "centred": list(flags),
+    return flags
+
+
+def _noise_metrics(metrics) -> list[str]:
+    """The metrics the noise floor is computed for: those of ``metrics`` it supports, else
+    the cosine."""
+    return [m for m in NOISE_METRICS if m in metrics] or ["cosine"]
+
+
+def _options_found(rows: dict, example_step) -> dict:
+    """The options an evaluation settled on while computing ``rows``: the seed counts, the
+    curves' steps, the example test instances and their step."""
+    picks = rows["examples"]
+    return {
         "seed_counts": sorted({int(r["k"]) for r in rows["seed_count"]}),
-        "seed_metrics": list(seed_metrics),
-        "noise_splits": noise_splits,
-        "noise_seed": noise_seed,
         "curve_steps": sorted({int(r["step"]) for r in rows["sorted_curves"] if r["step"]}),
         "example_test": list(dict.fromkeys(int(r["test"]) for r in picks)),
-        "example_k": example_k,
         "example_step": int(picks[0]["step"]) if picks else example_step,
     }
-    if gold.groups is not None:
-        options["groups"] = {
-            "count": len(gold.groups),
-            "names": None if group_names is None else [str(x) for x in group_names],
-            "methods_without_members": left,
-        }
-    return Evaluation(
-        gold=gold,
-        scores=scores,
-        rows=rows,
-        options=options,
-        descriptions=describe_examples(picks, train=train, test=test),
-        frames=frames,
-    )
+
+
+#: the order of an evaluation's options (as they were always recorded)
+_OPTION_ORDER = (
+    "metrics", "centred", "seed_counts", "seed_metrics", "noise_splits", "noise_seed",
+    "curve_steps", "example_test", "example_k", "example_step", "groups",
+)  # fmt: skip
+
+
+def _in_order(options: dict) -> dict:
+    """``options`` with its keys in :data:`_OPTION_ORDER`."""
+    return {k: options[k] for k in _OPTION_ORDER if k in options}
+
+
+def _groups_option(gold, group_names, left: list[str]) -> dict:
+    """What an evaluation records of the gold standard's groups: how many, their names, and
+    the methods left out of the group tables."""
+    return {
+        "count": len(gold.groups),
+        "names": None if group_names is None else [str(x) for x in group_names],
+        "methods_without_members": left,
+    }
 
 
 def evaluate(source, scores=None, *, frames: bool | None = None, **options) -> Evaluation:

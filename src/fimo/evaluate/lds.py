@@ -160,56 +160,101 @@ def ft_lds_noise_ceiling(gold: GoldStandard, splits: int = 20, seed: int = 0) ->
 
 
 def additivity(gold: GoldStandard) -> list[dict]:
-    """How far each group's measured effect D_g is from the sum A_g of its members' measured
-    single-instance effects (both seed means of eq. 17), per checkpoint, over the groups all of
-    whose members were also left out one at a time.
+    """How far each group's measured effect D is from the sum A of its members' measured
+    single-instance effects, per checkpoint, over the groups all of whose members were also
+    left out one at a time (a nested design: ``[groups] kind = "nested"``).
 
-    Columns: ``checkpoint, step, epoch, groups`` (how many count), ``relative_gap``
-    (``sqrt(Σ (D − A)² / Σ D²)`` over test instances and groups: 0 when additive),
-    ``slope`` (``Σ D·A / Σ A²``, the least-squares factor from A to D: 1 when additive, below
-    1 when the group does less than its parts), ``spearman`` and ``spearman_sem`` (across
-    groups per test instance, mean and SEM over test instances; NaN with fewer than 3 groups).
+    D and A are seed means of eq. 17 (A sums the members' seed-mean single effects), arrays
+    over test instances × groups. Columns: ``checkpoint, step, epoch, groups`` (how many
+    count); ``cosine`` (of D and A: 1 when additive); ``relative_gap`` (``‖D − A‖ / ‖D‖``:
+    0 when additive); ``slope`` (``⟨D, A⟩ / ‖A‖²``, the least-squares factor from A to D:
+    below 1 when the group does less than its parts); each with its jackknife standard error
+    over seeds (``*_se``); ``noise_gap``, the relative gap the seed noise alone would give
+    (``sqrt(Σ var_s(D − A) / S) / ‖D‖``, from the spread of the per-seed D − A); and
+    ``spearman`` and ``spearman_sem`` (across groups per test instance, mean and SEM over test
+    instances; NaN with fewer than 3 groups).
 
     >>> g = GoldStandard(np.zeros((1, 1, 1)), [[[[1.0, 2.0, 4.0]]]], [5], [1.0], [0, 1, 2],
     ...                  [0], [0], loss_without_group=[[[[3.0, 5.0, 7.0]]]],
     ...                  groups=[[0, 1], [0, 2], [1, 2]])
     >>> row = additivity(g)[0]  # sums 3, 5, 6 against 3, 5, 7: gap sqrt(1/83), slope 76/70
-    >>> row["groups"], round(row["relative_gap"], 4), round(row["slope"], 4), round(row["spearman"], 4)
-    (3, 0.1098, 1.0857, 1.0)
+    >>> [round(row[k], 4) for k in ("groups", "relative_gap", "slope", "spearman")]
+    [3, 0.1098, 1.0857, 1.0]
+    """
+    kept, group, summed = _nested_effects(gold)  # (S, C, T, G') each
+    S = group.shape[0]
+    stats = _additivity_stats(group.mean(axis=0), summed.mean(axis=0))
+    if S > 1:
+        keep = ~np.eye(S, dtype=bool)
+        each = [_additivity_stats(group[k].mean(0), summed[k].mean(0)) for k in keep]
+        se = {
+            key: np.sqrt((S - 1) / S * ((np.stack([e[key] for e in each]) - np.mean(
+                [e[key] for e in each], axis=0)) ** 2).sum(axis=0))
+            for key in stats
+        }  # fmt: skip
+        spread = (group - summed).var(axis=0, ddof=1).sum(axis=(1, 2)) / S  # (C,)
+        noise_gap = np.sqrt(spread / (group.mean(axis=0) ** 2).sum(axis=(1, 2)))
+    else:
+        se = {key: np.full_like(value, np.nan) for key, value in stats.items()}
+        noise_gap = np.full(group.shape[1], np.nan)
+    mean_d, mean_a = group.mean(axis=0), summed.mean(axis=0)
+    rank = per_test_values(mean_d, mean_a, ["spearman"])["spearman"] if len(kept) >= 3 else None
+    rows = []
+    for c in range(len(gold.steps)):
+        mean, sem = (np.nan, np.nan) if rank is None else summarise(rank[c])[:2]
+        row = {
+            "checkpoint": c,
+            "step": int(gold.steps[c]),
+            "epoch": float(gold.epochs[c]),
+            "groups": len(kept),
+        }
+        for key in ("cosine", "relative_gap", "slope"):
+            row[key], row[f"{key}_se"] = float(stats[key][c]), float(se[key][c])
+        row.update(noise_gap=float(noise_gap[c]), spearman=float(mean), spearman_sem=float(sem))
+        rows.append(row)
+    return rows
+
+
+def nested_groups_of(gold: GoldStandard) -> list[int]:
+    """The groups all of whose members were also left out one at a time (whose additivity
+    can be measured).
+
+    >>> g = GoldStandard(np.zeros((1, 1, 1)), np.zeros((1, 1, 1, 2)), [5], [1.0], [4, 7], [0],
+    ...                  [0], loss_without_group=[[[[0.2, 0.1]]]], groups=[[4, 7], [4, 5]])
+    >>> nested_groups_of(g)
+    [0]
     """
     _check_groups(gold)
-    position = {int(i): k for k, i in enumerate(gold.left_out)}
-    kept = [g for g, m in enumerate(gold.groups.lists()) if all(int(i) in position for i in m)]
+    single = set(np.asarray(gold.left_out).tolist())
+    return [g for g, m in enumerate(gold.groups.lists()) if set(m.tolist()) <= single]
+
+
+def _nested_effects(gold: GoldStandard) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """The nested groups, their measured effects per seed and the sums of their members'
+    measured single effects per seed, both (S, C, T, G')."""
+    kept = nested_groups_of(gold)
     if not kept:
         raise InputError(
             "additivity: no group has all its members among the single left-out instances; "
-            "leave the members out one at a time too (left_out=...)"
+            "draw the groups from them ([groups] kind = 'nested')"
         )
-    singles = gold.adjusted().mean(axis=0)  # (C, T, L)
+    position = {int(i): k for k, i in enumerate(gold.left_out)}
+    singles = gold.adjusted()  # (S, C, T, L)
     members = [[position[int(i)] for i in gold.groups[g]] for g in kept]
-    summed = np.stack([singles[..., m].sum(axis=-1) for m in members], axis=-1)  # (C, T, G')
-    group = measured_group_effects(gold)[..., kept]
-    rank = per_test_values(group, summed, ["spearman"])["spearman"] if len(kept) >= 3 else None
-    rows = []
-    for c in range(len(gold.steps)):
-        d, a = group[c], summed[c]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            gap = float(np.sqrt(((d - a) ** 2).sum() / (d**2).sum()))
-            slope = float((d * a).sum() / (a**2).sum())
-        mean, sem = (np.nan, np.nan) if rank is None else summarise(rank[c])[:2]
-        rows.append(
-            {
-                "checkpoint": c,
-                "step": int(gold.steps[c]),
-                "epoch": float(gold.epochs[c]),
-                "groups": len(kept),
-                "relative_gap": gap,
-                "slope": slope,
-                "spearman": float(mean),
-                "spearman_sem": float(sem),
-            }
-        )
-    return rows
+    summed = np.stack([singles[..., m].sum(axis=-1) for m in members], axis=-1)
+    return kept, gold.adjusted_group()[..., kept], summed
+
+
+def _additivity_stats(d: np.ndarray, a: np.ndarray) -> dict[str, np.ndarray]:
+    """Cosine, relative gap and slope of the group effects ``d`` against the sums ``a``, both
+    (C, T, G): one number per checkpoint (NaN where a norm is zero)."""
+    dd, aa, da = ((x * y).sum(axis=(1, 2)) for x, y in ((d, d), (a, a), (d, a)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {
+            "cosine": da / np.sqrt(dd * aa),
+            "relative_gap": np.sqrt(((d - a) ** 2).sum(axis=(1, 2)) / dd),
+            "slope": da / aa,
+        }
 
 
 def group_attribution(gold: GoldStandard, scores: Mapping[str, object], names=None) -> list[dict]:
@@ -290,7 +335,8 @@ def group_tables(
     score every group member): ``ft_lds`` (:func:`ft_lds`) and ``ft_lds_ceiling``
     (:func:`ft_lds_noise_ceiling`, with two seeds or more), empty with fewer than 3 groups;
     ``group_attribution`` (:func:`group_attribution`) when the groups have ``names`` (groups
-    defined by the user; random groups have none).
+    defined by the user; random groups have none); ``additivity`` (:func:`additivity`) when
+    some groups are nested in the single left-out instances.
 
     >>> from fimo.scores import Scores
     >>> g = GoldStandard(np.zeros((2, 1, 1)), np.zeros((2, 1, 1, 0)), [5], [1.0], [], [0],
@@ -299,7 +345,7 @@ def group_tables(
     >>> tables, left = group_tables(g, {"m": Scores([[1.0, 2.0, 2.0]], [0], [0, 1, 2], "m"),
     ...                                 "few": Scores([[1.0]], [0], [0], "few")})
     >>> {k: len(v) for k, v in tables.items()}, left, tables["ft_lds"][0]["mean"]
-    ({'ft_lds': 1, 'ft_lds_ceiling': 3, 'group_attribution': 0}, ['few'], 1.0)
+    ({'ft_lds': 1, 'ft_lds_ceiling': 3, 'group_attribution': 0, 'additivity': 0}, ['few'], 1.0)
     """
     _check_groups(gold)
     usable = {name: sc for name, sc in scores.items() if covers_groups(gold, sc)}
@@ -311,5 +357,6 @@ def group_tables(
             ft_lds_noise_ceiling(gold, splits, seed) if ranked and len(gold.seeds) > 1 else []
         ),
         "group_attribution": [] if names is None else group_attribution(gold, usable, names),
+        "additivity": additivity(gold) if nested_groups_of(gold) else [],
     }
     return tables, left

@@ -26,6 +26,7 @@ from fimo.evaluate.formatting import (
 from fimo.evaluate.metrics import ALL_METRICS
 
 __all__ = [
+    "additivity_sentence",
     "by_method",
     "calibration_table",
     "example_groups",
@@ -801,3 +802,27 @@ def example_groups(example_rows) -> list[dict]:
             sources.append(entry)
         out.append({"test": t, "sources": sources})
     return out
+
+
+def additivity_sentence(rows) -> str:
+    """What the additivity table says at its last checkpoint: how close the groups' measured
+    effects are to the sums of their members' single effects, against the seed noise.
+
+    >>> row = {"checkpoint": 0, "epoch": 2.0, "groups": 50, "cosine": 0.95, "cosine_se": 0.01,
+    ...        "relative_gap": 0.3, "relative_gap_se": 0.02, "slope": 0.9, "slope_se": 0.03,
+    ...        "noise_gap": 0.25}
+    >>> print(additivity_sentence([row]))
+    At epoch 2 (the last checkpoint), the measured effects of the 50 nested groups have cosine 0.950 ± 0.010 with the sums of their members' single effects; they are 0.300 ± 0.020 of their norm away from them (the seed noise alone would give 0.250), and the sums scaled by 0.900 ± 0.030 fit them best (1 when additive; below 1 when a group does less than its members one by one).
+    """
+    last = max(rows, key=lambda r: int(r["checkpoint"]))
+    return (
+        f"At epoch {epoch_text(last['epoch'])} (the last checkpoint), the measured effects of "
+        f"the {int(last['groups'])} nested groups have cosine "
+        f"{mean_sem_text(last['cosine'], last['cosine_se'], 3)} with the sums of their "
+        f"members' single effects; they are "
+        f"{mean_sem_text(last['relative_gap'], last['relative_gap_se'], 3)} of their norm away "
+        f"from them (the seed noise alone would give {mean_sem_text(last['noise_gap'], None, 3)}"
+        f"), and the sums scaled by {mean_sem_text(last['slope'], last['slope_se'], 3)} fit "
+        "them best (1 when additive; below 1 when a group does less than its members one by "
+        "one)."
+    )

@@ -23,6 +23,7 @@ from fimo.evaluate.formatting import (
 )
 from fimo.evaluate.metrics import ALL_METRICS
 from fimo.evaluate.narrative import (
+    additivity_sentence,
     calibration_table,
     example_groups,
     ft_lds_sentences,
@@ -613,6 +614,42 @@ def _attribution_table(ev) -> str:
     )
 
 
+def _additivity_section(ev) -> str:
+    rows = ev.rows.get("additivity") or []
+    if not rows:
+        return ""
+    body = []
+    for r in sorted(rows, key=lambda r: int(r["checkpoint"])):
+        cells = [
+            mean_sem_text(r["cosine"], r["cosine_se"], 3),
+            mean_sem_text(r["relative_gap"], r["relative_gap_se"], 3),
+            mean_sem_text(r["noise_gap"], None, 3),
+            mean_sem_text(r["slope"], r["slope_se"], 3),
+            mean_sem_text(r["spearman"], r["spearman_sem"], 3),
+        ]
+        body.append(
+            f"<tr><td>{_esc(epoch_text(r['epoch']))}</td>"
+            + "".join(f"<td>{_esc(c)}</td>" for c in cells)
+            + "</tr>"
+        )
+    head = (
+        "<th>epoch</th><th>cosine</th><th>relative gap</th><th>gap from seed noise</th>"
+        "<th>slope</th><th>Spearman</th>"
+    )
+    return (
+        "<h3>Additivity</h3>"
+        "<p>Groups whose members were also left out one at a time (a nested design): each "
+        "group's measured effect D beside the sum A of its members' measured single effects "
+        "(both seed means of the adjusted difference, over test instances × groups). Cosine "
+        "and relative gap ‖D − A‖/‖D‖ say how far the linear picture holds (1 and 0 when "
+        "effects add up); the gap the seed noise alone would give is its reference; the slope "
+        "⟨D, A⟩/‖A‖² is below 1 when a group does less than its members one by one. ± the "
+        "jackknife standard error over seeds; the Spearman correlation across groups is "
+        f"averaged over test instances (± SEM).</p><p>{_esc(additivity_sentence(rows))}</p>"
+        + _table(head, body)
+    )
+
+
 def _groups_section(ev) -> list[str]:
     info = ev.options.get("groups", {})
     G = int(info.get("count", 0))
@@ -641,6 +678,7 @@ def _groups_section(ev) -> list[str]:
             "not cover every group member).</p>"
         )
     out.append(_attribution_table(ev))
+    out.append(_additivity_section(ev))
     return out
 
 

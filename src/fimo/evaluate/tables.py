@@ -123,6 +123,21 @@ GROUP_SCHEMAS: dict[str, dict[str, type]] = {
         "n": int,
         "seed_sem": float,
     },
+    "additivity": {
+        "checkpoint": int,
+        "step": int,
+        "epoch": float,
+        "groups": int,
+        "cosine": float,
+        "cosine_se": float,
+        "relative_gap": float,
+        "relative_gap_se": float,
+        "slope": float,
+        "slope_se": float,
+        "noise_gap": float,
+        "spearman": float,
+        "spearman_sem": float,
+    },
 }
 
 

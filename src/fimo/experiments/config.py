@@ -121,8 +121,9 @@ class RunConfig:
 GROUP_KINDS = {
     "none": (),
     "random": ("count", "fraction", "seed"),
+    "nested": ("count", "fraction", "seed"),
     "label": (),
-    "feature": ("feature",),
+    "feature": ("feature", "bins"),
     "file": ("file",),
 }
 
@@ -133,12 +134,14 @@ class GroupsConfig:
     leaves out, each in a run of its own (docs/groups.md); none by default.
 
     ``kind``: ``"random"`` (``count`` groups of a ``fraction`` of the training set, drawn with
-    ``seed``), ``"label"`` (one group per class), ``"feature"`` (one per value of the column
-    ``feature``; ``kind = "feature:sex"`` is short for both), ``"file"`` (one per line of
-    ``file``, a path relative to the working directory).
+    ``seed``), ``"nested"`` (``count`` groups of a ``fraction`` of the single left-out
+    instances: the additivity design), ``"label"`` (one group per class), ``"feature"`` (one
+    per value of the column ``feature``, or with ``bins`` one per quantile bin; ``kind =
+    "feature:age:bins=5"`` is short for all three), ``"file"`` (one per line of ``file``, a
+    path relative to the working directory).
 
     >>> from_dict({"groups": {"kind": "random", "count": 20}}).groups
-    GroupsConfig(kind='random', count=20, fraction=0.5, seed=0, feature='', file='')
+    GroupsConfig(kind='random', count=20, fraction=0.5, seed=0, feature='', file='', bins=0)
     >>> from_dict({"groups": {"kind": "feature:sex"}}).groups.feature
     'sex'
     """
@@ -149,6 +152,7 @@ class GroupsConfig:
     seed: int = 0
     feature: str = ""
     file: str = ""
+    bins: int = 0  # feature: 0 = one group per value, else quantile bins
 
     @property
     def active(self) -> bool:
@@ -166,9 +170,13 @@ class GroupsConfig:
         'random:20:0.5'
         >>> GroupsConfig(kind="feature", feature="sex").describe()
         'feature:sex'
+        >>> GroupsConfig(kind="feature", feature="age", bins=5).describe()
+        'feature:age:bins=5'
         """
-        if self.kind == "random":
-            return f"random:{self.count}:{self.fraction:g}"
+        if self.kind in ("random", "nested"):
+            return f"{self.kind}:{self.count}:{self.fraction:g}"
+        if self.kind == "feature" and self.bins:
+            return f"feature:{self.feature}:bins={self.bins}"
         value = {"feature": self.feature, "file": self.file}.get(self.kind)
         return self.kind if value is None else f"{self.kind}:{value}"
 
@@ -216,6 +224,8 @@ class Config:
         if self.groups.active:  # a configuration without groups reads as it always did
             keys = ("kind", *GROUP_KINDS[self.groups.kind])
             out["groups"] = {k: getattr(self.groups, k) for k in keys}
+            if not self.groups.bins:
+                out["groups"].pop("bins", None)
         return out
 
     def to_toml(self) -> str:
@@ -424,15 +434,18 @@ def _build_section(section: str, classes, table, check_methods: bool = True) -> 
 
 
 def _groups_table(table: dict) -> dict:
-    """A ``[groups]`` table with ``kind = "feature:NAME"`` / ``"file:PATH"`` split into kind
-    and value, and every key checked against the kind (a key another kind reads is refused).
+    """A ``[groups]`` table with ``kind = "feature:NAME"`` (``"feature:NAME:bins=K"``) /
+    ``"file:PATH"`` split into kind and values, and every key checked against the kind (a key
+    another kind reads is refused).
 
     >>> _groups_table({"kind": "file:g.txt"})
     {'kind': 'file', 'file': 'g.txt'}
+    >>> _groups_table({"kind": "feature:age:bins=5"})
+    {'kind': 'feature', 'feature': 'age', 'bins': 5}
     >>> _groups_table({"kind": "label", "count": 5})
     Traceback (most recent call last):
     ...
-    fimo.errors.InputError: groups.count: only read with kind = 'random'; got kind = 'label'
+    fimo.errors.InputError: groups.count: only read with kind = 'random' or 'nested'; got kind = 'label'
     """
     table = dict(table)
     implied = next((k for k in ("feature", "file") if k in table), "random" if table else "none")
@@ -446,23 +459,44 @@ def _groups_table(table: dict) -> dict:
                 f"groups.{head}: got {table[head]!r} and kind = {kind!r}; give one of them"
             )
         kind, table[head] = head, value
+        if head == "feature":
+            table.update(_feature_bins(value))
     check_choice("groups.kind", kind, tuple(GROUP_KINDS))
     table["kind"] = kind
     for key in table:
-        owner = next((k for k, keys in GROUP_KINDS.items() if key in keys), None)
-        if owner is not None and owner != kind:
-            raise InputError(f"groups.{key}: only read with kind = {owner!r}; got kind = {kind!r}")
+        owners = [k for k, keys in GROUP_KINDS.items() if key in keys]
+        if owners and kind not in owners:
+            raise InputError(
+                f"groups.{key}: only read with kind = {' or '.join(map(repr, owners))}; got "
+                f"kind = {kind!r}"
+            )
     return table
 
 
+def _feature_bins(spec: str) -> dict:
+    """``{"feature": NAME}`` or, for ``NAME:bins=K``, ``{"feature": NAME, "bins": K}``."""
+    name, sep, rest = spec.rpartition(":")
+    if not sep or not rest.startswith("bins="):
+        return {"feature": spec}
+    try:
+        return {"feature": name, "bins": int(rest.removeprefix("bins="))}
+    except ValueError:
+        raise InputError(
+            f"groups.kind: got 'feature:{spec}'; expected feature:NAME:bins=K with a whole K "
+            "(e.g. feature:age:bins=5)"
+        ) from None
+
+
 def _validate_groups(g: GroupsConfig) -> None:
-    if g.kind == "random":
+    if g.kind == "feature" and g.bins and g.bins < 2:
+        raise InputError(f"groups.bins: got {g.bins}; must be ≥ 2 (or 0: one group per value)")
+    if g.kind in ("random", "nested"):
         if g.count < 3:
             raise InputError(
                 f"groups.count: got {g.count}; FT-LDS ranks the groups, so it needs at least 3 "
                 "(e.g. 50)"
             )
-        if not 0 < g.fraction < 1:
+        if not 0 < g.fraction < 1 and not (g.kind == "nested" and g.fraction == 1):
             raise InputError(
                 f"groups.fraction: got {g.fraction}; must lie strictly between 0 and 1 "
                 "(e.g. 0.01 for 1 %)"
@@ -754,8 +788,9 @@ def _read_raw(source: str | Path | None) -> dict:
 
 def parse_groups(spec: str) -> dict:
     """The ``[groups]`` table that ``fimo run --groups SPEC`` stands for: ``random:M:α``
-    (``random:M`` takes α = 0.5; α may be written ``1%``), ``label``, ``feature:NAME``,
-    ``file:PATH`` or ``none``.
+    (``random:M`` takes α = 0.5; α may be written ``1%``), ``nested:M:α`` (α of the left-out
+    instances), ``label``, ``feature:NAME`` (``feature:NAME:bins=K``), ``file:PATH`` or
+    ``none``.
 
     >>> parse_groups("random:50:1%"), parse_groups("feature:sex")
     ({'kind': 'random', 'count': 50, 'fraction': 0.01}, {'kind': 'feature:sex'})
@@ -765,19 +800,19 @@ def parse_groups(spec: str) -> dict:
     fimo.errors.InputError: --groups: got 'random:many'; expected random:COUNT:FRACTION with a whole COUNT and a FRACTION such as 0.01 or 1% (e.g. random:50:0.01)
     """
     kind, _, rest = spec.strip().partition(":")
-    if kind != "random":
+    if kind not in ("random", "nested"):
         return {"kind": spec.strip()}
     parts = rest.split(":") if rest else []
     try:
         if not 1 <= len(parts) <= 2:
             raise ValueError
-        table = {"kind": "random", "count": int(parts[0])}
+        table = {"kind": kind, "count": int(parts[0])}
         if len(parts) == 2:
             text = parts[1].strip()
             table["fraction"] = float(text[:-1]) / 100 if text.endswith("%") else float(text)
     except ValueError:
         raise InputError(
-            f"--groups: got {spec!r}; expected random:COUNT:FRACTION with a whole COUNT and a "
+            f"--groups: got {spec!r}; expected {kind}:COUNT:FRACTION with a whole COUNT and a "
             "FRACTION such as 0.01 or 1% (e.g. random:50:0.01)"
         ) from None
     return table

@@ -241,7 +241,7 @@ def _prepare(
             f"data.n_test: got {config.data.n_test}, but there are only {len(test)} test instances"
         )
     left_out = choose_left_out(len(train), config.gold.left_out, config.gold.left_out_seed)
-    groups, group_names = _groups(config, train)
+    groups, group_names = _groups(config, train, left_out)
     methods = {name: get_method(name) for name in config.methods.names}
     if config.run.executor == "ray":
         check_reachable(config.run.address)
@@ -288,9 +288,11 @@ def final_model(
     return r, task, _final_model_stage(r, task)
 
 
-def _groups(config: Config, train: ArrayDataset) -> tuple[Groups | None, list[str] | None]:
+def _groups(
+    config: Config, train: ArrayDataset, left_out: np.ndarray
+) -> tuple[Groups | None, list[str] | None]:
     """The groups of ``[groups]`` on the training set (None when there are none), with their
-    names (None for random groups)."""
+    names (None for random groups; nested ones are drawn from ``left_out``)."""
     g = config.groups
     if not g.active:
         return None, None
@@ -301,7 +303,9 @@ def _groups(config: Config, train: ArrayDataset) -> tuple[Groups | None, list[st
             train.inputs, train.targets, train.feature_names,
             {**train.info, "raw": np.asarray(raw)[: len(train)]},
         )  # fmt: skip
-    return make_groups(train, g.kind, g.count, g.fraction, g.seed, g.feature, g.file)
+    return make_groups(
+        train, g.kind, g.count, g.fraction, g.seed, g.feature, g.file, g.bins, left_out
+    )
 
 
 def _final_model_stage(r: _Run, task: Task) -> dict:
@@ -379,9 +383,6 @@ def _gold_stage(r: _Run, task: Task) -> tuple[GoldStandard, dict]:
     the gold standard and its record for the manifest."""
     config = r.config
     task.to(r.device, DTYPES[config.gold.dtype])
-    # the groups' member lists (not how they were named) join the fingerprint when there are
-    # any, so that a run without groups keeps the fingerprint it always had
-    grouped = () if r.groups is None else (r.groups.members, r.groups.offsets)
     gold_fp = fingerprint(
         r.fingerprints["weights"],
         r.fingerprints["data"],
@@ -390,12 +391,17 @@ def _gold_stage(r: _Run, task: Task) -> tuple[GoldStandard, dict]:
         r.test_idx,
         config.gold.dtype,
         r.device.type,
-        *grouped,
     )
+    # the group runs have their own fingerprint: the gold standard's and the groups' member
+    # lists (not how they were named), so that other groups recompute the group shards alone
+    # and a run without groups keeps the fingerprint it always had
+    group_fp = None
     described = {"settings": config.further.as_dict(), "dtype": config.gold.dtype}
     if r.groups is not None:
+        group_fp = fingerprint(gold_fp, r.groups.members, r.groups.offsets)
         described["groups"] = config.groups.describe()
-    store = r.dir.shard_store(gold_fp, {**described, "device": r.device.type}, r.overwrite)
+    described["device"] = r.device.type
+    store = r.dir.shard_store(gold_fp, described, r.overwrite, group_fp)
     # the results on disk fit these settings (or are gone): only now may they replace the
     # recorded ones, so that a refused run leaves the directory's config.toml as it was
     r.dir.write_config(config)
@@ -412,6 +418,8 @@ def _gold_stage(r: _Run, task: Task) -> tuple[GoldStandard, dict]:
     )
     gold = _further_train(r, task, store, seeds, plan)
     r.fingerprints["gold_standard"] = gold_fp
+    if group_fp is not None:
+        r.fingerprints["group_runs"] = group_fp
     return gold, _gold_record(r, gold, seeds, plan)
 
 

@@ -658,8 +658,11 @@ class RunDir:
         return state
 
     # -- the gold standard and the scores ----------------------------------------------------
-    def shard_store(self, fingerprint: str, description: dict, overwrite: bool):
-        """The gold standard's shard store in ``further/`` (see :class:`ShardStore`).
+    def shard_store(
+        self, fingerprint: str, description: dict, overwrite: bool, group_fingerprint=None
+    ):
+        """The gold standard's shard store in ``further/`` (see :class:`ShardStore`; the group
+        shards are tied to ``group_fingerprint``).
 
         >>> import tempfile
         >>> run = RunDir(tempfile.mkdtemp())
@@ -667,7 +670,9 @@ class RunDir:
         >>> store.folder == run.further, [p.name for p in run.further.iterdir()]
         (True, ['fingerprint.json'])
         """
-        return _store().ShardStore(self.further, fingerprint, description, overwrite=overwrite)
+        return _store().ShardStore(
+            self.further, fingerprint, description, overwrite, group_fingerprint
+        )
 
     def load_gold(self):
         """The gold standard in ``further/gold.npz``, with the settings recorded beside it.

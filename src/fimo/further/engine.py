@@ -107,12 +107,7 @@ def further_train_seed(
     left_out = _checked_left_out(left_out, n)
     group_runs = None if groups is None else checked_groups(groups, n)
     if group_runs is not None and len(left_out):
-        # separate stacks: under downweight a wider stack (a group's members) changes the
-        # rounding of every run's step, and the single-instance runs must stay bit for bit
-        singles = further_train_seed(task, settings, seed, left_out, test, on_step)
-        runs = further_train_seed(task, settings, seed, [], test, on_step, group_runs)
-        singles.loss_without_group = runs.loss_without_group
-        return singles
+        return _singles_and_groups(task, settings, seed, left_out, group_runs, test, on_step)
     runs_left = Groups.singles(left_out)
     if group_runs is not None:
         runs_left = runs_left + group_runs
@@ -141,6 +136,71 @@ def further_train_seed(
         result.loss_without_group = np.ascontiguousarray(result.loss_without[..., L:])
         result.loss_without = np.ascontiguousarray(result.loss_without[..., :L])
     return result
+
+
+def _singles_and_groups(task, settings, seed, left_out, groups: Groups, test, on_step):
+    """The single-instance runs and the group runs of one seed, with one full run.
+
+    Two stacks advance in lockstep: the full run and the single-instance runs, as without
+    groups, and the group runs, which join as copies of the first stack's full run (it is
+    never computed twice). Separate stacks, because under downweight a wider stack (a
+    group's members) changes the rounding of every run's step, and the single-instance runs
+    must stay bit for bit. Each stack takes its steps from its own schedule and its dropout
+    draws from its own stream seeded with ``seed``, as when the two were computed apart (under
+    downweight the streams advance by batches of different widths): the results are those of
+    a call with the single runs and a call with the groups, bit for bit (until a group run
+    joins, the groups' stream is the full run's: no group run differs before then, and
+    under drop and mask the two schedules' steps have the same width).
+    """
+    n = len(task.train)
+    per_epoch = steps_per_epoch(n, settings.batch_size)
+    _check_record_steps(settings, per_epoch)
+    singles = _RunStack(task, settings, 1 + len(left_out))
+    grouped = _RunStack(task, settings, 1 + len(groups), source=singles)
+    marks = _Checkpoints(task, settings, seed, Groups.singles(left_out), test, per_epoch)
+    group_marks = _Checkpoints(task, settings, seed, groups, test, per_epoch)
+    plans = [
+        schedule(n, runs, settings.batch_size, settings.epochs, seed, settings.scheme,
+                 settings.max_steps)
+        for runs in (left_out, groups)
+    ]  # fmt: skip
+    with task.train_mode(), _paired_randomness(seed, singles.device):
+        step, group_draws = 0, _random_state(singles.device)
+        for item, group_item in zip(*plans, strict=True):
+            grouped.join(group_item)  # copies of the full run before its step
+            singles.advance(item)
+            single_draws = _random_state(singles.device)
+            if len(grouped.members) == 0:  # apart, the full run would take this step alone
+                group_draws = single_draws
+            else:
+                _set_random_state(group_draws, singles.device)
+                grouped.advance(group_item)
+                group_draws = _random_state(singles.device)
+                _set_random_state(single_draws, singles.device)
+            step += 1
+            if on_step is not None:
+                on_step(1)
+            if marks.due(step, item):
+                full = marks.record(step, singles)
+                group_marks.record(step, grouped, full)
+        if marks.steps[-1:] != [step]:  # stopped by max_steps mid-epoch
+            group_marks.record(step, grouped, marks.record(step, singles))
+    result = marks.result()
+    result.loss_without_group = group_marks.result().loss_without
+    return result
+
+
+def _random_state(device: torch.device) -> tuple:
+    """The state of the generators dropout draws from (CPU, and ``device`` on CUDA)."""
+    on_cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), on_cuda
+
+
+def _set_random_state(state: tuple, device: torch.device) -> None:
+    """Restore a state :func:`_random_state` gave."""
+    torch.set_rng_state(state[0])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state[1], device)
 
 
 def checked_groups(groups, n: int) -> Groups:
@@ -268,14 +328,20 @@ class _RunStack:
     may take another path for a single row, and do: the weight gradients of vmap'd
     convolutions in float32 differ in the last bits between one row and several, while two
     rows or more agree with each other (tests/test_engine_skip.py).
+
+    With a ``source`` stack the full run is not computed here: the stack holds only the runs
+    that have joined (as copies of the source's row 0, its full run), and a lone row is
+    computed twice over so that the kernels still see two rows.
     """
 
     SPARE = -1
 
-    def __init__(self, task: Task, settings: FurtherSettings, runs: int):
-        self.runs = runs
+    def __init__(self, task: Task, settings: FurtherSettings, runs: int, source=None):
+        self.runs, self.source = runs, source
         self.members = torch.arange(runs)
-        if SKIP_SHARED_STEPS and runs > 1:
+        if source is not None:
+            self.members = torch.zeros(0, dtype=torch.long)
+        elif SKIP_SHARED_STEPS and runs > 1:
             self.members = torch.tensor([0, self.SPARE])
         self.params = stack(task.params(), len(self.members))
         some = next(iter(self.params.values()))
@@ -293,7 +359,12 @@ class _RunStack:
         spare = (self.members == self.SPARE).nonzero().squeeze(1)[: len(new)]
         self.members[spare] = new[: len(spare)]  # a spare row is the full run already
         new = new[len(spare) :]
-        if len(new):
+        if len(new) and self.source is not None:
+            copies = torch.zeros_like(new)  # the source's full run, before this step
+            self.params = _cat_rows(self.params, _take_rows(self.source.params, copies))
+            self.state = _cat_rows(self.state, _take_rows(self.source.state, copies))
+            self.members = torch.cat([self.members, new])
+        elif len(new):
             rows = torch.cat([torch.arange(len(self.members)), torch.zeros_like(new)])
             self.params = _take_rows(self.params, rows)
             self.state = _take_rows(self.state, rows)
@@ -307,9 +378,16 @@ class _RunStack:
         """One optimizer step of every run in the stack (after letting the new ones join)."""
         self.join(item)
         runs = self.rows()
+        if len(runs) == 0:
+            return
+        params, twice = self.params, self.source is not None and len(runs) == 1
+        if twice:
+            params, runs = _take_rows(params, torch.zeros(2, dtype=torch.long)), runs.repeat(2)
         idx = item.idx[runs].to(self.device)
         w = item.w[runs].to(device=self.device, dtype=self.dtype)
-        grads = self.step_grads(self.params, self.inputs[idx], self.targets[idx], w)
+        grads = self.step_grads(params, self.inputs[idx], self.targets[idx], w)
+        if twice:
+            grads, runs = {k: g[:1] for k, g in grads.items()}, runs[:1]
         active = None if item.active is None else item.active[runs]
         if active is not None:
             active = None if bool(active.all()) else active.to(self.device)
@@ -334,16 +412,29 @@ class _Checkpoints:
         every = self.settings.record_every
         return item.last_in_epoch or bool(every and step % every == 0) or step in self.wanted
 
-    def record(self, step: int, runs: _RunStack) -> None:
-        """Record every run's test losses; a run not yet in the stack has the full run's."""
-        with self.task.eval_mode(), torch.no_grad():
-            losses = self.measure(runs.params)  # (R', T)
+    def record(self, step: int, runs: _RunStack, full=None) -> torch.Tensor:
+        """Record every run's test losses; a run not yet in the stack has the full run's
+        (row 0, or ``full`` for a stack without the full run). Returns the full run's."""
+        if len(runs.members) == 0:  # no group run has left the full run yet
+            losses = full[:0]
+        else:
+            losses = self._measured(runs.params, lone_as_two=runs.source is not None)  # (R', T)
         self._check_finite(losses, step, runs.members)
-        every_run = losses[:1].expand(runs.runs, -1).clone()
+        full = losses[:1] if full is None else full
+        every_run = full.expand(runs.runs, -1).clone()
         joined = runs.members != runs.SPARE
         every_run[runs.members[joined]] = losses[joined.to(losses.device)]
         self.losses.append(every_run.double().cpu().numpy())
         self.steps.append(step)
+        return every_run[:1]
+
+    def _measured(self, params, lone_as_two: bool) -> torch.Tensor:
+        """The test losses of every row of ``params``, (R', T) (with ``lone_as_two``, a lone
+        row measured as two, as a stack without the full run computes it)."""
+        with self.task.eval_mode(), torch.no_grad():
+            if lone_as_two and len(next(iter(params.values()))) == 1:
+                return self.measure(_take_rows(params, torch.zeros(2, dtype=torch.long)))[:1]
+            return self.measure(params)
 
     def _check_finite(self, losses: torch.Tensor, step: int, members: torch.Tensor) -> None:
         if torch.isfinite(losses).all():
@@ -384,6 +475,15 @@ def tree_to(tree, device):
         return tree.to(device)
     if isinstance(tree, dict):
         return {k: tree_to(v, device) for k, v in tree.items()}
+    return tree
+
+
+def _cat_rows(tree, more):
+    """Two nested dicts of tensors of the same shape joined along their leading (run) axis."""
+    if isinstance(tree, torch.Tensor):
+        return torch.cat([tree, more.to(tree.device)])
+    if isinstance(tree, dict):
+        return {k: _cat_rows(v, more[k]) for k, v in tree.items()}
     return tree
 
 

@@ -4,7 +4,9 @@
 shards were made under; ``further/shards/seed-SSSSS_lo-AAAAA-BBBBB.npz`` holds the raw losses
 of one seed's full run and of its left-out runs ``left_out[AAAAA:BBBBB]``, and
 ``seed-SSSSS_gr-AAAAA-BBBBB.npz`` those of its runs without the groups ``groups[AAAAA:BBBBB]``;
-``further/gold.npz`` is assembled from them. A shard is only ever complete (written under a temporary name, then
+``further/gold.npz`` is assembled from them. The group shards carry a fingerprint of their own
+(the store's and the groups' member lists): other groups replace the group shards alone, and
+the single-instance shards, which do not depend on the groups, are kept. A shard is only ever complete (written under a temporary name, then
 renamed), so a run stopped at any moment resumes from the shards it finished and ends with the
 same numbers as one never stopped (DESIGN.md ◆ Runs are data). A shard counts only with its
 checksum file ``<shard>.npz.sha256`` (earlier versions kept it as ``<shard>.sha256``):
@@ -149,7 +151,12 @@ def _joined(results, chunks: list[Shard], count: int, empty: np.ndarray, group=F
 
 
 class ShardStore:
-    """Shards of one gold standard, tied to one fingerprint.
+    """Shards of one gold standard, tied to one fingerprint (and the group shards to
+    ``group_fingerprint``, when there are groups).
+
+    Other weights, data or settings (another ``fingerprint``) are refused, or with
+    ``overwrite`` start the store afresh. Other groups (another ``group_fingerprint``, or none)
+    only remove the group shards: the single-instance shards stay, and are reused.
 
     >>> import tempfile
     >>> folder = tempfile.TemporaryDirectory()
@@ -160,12 +167,23 @@ class ShardStore:
     Traceback (most recent call last):
     ...
     fimo.errors.InputError: ... other weights, data or settings (fingerprint abc, now xyz); ...
+    >>> store = ShardStore(Path(folder.name), "abc", {}, group_fingerprint="g1")
+    >>> json.loads((store.folder / "fingerprint.json").read_text())
+    {'fingerprint': 'abc', 'group_fingerprint': 'g1'}
     >>> folder.cleanup()
     """
 
-    def __init__(self, folder: Path, fingerprint: str, description: dict, overwrite=False):
+    def __init__(
+        self,
+        folder: Path,
+        fingerprint: str,
+        description: dict,
+        overwrite=False,
+        group_fingerprint: str | None = None,
+    ):
         self.folder = Path(folder)
         self.fingerprint = fingerprint
+        self.group_fingerprint = group_fingerprint
         stamp = self.folder / FINGERPRINT
         if stamp.exists():
             old = json.loads(stamp.read_text())
@@ -177,10 +195,32 @@ class ShardStore:
                         "pass --overwrite to start it afresh, or --out to write elsewhere"
                     )
                 shutil.rmtree(self.folder)
+            elif old.get("group_fingerprint") != group_fingerprint:
+                self._remove_group_shards()
         elif overwrite and self.folder.exists():
             shutil.rmtree(self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        write_json(stamp, {"fingerprint": fingerprint, **description})
+        grouped = {} if group_fingerprint is None else {"group_fingerprint": group_fingerprint}
+        write_json(stamp, {"fingerprint": fingerprint, **grouped, **description})
+
+    def _remove_group_shards(self) -> None:
+        """Delete the group shards (and their checksum files): they were made for other
+        groups. The single-instance shards are kept."""
+        for path in sorted((self.folder / SHARDS).glob("seed-*_gr-*")):
+            path.unlink()
+
+    def fingerprint_of(self, shard: Shard) -> str:
+        """The fingerprint ``shard`` is made under: the group fingerprint for a group shard
+        (the store's when it has none: then the store's fingerprint covers the groups).
+
+        >>> import tempfile
+        >>> store = ShardStore(Path(tempfile.mkdtemp()), "abc", {}, group_fingerprint="g1")
+        >>> store.fingerprint_of(Shard(0, 0, 2)), store.fingerprint_of(Shard(0, 0, 2, group=True))
+        ('abc', 'g1')
+        """
+        if shard.group and self.group_fingerprint is not None:
+            return self.group_fingerprint
+        return self.fingerprint
 
     def path(self, shard: Shard) -> Path:
         """Where ``shard`` is kept: ``shards/<name>.npz`` in the store's folder.
@@ -241,10 +281,10 @@ class ShardStore:
         except DamagedFileError as exc:  # unreadable despite its checksum: recompute, never use
             warnings.warn(f"{exc}; recomputing it", RuntimeWarning, stacklevel=2)
             return None
-        if str(data.get("fingerprint")) != self.fingerprint:
+        if str(data.get("fingerprint")) != self.fingerprint_of(shard):
             raise InputError(
                 f"{path} was made under fingerprint {data.get('fingerprint')}, not "
-                f"{self.fingerprint}; pass --overwrite to start afresh"
+                f"{self.fingerprint_of(shard)}; pass --overwrite to start afresh"
             )
         group = data.get("loss_without_group")
         return SeedResult(
@@ -276,7 +316,7 @@ class ShardStore:
             loss_without=result.loss_without,
             steps=result.steps,
             epochs=result.epochs,
-            fingerprint=np.array(self.fingerprint),
+            fingerprint=np.array(self.fingerprint_of(shard)),
             **group,
         )
 
