@@ -96,11 +96,12 @@ def pool_workers(pid: int) -> list[int]:
     return found
 
 
-def kill_driver_then_wait(proc: subprocess.Popen, timeout: float = 120.0) -> list[int]:
-    """SIGKILL the driver; the ids of its child processes still alive ``timeout`` seconds
-    later (polled: usually none after a fraction of a second). Kills those before returning."""
+def kill_driver_then_wait(proc: subprocess.Popen, sig: int, timeout: float = 120.0) -> list[int]:
+    """Send the driver ``sig``; the ids of its child processes still alive ``timeout`` seconds
+    after it ended (polled: usually none after a fraction of a second). Kills those before
+    returning."""
     watched = children(proc.pid)
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(sig)
     proc.wait()
     deadline = time.monotonic() + timeout
     while any(alive(c) for c in watched) and time.monotonic() < deadline:
@@ -111,11 +112,14 @@ def kill_driver_then_wait(proc: subprocess.Popen, timeout: float = 120.0) -> lis
     return left
 
 
-@pytest.mark.parametrize("moment", ["starting", "computing"])
-def test_workers_end_when_their_driver_is_killed(tmp_path, moment):
-    """Killed while its two workers start (importing torch: the driver's death then comes
-    before they could watch it) or while they compute shards, the driver takes its workers
-    with it."""
+@pytest.mark.parametrize(
+    ("moment", "sig"),
+    [("starting", signal.SIGKILL), ("computing", signal.SIGKILL), ("computing", signal.SIGTERM)],
+)
+def test_workers_end_when_their_driver_is_killed(tmp_path, moment, sig):
+    """Killed (``kill -9``, or SIGTERM) while its two workers start (importing torch: the
+    driver's death then comes before they could watch it) or while they compute shards, the
+    driver takes its workers with it."""
     proc, out = start(tmp_path, "--workers", "2")
     if moment == "starting":
         wait_for(lambda: proc.poll() is not None or len(pool_workers(proc.pid)) >= 2, 300)
@@ -124,5 +128,5 @@ def test_workers_end_when_their_driver_is_killed(tmp_path, moment):
         wait_for(lambda: proc.poll() is not None or len(list(shards.glob("*.npz"))) >= 2, 300)
     assert proc.poll() is None, proc.stderr.read()
     assert len(pool_workers(proc.pid)) == 2
-    left = kill_driver_then_wait(proc)
+    left = kill_driver_then_wait(proc, sig)
     assert not left, f"processes {left} outlived their driver"
