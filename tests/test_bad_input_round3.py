@@ -517,3 +517,37 @@ def test_ray_executor_checks_its_address_without_starting_ray():
     with pytest.raises(InputError, match=r"^run.address: got 'ray//x'; expected auto"):
         RayExecutor("ray//x")
     assert not ray.is_initialized()
+
+
+def test_joining_no_cluster_is_one_line_naming_the_address():
+    """``--address auto`` with no cluster on the machine: Ray's ConnectionError ("Could not
+    find any running Ray instance", which read as a file's error) becomes one line naming the
+    address and the fixes. Ray itself is stood in for: a real ``auto`` would join any cluster
+    another process started on this machine."""
+    from fimo.further.runner import _join_ray
+
+    class NoCluster:
+        def init(self, address, **options):
+            raise ConnectionError(
+                "Could not find any running Ray instance. Please specify the one to connect to "
+                "by setting `--address` flag or `RAY_ADDRESS` environment variable."
+            )
+
+    with pytest.raises(InputError) as caught:
+        _join_ray(NoCluster(), "auto")
+    assert str(caught.value) == (
+        "run.address: cannot join the Ray cluster at 'auto' (Could not find any running Ray "
+        "instance. Please specify the one to connect to by setting `--address` flag or "
+        "`RAY_ADDRESS` environment variable.); start one (ray start --head), correct --address, "
+        "or use --address local"
+    )
+
+
+@pytest.mark.parametrize("empty", ["train", "test"])
+def test_a_task_with_an_empty_split_is_one_line(empty):
+    x = torch.linspace(-1, 1, 12).reshape(4, 3)
+    data, nothing = ArrayDataset(x, x.sum(1)), ArrayDataset(x[:0], x[:0].sum(1))
+    train, test = (nothing, data) if empty == "train" else (data, nothing)
+    with pytest.raises(InputError) as caught:
+        Task(torch.nn.Linear(3, 1), train, test, loss="mse")
+    assert str(caught.value) == f"Task: the {empty} set is empty; give at least one instance"
