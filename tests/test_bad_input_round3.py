@@ -108,6 +108,60 @@ def test_refusals_of_a_locked_or_foreign_directory_do_not_import_torch(tmp_path,
     assert sorted(os.listdir(foreign)) == ["notes.txt"]
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--seeds", "0"], "further.seeds: got 0; need at least 1 seed"),
+        (["--lr", "-1"], "further.lr: got -1.0; must be a positive number"),
+        (["--seeds", "99999999999999999999999"], "the last seed must be ≤ 2147483647"),
+        (["--methods", "lisa"], "methods.names: got 'lisa' (did you mean 'lissa'?)"),
+        (["--methods", "cg,lissa", "--epochs", "0"], "further.epochs: got 0"),
+        (["--address", "auto"], "--address: got 'auto', but the executor is local"),
+    ],
+)
+def test_a_mistaken_option_is_refused_without_torch(tmp_path, argv, message):
+    code, loaded, err = probe(["run", "diabetes", "--out", str(tmp_path / "run"), *argv])
+    assert (code, loaded) == (2, False), err
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[further]\nseeds = 0\n", "further.seeds: got 0; need at least 1 seed"),
+        ("[further]\nmomentum = 2.0\n", "further.momentum: got 2.0; must be in [0, 1)"),
+        ("[training]\nepochs = 0\n", "training.epochs: got 0"),
+        ("[run]\ndevice = 'gpu'\n", "run.device: got 'gpu'"),
+        ("[scales.paper.further]\nsead = 3\n", "unknown key 'sead' (did you mean 'seeds'?)"),
+        (
+            "[methods]\nnames = ['cg']\n[methods.cg]\ndamping = -0.1\n",
+            "methods.cg.damping: got -0.1; must be a finite number ≥ 0",
+        ),
+        (
+            "[methods]\nnames = ['trak']\n[methods.trak]\nproj_dim = 0\n",
+            "methods.trak.proj_dim: got 0; must be a whole number ≥ 1",
+        ),
+    ],
+)
+def test_a_mistaken_setting_in_a_file_is_refused_without_torch(tmp_path, toml, message):
+    """Every further, training, scale and run setting, and the ranges the methods share, are
+    checked before torch loads: only a method's own keys need the methods imported."""
+    config = tmp_path / "bad.toml"
+    config.write_text(f"[data]\ndataset = 'diabetes'\n{toml}")
+    code, loaded, err = probe(["run", str(config), "--out", str(tmp_path / "run")])
+    assert (code, loaded) == (2, False), err
+    assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_a_method_setting_that_needs_the_method_is_still_refused_before_work(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text("[methods]\nnames = ['cg']\n[methods.cg]\ndampin = 0.1\n")
+    code, _, err = probe(["run", str(config), "--out", str(tmp_path / "run")])
+    assert code == 2 and "methods.cg: unknown setting 'dampin' (did you mean 'damping'?)" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_presets_lists_the_settings_a_run_uses():
     from fimo.experiments.config import load_config, preset_names
 
@@ -463,3 +517,37 @@ def test_ray_executor_checks_its_address_without_starting_ray():
     with pytest.raises(InputError, match=r"^run.address: got 'ray//x'; expected auto"):
         RayExecutor("ray//x")
     assert not ray.is_initialized()
+
+
+def test_joining_no_cluster_is_one_line_naming_the_address():
+    """``--address auto`` with no cluster on the machine: Ray's ConnectionError ("Could not
+    find any running Ray instance", which read as a file's error) becomes one line naming the
+    address and the fixes. Ray itself is stood in for: a real ``auto`` would join any cluster
+    another process started on this machine."""
+    from fimo.further.runner import _join_ray
+
+    class NoCluster:
+        def init(self, address, **options):
+            raise ConnectionError(
+                "Could not find any running Ray instance. Please specify the one to connect to "
+                "by setting `--address` flag or `RAY_ADDRESS` environment variable."
+            )
+
+    with pytest.raises(InputError) as caught:
+        _join_ray(NoCluster(), "auto")
+    assert str(caught.value) == (
+        "run.address: cannot join the Ray cluster at 'auto' (Could not find any running Ray "
+        "instance. Please specify the one to connect to by setting `--address` flag or "
+        "`RAY_ADDRESS` environment variable.); start one (ray start --head), correct --address, "
+        "or use --address local"
+    )
+
+
+@pytest.mark.parametrize("empty", ["train", "test"])
+def test_a_task_with_an_empty_split_is_one_line(empty):
+    x = torch.linspace(-1, 1, 12).reshape(4, 3)
+    data, nothing = ArrayDataset(x, x.sum(1)), ArrayDataset(x[:0], x[:0].sum(1))
+    train, test = (nothing, data) if empty == "train" else (data, nothing)
+    with pytest.raises(InputError) as caught:
+        Task(torch.nn.Linear(3, 1), train, test, loss="mse")
+    assert str(caught.value) == f"Task: the {empty} set is empty; give at least one instance"

@@ -83,25 +83,50 @@ def test_ctrl_c_during_further_training_exits_130_with_one_line(tmp_path):
     assert not (out / "further" / "gold.npz").exists()  # it was stopped before the end
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 16, open: one of two pool workers, idle on the call queue, outlived its "
-    "killed driver in 4 of 4 tries on 2026-12-01 (load 7-20) although its parent-watch thread "
-    "and PR_SET_PDEATHSIG were set; a one-worker pool ends as it should",
-)
-def test_workers_end_when_their_driver_is_killed(tmp_path):
-    proc, out = start(tmp_path, "--workers", "2")
-    # the pool's workers import torch and load the task: wait until both compute shards
-    wait_for(lambda: proc.poll() is not None or len(list(out.glob("further/shards/*.npz"))) >= 2)
-    assert proc.poll() is None, proc.stderr.read()
-    workers = children(proc.pid)
-    assert len(workers) >= 2
-    proc.send_signal(signal.SIGKILL)
+def pool_workers(pid: int) -> list[int]:
+    """The spawned worker processes among the children of ``pid`` (multiprocessing starts
+    each with ``--multiprocessing-fork``; the resource tracker it also starts is left out)."""
+    found = []
+    for child in children(pid):
+        try:
+            if b"--multiprocessing-fork" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(child)
+        except OSError:
+            continue
+    return found
+
+
+def kill_driver_then_wait(proc: subprocess.Popen, sig: int, timeout: float = 120.0) -> list[int]:
+    """Send the driver ``sig``; the ids of its child processes still alive ``timeout`` seconds
+    after it ended (polled: usually none after a fraction of a second). Kills those before
+    returning."""
+    watched = children(proc.pid)
+    proc.send_signal(sig)
     proc.wait()
-    start_time = time.monotonic()
-    while any(alive(w) for w in workers) and time.monotonic() - start_time < 10:
-        time.sleep(0.1)
-    left = [w for w in workers if alive(w)]
-    for w in left:  # clean up before failing
-        os.kill(w, signal.SIGKILL)
-    assert not left, f"workers {left} outlived their driver"
+    deadline = time.monotonic() + timeout
+    while any(alive(c) for c in watched) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = [c for c in watched if alive(c)]
+    for c in left:  # clean up before failing
+        os.kill(c, signal.SIGKILL)
+    return left
+
+
+@pytest.mark.parametrize(
+    ("moment", "sig"),
+    [("starting", signal.SIGKILL), ("computing", signal.SIGKILL), ("computing", signal.SIGTERM)],
+)
+def test_workers_end_when_their_driver_is_killed(tmp_path, moment, sig):
+    """Killed (``kill -9``, or SIGTERM) while its two workers start (importing torch: the
+    driver's death then comes before they could watch it) or while they compute shards, the
+    driver takes its workers with it."""
+    proc, out = start(tmp_path, "--workers", "2")
+    if moment == "starting":
+        wait_for(lambda: proc.poll() is not None or len(pool_workers(proc.pid)) >= 2, 300)
+    else:
+        shards = out / "further" / "shards"
+        wait_for(lambda: proc.poll() is not None or len(list(shards.glob("*.npz"))) >= 2, 300)
+    assert proc.poll() is None, proc.stderr.read()
+    assert len(pool_workers(proc.pid)) == 2
+    left = kill_driver_then_wait(proc, sig)
+    assert not left, f"processes {left} outlived their driver"

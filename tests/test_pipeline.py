@@ -118,8 +118,9 @@ def test_more_seeds_extend_the_gold_standard(tiny_run, tiny_toml, tmp_path):
     np.testing.assert_array_equal(result.gold.loss_without[:2], tiny_run.gold.loss_without)
 
 
-def test_cli_runs_and_prints_the_report_path(tiny_toml, tmp_path, capsys):
-    code = main(["run", str(tiny_toml), "--out", str(tmp_path / "cli"), "--quiet", "--seeds", "1"])
+def test_cli_runs_and_prints_the_report_path(tiny_run, tiny_toml, tmp_path, capsys):
+    shutil.copytree(tiny_run.out, tmp_path / "cli")  # the CLI's path, on the run's results
+    code = main(["run", str(tiny_toml), "--out", str(tmp_path / "cli"), "--quiet"])
     assert code == 0
     assert f"Report: {tmp_path / 'cli' / 'report.html'}" in capsys.readouterr().out.replace(
         "\n", ""
@@ -189,6 +190,7 @@ def test_chunked_shards_and_worker_processes_give_the_same_gold_standard(
     config = load_config(tiny_toml)
     config.gold.left_out_per_shard = 4  # chunks of 4 and 2 left-out runs per seed
     config.run.workers = 2
+    shutil.copytree(tiny_run.out / "model", tmp_path / "chunked" / "model")  # its final model
     result = run(config, tmp_path / "chunked", quiet=True)
     names = sorted(p.name for p in (tmp_path / "chunked/further/shards").glob("*.npz"))
     assert names == [
@@ -199,9 +201,10 @@ def test_chunked_shards_and_worker_processes_give_the_same_gold_standard(
     np.testing.assert_allclose(result.gold.loss_without, tiny_run.gold.loss_without, rtol=1e-12)
 
 
-def test_a_method_that_cannot_run_is_skipped_with_its_reason(tiny_toml, tmp_path, capsys):
+def test_a_method_that_cannot_run_is_skipped_with_its_reason(tiny_run, tiny_toml, tmp_path, capsys):
     config = with_overrides(load_config(tiny_toml), methods=["grad_dot", "explicit"])
     config.methods.settings["explicit"] = {"max_params": 100}  # the MLP has ~30k parameters
+    shutil.copytree(tiny_run.out, tmp_path / "skip")  # its final model and gold standard
     result = run(config, tmp_path / "skip", quiet=False)
     assert set(result.scores) == {"grad_dot"}
     manifest = __import__("json").loads((tmp_path / "skip/manifest.json").read_text())

@@ -28,60 +28,73 @@ app = typer.Typer(
 err = Console(stderr=True, emoji=False)  # ":M:" in a message is text, not an emoji
 
 
+#: the options of ``fimo run`` (declared here so that the command reads as a list of names)
+Source = Annotated[
+    str, typer.Argument(help="A preset name (see `fimo presets`) or a path to a .toml file.")
+]
+OutDir = Annotated[Path | None, typer.Option(help="Run directory (default: runs/<name>).")]
+Seeds = Annotated[int | None, typer.Option(help="Number of further-training seeds.")]
+LeftOut = Annotated[
+    int | None, typer.Option("--left-out", help="Number of left-out training instances.")
+]
+Epochs = Annotated[int | None, typer.Option(help="Further-training epochs.")]
+Optimizer = Annotated[
+    str | None, typer.Option(help="Further-training optimizer: sgd, adam or adamw.")
+]
+Lr = Annotated[float | None, typer.Option(help="Further-training learning rate.")]
+Methods = Annotated[
+    str | None, typer.Option(help="Comma-separated methods, e.g. grad_dot,grad_cos.")
+]
+NTest = Annotated[int | None, typer.Option("--n-test", help="Number of test instances.")]
+Dtype = Annotated[
+    str | None, typer.Option(help="Precision of further training: float32 or float64.")
+]
+Device = Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N.")]
+Executor = Annotated[str | None, typer.Option(help="Where shards run: local (default) or ray.")]
+Workers = Annotated[int | None, typer.Option(help="Local worker processes for further training.")]
+Address = Annotated[
+    str | None,
+    typer.Option(help="Ray cluster: auto, ray://HOST:PORT, or local to start one here."),
+]
+Groups = Annotated[
+    str | None,
+    typer.Option(
+        help="Groups the gold standard also leaves out (FT-LDS): random:COUNT:FRACTION "
+        "(e.g. random:50:0.01), nested:COUNT:FRACTION (of the left-out instances), label, "
+        "feature:NAME, feature:NAME:bins=K, file:PATH or none (replaces the "
+        "configuration's groups table)."
+    ),
+]
+Overwrite = Annotated[
+    bool, typer.Option(help="Discard results made under other settings and start afresh.")
+]
+Quiet = Annotated[bool, typer.Option(help="No progress bars or tables.")]
+Scale = Annotated[
+    str,
+    typer.Option(help="quick (default: minutes) or paper (the paper's sizes; see `fimo presets`)."),
+]
+
+
 @app.command("run")
 def run_command(
-    source: Annotated[
-        str, typer.Argument(help="A preset name (see `fimo presets`) or a path to a .toml file.")
-    ] = "adult",
-    out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<name>).")] = None,
-    seeds: Annotated[int | None, typer.Option(help="Number of further-training seeds.")] = None,
-    left_out: Annotated[
-        int | None, typer.Option("--left-out", help="Number of left-out training instances.")
-    ] = None,
-    epochs: Annotated[int | None, typer.Option(help="Further-training epochs.")] = None,
-    optimizer: Annotated[
-        str | None, typer.Option(help="Further-training optimizer: sgd, adam or adamw.")
-    ] = None,
-    lr: Annotated[float | None, typer.Option(help="Further-training learning rate.")] = None,
-    methods: Annotated[
-        str | None, typer.Option(help="Comma-separated methods, e.g. grad_dot,grad_cos.")
-    ] = None,
-    n_test: Annotated[
-        int | None, typer.Option("--n-test", help="Number of test instances.")
-    ] = None,
-    dtype: Annotated[
-        str | None, typer.Option(help="Precision of further training: float32 or float64.")
-    ] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N.")] = None,
-    executor: Annotated[
-        str | None, typer.Option(help="Where shards run: local (default) or ray.")
-    ] = None,
-    workers: Annotated[
-        int | None, typer.Option(help="Local worker processes for further training.")
-    ] = None,
-    address: Annotated[
-        str | None,
-        typer.Option(help="Ray cluster: auto, ray://HOST:PORT, or local to start one here."),
-    ] = None,
-    groups: Annotated[
-        str | None,
-        typer.Option(
-            help="Groups the gold standard also leaves out (FT-LDS): random:COUNT:FRACTION "
-            "(e.g. random:50:0.01), nested:COUNT:FRACTION (of the left-out instances), label, "
-            "feature:NAME, feature:NAME:bins=K, file:PATH or none (replaces the "
-            "configuration's groups table)."
-        ),
-    ] = None,
-    overwrite: Annotated[
-        bool, typer.Option(help="Discard results made under other settings and start afresh.")
-    ] = False,
-    quiet: Annotated[bool, typer.Option(help="No progress bars or tables.")] = False,
-    scale: Annotated[
-        str,
-        typer.Option(
-            help="quick (default: minutes) or paper (the paper's sizes; see `fimo presets`)."
-        ),
-    ] = "quick",
+    source: Source = "adult",
+    out: OutDir = None,
+    seeds: Seeds = None,
+    left_out: LeftOut = None,
+    epochs: Epochs = None,
+    optimizer: Optimizer = None,
+    lr: Lr = None,
+    methods: Methods = None,
+    n_test: NTest = None,
+    dtype: Dtype = None,
+    device: Device = None,
+    executor: Executor = None,
+    workers: Workers = None,
+    address: Address = None,
+    groups: Groups = None,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+    scale: Scale = "quick",
 ) -> None:
     """Run an experiment: final model, gold standard, methods, metrics and report.
 
@@ -96,42 +109,50 @@ def run_command(
     >>> main(["run", "adult", "--groups", "random:2:0.01", "--out", tempfile.mkdtemp()])
     2
     """
-    from fimo.experiments.rundir import RunDir
-
-    if out is not None:  # a held or foreign directory is refused before torch loads
-        RunDir(out).check_free()
-    from fimo.experiments.config import default_run_dir, load_config, with_overrides
-
-    config = load_config(source, scale=scale)
-    names = None if methods is None else [m.strip() for m in methods.split(",") if m.strip()]
-    if names == []:
-        raise InputError(
-            f"--methods: got {methods!r}, which names no method; give comma-separated names, "
-            "e.g. grad_dot,grad_cos (or leave it out for the configuration's)"
-        )
-    config = with_overrides(
-        config,
-        seeds=seeds,
-        left_out=left_out,
-        epochs=epochs,
-        optimizer=optimizer,
-        lr=lr,
-        methods=names,
-        n_test=n_test,
-        dtype=dtype,
-        device=device,
-        executor=executor,
-        workers=workers,
-        address=address,
-        groups=groups,
-    )
-    if out is None:
-        out = default_run_dir(config)
-        RunDir(out).check_free()
+    overrides = dict(
+        seeds=seeds, left_out=left_out, epochs=epochs, optimizer=optimizer, lr=lr,
+        methods=_method_names(methods), n_test=n_test, dtype=dtype, device=device,
+        executor=executor, workers=workers, address=address, groups=groups,
+    )  # fmt: skip
+    config, out = _checked_run(source, scale, overrides, out)
     from fimo.experiments.pipeline import run
 
     result = run(config, out, overwrite=overwrite, quiet=quiet)
     _print_summary(result.rows, result.report, quiet)
+
+
+def _checked_run(source: str, scale: str, overrides: dict, out: Path | None):
+    """``(config, run directory)`` of ``fimo run``, every setting and the directory checked
+    before torch loads where they can be: a held or foreign ``--out`` first, then every
+    setting but the methods' own (:func:`fimo.experiments.config.from_dict`)."""
+    from fimo.experiments.rundir import RunDir
+
+    if out is not None:
+        RunDir(out).check_free()
+    from fimo.experiments.config import default_run_dir, load_config, with_overrides
+
+    config = with_overrides(load_config(source, scale=scale, check_methods=False), **overrides)
+    if out is None:
+        out = default_run_dir(config)
+        RunDir(out).check_free()
+    return config, out
+
+
+def _method_names(methods: str | None) -> list[str] | None:
+    """The names in ``--methods`` (None when it is not given); an InputError when it names none.
+
+    >>> _method_names("grad_dot, grad_cos,"), _method_names(None)
+    (['grad_dot', 'grad_cos'], None)
+    """
+    if methods is None:
+        return None
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    if not names:
+        raise InputError(
+            f"--methods: got {methods!r}, which names no method; give comma-separated names, "
+            "e.g. grad_dot,grad_cos (or leave it out for the configuration's)"
+        )
+    return names
 
 
 def _print_evaluation(ev, run_dir: Path, quiet: bool) -> None:

@@ -157,12 +157,7 @@ def load_credit() -> tuple[ArrayDataset, ArrayDataset]:
     """
     ids, raw, labels = _read()
     train_rows, test_rows = split_indices(len(labels))
-    num_cols = [RAW_COLUMNS.index(c) for c in NUMERICAL]
-    train_num = raw[train_rows][:, num_cols]
-    mean = train_num.mean(axis=0)
-    std = train_num.std(axis=0)
-    std = np.where(std > 0, std, 1.0)
-
+    mean, std = _training_scale(raw[train_rows])
     categories = {
         c: sorted(int(v) for v in np.unique(raw[train_rows, RAW_COLUMNS.index(c)]))
         for c in CATEGORICAL
@@ -170,38 +165,59 @@ def load_credit() -> tuple[ArrayDataset, ArrayDataset]:
     names = list(NUMERICAL)
     for c in CATEGORICAL:
         names.extend(f"{c}={v}" for v in categories[c])
-    feature_names = tuple(names)
-
     datasets = []
     for split, rows in (("train", train_rows), ("test", test_rows)):
         part = raw[rows]
-        blocks = [((part[:, num_cols] - mean) / std).astype(np.float32)]
-        for c in CATEGORICAL:
-            values = part[:, RAW_COLUMNS.index(c)]
-            cats = np.asarray(categories[c], dtype=np.float64)
-            blocks.append((values[:, None] == cats[None, :]).astype(np.float32))
-        part.flags.writeable = False
-        split_ids, split_rows = ids[rows], rows.copy()
-        for a in (split_ids, split_rows):
-            a.flags.writeable = False
-        info = {
-            "name": "credit",
-            "split": split,
-            "label_names": LABEL_NAMES,
-            "numerical": list(NUMERICAL),
-            "categorical": {c: list(v) for c, v in categories.items()},
-            "codes": {k: dict(v) for k, v in CODES.items()},
-            "raw_columns": RAW_COLUMNS,
-            "raw": part,
-            "ids": split_ids,
-            "rows": split_rows,
-            "mean": dict(zip(NUMERICAL, mean.tolist(), strict=True)),
-            "std": dict(zip(NUMERICAL, std.tolist(), strict=True)),
-            "seed": SEED,
-            "test_fraction": TEST_FRACTION,
-            "source": SOURCE,
-        }
-        inputs = torch.from_numpy(np.concatenate(blocks, axis=1))
+        inputs = torch.from_numpy(_encoded(part, mean, std, categories))
         targets = torch.from_numpy(labels[rows])
-        datasets.append(ArrayDataset(inputs, targets, feature_names, info))
+        info = _split_info(split, part, ids[rows], rows.copy(), mean, std, categories)
+        datasets.append(ArrayDataset(inputs, targets, tuple(names), info))
     return datasets[0], datasets[1]
+
+
+def _numerical_columns() -> list[int]:
+    """Positions of the numerical columns among RAW_COLUMNS."""
+    return [RAW_COLUMNS.index(c) for c in NUMERICAL]
+
+
+def _training_scale(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and population standard deviation of the numerical columns of the training rows
+    (a constant column gets 1, so it is centred and not divided by zero)."""
+    numerical = train[:, _numerical_columns()]
+    std = numerical.std(axis=0)
+    return numerical.mean(axis=0), np.where(std > 0, std, 1.0)
+
+
+def _encoded(part: np.ndarray, mean, std, categories: dict) -> np.ndarray:
+    """The model's inputs for raw rows ``part``: standardised numerical columns, then a
+    one-hot block per categorical column over the training codes (an unseen code: zeros)."""
+    blocks = [((part[:, _numerical_columns()] - mean) / std).astype(np.float32)]
+    for c in CATEGORICAL:
+        values = part[:, RAW_COLUMNS.index(c)]
+        cats = np.asarray(categories[c], dtype=np.float64)
+        blocks.append((values[:, None] == cats[None, :]).astype(np.float32))
+    return np.concatenate(blocks, axis=1)
+
+
+def _split_info(split, part, split_ids, split_rows, mean, std, categories) -> dict:
+    """The ``info`` of one split (see :func:`load_credit`); its arrays made read-only, since
+    the cached datasets are shared."""
+    for a in (part, split_ids, split_rows):
+        a.flags.writeable = False
+    return {
+        "name": "credit",
+        "split": split,
+        "label_names": LABEL_NAMES,
+        "numerical": list(NUMERICAL),
+        "categorical": {c: list(v) for c, v in categories.items()},
+        "codes": {k: dict(v) for k, v in CODES.items()},
+        "raw_columns": RAW_COLUMNS,
+        "raw": part,
+        "ids": split_ids,
+        "rows": split_rows,
+        "mean": dict(zip(NUMERICAL, mean.tolist(), strict=True)),
+        "std": dict(zip(NUMERICAL, std.tolist(), strict=True)),
+        "seed": SEED,
+        "test_fraction": TEST_FRACTION,
+        "source": SOURCE,
+    }

@@ -254,12 +254,18 @@ def _methods_table(methods: MethodsConfig) -> dict:
     return table
 
 
-def _method_settings(name: str, table) -> dict:
-    """Validate a [methods.<name>] table against the method's keyword arguments."""
-    from fimo.methods import method_defaults
-
+def _settings_table(name: str, table) -> dict:
+    """A copy of a [methods.<name>] table, refused unless it is a table."""
     if not isinstance(table, dict):
         raise InputError(f"methods.{name}: expected a table of settings; got {table!r}")
+    return dict(table)
+
+
+def _method_settings(name: str, table: dict) -> dict:
+    """Validate a [methods.<name>] table against the method's keyword arguments (this imports
+    the method, hence torch)."""
+    from fimo.methods import method_defaults
+
     defaults = method_defaults(name)
     out = {}
     for key, value in table.items():
@@ -366,8 +372,10 @@ def _check_type(section: str, key: str, value, default, elements=(None, None)):
 def from_dict(raw: dict, check_methods: bool = True) -> Config:
     """Validate a configuration dict (as read from TOML) and build a Config.
 
-    ``check_methods=False`` leaves the methods' names and their own tables unchecked (checking
-    them imports every method, hence torch): for listing the presets, which the tests check.
+    Every setting that needs no method imported is checked first, so a mistake in one
+    (``further.seeds = 0``) is refused without loading torch; the methods' own tables come last
+    (checking them imports every method, hence torch). ``check_methods=False`` leaves those
+    out: for listing the presets, which the tests check.
 
     >>> from_dict({"name": "tiny", "further": {"seeds": 2, "lr": 0.05}}).gold.seeds
     2
@@ -385,7 +393,7 @@ def from_dict(raw: dict, check_methods: bool = True) -> Config:
         raise InputError(f"name: got {name!r}; expected a non-empty string")
     built = {}
     for section, classes in SECTIONS.items():
-        built.update(_build_section(section, classes, raw.get(section, {}), check_methods))
+        built.update(_build_section(section, classes, raw.get(section, {})))
     config = Config(
         name=name,
         data=built[DataConfig],
@@ -401,9 +409,10 @@ def from_dict(raw: dict, check_methods: bool = True) -> Config:
     return config
 
 
-def _build_section(section: str, classes, table, check_methods: bool = True) -> dict:
+def _build_section(section: str, classes, table) -> dict:
     """The settings objects of one section (``further`` fills two classes), each key checked
-    against the classes' fields and their types."""
+    against the classes' fields and their types; a method's own table is checked later, by
+    :func:`_validate_methods`, after every setting that needs no method imported."""
     if not isinstance(table, dict):
         raise InputError(f"{section}: expected a table of settings; got {table!r}")
     classes = classes if isinstance(classes, tuple) else (classes,)
@@ -419,8 +428,7 @@ def _build_section(section: str, classes, table, check_methods: bool = True) -> 
         per_method = {k: table[k] for k in table if k in ALL_METHOD_NAMES}
         table = {k: v for k, v in table.items() if k not in ALL_METHOD_NAMES}
         values[MethodsConfig]["settings"] = {
-            name: _method_settings(name, sub) if check_methods else dict(sub)
-            for name, sub in per_method.items()
+            name: _settings_table(name, sub) for name, sub in per_method.items()
         }
     for key, value in table.items():
         if key not in allowed or key == "settings":
@@ -530,10 +538,10 @@ def validate(config: Config, check_methods: bool = True) -> None:
     if not config.model.hidden or any(h < 1 for h in config.model.hidden):
         raise InputError(f"model.hidden: got {config.model.hidden}; widths must be ≥ 1")
     check_choice("model.kind", config.model.kind, MODEL_KINDS)
-    if check_methods:
-        _validate_methods(config.methods)
     if not (config.run.device == "cpu" or config.run.device.startswith("cuda")):
         raise InputError(f"run.device: got {config.run.device!r}; allowed: 'cpu', 'cuda', 'cuda:N'")
+    if check_methods:  # last: it imports the methods (and torch)
+        _validate_methods(config.methods)
 
 
 #: seeds are drawn as first_seed, first_seed + 1, ...; all must fit a 32-bit seed
@@ -577,17 +585,25 @@ def _validate_run(run: RunConfig) -> None:
 
 
 def _validate_methods(methods: MethodsConfig) -> None:
-    from fimo.methods import available_methods
+    """The methods' names and settings: first what needs no method imported (names the
+    contract reserves, duplicates, shared ranges such as damping), then each method's own
+    keys and types, which import the methods (and torch). Stores the checked settings."""
+    from fimo.methods import ALL_METHOD_NAMES, available_methods
 
     check_choice("methods.train", methods.train, ("all", "left_out"))
-    available = available_methods()
     for name in methods.names:
-        check_choice("methods.names", name, tuple(available))
+        check_choice("methods.names", name, ALL_METHOD_NAMES)
     if len(set(methods.names)) != len(methods.names):
         raise InputError(f"methods.names: got duplicates in {methods.names}")
     for name, settings in methods.settings.items():
         for key, value in settings.items():
             _check_method_setting(f"methods.{name}.{key}", key, value)
+    available = tuple(available_methods())
+    for name in methods.names:
+        check_choice("methods.names", name, available)
+    methods.settings = {
+        name: _method_settings(name, settings) for name, settings in methods.settings.items()
+    }
 
 
 def _check_method_setting(where: str, key: str, value) -> None:
@@ -868,6 +884,8 @@ def with_overrides(config: Config, **overrides) -> Config:
         raw[section][name] = value
     if overrides.get("methods") is not None:  # a method the configuration did not list
         from fimo.experiments.families import with_family_settings  # takes its family's
+
+        from_dict(raw, check_methods=False)  # the rest first: finding the family imports torch
 
         methods = config.methods
         raw["methods"].update(

@@ -12,11 +12,6 @@ already in the store, hands the rest to an executor and writes each result as it
 
 from __future__ import annotations
 
-import os
-import signal
-import sys
-import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -27,6 +22,7 @@ from fimo.data.base import check_indices, instance_size
 from fimo.errors import InputError
 from fimo.further.engine import FurtherSettings, SeedResult, checked_groups, further_train_seed
 from fimo.further.gold import GoldStandard
+from fimo.further.lifeline import Lifeline, start_worker
 from fimo.further.plan import Groups, steps_per_epoch
 from fimo.further.ray_address import check_reachable, ray_endpoint
 from fimo.further.store import Shard, ShardStore, assemble, plan_shards
@@ -223,8 +219,8 @@ class LocalExecutor:
         with cf.ProcessPoolExecutor(
             min(self.workers, len(shards)),
             mp_context=mp.get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(task, self.threads),
+            initializer=start_worker,  # bound to this process before torch loads in it
+            initargs=(Lifeline(), _init_worker, task, self.threads),
         ) as pool:
             futures = {
                 pool.submit(_worker_compute, compute, settings, sh, left_out, test): sh
@@ -241,50 +237,6 @@ def _init_worker(task: Task, threads: int) -> None:
     global _WORKER_TASK
     torch.set_num_threads(threads)
     _WORKER_TASK = task
-    end_with_parent()
-
-
-def end_with_parent(poll_seconds: float = 0.5) -> threading.Thread:
-    """End this process (at once, exit code 1) when the process that started it ends.
-
-    A worker whose driver was stopped with SIGTERM or ``kill -9`` would otherwise go on
-    computing shards nobody collects. On Linux the kernel sends the worker SIGKILL when the
-    thread that started it ends (``PR_SET_PDEATHSIG``; the pool starts its workers from the
-    driver's main thread, so that is the driver's end). Everywhere, a daemon thread also polls
-    ``os.getppid()``: when the parent dies the worker is handed to another process and its
-    parent id changes. (The thread alone was not enough: a worker blocked in a call that holds
-    Python's lock outlived its killed driver in tests/test_faults_interrupt.py.)
-
-    >>> watcher = end_with_parent()
-    >>> watcher.daemon and watcher.is_alive()
-    True
-    """
-    parent = os.getppid()
-    _kill_me_with_parent()
-
-    def watch() -> None:
-        while True:
-            if os.getppid() != parent:
-                os._exit(1)
-            time.sleep(poll_seconds)
-
-    watcher = threading.Thread(target=watch, name="fimo-end-with-parent", daemon=True)
-    watcher.start()
-    return watcher
-
-
-def _kill_me_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent ends (prctl PR_SET_PDEATHSIG); a
-    no-op elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # no libc with prctl: the polling thread remains
-        pass
 
 
 def _worker_compute(compute, settings, shard, left_out, test):

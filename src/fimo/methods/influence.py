@@ -547,51 +547,22 @@ def _lissa(
     hessian_seed,
     chunk_size,
 ):
+    """LiSSA with curvature ``kind`` (the body of :func:`lissa` and :func:`lissa_hessian`):
+    the settings checked, each candidate scale tried in turn until the series converges,
+    the scores of the test gradients' estimate of (H + λI)⁻¹."""
     depth = _positive_int("depth", depth)
     repeat = _positive_int("repeat", repeat)
     batch_size = _positive_int("batch_size", batch_size)
     seed = seed_value("seed", seed)
-    if scale != "auto":
-        if isinstance(scale, str):
-            raise InputError(f"scale: got {scale!r}; must be a number > 0 or 'auto'")
-        scale = _positive("scale", scale)
+    scale = _lissa_scale(scale)
     # the operator's own batch (instances per pass) comes from the memory budget: a minibatch
     # that does not fit goes through the model in parts
     test, train, lam, record, op, g_test = _prepare(
-        method,
-        task,
-        test,
-        train,
-        damping,
-        damping_factor,
-        kind,
-        None,
-        chunk_size,
-        hessian_samples,
-        hessian_seed,
-    )
+        method, task, test, train, damping, damping_factor, kind, None, chunk_size,
+        hessian_samples, hessian_seed,
+    )  # fmt: skip
     full = batch_size >= op.count
-    if scale == "auto":
-        ritz = lanczos(op, op.size, min(20, op.size), seed)[0]
-        top, bottom = float(ritz[0]), float(ritz.min())
-        if kind == "hessian" and bottom + lam < -1e-6 * abs(top):
-            # a Ritz value is a Rayleigh quotient: H + λI has a negative direction, and the
-            # series grows along it for every scale (perhaps too slowly to be caught)
-            raise NumericalError(
-                f"{method}: H + λI is indefinite (H has a Rayleigh quotient {bottom:.3g} below "
-                f"−λ, λ = {lam:.3g}), so the series diverges for every scale; use a larger "
-                f"damping, above {-bottom:.3g} at least (the lowest eigenvalue may be lower), "
-                "or method 'lissa' (Gauss-Newton, positive semi-definite)"
-            )
-        candidates = _scale_candidates(abs(top) + lam)
-        record.update(
-            scale_rule="auto: smallest value of the paper's grid (x 10^k) above the top "
-            "eigenvalue of H + λI",
-            top_eigenvalue=top,
-        )
-    else:
-        candidates = [scale]
-        record.update(scale_rule="given")
+    candidates = _lissa_candidates(op, lam, kind, method, scale, seed, record)
     tried = []
     for s in candidates:
         tried.append(s)
@@ -600,19 +571,7 @@ def _lissa(
         except NumericalError as exc:
             if len(tried) < len(candidates):
                 continue
-            if scale == "auto":
-                detail = " (scale='auto' tried " + ", ".join(f"{t:g}" for t in tried) + ")"
-                suggestion = 10 * tried[-1]
-            else:  # say how large the curvature is: a scale above it is the place to start
-                top = abs(top_eigenvalue(op, op.size, iterations=20, seed=seed)) + lam
-                detail = f"; the top eigenvalue of H + λI is about {top:.3g}"
-                suggestion = max(_scale_candidates(top)[0], 10 * tried[-1])
-            raise NumericalError(
-                f"{method}: {exc}{detail}; the scale must exceed the largest eigenvalue of "
-                f"the minibatch H + λI (hessian={kind!r}, damping λ={lam:.3g}): use a larger "
-                f"scale (e.g. scale={suggestion:g}), or scale='auto'"
-                + (", or more damping if H + λI is indefinite" if kind == "hessian" else "")
-            ) from None
+            raise _lissa_diverged(exc, op, lam, kind, method, scale, seed, tried) from None
         break
     record.update(
         diag,
@@ -621,12 +580,7 @@ def _lissa(
         depth=depth,
         repeat=repeat,
         batch_size=batch_size,
-        batches=(
-            ("full training set" if op.count == len(task.train) else "full Hessian sample")
-            + " every step"
-            if full
-            else "minibatches with replacement"
-        ),
+        batches=_lissa_batches(full, op.count == len(task.train)),
         curvature_batch=op.plan(len(g_test), min(batch_size, op.count))[0],
         seed=int(seed),
         truncation_bound=float((1 - lam / s) ** depth) if 0 < lam < s else None,
@@ -634,6 +588,74 @@ def _lissa(
     )
     values = score_matrix(task, train, H_inv_v, progress=progress, chunk_size=chunk_size)
     return Scores(values, test, train, method, record, UNITS)
+
+
+def _lissa_scale(scale):
+    """``scale`` checked: ``"auto"`` or a number > 0.
+
+    >>> _lissa_scale("auto"), _lissa_scale(10)
+    ('auto', 10.0)
+    """
+    if scale == "auto":
+        return scale
+    if isinstance(scale, str):
+        raise InputError(f"scale: got {scale!r}; must be a number > 0 or 'auto'")
+    return _positive("scale", scale)
+
+
+def _lissa_candidates(op, lam, kind, method, scale, seed, record) -> list[float]:
+    """The scales to try, in order: the given one, or for ``"auto"`` the paper's grid above
+    the top eigenvalue of H + λI (found by Lanczos, which also catches an indefinite H + λI:
+    the series would diverge for every scale). Notes the rule in ``record``."""
+    if scale != "auto":
+        record.update(scale_rule="given")
+        return [scale]
+    ritz = lanczos(op, op.size, min(20, op.size), seed)[0]
+    top, bottom = float(ritz[0]), float(ritz.min())
+    if kind == "hessian" and bottom + lam < -1e-6 * abs(top):
+        # a Ritz value is a Rayleigh quotient: H + λI has a negative direction, and the
+        # series grows along it for every scale (perhaps too slowly to be caught)
+        raise NumericalError(
+            f"{method}: H + λI is indefinite (H has a Rayleigh quotient {bottom:.3g} below "
+            f"−λ, λ = {lam:.3g}), so the series diverges for every scale; use a larger "
+            f"damping, above {-bottom:.3g} at least (the lowest eigenvalue may be lower), "
+            "or method 'lissa' (Gauss-Newton, positive semi-definite)"
+        )
+    record.update(
+        scale_rule="auto: smallest value of the paper's grid (x 10^k) above the top "
+        "eigenvalue of H + λI",
+        top_eigenvalue=top,
+    )
+    return _scale_candidates(abs(top) + lam)
+
+
+def _lissa_diverged(exc, op, lam, kind, method, scale, seed, tried) -> NumericalError:
+    """The error when the series diverged at every scale tried: what was tried, how large
+    the curvature is, and a scale to try next."""
+    if scale == "auto":
+        detail = " (scale='auto' tried " + ", ".join(f"{t:g}" for t in tried) + ")"
+        suggestion = 10 * tried[-1]
+    else:  # say how large the curvature is: a scale above it is the place to start
+        top = abs(top_eigenvalue(op, op.size, iterations=20, seed=seed)) + lam
+        detail = f"; the top eigenvalue of H + λI is about {top:.3g}"
+        suggestion = max(_scale_candidates(top)[0], 10 * tried[-1])
+    return NumericalError(
+        f"{method}: {exc}{detail}; the scale must exceed the largest eigenvalue of "
+        f"the minibatch H + λI (hessian={kind!r}, damping λ={lam:.3g}): use a larger "
+        f"scale (e.g. scale={suggestion:g}), or scale='auto'"
+        + (", or more damping if H + λI is indefinite" if kind == "hessian" else "")
+    )
+
+
+def _lissa_batches(full: bool, whole_training_set: bool) -> str:
+    """What each LiSSA step's curvature product runs on, for the record.
+
+    >>> _lissa_batches(True, False)
+    'full Hessian sample every step'
+    """
+    if not full:
+        return "minibatches with replacement"
+    return ("full training set" if whole_training_set else "full Hessian sample") + " every step"
 
 
 def _lissa_series(op, lam, V, depth, repeat, batch_size, scale, seed, full):
@@ -733,21 +755,31 @@ def arnoldi(
         raise InputError(f"complement: got {complement!r}; must be true or false")
     seed = seed_value("seed", seed)
     test, train, lam, record, op, g_test = _prepare(
-        "arnoldi",
-        task,
-        test,
-        train,
-        damping,
-        damping_factor,
-        hessian,
-        batch_size,
-        chunk_size,
-        hessian_samples,
-        hessian_seed,
-    )
+        "arnoldi", task, test, train, damping, damping_factor, hessian, batch_size, chunk_size,
+        hessian_samples, hessian_seed,
+    )  # fmt: skip
     record["curvature_batch"] = op.plan(1)[0]  # Lanczos: one vector per product
     rank = min(rank, op.size)
     steps = min(op.size, max(rank, iterations if iterations is not None else 2 * rank))
+    mu, U, res, steps = _top_eigenpairs(op, lam, hessian, rank, steps, seed)
+    S = _low_rank_inverse(g_test, mu, U, lam, complement)
+    values_out = score_matrix(task, train, S, progress=progress, chunk_size=chunk_size)
+    record.update(
+        rank=rank,
+        iterations=steps,
+        complement=complement,
+        seed=int(seed),
+        eigenvalues=[float(m) for m in mu],
+        max_relative_ritz_residual=float((res / mu.abs().clamp_min(1e-300)).max()),
+        chunk_size=chunk_size,
+    )
+    return Scores(values_out, test, train, "arnoldi", record, UNITS)
+
+
+def _top_eigenpairs(op, lam: float, hessian: str, rank: int, steps: int, seed: int):
+    """``(μ, U, residuals, steps taken)``: the ``rank`` Ritz pairs of largest |μ| from
+    ``steps`` Lanczos steps, or NumericalError when the damping does not make every kept
+    μ + λ positive."""
     probe = CostProbe(
         f"{steps} Lanczos steps (curvature products)", steps, "lower rank or hessian_samples"
     )
@@ -760,23 +792,25 @@ def arnoldi(
             "subspace; use a larger damping"
             + (' or hessian="gauss_newton"' if hessian == "hessian" else "")
         )
+    return mu, U, res, steps
+
+
+def _low_rank_inverse(g_test, mu, U, lam: float, complement: bool):
+    """``g_test`` (rows) times U diag(1/(μ + λ)) Uᵀ, plus (1/λ)(I − UUᵀ) with ``complement``.
+
+    >>> U = torch.eye(2, dtype=torch.float64)[:1]  # one kept direction of two
+    >>> g = torch.tensor([[2.0, 3.0]], dtype=torch.float64)
+    >>> mu = torch.tensor([1.0], dtype=torch.float64)
+    >>> _low_rank_inverse(g, mu, U, 1.0, False), _low_rank_inverse(g, mu, U, 1.0, True)
+    (tensor([[1., 0.]], dtype=torch.float64), tensor([[1., 3.]], dtype=torch.float64))
+    """
     coef = g_test @ U.T  # (k, rank)
-    S = (coef / (mu + lam).to(op.dtype)) @ U
+    S = (coef / (mu + lam).to(U.dtype)) @ U
     if complement:
         if lam <= 0:
             raise InputError("arnoldi: complement=True needs damping λ > 0 (it applies 1/λ)")
         S += (g_test - coef @ U) / lam
-    values_out = score_matrix(task, train, S, progress=progress, chunk_size=chunk_size)
-    record.update(
-        rank=rank,
-        iterations=steps,
-        complement=complement,
-        seed=int(seed),
-        eigenvalues=[float(m) for m in mu],
-        max_relative_ritz_residual=float((res / mu.abs().clamp_min(1e-300)).max()),
-        chunk_size=chunk_size,
-    )
-    return Scores(values_out, test, train, "arnoldi", record, UNITS)
+    return S
 
 
 # -- generalized (Proposition 1) -----------------------------------------------------------------
@@ -830,18 +864,9 @@ def generalized(
     if solver == "explicit":
         limits = _check_dense_size(task, max_params, max_memory_gb, "generalized")
     test, train, lam, record, op, g_test = _prepare(
-        "generalized",
-        task,
-        test,
-        train,
-        damping,
-        damping_factor,
-        hessian,
-        batch_size,
-        chunk_size,
-        hessian_samples,
-        hessian_seed,
-    )
+        "generalized", task, test, train, damping, damping_factor, hessian, batch_size,
+        chunk_size, hessian_samples, hessian_seed,
+    )  # fmt: skip
     # ∇R(D) over all n training instances, whatever subset H is estimated from
     grad_R = op.gradient(task.train.inputs, task.train.targets)
     B = torch.cat([-grad_R[None], g_test])
@@ -854,20 +879,9 @@ def generalized(
         X, info = _cg_solve(op, lam, B, tol, max_iter, "generalized")
         record.update(info, solver="cg")
     u, S = X[0], X[1:]
-    n = len(task.train)
-    idx = torch.as_tensor(train, dtype=torch.long)
-    x, y = task.train.inputs[idx], task.train.targets[idx]
-    size = chunk_size or max(1, chunk_size_for(op.size, op.theta.element_size()) // 2)
-    values = np.empty((len(test), len(train)), dtype=np.float64)
-    classical_sq = correction_sq = 0.0
-    for rows, G, CU in op.per_instance(u, x, y, size):
-        classical = S @ G.T / n
-        correction = S @ CU.T / n
-        values[:, rows] = (classical + correction).double().cpu().numpy()
-        classical_sq += float(classical.double().pow(2).sum())
-        correction_sq += float(correction.double().pow(2).sum())
-        if progress is not None:
-            progress(rows.stop - rows.start)
+    values, classical_sq, correction_sq = _generalized_scores(
+        task, op, u, S, train, chunk_size, progress
+    )
     record.update(
         gradient_norm=float(grad_R.norm()),
         delta_theta_norm=float(u.norm()),
@@ -878,3 +892,24 @@ def generalized(
         chunk_size=chunk_size,
     )
     return Scores(values, test, train, "generalized", record, UNITS)
+
+
+def _generalized_scores(task, op, u, S, train, chunk_size, progress):
+    """``(scores, Σ classical², Σ correction²)``: (1/n) S [∇ℓ(z_i) + ∇²ℓ(z_i) u] for each
+    training instance i of ``train``, chunk by chunk, with the squared Frobenius norms of
+    the two parts (S: the solved test gradients, rows; u: the solved −∇R, i.e. Δθ̂(D))."""
+    n = len(task.train)
+    idx = torch.as_tensor(train, dtype=torch.long)
+    x, y = task.train.inputs[idx], task.train.targets[idx]
+    size = chunk_size or max(1, chunk_size_for(op.size, op.theta.element_size()) // 2)
+    values = np.empty((len(S), len(train)), dtype=np.float64)
+    classical_sq = correction_sq = 0.0
+    for rows, G, CU in op.per_instance(u, x, y, size):
+        classical = S @ G.T / n
+        correction = S @ CU.T / n
+        values[:, rows] = (classical + correction).double().cpu().numpy()
+        classical_sq += float(classical.double().pow(2).sum())
+        correction_sq += float(correction.double().pow(2).sum())
+        if progress is not None:
+            progress(rows.stop - rows.start)
+    return values, classical_sq, correction_sq
