@@ -3,6 +3,7 @@ model alone; the numbers are the method's own, the picks an argsort's, the page 
 decoded, a rerun reuses what is saved, and bad input stops at the door with one line."""
 
 import functools
+import shutil
 
 import numpy as np
 import pytest
@@ -97,6 +98,29 @@ def test_unrolled_gives_the_seed_mean_and_its_standard_error(config, run):
     assert np.all(result.sem.values > 0)
     for row in result.top:
         assert row["sem"] == pytest.approx(est.sem[0, 0, row["train"]], rel=1e-5)
+
+
+def test_unrolled_differentiates_the_horizon_alone(config, run, tmp_path, monkeypatch):
+    """`--steps 5` crosses an epoch end at step 3, a checkpoint of the runs: only step 5's
+    cotangents are carried, and only through the 5 steps before it."""
+    import fimo.further.adjoint as adjoint
+
+    out = tmp_path / "run"
+    shutil.copytree(run[0], out)
+    original, live = adjoint._optimizer_vjp, []
+
+    def counted(opt, params, state, item, task, rng, lam, lam_state):
+        live.append(len(next(iter(lam.values()))))
+        return original(opt, params, state, item, task, rng, lam, lam_state)
+
+    monkeypatch.setattr(adjoint, "_optimizer_vjp", counted)
+    result = attribute(config, [1, 4], method="unrolled", seeds=1, steps=5, top=2, out=out)
+    assert live == [2] * 5  # 2 test instances, steps 5 … 1 (3 + 2 more with step 3 too)
+    task = final_task(config, out)
+    longer = dict(FURTHER, epochs=2, record_steps=[5])
+    every = unrolled_estimate(task, [1, 4], range(40), further=longer, seeds=1)
+    assert every.steps.tolist() == [3, 5, 6]
+    np.testing.assert_allclose(result.scores.values, every.mean[1], rtol=1e-5, atol=1e-12)
 
 
 def test_a_rerun_reuses_the_scores_and_a_changed_horizon_recomputes(config, run, monkeypatch):

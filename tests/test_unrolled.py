@@ -226,3 +226,73 @@ def test_drop_is_computed_as_mask():
     }
     np.testing.assert_array_equal(got["drop"].values, got["mask"].values)
     assert np.abs(got["drop"].values).max() > 0
+
+
+def _counting(monkeypatch, name, size):
+    """Wrap ``fimo.further.adjoint.<name>`` to record ``size(args)`` at every call."""
+    import fimo.further.adjoint as adjoint
+
+    original, calls = getattr(adjoint, name), []
+
+    def counted(*args):
+        calls.append(size(args))
+        return original(*args)
+
+    monkeypatch.setattr(adjoint, name, counted)
+    return calls
+
+
+def test_reverse_sweeps_only_to_the_last_wanted_checkpoint(monkeypatch):
+    """Subsets of the checkpoints are slices of the full answer, for less work: the sweep
+    starts at the last wanted checkpoint and carries cotangents of the wanted ones only."""
+    task = make_task(dropout=0.3)  # 29 instances, batches of 8: 4 steps per epoch
+    settings = FurtherSettings(
+        optimizer="adam", lr=0.01, epochs=2, batch_size=8, record_every=2, scheme="mask"
+    )  # checkpoints after 2, 4, 6 and 8 steps
+    vectors = _counting(monkeypatch, "_optimizer_vjp", lambda a: len(next(iter(a[6].values()))))
+    advanced = []
+    full = unrolled_seed(task, settings, 1, np.arange(4), mode="reverse", on_step=advanced.append)
+    assert full.steps.tolist() == [2, 4, 6, 8] and len(vectors) == 8 and len(advanced) == 8
+    # 4 test instances per checkpoint, each live from its checkpoint back to step 1
+    assert sum(vectors) == 4 * (2 * 4 + 2 * 3 + 2 * 2 + 2 * 1)
+    for wanted, rows in (([4, 2, 4], [0, 1]), ([6], [2]), ([2, 8], [0, 3])):
+        vectors.clear()
+        advanced.clear()
+        part = unrolled_seed(
+            task, settings, 1, np.arange(4), steps=wanted, mode="reverse", on_step=advanced.append
+        )
+        assert part.steps.tolist() == full.steps[rows].tolist()
+        np.testing.assert_allclose(part.values, full.values[rows], rtol=1e-12, atol=1e-16)
+        np.testing.assert_array_equal(part.loss_full, full.loss_full[rows])
+        last = max(wanted)
+        assert len(vectors) == last and len(advanced) == last  # steps swept, steps run
+        assert sum(vectors) == 4 * sum(sum(1 for s in part.steps if s > t) for t in range(last))
+
+
+def test_forward_stops_at_the_last_wanted_checkpoint(monkeypatch):
+    task = make_task()
+    settings = FurtherSettings(
+        optimizer="sgd", lr=0.1, momentum=0.9, epochs=2, batch_size=8, record_every=2,
+        scheme="downweight",
+    )  # fmt: skip
+    train = [28, 0, 5]
+    pushed = _counting(monkeypatch, "_push_tangents", lambda a: 1)
+    read = _counting(monkeypatch, "_along_tangents", lambda a: 1)
+    full = unrolled_seed(task, settings, 3, np.arange(4), train, mode="forward")
+    assert (len(pushed), len(read)) == (8, 4)
+    pushed.clear()
+    read.clear()
+    part = unrolled_seed(task, settings, 3, np.arange(4), train, steps=[4], mode="forward")
+    assert (len(pushed), len(read)) == (4, 1)
+    assert part.steps.tolist() == [4] and part.epochs.tolist() == [1.0]
+    np.testing.assert_allclose(part.values, full.values[[1]], rtol=1e-12, atol=1e-16)
+    np.testing.assert_array_equal(part.loss_full, full.loss_full[[1]])
+
+
+def test_wanted_checkpoints_are_checked():
+    task = make_task(n=24)
+    settings = FurtherSettings(batch_size=8, epochs=2)  # checkpoints after 3 and 6 steps
+    with pytest.raises(InputError, match=r"steps \[4\] are not checkpoints .* \[3, 6\]"):
+        unrolled_seed(task, settings, 0, [0], steps=[3, 4])
+    with pytest.raises(InputError, match="got none"):
+        unrolled_seed(task, settings, 0, [0], steps=[])

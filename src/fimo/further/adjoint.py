@@ -190,6 +190,27 @@ def checkpoint_steps(plan: list[_Step], settings: FurtherSettings, per_epoch: in
     return out
 
 
+def wanted_checkpoints(marks: list[int], steps) -> list[int]:
+    """The wanted ``steps`` (all ``marks`` when None), sorted, once each; InputError for a
+    step the settings do not record.
+
+    >>> wanted_checkpoints([2, 3, 4, 6], [4, 2, 4])
+    [2, 4]
+    """
+    if steps is None:
+        return list(marks)
+    wanted = sorted({int(s) for s in np.asarray(steps, dtype=np.int64).ravel()})
+    if not wanted:
+        raise InputError("unrolled: steps: got none; give at least one checkpoint's step count")
+    missing = [s for s in wanted if s not in set(marks)]
+    if missing:
+        raise InputError(
+            f"unrolled: steps {missing[:5]} are not checkpoints of these further-training "
+            f"settings (they record after {marks[:8]} steps)"
+        )
+    return wanted
+
+
 class _Trajectory:
     """The states ``z_t = (θ_t, optimizer state_t)`` of the full run, stored or recomputed.
 
@@ -234,6 +255,7 @@ def unrolled_seed(
     test,
     train=None,
     *,
+    steps=None,
     mode: str = "auto",
     budget_bytes: int = DEFAULT_BUDGET,
     on_step: Callable[[int], None] | None = None,
@@ -243,6 +265,10 @@ def unrolled_seed(
     The derivative of seed ``seed``'s further-training run (the gold standard's run 0) with
     respect to each training instance's weight under ``settings.scheme`` (module docstring),
     at every checkpoint; positive = helpful. ``values[c, t, j]`` is for ``train[j]``.
+
+    ``steps``: the checkpoints wanted (step counts the settings record; default all of them),
+    returned in increasing order. Only they are differentiated: the run is followed up to the
+    last of them, and vectors are injected (reverse) or read (forward) only at them.
 
     ``mode``: ``"reverse"`` (one cotangent per (checkpoint, test instance), all training
     instances at once), ``"forward"`` (one tangent per wanted training instance, all
@@ -258,6 +284,8 @@ def unrolled_seed(
     >>> out = unrolled_seed(task, FurtherSettings(lr=0.1, batch_size=4, epochs=2), 0, [0, 1])
     >>> out.values.shape, out.steps.tolist()
     ((2, 2, 12), [3, 6])
+    >>> unrolled_seed(task, FurtherSettings(lr=0.1, batch_size=4, epochs=2), 0, [0], steps=[3]).steps
+    array([3])
     """
     task = task.with_cached_trunk()
     n = len(task.train)
@@ -273,7 +301,7 @@ def unrolled_seed(
             "unrolled: further.scheme 'downweight' with dropout in the model is not supported "
             "(the engine draws the extra term's mask per run); use scheme 'mask'"
         )
-    run = _RunZero(task, settings, seed)
+    run = _RunZero(task, settings, seed, steps)
     mode = _choose_mode(mode, settings, run, len(test), len(wanted))
     every = _segment_length(mode, run, budget_bytes)
     measured = _Measured(task, run, test, on_step)
@@ -297,7 +325,7 @@ def unrolled_seed(
 class _RunZero:
     """The gold standard's run 0 of one seed: its plan, checkpoints, optimizer and one step."""
 
-    def __init__(self, task: Task, settings: FurtherSettings, seed: int):
+    def __init__(self, task: Task, settings: FurtherSettings, seed: int, steps=None):
         self.task, self.settings = task, settings
         self.params0 = stack(task.params(), 1)
         some = next(iter(self.params0.values()))
@@ -306,8 +334,9 @@ class _RunZero:
         self.state0 = tree_to(self.opt.init(self.params0), self.device)
         n = len(task.train)
         self.per_epoch = steps_per_epoch(n, settings.batch_size)
-        self.plan = run_zero(n, settings, seed)
-        self.marks = checkpoint_steps(self.plan, settings, self.per_epoch)
+        plan = run_zero(n, settings, seed)
+        self.marks = wanted_checkpoints(checkpoint_steps(plan, settings, self.per_epoch), steps)
+        self.plan = plan[: self.marks[-1]]  # nothing after the last wanted checkpoint matters
         self.total = len(self.plan)
         self.step_grads = step_gradients(task, settings)
         self.state_bytes = _nbytes(self.params0) + _nbytes(self.state0) + 5056

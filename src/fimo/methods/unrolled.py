@@ -153,7 +153,8 @@ def unrolled_estimate(
     """`unrolled` for ``seeds`` (a count, from 0, or a list), with the seed statistics.
 
     ``keep``: training indices (within ``train``) whose per-seed values are kept.
-    ``steps``: the checkpoints wanted (default: all the further-training settings record).
+    ``steps``: the checkpoints wanted (default: all the further-training settings record);
+    only they are computed (the runs are differentiated up to the last of them).
 
     >>> from fimo.data import ArrayDataset
     >>> from fimo.models import mlp
@@ -179,8 +180,9 @@ def unrolled_estimate(
     per_seed, loss_full = [], []
     for k, seed in enumerate(seed_list, start=1):
         one = unrolled_seed(
-            task, settings, seed, test, train, mode=mode, budget_bytes=budget_mb * 2**20
-        )
+            task, settings, seed, test, train, steps=steps, mode=mode,
+            budget_bytes=budget_mb * 2**20,
+        )  # fmt: skip
         if progress is not None:  # in training instances, as every method: a share per seed
             progress(len(train) * k // len(seed_list) - len(train) * (k - 1) // len(seed_list))
         cols = _checkpoints(one.steps, steps)
@@ -216,17 +218,16 @@ def unrolled_estimate(
 
 
 def _checkpoints(have: np.ndarray, wanted) -> np.ndarray:
-    """Positions of the ``wanted`` step counts among ``have`` (all of them by default)."""
+    """Positions of the ``wanted`` step counts, in the order asked, among the ones a seed
+    computed (``have``: the wanted ones sorted, each once; all of them by default).
+
+    >>> _checkpoints(np.array([3, 6]), [6, 3, 6]).tolist()
+    [1, 0, 1]
+    """
     if wanted is None:
         return np.arange(len(have))
     position = {int(s): j for j, s in enumerate(have)}
-    missing = [int(s) for s in wanted if int(s) not in position]
-    if missing:
-        raise InputError(
-            f"unrolled: steps {missing[:5]} are not checkpoints of these further-training "
-            f"settings (they record after {have.tolist()[:8]} steps)"
-        )
-    return np.array([position[int(s)] for s in wanted], dtype=np.int64)
+    return np.array([position[int(s)] for s in np.ravel(wanted)], dtype=np.int64)
 
 
 def unrolled(
