@@ -45,6 +45,7 @@ from fimo.errors import InputError, NumericalError, check_choice
 from fimo.further.engine import FurtherSettings, stack, step_gradients, tree_to
 from fimo.further.plan import schedule, steps_per_epoch
 from fimo.further.runner import bytes_per_run
+from fimo.methods.cost import CostProbe
 from fimo.task import Task
 
 #: Bytes the stored trajectory and the cotangents of one sweep may take, by default.
@@ -259,6 +260,7 @@ def unrolled_seed(
     mode: str = "auto",
     budget_bytes: int = DEFAULT_BUDGET,
     on_step: Callable[[int], None] | None = None,
+    announce_for: int = 1,
 ) -> UnrolledSeed:
     """First-order scores of the training instances ``train`` (default: all n) for ``test``.
 
@@ -275,6 +277,9 @@ def unrolled_seed(
     checkpoints and test instances at once) or ``"auto"``, the one with fewer vectors.
     ``budget_bytes`` bounds the stored trajectory and the vectors of one sweep; the test
     instances (reverse) or training instances (forward) are split into sweeps to fit it.
+    ``announce_for``: how many seeds like this one the caller runs; their cost, estimated from
+    this seed's first sweep steps, is announced when long (:class:`fimo.methods.cost.CostProbe`;
+    0: not announced).
 
     >>> from fimo.data import ArrayDataset
     >>> from fimo.models import mlp
@@ -305,13 +310,16 @@ def unrolled_seed(
     mode = _choose_mode(mode, settings, run, len(test), len(wanted))
     every = _segment_length(mode, run, budget_bytes)
     measured = _Measured(task, run, test, on_step)
+    vectors = len(wanted) if mode == "forward" else len(run.marks) * len(test)
+    probe = _probe(mode, run, _sweeps(mode, run, len(test), len(wanted), budget_bytes), vectors,
+                   announce_for)  # fmt: skip
     device = run.device
     with task.train_mode(), torch.random.fork_rng([device] if device.type == "cuda" else []):
         torch.manual_seed(int(seed))
         if mode == "forward":
-            values = _forward_values(run, wanted, measured, budget_bytes)
+            values = _forward_values(run, wanted, measured, budget_bytes, probe)
         else:
-            values = _reverse_values(run, wanted, measured, every, budget_bytes)
+            values = _reverse_values(run, wanted, measured, every, budget_bytes, probe)
     if not np.isfinite(values).all():
         raise NumericalError(
             f"unrolled (seed {seed}): the derivative is NaN or infinite; lower further.lr "
@@ -402,9 +410,39 @@ def _segment_length(mode: str, run: _RunZero, budget_bytes: int) -> int:
     return every
 
 
-def _forward_values(run: _RunZero, wanted, measured: _Measured, budget_bytes: int):
+def _per_sweep(mode: str, run: _RunZero, budget_bytes: int) -> int:
+    """How many training instances (forward) or test instances (reverse) one sweep carries."""
+    if mode == "forward":
+        return max(1, int((budget_bytes // 2) // run.vector_bytes))
+    per_test = len(run.marks) * (run.vector_bytes + len(run.task.train) * 8)
+    return max(1, int((budget_bytes // 2) // per_test))
+
+
+def _sweeps(mode: str, run: _RunZero, n_test: int, wanted: int, budget_bytes: int) -> int:
+    """The number of sweeps through the run that the vectors need (the budget splits them)."""
+    return -(-(wanted if mode == "forward" else n_test) // _per_sweep(mode, run, budget_bytes))
+
+
+def _probe(mode: str, run: _RunZero, sweeps: int, vectors: int, seeds: int) -> CostProbe | None:
+    """The cost announcement of ``seeds`` seeds, ticked at each step of each sweep; the first
+    step's time holds the seed's one-off work (the stored trajectory's forward pass)."""
+    if seeds < 1:
+        return None
+    kind = (
+        "tangents (training instances)" if mode == "forward" else "cotangents (checkpoint × test)"
+    )
+    cut = "score fewer training instances" if mode == "forward" else "give fewer test instances"
+    return CostProbe(
+        f"unrolled: {seeds} seed(s) × {sweeps * run.total} {mode} steps carrying {vectors} {kind}",
+        sweeps * run.total,
+        f"lower the seeds or the steps, or {cut}",
+        repeats=seeds,
+    )
+
+
+def _forward_values(run: _RunZero, wanted, measured: _Measured, budget_bytes: int, probe):
     """(C, T, len(wanted)) by forward sweeps over blocks of training instances."""
-    per_sweep = max(1, int((budget_bytes // 2) // run.vector_bytes))
+    per_sweep = _per_sweep("forward", run, budget_bytes)
     values = np.empty((len(run.marks), len(measured.X_test), len(wanted)))
     for a in range(0, len(wanted), per_sweep):
         cols = slice(a, min(a + per_sweep, len(wanted)))
@@ -412,23 +450,24 @@ def _forward_values(run: _RunZero, wanted, measured: _Measured, budget_bytes: in
         values[:, :, cols] = _forward_sweep(
             run.task, run.settings, run.opt, run.plan, run.marks, run.advance,
             (run.params0, run.state0), wanted[cols], measured.X_test, measured.Y_test, measured,
+            probe,
         )  # fmt: skip
     return values
 
 
-def _reverse_values(run: _RunZero, wanted, measured: _Measured, every: int, budget_bytes: int):
+def _reverse_values(
+    run: _RunZero, wanted, measured: _Measured, every: int, budget_bytes: int, probe
+):
     """(C, T, len(wanted)) by reverse sweeps over blocks of test instances."""
-    n = len(run.task.train)
     trajectory = _Trajectory(run.advance, (run.params0, run.state0), run.total, every, measured)
-    per_test = len(run.marks) * (run.vector_bytes + n * 8)
-    per_sweep = max(1, int((budget_bytes // 2) // per_test))
+    per_sweep = _per_sweep("reverse", run, budget_bytes)
     X_test, Y_test = measured.X_test, measured.Y_test
     values = np.empty((len(run.marks), len(X_test), len(wanted)))
     for a in range(0, len(X_test), per_sweep):
         rows = slice(a, min(a + per_sweep, len(X_test)))
         values[:, rows] = _sweep(
             run.task, run.settings, run.opt, run.plan, run.marks, trajectory,
-            X_test[rows], Y_test[rows],
+            X_test[rows], Y_test[rows], probe,
         )[:, :, wanted]  # fmt: skip
     return values
 
@@ -439,8 +478,9 @@ def _measure(task, params, X_test, Y_test) -> np.ndarray:
         return task.measure(p, X_test, Y_test).double().cpu().numpy()
 
 
-def _sweep(task, settings, opt, plan, marks, trajectory, X_test, Y_test) -> np.ndarray:
-    """One reverse sweep for a block of test instances: (C, T_block, n) scores."""
+def _sweep(task, settings, opt, plan, marks, trajectory, X_test, Y_test, probe) -> np.ndarray:
+    """One reverse sweep for a block of test instances: (C, T_block, n) scores; ``probe``
+    (or None) is ticked at each step."""
     n = len(task.train)
     X, Y = task.train.inputs, task.train.targets
     C, T = len(marks), len(X_test)
@@ -495,15 +535,17 @@ def _sweep(task, settings, opt, plan, marks, trajectory, X_test, Y_test) -> np.n
             d = dloss[:, valid]
             u_bar = (d - d.mean(1, keepdim=True)) / count
             derivative[live].index_add_(1, idx[valid], u_bar.double())
+        if probe is not None:
+            probe.tick()
     sign = 1.0 if scheme == "downweight" else -1.0
     return (sign * derivative).reshape(C, T, n).cpu().numpy()
 
 
 def _forward_sweep(
-    task, settings, opt, plan, marks, advance, z0, instances, X_test, Y_test, on_state
+    task, settings, opt, plan, marks, advance, z0, instances, X_test, Y_test, on_state, probe
 ):
     """One forward pass with a tangent per training instance (the direction of its removal):
-    (C, T, L) scores for the L ``instances``.
+    (C, T, L) scores for the L ``instances``; ``probe`` (or None) is ticked at each step.
 
     Each step advances the engine's run 0 (``advance``'s arithmetic through ``opt``) and
     pushes the tangents through it: a forward-over-reverse product through the batch gradient
@@ -535,6 +577,8 @@ def _forward_sweep(
                 gs = test_grads({k: v[0] for k, v in params.items()}, X_test, Y_test)
             out[c] = _along_tangents(gs, tangents[0])
             c += 1
+        if probe is not None:
+            probe.tick()
     return out
 
 

@@ -181,7 +181,7 @@ def unrolled_estimate(
     for k, seed in enumerate(seed_list, start=1):
         one = unrolled_seed(
             task, settings, seed, test, train, steps=steps, mode=mode,
-            budget_bytes=budget_mb * 2**20,
+            budget_bytes=budget_mb * 2**20, announce_for=len(seed_list) if k == 1 else 0,
         )  # fmt: skip
         if progress is not None:  # in training instances, as every method: a share per seed
             progress(len(train) * k // len(seed_list) - len(train) * (k - 1) // len(seed_list))

@@ -47,6 +47,7 @@ import torch
 
 from fimo.errors import InputError, check_choice
 from fimo.methods.common import hessian_subset, seed_value, subset_record, test_and_train
+from fimo.methods.cost import CostProbe
 from fimo.methods.curvature import DEFAULT_BATCH, KINDS, curvature, dense_matrix
 from fimo.methods.gradients import DEFAULT_BUDGET, gradient_matrix, per_instance_grads
 from fimo.scores import Scores
@@ -170,8 +171,9 @@ def lanczos_apply(
     return torch.einsum("ckm,kmp->ckp", coef, Q), info
 
 
-def _lanczos(matmat, V, filt, max_iter, tol, exact_at):
-    """:func:`lanczos_apply` in factored form: coefficients (C, K, m), bases (K, m, P), record."""
+def _lanczos(matmat, V, filt, max_iter, tol, exact_at, on_step=lambda: None):
+    """:func:`lanczos_apply` in factored form: coefficients (C, K, m), bases (K, m, P), record;
+    ``on_step()`` is called after each step."""
     V = V.double()
     K, P = V.shape
     m = max(1, min(int(max_iter), P, exact_at or P))
@@ -221,6 +223,7 @@ def _lanczos(matmat, V, filt, max_iter, tol, exact_at):
                     coef[k] = now
                     running[k] = False
         q[rows] = W / b.clamp_min(torch.finfo(torch.float64).tiny)[:, None]
+        on_step()
     C = len(filt(np.ones(1)))
     out = torch.zeros(C, K, m, dtype=torch.float64)  # zero past each process's last step
     for k in range(K):
@@ -238,9 +241,10 @@ def _lanczos(matmat, V, filt, max_iter, tol, exact_at):
     )
 
 
-def series_apply(matmat, V: torch.Tensor, steps, lr, momentum=0.0, nesterov=False):
+def series_apply(matmat, V: torch.Tensor, steps, lr, momentum=0.0, nesterov=False, on_step=None):
     """F_c(H) v for each row v of V by running the optimizer's recursion on the quadratic:
-    (C, K, P), one block product per step up to the largest step count.
+    (C, K, P), one block product per step up to the largest step count; ``on_step()`` (if
+    given) is called after each step.
 
     >>> H = torch.tensor([[2.0]], dtype=torch.float64)
     >>> series_apply(lambda X: X @ H, torch.ones(1, 1, dtype=torch.float64), [1, 3], 0.1)[:, 0, 0]
@@ -256,6 +260,8 @@ def series_apply(matmat, V: torch.Tensor, steps, lr, momentum=0.0, nesterov=Fals
         delta = delta - lr * (grad + momentum * buf if nesterov else buf)
         if t in wanted:
             out[wanted[t]] = -delta
+        if on_step is not None:
+            on_step()
     return out
 
 
@@ -455,7 +461,12 @@ def _scorers(solver, op, shift, matmat, filt, g_test, steps, opt, max_iter, tol,
     """Blocks (test rows, G ↦ scores (C, rows, N) before the 1/n) and the largest eigenvalue
     (or Ritz value) of H + shift·I seen, None for the series; fills ``record``."""
     if solver == "dense":
-        H = dense_matrix(op).double()
+        probe = CostProbe(
+            f"the dense {op.size} × {op.size} {op.kind} matrix from {op.count} instances",
+            op.count,
+            "lower hessian_samples or dense_max_params (Lanczos instead)",
+        )
+        H = dense_matrix(op, on_step=probe.tick).double()
         H.diagonal().add_(shift)
         vals, U = torch.linalg.eigh(H)
         del H
@@ -463,16 +474,26 @@ def _scorers(solver, op, shift, matmat, filt, g_test, steps, opt, max_iter, tol,
         return [(slice(0, len(g_test)), _dense_scorer(vals, U, g_test, filt))], float(vals[-1])
     depth = max_iter if solver == "lanczos" else 3  # vectors of P held per test gradient
     per = max(1, DEFAULT_BUDGET // (8 * op.size * depth))
+    n_blocks = -(-len(g_test) // per)
+    length = min(max_iter, op.size, int(steps.max())) if solver == "lanczos" else int(steps.max())
+    probe = CostProbe(
+        f"{'at most ' if solver == 'lanczos' else ''}{n_blocks * length} {solver} steps on "
+        f"blocks of up to {min(per, len(g_test))} test gradients",
+        n_blocks * length,
+        "lower max_iter or hessian_samples" if solver == "lanczos" else "lower the steps",
+    )
     blocks, parts = [], []
     for start in range(0, len(g_test), per):
         V = g_test[start : start + per]
         rows = slice(start, start + len(V))
         if solver == "lanczos":
-            coef, Q, part = _lanczos(matmat, V, filt, max_iter, tol, int(steps.max()))
+            coef, Q, part = _lanczos(matmat, V, filt, max_iter, tol, int(steps.max()), probe.tick)
             parts.append(part)
             blocks.append((rows, _krylov_scorer(coef, Q)))
         else:
-            S = series_apply(matmat, V, steps, opt["lr"], opt["momentum"], opt["nesterov"])
+            S = series_apply(
+                matmat, V, steps, opt["lr"], opt["momentum"], opt["nesterov"], probe.tick
+            )
             blocks.append((rows, lambda G, S=S: torch.einsum("ckp,np->ckn", S, G.double())))
     if solver == "series":
         return blocks, None
@@ -512,9 +533,15 @@ def _stream(task, blocks, C, K, train, chunk_size, progress) -> np.ndarray:
     idx = torch.as_tensor(train, dtype=torch.long)
     x, y = task.train.inputs[idx], task.train.targets[idx]
     out = np.empty((C, K, len(train)), dtype=np.float64)
+    probe = CostProbe(
+        f"scoring {len(train)} training instances against {K} test vectors at {C} checkpoints",
+        len(train),
+        "score fewer training instances or test instances",
+    )
     for cols, g in per_instance_grads(task, x, y, chunk_size=chunk_size):
         for rows, scorer in blocks:
             out[:, rows, cols] = (scorer(g) / n).numpy()
         if progress is not None:
             progress(cols.stop - cols.start)
+        probe.tick(cols.stop - cols.start)
     return out
