@@ -236,3 +236,23 @@ def test_bad_further_settings_for_a_task_are_named():
         fimo.attribute(task, [0], further={"lrr": 0.1})
     with pytest.raises(fimo.errors.InputError, match=r"^--test: got 4, but there are only 4"):
         fimo.attribute(task, [4])
+
+
+def test_the_command_prints_the_methods_cost_estimate(
+    tiny_toml, run, tmp_path, monkeypatch, capsys
+):
+    import fimo.methods.cost as cost
+
+    out = tmp_path / "run"
+    shutil.copytree(run[0], out)
+    readings = iter(range(10**6))  # a clock that advances 1 s at each reading
+    monkeypatch.setattr(cost, "now", lambda: float(next(readings)))
+    monkeypatch.setattr(cost, "ANNOUNCE_AFTER", 0.0)
+    argv = ["attribute", str(tiny_toml), "--out", str(out), "--test", "2", "--method", "unrolled"]
+    assert main([*argv, "--seeds", "2", "--steps", "5"]) == 0
+    captured = capsys.readouterr()
+    printed = " ".join(captured.err.split())  # above the progress bar, on stderr
+    assert (
+        "unrolled: about 10 s for unrolled: 2 seed(s) × 5 reverse steps carrying 1 cotangents "
+        "(checkpoint × test) (1 s each)" in printed
+    )

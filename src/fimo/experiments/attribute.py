@@ -34,6 +34,7 @@ from fimo.further.engine import FurtherSettings
 from fimo.further.plan import steps_per_epoch
 from fimo.io import fingerprint, write_text
 from fimo.methods import available_methods, get_method
+from fimo.methods.cost import announcements
 from fimo.methods.unrolled import unrolled_estimate
 from fimo.methods.unrolled_quadratic import resolve_optimizer
 from fimo.scores import Scores
@@ -418,10 +419,14 @@ def _cached(rundir: RunDir | None, name: str, fp: str):
 
 
 def _compute(job: _Job, console: Console, quiet: bool) -> tuple[Scores, Scores | None]:
-    """Run the method on every training instance, with a progress bar."""
+    """Run the method on every training instance, with a progress bar and, above it, the
+    method's estimates of its long loops (:mod:`fimo.methods.cost`)."""
     name, task = job.request.method, job.task.with_cached_trunk()
     train, started = np.arange(len(task.train)), time.perf_counter()
-    with progress_bar(console, quiet) as bar:
+    with (
+        progress_bar(console, quiet) as bar,
+        announcements(lambda text: bar.console.print(f"{name}: {text}", highlight=False)),
+    ):
         progress_job = bar.add_task(name, total=len(train))
         arguments = dict(job.settings, progress=lambda k: bar.advance(progress_job, k))
         if name in WITH_SEM:
