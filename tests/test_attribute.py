@@ -21,6 +21,7 @@ from fimo.experiments.config import from_dict
 from fimo.experiments.rundir import RunDir
 from fimo.methods.unrolled import unrolled_estimate
 from fimo.methods.unrolled_quadratic import unrolled_quadratic
+from fimo.scores import Scores
 
 #: 40 Concrete instances, batches of 16: one further-training epoch is 3 steps
 TINY = {
@@ -256,3 +257,32 @@ def test_the_command_prints_the_methods_cost_estimate(
         "unrolled: about 10 s for unrolled: 2 seed(s) × 5 reverse steps carrying 1 cotangents "
         "(checkpoint × test) (1 s each)" in printed
     )
+
+
+def test_the_page_shows_every_stored_method_newest_first(config, run, tmp_path):
+    from fimo.evaluate.attribution import score_text
+
+    out = tmp_path / "run"
+    shutil.copytree(run[0], out)
+    shutil.rmtree(out / "attribution")
+    first = attribute(config, [2, 4], method="grad_dot", top=3, out=out)
+    second = attribute(config, [1], method="unrolled", seeds=2, steps=5, top=2, out=out)
+    # another model's scores and a damaged file are left out, each with a note
+    foreign = Scores(np.ones((1, 40)), [0], range(40), "cg", {"attribute": {"final_model": "x"}})
+    foreign.save(RunDir(out).attribution_file("cg"))
+    (out / "attribution" / "trak.npz").write_bytes(b"cut short")
+    last = attribute(config, [3, 0], top=4, out=out)  # unrolled_quadratic, the default
+    page = (out / "attribution.html").read_text()
+    assert "<title>fimo attribute: unrolled_quadratic, unrolled, grad_dot</title>" in page
+    assert "left out: cg.npz was made for another final model or data" in page
+    assert "left out: trak.npz is damaged or unreadable" in page
+    sections = page.split("<h2 id=")[1:]
+    assert [s.split("'")[1] for s in sections] == ["unrolled_quadratic", "unrolled", "grad_dot"]
+    for section, result in zip(sections, (last, second, first), strict=True):
+        tests = [int(t) for t in result.scores.test]
+        assert [int(p.split("</h3>")[0]) for p in section.split("Test instance #")[1:]] == tests
+        for row in result.top:  # the stored scores' own picks, with the standard error
+            assert f"#{row['train']}</td><td class='num'>" in section
+            assert score_text(row["score"], row["sem"]) in section
+    assert "horizon: 5 steps" in sections[1] and "seeds: [0, 1]" in sections[1]
+    assert "±" in sections[1] and "±" not in sections[0] + sections[2]
