@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -401,60 +402,125 @@ def unrolled_quadratic(
     True
     """
     test, train = test_and_train(task, test, train, "unrolled_quadratic")
-    steps = _steps(steps)
-    opt = resolve_optimizer(further, lr, momentum)
-    check_choice("hessian", hessian, KINDS)
-    check_choice("solver", solver, SOLVERS)
-    damping = _number("damping", damping)
-    dense_max_params = _count("dense_max_params", dense_max_params)
-    max_iter = _count("max_iter", max_iter)
-    tol = _number("tol", tol)
-    if chunk_size is not None:
-        _count("chunk_size", chunk_size)
-    hessian_seed = seed_value("hessian_seed", hessian_seed)
-    n = len(task.train)
-    subset = hessian_subset(n, hessian_samples, hessian_seed)
-    op = curvature(
-        task, hessian, batch_size=batch_size, data_indices=None if len(subset) == n else subset
-    )
-    shift = opt["weight_decay"] + damping
-    if solver == "auto":
-        solver = "dense" if op.size <= dense_max_params else "lanczos"
-
-    def filt(h):
-        return horizon_filter(h, steps, opt["lr"], opt["momentum"], opt["nesterov"])
-
-    def matmat(X):  # (H + shift·I) X, rows
-        return op(X.to(op.dtype)).double() + shift * X.double()
-
+    checked = _Settings.checked(
+        steps, lr, momentum, further, hessian, damping, solver, dense_max_params, max_iter, tol,
+        chunk_size, hessian_seed,
+    )  # fmt: skip
+    op, solver, record = _operator(task, checked, hessian_samples, batch_size, chunk_size)
     g_test = gradient_matrix(task, task.test, test, measure=True, chunk_size=chunk_size).double()
+    blocks, top = _scorers(
+        solver, op, checked.shift, _shifted(op, checked.shift), checked.filter, g_test,
+        checked.steps, checked.opt, checked.max_iter, checked.tol, record,
+    )  # fmt: skip
+    if top is not None:
+        _check_stability(checked.opt, top, record)
+    if record.get("converged") is False:
+        _warn_unconverged(checked, record)
+    values = _stream(task, blocks, len(checked.steps), len(test), train, chunk_size, progress)
+    return Scores(values, test, train, "unrolled_quadratic", record, UNITS, checked.steps)
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """The method's settings, checked: the checkpoints' step counts, the optimizer's
+    constants (:func:`resolve_optimizer`), the curvature kind, the damping, the solver and
+    its limits."""
+
+    steps: np.ndarray
+    opt: dict
+    hessian: str
+    damping: float
+    solver: str
+    dense_max_params: int
+    max_iter: int
+    tol: float
+    hessian_seed: int
+
+    @classmethod
+    def checked(
+        cls, steps, lr, momentum, further, hessian, damping, solver, dense_max_params, max_iter,
+        tol, chunk_size, hessian_seed,
+    ) -> _Settings:  # fmt: skip
+        """Every setting checked once, at the door (an InputError names the setting).
+
+        >>> s = _Settings.checked([4, 8], 0.1, None, None, "hessian", 0, "auto", 3000, 200,
+        ...                       1e-6, None, 0)
+        >>> s.steps.tolist(), s.opt["lr"], s.shift
+        ([4, 8], 0.1, 0.0)
+        """
+        steps = _steps(steps)
+        opt = resolve_optimizer(further, lr, momentum)
+        check_choice("hessian", hessian, KINDS)
+        check_choice("solver", solver, SOLVERS)
+        damping = _number("damping", damping)
+        dense_max_params = _count("dense_max_params", dense_max_params)
+        max_iter = _count("max_iter", max_iter)
+        tol = _number("tol", tol)
+        if chunk_size is not None:
+            _count("chunk_size", chunk_size)
+        hessian_seed = seed_value("hessian_seed", hessian_seed)
+        return cls(
+            steps, opt, hessian, damping, solver, dense_max_params, max_iter, tol, hessian_seed
+        )
+
+    @property
+    def shift(self) -> float:
+        """What is added to H: the further training's L2 weight decay and the damping."""
+        return self.opt["weight_decay"] + self.damping
+
+    def filter(self, h) -> np.ndarray:
+        """F_c at the eigenvalues ``h`` for every checkpoint c: (C, len(h))."""
+        opt = self.opt
+        return horizon_filter(h, self.steps, opt["lr"], opt["momentum"], opt["nesterov"])
+
+
+def _operator(task: Task, checked: _Settings, hessian_samples, batch_size, chunk_size):
+    """The curvature operator of H (on ``hessian_samples`` training instances, all by
+    default), the solver (``"auto"`` resolved by the number of parameters) and the record
+    of the settings the scores were made with."""
+    n = len(task.train)
+    subset = hessian_subset(n, hessian_samples, checked.hessian_seed)
+    op = curvature(
+        task, checked.hessian, batch_size=batch_size,
+        data_indices=None if len(subset) == n else subset,
+    )  # fmt: skip
+    solver = checked.solver
+    if solver == "auto":
+        solver = "dense" if op.size <= checked.dense_max_params else "lanczos"
     record = {
-        "steps": steps.tolist(),
-        **opt,
-        "damping": damping,
-        "hessian": hessian,
+        "steps": checked.steps.tolist(),
+        **checked.opt,
+        "damping": checked.damping,
+        "hessian": checked.hessian,
         "solver": solver,
         "num_params": op.size,
         "n_train": n,
-        **subset_record(n, hessian_samples, hessian_seed, subset),
+        **subset_record(n, hessian_samples, checked.hessian_seed, subset),
         "batch_size": batch_size,
         "chunk_size": chunk_size,
     }
-    blocks, top = _scorers(
-        solver, op, shift, matmat, filt, g_test, steps, opt, max_iter, tol, record
+    return op, solver, record
+
+
+def _shifted(op, shift: float):
+    """The product X ↦ (H + shift·I) X on rows, in float64."""
+
+    def matmat(X):
+        return op(X.to(op.dtype)).double() + shift * X.double()
+
+    return matmat
+
+
+def _warn_unconverged(checked: _Settings, record: dict) -> None:
+    """A RuntimeWarning, at the caller of :func:`unrolled_quadratic`: Lanczos stopped at
+    ``max_iter`` before reaching ``tol`` for some test gradient."""
+    warnings.warn(
+        f"unrolled_quadratic: Lanczos did not reach tol={checked.tol:g} in "
+        f"max_iter={checked.max_iter} steps for every test gradient (worst relative change "
+        f"{record['max_error_estimate']:.2e}); raise max_iter",
+        RuntimeWarning,
+        stacklevel=3,
     )
-    if top is not None:
-        _check_stability(opt, top, record)
-    if record.get("converged") is False:
-        warnings.warn(
-            f"unrolled_quadratic: Lanczos did not reach tol={tol:g} in max_iter={max_iter} steps "
-            f"for every test gradient (worst relative change {record['max_error_estimate']:.2e}); "
-            "raise max_iter",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-    values = _stream(task, blocks, len(steps), len(test), train, chunk_size, progress)
-    return Scores(values, test, train, "unrolled_quadratic", record, UNITS, steps)
 
 
 def _scorers(solver, op, shift, matmat, filt, g_test, steps, opt, max_iter, tol, record):
