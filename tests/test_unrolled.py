@@ -296,3 +296,94 @@ def test_wanted_checkpoints_are_checked():
         unrolled_seed(task, settings, 0, [0], steps=[3, 4])
     with pytest.raises(InputError, match="got none"):
         unrolled_seed(task, settings, 0, [0], steps=[])
+
+
+def test_an_interrupted_estimate_resumes_at_the_next_seed(tmp_path, monkeypatch):
+    """Seeds done before an interruption are read back (not computed again) and the numbers
+    are exactly those of an uninterrupted call; a deleted, damaged or foreign state is
+    ignored (every seed computed)."""
+    import fimo.methods.unrolled as unrolled_module
+    from fimo.methods.unrolled import unrolled_estimate
+
+    task = make_task(n=24)
+    settings = FurtherSettings(lr=0.1, epochs=2, batch_size=8, scheme="mask")
+    call = dict(test=[1, 3], train=range(24), further=settings, seeds=[4, 0, 7, 2], keep=[5, 17])
+    whole = unrolled_estimate(task, **call)
+    original, computed, stop_at = unrolled_module.unrolled_seed, [], []
+
+    def interruptible(task, settings, seed, *args, **kwargs):
+        if stop_at and seed == stop_at[0]:
+            stop_at.clear()
+            raise KeyboardInterrupt
+        computed.append(seed)
+        return original(task, settings, seed, *args, **kwargs)
+
+    monkeypatch.setattr(unrolled_module, "unrolled_seed", interruptible)
+    folder = tmp_path / "unrolled.partial"
+
+    def resumed(stop, damage=None):
+        computed.clear()
+        stop_at[:] = [stop]
+        with pytest.raises(KeyboardInterrupt):
+            unrolled_estimate(task, **call, partial_dir=folder)
+        if damage is not None:
+            damage(folder / "state.npz")
+        before, done = list(computed), []
+        computed.clear()
+        again = unrolled_estimate(task, **call, partial_dir=folder, progress=done.append)
+        assert sum(done) == 24 and not folder.exists()  # every instance counted; state removed
+        for name in ("mean", "sem", "per_seed", "loss_full", "steps", "epochs"):
+            np.testing.assert_array_equal(getattr(again, name), getattr(whole, name))
+        return before, list(computed)
+
+    assert resumed(stop=7) == ([4, 0], [7, 2])
+    assert resumed(stop=2) == ([4, 0, 7], [2])
+    assert resumed(stop=7, damage=lambda p: p.unlink()) == ([4, 0], [4, 0, 7, 2])
+    assert resumed(stop=0, damage=lambda p: p.write_bytes(b"cut")) == ([4], [4, 0, 7, 2])
+    # a state saved for other test instances is not used
+    stop_at[:] = [7]
+    with pytest.raises(KeyboardInterrupt):
+        unrolled_estimate(task, **{**call, "test": [1]}, partial_dir=folder)
+    computed.clear()
+    unrolled_estimate(task, **call, partial_dir=folder)
+    assert computed == [4, 0, 7, 2]
+
+
+def test_fimo_run_resumes_unrolled_at_the_next_seed(tmp_path, monkeypatch):
+    import fimo.methods.unrolled as unrolled_module
+    from fimo.experiments.config import from_dict
+    from fimo.experiments.pipeline import run
+    from fimo.io import read_npz
+
+    config = from_dict(
+        {
+            "name": "tiny",
+            "data": {"dataset": "concrete", "n_train": 40, "n_test": 3},
+            "model": {"hidden": [6]},
+            "training": {"epochs": 5, "batch_size": 16, "lr": 0.1},
+            "further": {"epochs": 1, "batch_size": 16, "lr": 0.05, "seeds": 1, "left_out": 4},
+            "methods": {"names": ["unrolled"], "train": "left_out", "unrolled": {"seeds": 3}},
+        }
+    )
+    original, computed, stop_at = unrolled_module.unrolled_seed, [], [1]
+
+    def interruptible(task, settings, seed, *args, **kwargs):
+        if stop_at and seed == stop_at[0]:
+            stop_at.clear()
+            raise KeyboardInterrupt
+        computed.append(seed)
+        return original(task, settings, seed, *args, **kwargs)
+
+    monkeypatch.setattr(unrolled_module, "unrolled_seed", interruptible)
+    with pytest.raises(KeyboardInterrupt):
+        run(config, tmp_path / "a", quiet=True)
+    assert computed == [0] and (tmp_path / "a/scores/unrolled.partial/state.npz").is_file()
+    computed.clear()
+    run(config, tmp_path / "a", quiet=True)
+    assert computed == [1, 2] and not (tmp_path / "a/scores/unrolled.partial").exists()
+    computed.clear()
+    run(config, tmp_path / "b", quiet=True)  # uninterrupted
+    assert computed == [0, 1, 2]
+    resumed, whole = (read_npz(tmp_path / d / "scores/unrolled.npz") for d in ("a", "b"))
+    np.testing.assert_array_equal(resumed["scores"], whole["scores"])
+    assert np.abs(whole["scores"]).max() > 0

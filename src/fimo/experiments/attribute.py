@@ -370,7 +370,7 @@ def _attribute(job: _Job, rundir: RunDir | None, console: Console, quiet: bool) 
         scores, sem = found
         console.print(f"[dim]{name}: reusing {rundir.attribution_file(name)}[/dim]", soft_wrap=True)
     else:
-        scores, sem = _compute(job, console, quiet)
+        scores, sem = _compute(job, rundir, console, quiet)
         if rundir is not None:
             _save(rundir, name, scores, sem)
     if job.step is not None:
@@ -480,7 +480,9 @@ def _cached(rundir: RunDir | None, name: str, fp: str):
     return None if sem is None else (scores, sem)
 
 
-def _compute(job: _Job, console: Console, quiet: bool) -> tuple[Scores, Scores | None]:
+def _compute(
+    job: _Job, rundir: RunDir | None, console: Console, quiet: bool
+) -> tuple[Scores, Scores | None]:
     """Run the method on every training instance, with a progress bar and, above it, the
     method's estimates of its long loops (:mod:`fimo.methods.cost`)."""
     name, task = job.request.method, job.task.with_cached_trunk()
@@ -492,6 +494,8 @@ def _compute(job: _Job, console: Console, quiet: bool) -> tuple[Scores, Scores |
         progress_job = bar.add_task(name, total=len(train))
         arguments = dict(job.settings, progress=lambda k: bar.advance(progress_job, k))
         if name in WITH_SEM:
+            if rundir is not None:  # resumable: the seeds done so far are kept there
+                arguments["partial_dir"] = rundir.attribution_dir / f"{name}.partial"
             estimate = WITH_SEM[name](task, job.request.test, train, **arguments)
             scores = estimate.scores()
             sem = Scores(estimate.sem, scores.test, scores.train, name, {}, scores.units,
