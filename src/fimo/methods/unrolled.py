@@ -184,11 +184,11 @@ def unrolled_estimate(
     partial = _Partial.resumed(partial_dir, key, len(seed_list))
     if progress is not None and partial.per_seed:  # the seeds read back
         progress(len(train) * len(partial.per_seed) // len(seed_list))
-    for k in range(len(partial.per_seed) + 1, len(seed_list) + 1):
+    first = len(partial.per_seed) + 1  # the first seed computed: it announces the rest
+    for k in range(first, len(seed_list) + 1):
         one = unrolled_seed(
             task, settings, seed_list[k - 1], test, train, steps=steps, mode=mode,
-            budget_bytes=budget_mb * 2**20,
-            announce_for=len(seed_list) - k + 1 if k == len(partial.per_seed) + 1 else 0,
+            budget_bytes=budget_mb * 2**20, announce_for=len(seed_list) - k + 1 if k == first else 0,
         )  # fmt: skip
         cols = _checkpoints(one.steps, steps)
         partial.add(one.values[cols], keep_cols, one.loss_full[cols], one.steps[cols],
