@@ -3,6 +3,7 @@ model alone; the numbers are the method's own, the picks an argsort's, the page 
 decoded, a rerun reuses what is saved, and bad input stops at the door with one line."""
 
 import functools
+import shutil
 
 import numpy as np
 import pytest
@@ -18,8 +19,10 @@ from fimo.experiments.attribute import attribute
 from fimo.experiments.build import build_task, load_data
 from fimo.experiments.config import from_dict
 from fimo.experiments.rundir import RunDir
+from fimo.further.engine import FurtherSettings
 from fimo.methods.unrolled import unrolled_estimate
 from fimo.methods.unrolled_quadratic import unrolled_quadratic
+from fimo.scores import Scores
 
 #: 40 Concrete instances, batches of 16: one further-training epoch is 3 steps
 TINY = {
@@ -97,6 +100,29 @@ def test_unrolled_gives_the_seed_mean_and_its_standard_error(config, run):
     assert np.all(result.sem.values > 0)
     for row in result.top:
         assert row["sem"] == pytest.approx(est.sem[0, 0, row["train"]], rel=1e-5)
+
+
+def test_unrolled_differentiates_the_horizon_alone(config, run, tmp_path, monkeypatch):
+    """`--steps 5` crosses an epoch end at step 3, a checkpoint of the runs: only step 5's
+    cotangents are carried, and only through the 5 steps before it."""
+    import fimo.further.adjoint as adjoint
+
+    out = tmp_path / "run"
+    shutil.copytree(run[0], out)
+    original, live = adjoint._optimizer_vjp, []
+
+    def counted(opt, params, state, item, task, rng, lam, lam_state):
+        live.append(len(next(iter(lam.values()))))
+        return original(opt, params, state, item, task, rng, lam, lam_state)
+
+    monkeypatch.setattr(adjoint, "_optimizer_vjp", counted)
+    result = attribute(config, [1, 4], method="unrolled", seeds=1, steps=5, top=2, out=out)
+    assert live == [2] * 5  # 2 test instances, steps 5 … 1 (3 + 2 more with step 3 too)
+    task = final_task(config, out)
+    longer = dict(FURTHER, epochs=2, record_steps=[5])
+    every = unrolled_estimate(task, [1, 4], range(40), further=longer, seeds=1)
+    assert every.steps.tolist() == [3, 5, 6]
+    np.testing.assert_allclose(result.scores.values, every.mean[1], rtol=1e-5, atol=1e-12)
 
 
 def test_a_rerun_reuses_the_scores_and_a_changed_horizon_recomputes(config, run, monkeypatch):
@@ -212,3 +238,78 @@ def test_bad_further_settings_for_a_task_are_named():
         fimo.attribute(task, [0], further={"lrr": 0.1})
     with pytest.raises(fimo.errors.InputError, match=r"^--test: got 4, but there are only 4"):
         fimo.attribute(task, [4])
+
+
+def test_the_command_prints_the_methods_cost_estimate(
+    tiny_toml, run, tmp_path, monkeypatch, capsys
+):
+    import fimo.methods.cost as cost
+
+    out = tmp_path / "run"
+    shutil.copytree(run[0], out)
+    readings = iter(range(10**6))  # a clock that advances 1 s at each reading
+    monkeypatch.setattr(cost, "now", lambda: float(next(readings)))
+    monkeypatch.setattr(cost, "ANNOUNCE_AFTER", 0.0)
+    argv = ["attribute", str(tiny_toml), "--out", str(out), "--test", "2", "--method", "unrolled"]
+    assert main([*argv, "--seeds", "2", "--steps", "5"]) == 0
+    captured = capsys.readouterr()
+    printed = " ".join(captured.err.split())  # above the progress bar, on stderr
+    assert (
+        "unrolled: about 10 s for unrolled: 2 seed(s) × 5 reverse steps carrying 1 cotangents "
+        "(checkpoint × test) (1 s each)" in printed
+    )
+
+
+def test_the_page_shows_every_stored_method_newest_first(config, run, tmp_path):
+    from fimo.evaluate.attribution import score_text
+
+    out = tmp_path / "run"
+    shutil.copytree(run[0], out)
+    shutil.rmtree(out / "attribution")
+    first = attribute(config, [2, 4], method="grad_dot", top=3, out=out)
+    second = attribute(config, [1], method="unrolled", seeds=2, steps=5, top=2, out=out)
+    # another model's scores and a damaged file are left out, each with a note
+    foreign = Scores(np.ones((1, 40)), [0], range(40), "cg", {"attribute": {"final_model": "x"}})
+    foreign.save(RunDir(out).attribution_file("cg"))
+    (out / "attribution" / "trak.npz").write_bytes(b"cut short")
+    last = attribute(config, [3, 0], top=4, out=out)  # unrolled_quadratic, the default
+    page = (out / "attribution.html").read_text()
+    assert "<title>fimo attribute: unrolled_quadratic, unrolled, grad_dot</title>" in page
+    assert "left out: cg.npz was made for another final model or data" in page
+    assert "left out: trak.npz is damaged or unreadable" in page
+    sections = page.split("<h2 id=")[1:]
+    assert [s.split("'")[1] for s in sections] == ["unrolled_quadratic", "unrolled", "grad_dot"]
+    for section, result in zip(sections, (last, second, first), strict=True):
+        tests = [int(t) for t in result.scores.test]
+        assert [int(p.split("</h3>")[0]) for p in section.split("Test instance #")[1:]] == tests
+        for row in result.top:  # the stored scores' own picks, with the standard error
+            assert f"#{row['train']}</td><td class='num'>" in section
+            assert score_text(row["score"], row["sem"]) in section
+    assert "horizon: 5 steps" in sections[1] and "seeds: [0, 1]" in sections[1]
+    assert "±" in sections[1] and "±" not in sections[0] + sections[2]
+
+
+def test_unrolled_resumes_at_the_next_seed(config, run, tmp_path, monkeypatch):
+    import fimo.methods.unrolled as unrolled_module
+
+    out = tmp_path / "run"
+    shutil.copytree(run[0], out)
+    original, computed, stop_at = unrolled_module.unrolled_seed, [], [1]
+
+    def interruptible(task, settings, seed, *args, **kwargs):
+        if stop_at and seed == stop_at[0]:
+            stop_at.clear()
+            raise KeyboardInterrupt
+        computed.append(seed)
+        return original(task, settings, seed, *args, **kwargs)
+
+    monkeypatch.setattr(unrolled_module, "unrolled_seed", interruptible)
+    with pytest.raises(KeyboardInterrupt):
+        attribute(config, [2], method="unrolled", seeds=2, out=out, quiet=True)
+    assert computed == [0] and (out / "attribution/unrolled.partial/state.npz").is_file()
+    computed.clear()
+    result = attribute(config, [2], method="unrolled", seeds=2, out=out, quiet=True)
+    assert computed == [1] and not (out / "attribution/unrolled.partial").exists()
+    task = final_task(config, out)  # the seeds' mean, computed directly
+    seeds = [original(task, FurtherSettings(**FURTHER), s, [2]).values[-1] for s in (0, 1)]
+    np.testing.assert_allclose(result.scores.values, np.mean(seeds, 0), rtol=1e-5, atol=1e-12)

@@ -226,3 +226,164 @@ def test_drop_is_computed_as_mask():
     }
     np.testing.assert_array_equal(got["drop"].values, got["mask"].values)
     assert np.abs(got["drop"].values).max() > 0
+
+
+def _counting(monkeypatch, name, size):
+    """Wrap ``fimo.further.adjoint.<name>`` to record ``size(args)`` at every call."""
+    import fimo.further.adjoint as adjoint
+
+    original, calls = getattr(adjoint, name), []
+
+    def counted(*args):
+        calls.append(size(args))
+        return original(*args)
+
+    monkeypatch.setattr(adjoint, name, counted)
+    return calls
+
+
+def test_reverse_sweeps_only_to_the_last_wanted_checkpoint(monkeypatch):
+    """Subsets of the checkpoints are slices of the full answer, for less work: the sweep
+    starts at the last wanted checkpoint and carries cotangents of the wanted ones only."""
+    task = make_task(dropout=0.3)  # 29 instances, batches of 8: 4 steps per epoch
+    settings = FurtherSettings(
+        optimizer="adam", lr=0.01, epochs=2, batch_size=8, record_every=2, scheme="mask"
+    )  # checkpoints after 2, 4, 6 and 8 steps
+    vectors = _counting(monkeypatch, "_optimizer_vjp", lambda a: len(next(iter(a[6].values()))))
+    advanced = []
+    full = unrolled_seed(task, settings, 1, np.arange(4), mode="reverse", on_step=advanced.append)
+    assert full.steps.tolist() == [2, 4, 6, 8] and len(vectors) == 8 and len(advanced) == 8
+    # 4 test instances per checkpoint, each live from its checkpoint back to step 1
+    assert sum(vectors) == 4 * (2 * 4 + 2 * 3 + 2 * 2 + 2 * 1)
+    for wanted, rows in (([4, 2, 4], [0, 1]), ([6], [2]), ([2, 8], [0, 3])):
+        vectors.clear()
+        advanced.clear()
+        part = unrolled_seed(
+            task, settings, 1, np.arange(4), steps=wanted, mode="reverse", on_step=advanced.append
+        )
+        assert part.steps.tolist() == full.steps[rows].tolist()
+        np.testing.assert_allclose(part.values, full.values[rows], rtol=1e-12, atol=1e-16)
+        np.testing.assert_array_equal(part.loss_full, full.loss_full[rows])
+        last = max(wanted)
+        assert len(vectors) == last and len(advanced) == last  # steps swept, steps run
+        assert sum(vectors) == 4 * sum(sum(1 for s in part.steps if s > t) for t in range(last))
+
+
+def test_forward_stops_at_the_last_wanted_checkpoint(monkeypatch):
+    task = make_task()
+    settings = FurtherSettings(
+        optimizer="sgd", lr=0.1, momentum=0.9, epochs=2, batch_size=8, record_every=2,
+        scheme="downweight",
+    )  # fmt: skip
+    train = [28, 0, 5]
+    pushed = _counting(monkeypatch, "_push_tangents", lambda a: 1)
+    read = _counting(monkeypatch, "_along_tangents", lambda a: 1)
+    full = unrolled_seed(task, settings, 3, np.arange(4), train, mode="forward")
+    assert (len(pushed), len(read)) == (8, 4)
+    pushed.clear()
+    read.clear()
+    part = unrolled_seed(task, settings, 3, np.arange(4), train, steps=[4], mode="forward")
+    assert (len(pushed), len(read)) == (4, 1)
+    assert part.steps.tolist() == [4] and part.epochs.tolist() == [1.0]
+    np.testing.assert_allclose(part.values, full.values[[1]], rtol=1e-12, atol=1e-16)
+    np.testing.assert_array_equal(part.loss_full, full.loss_full[[1]])
+
+
+def test_wanted_checkpoints_are_checked():
+    task = make_task(n=24)
+    settings = FurtherSettings(batch_size=8, epochs=2)  # checkpoints after 3 and 6 steps
+    with pytest.raises(InputError, match=r"steps \[4\] are not checkpoints .* \[3, 6\]"):
+        unrolled_seed(task, settings, 0, [0], steps=[3, 4])
+    with pytest.raises(InputError, match="got none"):
+        unrolled_seed(task, settings, 0, [0], steps=[])
+
+
+def test_an_interrupted_estimate_resumes_at_the_next_seed(tmp_path, monkeypatch):
+    """Seeds done before an interruption are read back (not computed again) and the numbers
+    are exactly those of an uninterrupted call; a deleted, damaged or foreign state is
+    ignored (every seed computed)."""
+    import fimo.methods.unrolled as unrolled_module
+    from fimo.methods.unrolled import unrolled_estimate
+
+    task = make_task(n=24)
+    settings = FurtherSettings(lr=0.1, epochs=2, batch_size=8, scheme="mask")
+    call = dict(test=[1, 3], train=range(24), further=settings, seeds=[4, 0, 7, 2], keep=[5, 17])
+    whole = unrolled_estimate(task, **call)
+    original, computed, stop_at = unrolled_module.unrolled_seed, [], []
+
+    def interruptible(task, settings, seed, *args, **kwargs):
+        if stop_at and seed == stop_at[0]:
+            stop_at.clear()
+            raise KeyboardInterrupt
+        computed.append(seed)
+        return original(task, settings, seed, *args, **kwargs)
+
+    monkeypatch.setattr(unrolled_module, "unrolled_seed", interruptible)
+    folder = tmp_path / "unrolled.partial"
+
+    def resumed(stop, damage=None):
+        computed.clear()
+        stop_at[:] = [stop]
+        with pytest.raises(KeyboardInterrupt):
+            unrolled_estimate(task, **call, partial_dir=folder)
+        if damage is not None:
+            damage(folder / "state.npz")
+        before, done = list(computed), []
+        computed.clear()
+        again = unrolled_estimate(task, **call, partial_dir=folder, progress=done.append)
+        assert sum(done) == 24 and not folder.exists()  # every instance counted; state removed
+        for name in ("mean", "sem", "per_seed", "loss_full", "steps", "epochs"):
+            np.testing.assert_array_equal(getattr(again, name), getattr(whole, name))
+        return before, list(computed)
+
+    assert resumed(stop=7) == ([4, 0], [7, 2])
+    assert resumed(stop=2) == ([4, 0, 7], [2])
+    assert resumed(stop=7, damage=lambda p: p.unlink()) == ([4, 0], [4, 0, 7, 2])
+    assert resumed(stop=0, damage=lambda p: p.write_bytes(b"cut")) == ([4], [4, 0, 7, 2])
+    # a state saved for other test instances is not used
+    stop_at[:] = [7]
+    with pytest.raises(KeyboardInterrupt):
+        unrolled_estimate(task, **{**call, "test": [1]}, partial_dir=folder)
+    computed.clear()
+    unrolled_estimate(task, **call, partial_dir=folder)
+    assert computed == [4, 0, 7, 2]
+
+
+def test_fimo_run_resumes_unrolled_at_the_next_seed(tmp_path, monkeypatch):
+    import fimo.methods.unrolled as unrolled_module
+    from fimo.experiments.config import from_dict
+    from fimo.experiments.pipeline import run
+    from fimo.io import read_npz
+
+    config = from_dict(
+        {
+            "name": "tiny",
+            "data": {"dataset": "concrete", "n_train": 40, "n_test": 3},
+            "model": {"hidden": [6]},
+            "training": {"epochs": 5, "batch_size": 16, "lr": 0.1},
+            "further": {"epochs": 1, "batch_size": 16, "lr": 0.05, "seeds": 1, "left_out": 4},
+            "methods": {"names": ["unrolled"], "train": "left_out", "unrolled": {"seeds": 3}},
+        }
+    )
+    original, computed, stop_at = unrolled_module.unrolled_seed, [], [1]
+
+    def interruptible(task, settings, seed, *args, **kwargs):
+        if stop_at and seed == stop_at[0]:
+            stop_at.clear()
+            raise KeyboardInterrupt
+        computed.append(seed)
+        return original(task, settings, seed, *args, **kwargs)
+
+    monkeypatch.setattr(unrolled_module, "unrolled_seed", interruptible)
+    with pytest.raises(KeyboardInterrupt):
+        run(config, tmp_path / "a", quiet=True)
+    assert computed == [0] and (tmp_path / "a/scores/unrolled.partial/state.npz").is_file()
+    computed.clear()
+    run(config, tmp_path / "a", quiet=True)
+    assert computed == [1, 2] and not (tmp_path / "a/scores/unrolled.partial").exists()
+    computed.clear()
+    run(config, tmp_path / "b", quiet=True)  # uninterrupted
+    assert computed == [0, 1, 2]
+    resumed, whole = (read_npz(tmp_path / d / "scores/unrolled.npz") for d in ("a", "b"))
+    np.testing.assert_array_equal(resumed["scores"], whole["scores"])
+    assert np.abs(whole["scores"]).max() > 0

@@ -1,9 +1,10 @@
-"""The most helpful and most harmful training instances of every training instance scored,
+"""The most helpful and most harmful training instances of every test instance scored,
 and the small HTML page that shows them (``fimo attribute``).
 
 :func:`top_instances` ranks a score matrix (no gold standard needed); :func:`attribution_page`
-lays the picks out with each instance decoded as the report decodes its examples
-(:func:`fimo.evaluate.describe`, :func:`fimo.evaluate.report.describe_html`).
+lays the picks of one or more methods out, one section per method, with each instance
+decoded as the report decodes its examples (:func:`fimo.evaluate.describe`,
+:func:`fimo.evaluate.report.describe_html`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222;
        max-width: 64rem; margin: 2rem auto; padding: 0 1rem; line-height: 1.45; }
 h1 { font-size: 1.5rem; margin-bottom: 0.2rem; }
-h2 { font-size: 1.1rem; margin-top: 1.8rem; border-bottom: 1px solid #ddd; }
+h2 { font-size: 1.25rem; margin-top: 2.2rem; border-bottom: 2px solid #bbb; }
+h3 { font-size: 1.05rem; margin-top: 1.4rem; border-bottom: 1px solid #ddd; }
 .meta { color: #666; font-size: 0.9rem; }
 table { border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0 1rem; width: 100%; }
 th, td { border: 1px solid #ddd; padding: 0.2rem 0.5rem; text-align: left; vertical-align: top; }
@@ -119,28 +121,49 @@ def _instance_section(t: int, rows: Sequence[Mapping], descriptions: Mapping) ->
         + "<th>rank</th><th>train</th><th>score</th><th>instance</th>" * 2
     )
     return (
-        f"<h2>Test instance #{t}</h2>"
+        f"<h3>Test instance #{t}</h3>"
         + (f"<p class='desc'>{describe_html(test_desc)}</p>" if test_desc else "")
         + f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(lines)}</tbody></table>"
     )
 
 
-def attribution_page(rows: Sequence[Mapping], descriptions: Mapping, about: Mapping) -> str:
-    """A self-contained HTML page of :func:`top_instances`' rows, each instance decoded.
+def _method_section(section: Mapping, descriptions: Mapping) -> str:
+    """One method: its name, its lines on what was computed, then each test instance's picks."""
+    rows = section["rows"]
+    tests = list(dict.fromkeys(int(r["test"]) for r in rows))
+    meta = "".join(f"<p class='meta'>{_esc(line)}</p>" for line in section.get("meta", []))
+    instances = "".join(
+        _instance_section(t, [r for r in rows if r["test"] == t], descriptions) for t in tests
+    )
+    name = _esc(section["method"])
+    return f"<h2 id='{name}'>{name}</h2>{meta}{instances}"
 
-    ``descriptions`` is :func:`fimo.evaluate.examples.describe_examples`' dict (may be empty:
-    instances are then shown by index); ``about`` holds ``title`` and ``meta`` lines (text).
+
+def attribution_page(sections: Sequence[Mapping], descriptions: Mapping, about: Mapping) -> str:
+    """A self-contained HTML page of one or more methods' picks, each instance decoded.
+
+    ``sections``: one per method, in the order shown, each a mapping with ``method`` (its
+    name), ``rows`` (:func:`top_instances`' rows) and ``meta`` (lines on what it computed).
+    ``descriptions`` is :func:`fimo.evaluate.examples.describe_examples`' dict for the rows of
+    every section (may be empty: instances are then shown by index); ``about`` holds
+    ``title`` and ``meta`` lines (text) for the whole page.
 
     >>> rows = top_instances([[0.5, -0.2]], test=[7], train=[4, 5], k=1)
-    >>> page = attribution_page(rows, {"train": {4: {"label": "yes"}}},
-    ...                         {"title": "tiny", "meta": ["method grad_dot"]})
-    >>> "Test instance #7" in page, "<span class='lab'>yes</span>" in page
+    >>> page = attribution_page([{"method": "grad_dot", "rows": rows, "meta": ["in 0.1 s"]}],
+    ...                         {"train": {4: {"label": "yes"}}}, {"title": "tiny"})
+    >>> "<h2 id='grad_dot'>grad_dot</h2>" in page, "Test instance #7" in page
     (True, True)
+    >>> "<span class='lab'>yes</span>" in page
+    True
     """
-    tests = list(dict.fromkeys(int(r["test"]) for r in rows))
-    sections = [
-        _instance_section(t, [r for r in rows if r["test"] == t], descriptions) for t in tests
-    ]
+    names = [str(section["method"]) for section in sections]
+    contents = (
+        "<p class='meta'>methods on this page: "
+        + ", ".join(f"<a href='#{_esc(n)}'>{_esc(n)}</a>" for n in names)
+        + "</p>"
+        if len(names) > 1
+        else ""
+    )
     meta = "".join(f"<p class='meta'>{_esc(line)}</p>" for line in about.get("meta", []))
     reading = (
         "<p>A score estimates how much the test instance's loss would rise if the training "
@@ -149,8 +172,9 @@ def attribution_page(rows: Sequence[Mapping], descriptions: Mapping, about: Mapp
         "further-training seeds, for methods that have seeds.</p>"
     )
     title = _esc(about.get("title", "fimo attribute"))
+    body = "".join(_method_section(section, descriptions) for section in sections)
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>{title}</title><style>{_CSS}</style></head><body>"
-        f"<h1>{title}</h1>{meta}{reading}{''.join(sections)}</body></html>\n"
+        f"<h1>{title}</h1>{meta}{contents}{reading}{body}</body></html>\n"
     )

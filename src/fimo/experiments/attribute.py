@@ -32,8 +32,9 @@ from fimo.experiments.pipeline import DTYPES, final_model, progress_bar
 from fimo.experiments.rundir import RunDir
 from fimo.further.engine import FurtherSettings
 from fimo.further.plan import steps_per_epoch
-from fimo.io import fingerprint, write_text
+from fimo.io import checksum_matches, fingerprint, write_text
 from fimo.methods import available_methods, get_method
+from fimo.methods.cost import announcements
 from fimo.methods.unrolled import unrolled_estimate
 from fimo.methods.unrolled_quadratic import resolve_optimizer
 from fimo.scores import Scores
@@ -294,6 +295,7 @@ class _Job:
     step: int | None
     fingerprint: str
     about: list[str]
+    final_model: str = ""  # the final weights' and the data's fingerprint
 
 
 def _from_config(config: Config, request: Request, rundir: RunDir, overwrite, console, quiet):
@@ -309,7 +311,8 @@ def _from_config(config: Config, request: Request, rundir: RunDir, overwrite, co
             f"configuration {config.name}, run directory {rundir.path}",
             model_summary(metrics),
         ]
-        job = _Job(task, r.train, r.test, request, settings, step, fp, about)
+        job = _Job(task, r.train, r.test, request, settings, step, fp, about,
+                   fingerprint(r.fingerprints["weights"], r.fingerprints["data"]))  # fmt: skip
         return _attribute(job, rundir, console, quiet)
 
 
@@ -321,7 +324,8 @@ def _from_task(task: Task, request: Request, further, out, console, quiet) -> At
     data = task.train.inputs, task.train.targets, task.test.inputs, task.test.targets
     fps = {"weights": fingerprint(dict(task.model.state_dict())), "data": fingerprint(*data)}
     fp = _fingerprint(fps, request, settings, len(task.train), dtype)
-    job = _Job(task, task.train, task.test, request, settings, step, fp, ["a Task given in Python"])
+    job = _Job(task, task.train, task.test, request, settings, step, fp,
+               ["a Task given in Python"], fingerprint(fps["weights"], fps["data"]))  # fmt: skip
     if out is None:
         return _attribute(job, None, console, quiet)
     rundir = RunDir(out)
@@ -366,7 +370,7 @@ def _attribute(job: _Job, rundir: RunDir | None, console: Console, quiet: bool) 
         scores, sem = found
         console.print(f"[dim]{name}: reusing {rundir.attribution_file(name)}[/dim]", soft_wrap=True)
     else:
-        scores, sem = _compute(job, console, quiet)
+        scores, sem = _compute(job, rundir, console, quiet)
         if rundir is not None:
             _save(rundir, name, scores, sem)
     if job.step is not None:
@@ -376,32 +380,91 @@ def _attribute(job: _Job, rundir: RunDir | None, console: Console, quiet: bool) 
         None if sem is None else sem.values,
     )  # fmt: skip
     descriptions = describe_examples(rows, train=job.train, test=job.test)
+    lines = _about(name, scores, job.step, job.settings.get("further"))
     result = Attribution(
         scores, sem, job.step, rows, descriptions, None, found is not None,
-        scores.settings.get("seconds", 0.0), job.about + _about(job, scores),
+        scores.settings.get("seconds", 0.0), job.about + lines,
     )  # fmt: skip
     if rundir is not None:
-        title = f"fimo attribute: {name}"
-        html = attribution_page(rows, descriptions, {"title": title, "meta": result.about})
-        result.page = write_text(rundir.attribution_page, html)
+        result.page = _write_page(rundir, job, {"method": name, "rows": rows, "meta": lines})
     return result
 
 
-def _about(job: _Job, scores: Scores) -> list[str]:
-    """The page's lines on what was computed."""
+def _about(name: str, scores: Scores, step: int | None, further: dict | None) -> list[str]:
+    """The lines on what a method computed: how many instances in how long, its horizon, its
+    seeds."""
     lines = [
-        f"method {job.request.method}: {len(scores.train)} training instances scored in "
+        f"method {name}: {len(scores.train)} training instances scored in "
         f"{scores.settings.get('seconds', 0.0):.1f} s"
     ]
-    if job.step is not None:
-        f = job.settings["further"]
+    if step is not None:
+        f = further
         lines.append(
-            f"horizon: {job.step} steps of further training ({f['optimizer']}, lr {f['lr']:g}, "
+            f"horizon: {step} steps of further training ({f['optimizer']}, lr {f['lr']:g}, "
             f"batch {f['batch_size']}, scheme {f['scheme']})"
         )
-    if job.request.method in WITH_SEM:
+    if name in WITH_SEM:
         lines.append(f"seeds: {scores.settings.get('seeds')}")
     return lines
+
+
+def _write_page(rundir: RunDir, job: _Job, current: dict) -> Path:
+    """``attribution.html``: this command's method first, then every other method whose
+    scores in ``attribution/`` were made for the same final model and data, newest first
+    (the others are named in a note at the top)."""
+    sections, notes = [current], []
+    for name in _stored_methods(rundir, current["method"]):
+        section = _stored_section(rundir, name, job, notes)
+        if section is not None:
+            sections.append(section)
+    rows = [r for section in sections for r in section["rows"]]
+    descriptions = describe_examples(rows, train=job.train, test=job.test)
+    title = "fimo attribute: " + ", ".join(section["method"] for section in sections)
+    html = attribution_page(sections, descriptions, {"title": title, "meta": job.about + notes})
+    return write_text(rundir.attribution_page, html)
+
+
+def _stored_methods(rundir: RunDir, current: str) -> list[str]:
+    """The methods with scores in ``attribution/`` other than ``current``, newest first."""
+    folder = rundir.attribution_dir
+    files = [f for f in folder.glob("*.npz") if "." not in f.stem] if folder.is_dir() else []
+    files.sort(key=lambda f: (-f.stat().st_mtime_ns, f.stem))
+    return [f.stem for f in files if f.stem != current]
+
+
+def _stored_section(rundir: RunDir, name: str, job: _Job, notes: list[str]) -> dict | None:
+    """A stored method's page section (its top instances, at its horizon), or None with a
+    note when its file is damaged or was made for another final model."""
+    path = rundir.attribution_file(name)
+    scores = _readable(path)
+    if scores is None:
+        notes.append(f"left out: {path.name} is damaged or unreadable (run its command again)")
+        return None
+    record = scores.settings.get("attribute") or {}
+    if record.get("final_model") != job.final_model:
+        notes.append(f"left out: {path.name} was made for another final model or data")
+        return None
+    sem = _readable(rundir.attribution_file(name, "sem")) if name in WITH_SEM else None
+    if sem is not None and sem.settings.get("fingerprint") != scores.settings.get("fingerprint"):
+        sem = None
+    step = record.get("step")
+    if step is not None:
+        scores, sem = scores.at(step), None if sem is None else sem.at(step)
+    rows = top_instances(
+        scores.values, scores.test, scores.train, min(job.request.top, len(scores.train)),
+        None if sem is None else sem.values,
+    )  # fmt: skip
+    return {"method": name, "rows": rows, "meta": _about(name, scores, step, record.get("further"))}
+
+
+def _readable(path: Path) -> Scores | None:
+    """The Scores in ``path`` when present, with a matching checksum and readable; else None."""
+    if not path.exists() or not checksum_matches(path):
+        return None
+    try:
+        return Scores.load(path)
+    except (InputError, KeyError, ValueError):
+        return None
 
 
 def _cached(rundir: RunDir | None, name: str, fp: str):
@@ -417,14 +480,22 @@ def _cached(rundir: RunDir | None, name: str, fp: str):
     return None if sem is None else (scores, sem)
 
 
-def _compute(job: _Job, console: Console, quiet: bool) -> tuple[Scores, Scores | None]:
-    """Run the method on every training instance, with a progress bar."""
+def _compute(
+    job: _Job, rundir: RunDir | None, console: Console, quiet: bool
+) -> tuple[Scores, Scores | None]:
+    """Run the method on every training instance, with a progress bar and, above it, the
+    method's estimates of its long loops (:mod:`fimo.methods.cost`)."""
     name, task = job.request.method, job.task.with_cached_trunk()
     train, started = np.arange(len(task.train)), time.perf_counter()
-    with progress_bar(console, quiet) as bar:
+    with (
+        progress_bar(console, quiet) as bar,
+        announcements(lambda text: bar.console.print(f"{name}: {text}", highlight=False)),
+    ):
         progress_job = bar.add_task(name, total=len(train))
         arguments = dict(job.settings, progress=lambda k: bar.advance(progress_job, k))
         if name in WITH_SEM:
+            if rundir is not None:  # resumable: the seeds done so far are kept there
+                arguments["partial_dir"] = rundir.attribution_dir / f"{name}.partial"
             estimate = WITH_SEM[name](task, job.request.test, train, **arguments)
             scores = estimate.scores()
             sem = Scores(estimate.sem, scores.test, scores.train, name, {}, scores.units,
@@ -432,9 +503,11 @@ def _compute(job: _Job, console: Console, quiet: bool) -> tuple[Scores, Scores |
         else:
             scores, sem = get_method(name)(task, job.request.test, train, **arguments), None
     seconds = round(time.perf_counter() - started, 3)
+    record = {"final_model": job.final_model, "step": job.step,
+              "further": job.settings.get("further")}  # fmt: skip
     for s in (scores, sem):
         if s is not None:
-            s.settings.update(fingerprint=job.fingerprint, seconds=seconds)
+            s.settings.update(fingerprint=job.fingerprint, seconds=seconds, attribute=record)
     return scores, sem
 
 

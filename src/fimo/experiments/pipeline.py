@@ -564,6 +564,8 @@ def _run_method(r: _Run, task: Task, name: str, train_idx, fp: str, settings: di
     """Compute one method's scores and write them to ``scores/<name>.npz``; the method's
     estimates of its long loops are printed above its progress bar."""
     started = time.perf_counter()
+    if "partial_dir" in inspect.signature(r.methods[name]).parameters:  # resumable (unrolled)
+        settings = {**settings, "partial_dir": r.dir.scores_dir / f"{name}.partial"}
     with (
         _progress(r.console, r.quiet) as bar,
         announcements(lambda text: bar.console.print(f"{name}: {text}", highlight=False)),

@@ -45,6 +45,7 @@ from fimo.errors import InputError, NumericalError, check_choice
 from fimo.further.engine import FurtherSettings, stack, step_gradients, tree_to
 from fimo.further.plan import schedule, steps_per_epoch
 from fimo.further.runner import bytes_per_run
+from fimo.methods.cost import CostProbe
 from fimo.task import Task
 
 #: Bytes the stored trajectory and the cotangents of one sweep may take, by default.
@@ -190,6 +191,27 @@ def checkpoint_steps(plan: list[_Step], settings: FurtherSettings, per_epoch: in
     return out
 
 
+def wanted_checkpoints(marks: list[int], steps) -> list[int]:
+    """The wanted ``steps`` (all ``marks`` when None), sorted, once each; InputError for a
+    step the settings do not record.
+
+    >>> wanted_checkpoints([2, 3, 4, 6], [4, 2, 4])
+    [2, 4]
+    """
+    if steps is None:
+        return list(marks)
+    wanted = sorted({int(s) for s in np.asarray(steps, dtype=np.int64).ravel()})
+    if not wanted:
+        raise InputError("unrolled: steps: got none; give at least one checkpoint's step count")
+    missing = [s for s in wanted if s not in set(marks)]
+    if missing:
+        raise InputError(
+            f"unrolled: steps {missing[:5]} are not checkpoints of these further-training "
+            f"settings (they record after {marks[:8]} steps)"
+        )
+    return wanted
+
+
 class _Trajectory:
     """The states ``z_t = (θ_t, optimizer state_t)`` of the full run, stored or recomputed.
 
@@ -234,9 +256,11 @@ def unrolled_seed(
     test,
     train=None,
     *,
+    steps=None,
     mode: str = "auto",
     budget_bytes: int = DEFAULT_BUDGET,
     on_step: Callable[[int], None] | None = None,
+    announce_for: int = 1,
 ) -> UnrolledSeed:
     """First-order scores of the training instances ``train`` (default: all n) for ``test``.
 
@@ -244,11 +268,18 @@ def unrolled_seed(
     respect to each training instance's weight under ``settings.scheme`` (module docstring),
     at every checkpoint; positive = helpful. ``values[c, t, j]`` is for ``train[j]``.
 
+    ``steps``: the checkpoints wanted (step counts the settings record; default all of them),
+    returned in increasing order. Only they are differentiated: the run is followed up to the
+    last of them, and vectors are injected (reverse) or read (forward) only at them.
+
     ``mode``: ``"reverse"`` (one cotangent per (checkpoint, test instance), all training
     instances at once), ``"forward"`` (one tangent per wanted training instance, all
     checkpoints and test instances at once) or ``"auto"``, the one with fewer vectors.
     ``budget_bytes`` bounds the stored trajectory and the vectors of one sweep; the test
     instances (reverse) or training instances (forward) are split into sweeps to fit it.
+    ``announce_for``: how many seeds like this one the caller runs; their cost, estimated from
+    this seed's first sweep steps, is announced when long (:class:`fimo.methods.cost.CostProbe`;
+    0: not announced).
 
     >>> from fimo.data import ArrayDataset
     >>> from fimo.models import mlp
@@ -258,6 +289,8 @@ def unrolled_seed(
     >>> out = unrolled_seed(task, FurtherSettings(lr=0.1, batch_size=4, epochs=2), 0, [0, 1])
     >>> out.values.shape, out.steps.tolist()
     ((2, 2, 12), [3, 6])
+    >>> unrolled_seed(task, FurtherSettings(lr=0.1, batch_size=4, epochs=2), 0, [0], steps=[3]).steps
+    array([3])
     """
     task = task.with_cached_trunk()
     n = len(task.train)
@@ -273,17 +306,20 @@ def unrolled_seed(
             "unrolled: further.scheme 'downweight' with dropout in the model is not supported "
             "(the engine draws the extra term's mask per run); use scheme 'mask'"
         )
-    run = _RunZero(task, settings, seed)
+    run = _RunZero(task, settings, seed, steps)
     mode = _choose_mode(mode, settings, run, len(test), len(wanted))
     every = _segment_length(mode, run, budget_bytes)
     measured = _Measured(task, run, test, on_step)
+    vectors = len(wanted) if mode == "forward" else len(run.marks) * len(test)
+    probe = _probe(mode, run, _sweeps(mode, run, len(test), len(wanted), budget_bytes), vectors,
+                   announce_for)  # fmt: skip
     device = run.device
     with task.train_mode(), torch.random.fork_rng([device] if device.type == "cuda" else []):
         torch.manual_seed(int(seed))
         if mode == "forward":
-            values = _forward_values(run, wanted, measured, budget_bytes)
+            values = _forward_values(run, wanted, measured, budget_bytes, probe)
         else:
-            values = _reverse_values(run, wanted, measured, every, budget_bytes)
+            values = _reverse_values(run, wanted, measured, every, budget_bytes, probe)
     if not np.isfinite(values).all():
         raise NumericalError(
             f"unrolled (seed {seed}): the derivative is NaN or infinite; lower further.lr "
@@ -297,7 +333,7 @@ def unrolled_seed(
 class _RunZero:
     """The gold standard's run 0 of one seed: its plan, checkpoints, optimizer and one step."""
 
-    def __init__(self, task: Task, settings: FurtherSettings, seed: int):
+    def __init__(self, task: Task, settings: FurtherSettings, seed: int, steps=None):
         self.task, self.settings = task, settings
         self.params0 = stack(task.params(), 1)
         some = next(iter(self.params0.values()))
@@ -306,8 +342,9 @@ class _RunZero:
         self.state0 = tree_to(self.opt.init(self.params0), self.device)
         n = len(task.train)
         self.per_epoch = steps_per_epoch(n, settings.batch_size)
-        self.plan = run_zero(n, settings, seed)
-        self.marks = checkpoint_steps(self.plan, settings, self.per_epoch)
+        plan = run_zero(n, settings, seed)
+        self.marks = wanted_checkpoints(checkpoint_steps(plan, settings, self.per_epoch), steps)
+        self.plan = plan[: self.marks[-1]]  # nothing after the last wanted checkpoint matters
         self.total = len(self.plan)
         self.step_grads = step_gradients(task, settings)
         self.state_bytes = _nbytes(self.params0) + _nbytes(self.state0) + 5056
@@ -373,9 +410,39 @@ def _segment_length(mode: str, run: _RunZero, budget_bytes: int) -> int:
     return every
 
 
-def _forward_values(run: _RunZero, wanted, measured: _Measured, budget_bytes: int):
+def _per_sweep(mode: str, run: _RunZero, budget_bytes: int) -> int:
+    """How many training instances (forward) or test instances (reverse) one sweep carries."""
+    if mode == "forward":
+        return max(1, int((budget_bytes // 2) // run.vector_bytes))
+    per_test = len(run.marks) * (run.vector_bytes + len(run.task.train) * 8)
+    return max(1, int((budget_bytes // 2) // per_test))
+
+
+def _sweeps(mode: str, run: _RunZero, n_test: int, wanted: int, budget_bytes: int) -> int:
+    """The number of sweeps through the run that the vectors need (the budget splits them)."""
+    return -(-(wanted if mode == "forward" else n_test) // _per_sweep(mode, run, budget_bytes))
+
+
+def _probe(mode: str, run: _RunZero, sweeps: int, vectors: int, seeds: int) -> CostProbe | None:
+    """The cost announcement of ``seeds`` seeds, ticked at each step of each sweep; the first
+    step's time holds the seed's one-off work (the stored trajectory's forward pass)."""
+    if seeds < 1:
+        return None
+    kind = (
+        "tangents (training instances)" if mode == "forward" else "cotangents (checkpoint × test)"
+    )
+    cut = "score fewer training instances" if mode == "forward" else "give fewer test instances"
+    return CostProbe(
+        f"unrolled: {seeds} seed(s) × {sweeps * run.total} {mode} steps carrying {vectors} {kind}",
+        sweeps * run.total,
+        f"lower the seeds or the steps, or {cut}",
+        repeats=seeds,
+    )
+
+
+def _forward_values(run: _RunZero, wanted, measured: _Measured, budget_bytes: int, probe):
     """(C, T, len(wanted)) by forward sweeps over blocks of training instances."""
-    per_sweep = max(1, int((budget_bytes // 2) // run.vector_bytes))
+    per_sweep = _per_sweep("forward", run, budget_bytes)
     values = np.empty((len(run.marks), len(measured.X_test), len(wanted)))
     for a in range(0, len(wanted), per_sweep):
         cols = slice(a, min(a + per_sweep, len(wanted)))
@@ -383,23 +450,24 @@ def _forward_values(run: _RunZero, wanted, measured: _Measured, budget_bytes: in
         values[:, :, cols] = _forward_sweep(
             run.task, run.settings, run.opt, run.plan, run.marks, run.advance,
             (run.params0, run.state0), wanted[cols], measured.X_test, measured.Y_test, measured,
+            probe,
         )  # fmt: skip
     return values
 
 
-def _reverse_values(run: _RunZero, wanted, measured: _Measured, every: int, budget_bytes: int):
+def _reverse_values(
+    run: _RunZero, wanted, measured: _Measured, every: int, budget_bytes: int, probe
+):
     """(C, T, len(wanted)) by reverse sweeps over blocks of test instances."""
-    n = len(run.task.train)
     trajectory = _Trajectory(run.advance, (run.params0, run.state0), run.total, every, measured)
-    per_test = len(run.marks) * (run.vector_bytes + n * 8)
-    per_sweep = max(1, int((budget_bytes // 2) // per_test))
+    per_sweep = _per_sweep("reverse", run, budget_bytes)
     X_test, Y_test = measured.X_test, measured.Y_test
     values = np.empty((len(run.marks), len(X_test), len(wanted)))
     for a in range(0, len(X_test), per_sweep):
         rows = slice(a, min(a + per_sweep, len(X_test)))
         values[:, rows] = _sweep(
             run.task, run.settings, run.opt, run.plan, run.marks, trajectory,
-            X_test[rows], Y_test[rows],
+            X_test[rows], Y_test[rows], probe,
         )[:, :, wanted]  # fmt: skip
     return values
 
@@ -410,8 +478,9 @@ def _measure(task, params, X_test, Y_test) -> np.ndarray:
         return task.measure(p, X_test, Y_test).double().cpu().numpy()
 
 
-def _sweep(task, settings, opt, plan, marks, trajectory, X_test, Y_test) -> np.ndarray:
-    """One reverse sweep for a block of test instances: (C, T_block, n) scores."""
+def _sweep(task, settings, opt, plan, marks, trajectory, X_test, Y_test, probe) -> np.ndarray:
+    """One reverse sweep for a block of test instances: (C, T_block, n) scores; ``probe``
+    (or None) is ticked at each step."""
     n = len(task.train)
     X, Y = task.train.inputs, task.train.targets
     C, T = len(marks), len(X_test)
@@ -466,15 +535,17 @@ def _sweep(task, settings, opt, plan, marks, trajectory, X_test, Y_test) -> np.n
             d = dloss[:, valid]
             u_bar = (d - d.mean(1, keepdim=True)) / count
             derivative[live].index_add_(1, idx[valid], u_bar.double())
+        if probe is not None:
+            probe.tick()
     sign = 1.0 if scheme == "downweight" else -1.0
     return (sign * derivative).reshape(C, T, n).cpu().numpy()
 
 
 def _forward_sweep(
-    task, settings, opt, plan, marks, advance, z0, instances, X_test, Y_test, on_state
+    task, settings, opt, plan, marks, advance, z0, instances, X_test, Y_test, on_state, probe
 ):
     """One forward pass with a tangent per training instance (the direction of its removal):
-    (C, T, L) scores for the L ``instances``.
+    (C, T, L) scores for the L ``instances``; ``probe`` (or None) is ticked at each step.
 
     Each step advances the engine's run 0 (``advance``'s arithmetic through ``opt``) and
     pushes the tangents through it: a forward-over-reverse product through the batch gradient
@@ -506,6 +577,8 @@ def _forward_sweep(
                 gs = test_grads({k: v[0] for k, v in params.items()}, X_test, Y_test)
             out[c] = _along_tangents(gs, tangents[0])
             c += 1
+        if probe is not None:
+            probe.tick()
     return out
 
 

@@ -50,11 +50,18 @@ def duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def now() -> float:
+    """The probes' clock: :func:`time.perf_counter` (a test may replace it with a fake one)."""
+    return time.perf_counter()
+
+
 class CostProbe:
     """Times the first two ticks of a loop of ``total`` units and announces the estimate once.
 
     ``what`` names the work ("1000 curvature products (depth 1000 × repeat 1)"), ``cut`` the
-    setting that would cut it ("lower depth or hessian_samples").
+    setting that would cut it ("lower depth or hessian_samples"). ``repeats``: the loop runs
+    that many times (e.g. once per seed), each time with its own first unit; the estimate is
+    for all of them. ``clock``: seconds, :func:`now` by default.
 
     >>> times = iter([0.0, 4.0, 5.0])  # a fake clock: start, after unit 1, after unit 2
     >>> probe = CostProbe("100 steps", 100, "lower depth", clock=lambda: next(times))
@@ -67,12 +74,15 @@ class CostProbe:
         what: str,
         total: float,
         cut: str,
-        clock: Callable[[], float] = time.perf_counter,
+        clock: Callable[[], float] | None = None,
         threshold: float | None = None,
+        repeats: int = 1,
     ):
-        self.what, self.total, self.cut, self.clock = what, total, cut, clock
+        self.what, self.total, self.cut = what, total, cut
+        self.clock = clock or now
         self.threshold = ANNOUNCE_AFTER if threshold is None else threshold
-        self.started = clock()
+        self.repeats = repeats
+        self.started = self.clock()
         self.ticks: list[tuple[float, float]] = []  # (time, units done) at the first two ticks
 
     def tick(self, units: float = 1) -> str | None:
@@ -80,19 +90,23 @@ class CostProbe:
 
         >>> times = iter([0.0, 1.0, 1.5])
         >>> probe = CostProbe("scoring", 100, "score fewer", clock=lambda: next(times))
-        >>> probe.tick(10), probe.tick(10)  # 1 s + 80 × 0.05 s = 5 s: too short to announce
+        >>> probe.tick(10), probe.tick(10)  # 1 s + 90 × 0.05 s = 5.5 s: too short to announce
         (None, None)
+        >>> times = iter([0.0, 1.0, 1.5])
+        >>> probe = CostProbe("8 × 100 units", 100, "do less", lambda: next(times), repeats=8)
+        >>> probe.tick(10), probe.tick(10)  # 8 × 5.5 s
+        (None, 'about 44 s for 8 × 100 units (0.05 s each); do less to cut it')
         """
         if len(self.ticks) >= 2:
             return None
         done = units + (self.ticks[-1][1] if self.ticks else 0)
         self.ticks.append((self.clock(), done))
-        if len(self.ticks) < 2 or done >= self.total:
+        if len(self.ticks) < 2 or (done >= self.total and self.repeats == 1):
             return None
         (t1, done1), (t2, _) = self.ticks
         first = t1 - self.started
         per_unit = (t2 - t1) / units
-        seconds = estimate_seconds(first, per_unit, done1, self.total)
+        seconds = self.repeats * estimate_seconds(first, per_unit, done1, self.total)
         if seconds < self.threshold:
             return None
         message = (

@@ -446,8 +446,9 @@ class CurvatureOperator:
                 out += grad(total)(self.theta, x, y)
         return out / len(inputs)
 
-    def dense(self, block: int | None = None) -> torch.Tensor:
-        """The explicit P × P matrix (see :func:`dense_matrix`).
+    def dense(self, block: int | None = None, on_step=None) -> torch.Tensor:
+        """The explicit P × P matrix (see :func:`dense_matrix`); ``on_step(m)`` (if given) is
+        called after each chunk of m instances (e.g. :meth:`fimo.methods.cost.CostProbe.tick`).
 
         >>> from fimo.data import ArrayDataset
         >>> X = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
@@ -458,11 +459,12 @@ class CurvatureOperator:
         >>> CurvatureOperator(task, "hessian").dense().tolist()
         [[1.0, 0.0], [0.0, 4.0]]
         """
+        tick = on_step or (lambda m: None)
         if self.kind == "gauss_newton":
-            return self._dense_gauss_newton()
-        return self._dense_from_pullbacks(block)
+            return self._dense_gauss_newton(tick)
+        return self._dense_from_pullbacks(block, tick)
 
-    def _dense_from_pullbacks(self, block: int | None = None) -> torch.Tensor:
+    def _dense_from_pullbacks(self, block: int | None, tick) -> torch.Tensor:
         """C from P products with unit vectors: batches outside, blocks of unit vectors inside.
 
         Each batch's graph is built once (:meth:`pullback`) and every block of unit vectors is
@@ -483,10 +485,11 @@ class CurvatureOperator:
                 for first in range(0, P, block):
                     stop = min(first + block, P)
                     out[first:stop] += _apply_rows(pull, _unit_rows(first, stop, P, out), block)
+                tick(min(batch, self.count - start))
         out /= self.count
         return symmetrise_(out)
 
-    def _dense_gauss_newton(self) -> torch.Tensor:
+    def _dense_gauss_newton(self, tick) -> torch.Tensor:
         """(1/n) Σ_j J_jᵀ H_ℓ,j J_j from per-instance Jacobians, a few GEMMs per chunk.
 
         When the output-space Hessians are PSD (convex losses) they are factored,
@@ -506,6 +509,7 @@ class CurvatureOperator:
                     _add_lower_(H, M, M)
             else:  # an output-space Hessian with negative curvature: no factor
                 _add_lower_(H, A.reshape(-1, P), (W @ A).reshape(-1, P))
+            tick(len(A))
         H /= self.count
         return _mirror_lower_(H)
 
@@ -801,7 +805,9 @@ def symmetrise_(A: torch.Tensor, block: int = TILE) -> torch.Tensor:
     return A
 
 
-def dense_matrix(operator, size: int | None = None, block: int | None = None) -> torch.Tensor:
+def dense_matrix(
+    operator, size: int | None = None, block: int | None = None, on_step=None
+) -> torch.Tensor:
     """The explicit P × P (symmetrised) matrix of a symmetric operator.
 
     A :class:`CurvatureOperator` builds it its fastest way: the Gauss-Newton matrix from
@@ -809,7 +815,8 @@ def dense_matrix(operator, size: int | None = None, block: int | None = None) ->
     each batch's graph built once and all P unit vectors pulled back through it ``block`` at a
     time (``None``: from the memory budget, 32 or more for small batches). Any other callable
     V (k, P) → (k, P) is applied to blocks of unit vectors (32 by default). Memory: P² numbers
-    (symmetrised in place).
+    (symmetrised in place). ``on_step(m)``: called after each chunk of m instances of a
+    :class:`CurvatureOperator`'s build.
 
     >>> from fimo.data import ArrayDataset
     >>> X = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
@@ -823,7 +830,7 @@ def dense_matrix(operator, size: int | None = None, block: int | None = None) ->
     [[2.0, 0.0], [0.0, 2.0]]
     """
     if isinstance(operator, CurvatureOperator):
-        return operator.dense(block)
+        return operator.dense(block, on_step)
     if size is None:
         raise InputError("dense_matrix: give the size P for an operator that does not know it")
     return _dense_from_products(operator, MAX_VECTORS if block is None else block, size)

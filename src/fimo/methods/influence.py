@@ -177,8 +177,14 @@ def _check_dense_size(task: Task, max_params: int, max_memory_gb, method: str) -
 
 
 def _damped_dense(op: CurvatureOperator, lam: float, method: str):
-    """Cholesky factor L of the explicit H + λI (its lower triangle; one P × P buffer)."""
-    A = dense_matrix(op)
+    """Cholesky factor L of the explicit H + λI (its lower triangle; one P × P buffer); a long
+    build of the matrix is announced (:class:`fimo.methods.cost.CostProbe`)."""
+    probe = CostProbe(
+        f"the dense {op.size} × {op.size} {op.kind} matrix from {op.count} instances",
+        op.count,
+        "lower hessian_samples (or use cg)",
+    )
+    A = dense_matrix(op, on_step=probe.tick)
     if not bool(torch.isfinite(A.sum())):  # NaN and ±inf survive the sum; no P × P temporary
         raise NumericalError(f"{method}: the {op.kind} matrix has NaN or infinite entries")
     A.diagonal().add_(lam)

@@ -23,7 +23,7 @@ import numpy as np
 from fimo.errors import InputError
 from fimo.further.adjoint import DEFAULT_BUDGET, unrolled_seed
 from fimo.further.engine import FurtherSettings
-from fimo.io import write_npz
+from fimo.io import fingerprint, read_npz, remove_temporaries, write_npz
 from fimo.methods.common import test_and_train
 from fimo.scores import Scores
 from fimo.task import Task
@@ -149,11 +149,16 @@ def unrolled_estimate(
     mode: str = "auto",
     budget_mb: int = DEFAULT_BUDGET // 2**20,
     progress=None,
+    partial_dir=None,
 ) -> UnrolledEstimate:
     """`unrolled` for ``seeds`` (a count, from 0, or a list), with the seed statistics.
 
     ``keep``: training indices (within ``train``) whose per-seed values are kept.
-    ``steps``: the checkpoints wanted (default: all the further-training settings record).
+    ``steps``: the checkpoints wanted (default: all the further-training settings record);
+    only they are computed (the runs are differentiated up to the last of them).
+    ``partial_dir``: a folder where the seed statistics so far are saved after each seed
+    (:class:`_Partial`); the same call after an interruption resumes at the next seed and
+    gives the same numbers. The file is removed when every seed is done.
 
     >>> from fimo.data import ArrayDataset
     >>> from fimo.models import mlp
@@ -175,33 +180,34 @@ def unrolled_estimate(
     if missing:
         raise InputError(f"unrolled: keep: {missing[:5]} are not among the scored train indices")
     keep_cols = np.array([where[int(i)] for i in keep], dtype=np.int64)
-    mean = m2 = None
-    per_seed, loss_full = [], []
-    for k, seed in enumerate(seed_list, start=1):
+    key = _call_key(task, settings, test, train, seed_list, keep, steps, mode, budget_mb)
+    partial = _Partial.resumed(partial_dir, key, len(seed_list))
+    if progress is not None and partial.per_seed:  # the seeds read back
+        progress(len(train) * len(partial.per_seed) // len(seed_list))
+    first = len(partial.per_seed) + 1  # the first seed computed: it announces the rest
+    for k in range(first, len(seed_list) + 1):
         one = unrolled_seed(
-            task, settings, seed, test, train, mode=mode, budget_bytes=budget_mb * 2**20
-        )
+            task, settings, seed_list[k - 1], test, train, steps=steps, mode=mode,
+            budget_bytes=budget_mb * 2**20, announce_for=len(seed_list) - k + 1 if k == first else 0,
+        )  # fmt: skip
+        cols = _checkpoints(one.steps, steps)
+        partial.add(one.values[cols], keep_cols, one.loss_full[cols], one.steps[cols],
+                    one.epochs[cols])  # fmt: skip
+        partial.save(partial_dir, key)
         if progress is not None:  # in training instances, as every method: a share per seed
             progress(len(train) * k // len(seed_list) - len(train) * (k - 1) // len(seed_list))
-        cols = _checkpoints(one.steps, steps)
-        values = one.values[cols]
-        if mean is None:
-            mean, m2 = np.zeros_like(values), np.zeros_like(values)
-        delta = values - mean  # Welford: the mean and the sum of squared deviations
-        mean += delta / k
-        m2 += delta * (values - mean)
-        per_seed.append(values[..., keep_cols])
-        loss_full.append(one.loss_full[cols])
+    _Partial.remove(partial_dir)
     S = len(seed_list)
+    mean, m2 = partial.mean, partial.m2
     sem = np.sqrt(m2 / (S - 1) / S) if S > 1 else np.full_like(mean, np.nan)
     return UnrolledEstimate(
         mean,
         sem,
-        np.stack(per_seed),
+        np.stack(partial.per_seed),
         keep,
-        np.stack(loss_full),
-        one.steps[cols],
-        one.epochs[cols],
+        np.stack(partial.loss_full),
+        partial.steps,
+        partial.epochs,
         np.asarray(seed_list, dtype=np.int64),
         test,
         train,
@@ -215,18 +221,113 @@ def unrolled_estimate(
     )
 
 
+def _call_key(task: Task, settings: FurtherSettings, test, train, seeds, keep, steps, mode,
+              budget_mb) -> str:  # fmt: skip
+    """A fingerprint of everything a call's numbers depend on: the final weights, the data,
+    the further-training settings, the instances, the seeds and the checkpoints."""
+    data = task.train.inputs, task.train.targets, task.test.inputs, task.test.targets
+    return fingerprint(
+        dict(task.model.state_dict()), *data, settings.as_dict(), np.asarray(test),
+        np.asarray(train), np.asarray(seeds), np.asarray(keep),
+        {"steps": None if steps is None else np.ravel(steps).tolist(), "mode": mode,
+         "budget_mb": budget_mb},
+    )  # fmt: skip
+
+
+@dataclass
+class _Partial:
+    """The seed statistics after the first seeds: the running mean and sum of squared
+    deviations (Welford), the kept per-seed values and each seed's full-run measurements.
+
+    Saved as ``state.npz`` in a folder after each seed, under the call's key; a call with the
+    same key reads it back and goes on at the next seed, adding the same values in the same
+    order, so its numbers are those of an uninterrupted call. A missing, damaged or foreign
+    file (another key, more seeds than asked) is ignored: the call starts from the first seed.
+
+    >>> state = _Partial()
+    >>> state.add(np.array([[[1.0, 3.0]]]), np.array([1]), np.zeros((1, 1)), np.array([4]),
+    ...           np.array([1.0]))
+    >>> state.add(np.array([[[3.0, 3.0]]]), np.array([1]), np.zeros((1, 1)), np.array([4]),
+    ...           np.array([1.0]))
+    >>> state.mean.tolist(), state.m2.tolist(), [v.tolist() for v in state.per_seed]
+    ([[[2.0, 3.0]]], [[[2.0, 0.0]]], [[[[3.0]]], [[[3.0]]]])
+    """
+
+    mean: np.ndarray | None = None
+    m2: np.ndarray | None = None
+    per_seed: list = field(default_factory=list)
+    loss_full: list = field(default_factory=list)
+    steps: np.ndarray | None = None
+    epochs: np.ndarray | None = None
+
+    def add(self, values, keep_cols, loss_full, steps, epochs) -> None:
+        """One more seed's (C, T, N) values and (C, T) full-run measurements."""
+        if self.mean is None:
+            self.mean, self.m2 = np.zeros_like(values), np.zeros_like(values)
+        k = len(self.per_seed) + 1
+        delta = values - self.mean  # Welford: the mean and the sum of squared deviations
+        self.mean += delta / k
+        self.m2 += delta * (values - self.mean)
+        self.per_seed.append(values[..., keep_cols])
+        self.loss_full.append(loss_full)
+        self.steps, self.epochs = steps, epochs
+
+    def save(self, folder, key: str) -> None:
+        """``folder/state.npz`` (atomic, with a checksum), when a folder is given."""
+        if folder is None:
+            return
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        write_npz(
+            Path(folder) / _STATE, key=np.array(key), mean=self.mean, m2=self.m2,
+            per_seed=np.stack(self.per_seed), loss_full=np.stack(self.loss_full),
+            steps=self.steps, epochs=self.epochs,
+        )  # fmt: skip
+
+    @classmethod
+    def resumed(cls, folder, key: str, seeds: int) -> _Partial:
+        """The state saved in ``folder`` under ``key`` (at most ``seeds`` seeds), else a
+        fresh one."""
+        path = None if folder is None else Path(folder) / _STATE
+        if path is None or not path.exists():
+            return cls()
+        try:
+            saved = read_npz(path)
+        except (InputError, ValueError, OSError):
+            return cls()
+        if str(saved.get("key")) != key or len(saved["per_seed"]) > seeds:
+            return cls()
+        return cls(
+            saved["mean"], saved["m2"], list(saved["per_seed"]), list(saved["loss_full"]),
+            saved["steps"], saved["epochs"],
+        )  # fmt: skip
+
+    @staticmethod
+    def remove(folder) -> None:
+        """Delete the state, its checksum, temporaries a stopped write left, and the folder
+        when nothing else is in it."""
+        if folder is None or not Path(folder).is_dir():
+            return
+        remove_temporaries([Path(folder)])
+        for name in (_STATE, _STATE + ".sha256"):
+            (Path(folder) / name).unlink(missing_ok=True)
+        if not any(Path(folder).iterdir()):
+            Path(folder).rmdir()
+
+
+_STATE = "state.npz"
+
+
 def _checkpoints(have: np.ndarray, wanted) -> np.ndarray:
-    """Positions of the ``wanted`` step counts among ``have`` (all of them by default)."""
+    """Positions of the ``wanted`` step counts, in the order asked, among the ones a seed
+    computed (``have``: the wanted ones sorted, each once; all of them by default).
+
+    >>> _checkpoints(np.array([3, 6]), [6, 3, 6]).tolist()
+    [1, 0, 1]
+    """
     if wanted is None:
         return np.arange(len(have))
     position = {int(s): j for j, s in enumerate(have)}
-    missing = [int(s) for s in wanted if int(s) not in position]
-    if missing:
-        raise InputError(
-            f"unrolled: steps {missing[:5]} are not checkpoints of these further-training "
-            f"settings (they record after {have.tolist()[:8]} steps)"
-        )
-    return np.array([position[int(s)] for s in wanted], dtype=np.int64)
+    return np.array([position[int(s)] for s in np.ravel(wanted)], dtype=np.int64)
 
 
 def unrolled(
@@ -240,11 +341,14 @@ def unrolled(
     seeds=8,
     mode: str = "auto",
     budget_mb: int = DEFAULT_BUDGET // 2**20,
+    partial_dir=None,
 ) -> Scores:
     """The derivative of the further-training runs, seed mean: Scores (C, n_test, n_train).
 
     ``further``: the further-training settings (a run passes its own, with its gold
-    standard's checkpoint ``steps``); ``seeds``: a count (seeds 0, 1, ...) or a list.
+    standard's checkpoint ``steps``); ``seeds``: a count (seeds 0, 1, ...) or a list;
+    ``partial_dir``: where the seeds done so far are kept, so that an interrupted call resumes
+    (``fimo run`` passes ``scores/unrolled.partial``).
     :func:`unrolled_estimate` also gives the standard error and per-seed values.
 
     >>> from fimo.data import ArrayDataset
@@ -260,6 +364,6 @@ def unrolled(
     """
     estimate = unrolled_estimate(
         task, test, train, further=further, seeds=seeds, steps=steps, mode=mode,
-        budget_mb=budget_mb, progress=progress,
+        budget_mb=budget_mb, progress=progress, partial_dir=partial_dir,
     )  # fmt: skip
     return estimate.scores()

@@ -41,12 +41,14 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from fimo.errors import InputError, check_choice
 from fimo.methods.common import hessian_subset, seed_value, subset_record, test_and_train
+from fimo.methods.cost import CostProbe
 from fimo.methods.curvature import DEFAULT_BATCH, KINDS, curvature, dense_matrix
 from fimo.methods.gradients import DEFAULT_BUDGET, gradient_matrix, per_instance_grads
 from fimo.scores import Scores
@@ -170,8 +172,9 @@ def lanczos_apply(
     return torch.einsum("ckm,kmp->ckp", coef, Q), info
 
 
-def _lanczos(matmat, V, filt, max_iter, tol, exact_at):
-    """:func:`lanczos_apply` in factored form: coefficients (C, K, m), bases (K, m, P), record."""
+def _lanczos(matmat, V, filt, max_iter, tol, exact_at, on_step=lambda: None):
+    """:func:`lanczos_apply` in factored form: coefficients (C, K, m), bases (K, m, P), record;
+    ``on_step()`` is called after each step."""
     V = V.double()
     K, P = V.shape
     m = max(1, min(int(max_iter), P, exact_at or P))
@@ -221,6 +224,7 @@ def _lanczos(matmat, V, filt, max_iter, tol, exact_at):
                     coef[k] = now
                     running[k] = False
         q[rows] = W / b.clamp_min(torch.finfo(torch.float64).tiny)[:, None]
+        on_step()
     C = len(filt(np.ones(1)))
     out = torch.zeros(C, K, m, dtype=torch.float64)  # zero past each process's last step
     for k in range(K):
@@ -238,9 +242,10 @@ def _lanczos(matmat, V, filt, max_iter, tol, exact_at):
     )
 
 
-def series_apply(matmat, V: torch.Tensor, steps, lr, momentum=0.0, nesterov=False):
+def series_apply(matmat, V: torch.Tensor, steps, lr, momentum=0.0, nesterov=False, on_step=None):
     """F_c(H) v for each row v of V by running the optimizer's recursion on the quadratic:
-    (C, K, P), one block product per step up to the largest step count.
+    (C, K, P), one block product per step up to the largest step count; ``on_step()`` (if
+    given) is called after each step.
 
     >>> H = torch.tensor([[2.0]], dtype=torch.float64)
     >>> series_apply(lambda X: X @ H, torch.ones(1, 1, dtype=torch.float64), [1, 3], 0.1)[:, 0, 0]
@@ -256,6 +261,8 @@ def series_apply(matmat, V: torch.Tensor, steps, lr, momentum=0.0, nesterov=Fals
         delta = delta - lr * (grad + momentum * buf if nesterov else buf)
         if t in wanted:
             out[wanted[t]] = -delta
+        if on_step is not None:
+            on_step()
     return out
 
 
@@ -395,67 +402,137 @@ def unrolled_quadratic(
     True
     """
     test, train = test_and_train(task, test, train, "unrolled_quadratic")
-    steps = _steps(steps)
-    opt = resolve_optimizer(further, lr, momentum)
-    check_choice("hessian", hessian, KINDS)
-    check_choice("solver", solver, SOLVERS)
-    damping = _number("damping", damping)
-    dense_max_params = _count("dense_max_params", dense_max_params)
-    max_iter = _count("max_iter", max_iter)
-    tol = _number("tol", tol)
-    if chunk_size is not None:
-        _count("chunk_size", chunk_size)
-    hessian_seed = seed_value("hessian_seed", hessian_seed)
-    n = len(task.train)
-    subset = hessian_subset(n, hessian_samples, hessian_seed)
-    op = curvature(
-        task, hessian, batch_size=batch_size, data_indices=None if len(subset) == n else subset
-    )
-    shift = opt["weight_decay"] + damping
-    if solver == "auto":
-        solver = "dense" if op.size <= dense_max_params else "lanczos"
-
-    def filt(h):
-        return horizon_filter(h, steps, opt["lr"], opt["momentum"], opt["nesterov"])
-
-    def matmat(X):  # (H + shift·I) X, rows
-        return op(X.to(op.dtype)).double() + shift * X.double()
-
+    checked = _Settings.checked(
+        steps, lr, momentum, further, hessian, damping, solver, dense_max_params, max_iter, tol,
+        chunk_size, hessian_seed,
+    )  # fmt: skip
+    op, solver, record = _operator(task, checked, hessian_samples, batch_size, chunk_size)
     g_test = gradient_matrix(task, task.test, test, measure=True, chunk_size=chunk_size).double()
+    blocks, top = _scorers(
+        solver, op, checked.shift, _shifted(op, checked.shift), checked.filter, g_test,
+        checked.steps, checked.opt, checked.max_iter, checked.tol, record,
+    )  # fmt: skip
+    if top is not None:
+        _check_stability(checked.opt, top, record)
+    if record.get("converged") is False:
+        _warn_unconverged(checked, record)
+    values = _stream(task, blocks, len(checked.steps), len(test), train, chunk_size, progress)
+    return Scores(values, test, train, "unrolled_quadratic", record, UNITS, checked.steps)
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """The method's settings, checked: the checkpoints' step counts, the optimizer's
+    constants (:func:`resolve_optimizer`), the curvature kind, the damping, the solver and
+    its limits."""
+
+    steps: np.ndarray
+    opt: dict
+    hessian: str
+    damping: float
+    solver: str
+    dense_max_params: int
+    max_iter: int
+    tol: float
+    hessian_seed: int
+
+    @classmethod
+    def checked(
+        cls, steps, lr, momentum, further, hessian, damping, solver, dense_max_params, max_iter,
+        tol, chunk_size, hessian_seed,
+    ) -> _Settings:  # fmt: skip
+        """Every setting checked once, at the door (an InputError names the setting).
+
+        >>> s = _Settings.checked([4, 8], 0.1, None, None, "hessian", 0, "auto", 3000, 200,
+        ...                       1e-6, None, 0)
+        >>> s.steps.tolist(), s.opt["lr"], s.shift
+        ([4, 8], 0.1, 0.0)
+        """
+        steps = _steps(steps)
+        opt = resolve_optimizer(further, lr, momentum)
+        check_choice("hessian", hessian, KINDS)
+        check_choice("solver", solver, SOLVERS)
+        damping = _number("damping", damping)
+        dense_max_params = _count("dense_max_params", dense_max_params)
+        max_iter = _count("max_iter", max_iter)
+        tol = _number("tol", tol)
+        if chunk_size is not None:
+            _count("chunk_size", chunk_size)
+        hessian_seed = seed_value("hessian_seed", hessian_seed)
+        return cls(
+            steps, opt, hessian, damping, solver, dense_max_params, max_iter, tol, hessian_seed
+        )
+
+    @property
+    def shift(self) -> float:
+        """What is added to H: the further training's L2 weight decay and the damping."""
+        return self.opt["weight_decay"] + self.damping
+
+    def filter(self, h) -> np.ndarray:
+        """F_c at the eigenvalues ``h`` for every checkpoint c: (C, len(h))."""
+        opt = self.opt
+        return horizon_filter(h, self.steps, opt["lr"], opt["momentum"], opt["nesterov"])
+
+
+def _operator(task: Task, checked: _Settings, hessian_samples, batch_size, chunk_size):
+    """The curvature operator of H (on ``hessian_samples`` training instances, all by
+    default), the solver (``"auto"`` resolved by the number of parameters) and the record
+    of the settings the scores were made with."""
+    n = len(task.train)
+    subset = hessian_subset(n, hessian_samples, checked.hessian_seed)
+    op = curvature(
+        task, checked.hessian, batch_size=batch_size,
+        data_indices=None if len(subset) == n else subset,
+    )  # fmt: skip
+    solver = checked.solver
+    if solver == "auto":
+        solver = "dense" if op.size <= checked.dense_max_params else "lanczos"
     record = {
-        "steps": steps.tolist(),
-        **opt,
-        "damping": damping,
-        "hessian": hessian,
+        "steps": checked.steps.tolist(),
+        **checked.opt,
+        "damping": checked.damping,
+        "hessian": checked.hessian,
         "solver": solver,
         "num_params": op.size,
         "n_train": n,
-        **subset_record(n, hessian_samples, hessian_seed, subset),
+        **subset_record(n, hessian_samples, checked.hessian_seed, subset),
         "batch_size": batch_size,
         "chunk_size": chunk_size,
     }
-    blocks, top = _scorers(
-        solver, op, shift, matmat, filt, g_test, steps, opt, max_iter, tol, record
+    return op, solver, record
+
+
+def _shifted(op, shift: float):
+    """The product X ↦ (H + shift·I) X on rows, in float64."""
+
+    def matmat(X):
+        return op(X.to(op.dtype)).double() + shift * X.double()
+
+    return matmat
+
+
+def _warn_unconverged(checked: _Settings, record: dict) -> None:
+    """A RuntimeWarning, at the caller of :func:`unrolled_quadratic`: Lanczos stopped at
+    ``max_iter`` before reaching ``tol`` for some test gradient."""
+    warnings.warn(
+        f"unrolled_quadratic: Lanczos did not reach tol={checked.tol:g} in "
+        f"max_iter={checked.max_iter} steps for every test gradient (worst relative change "
+        f"{record['max_error_estimate']:.2e}); raise max_iter",
+        RuntimeWarning,
+        stacklevel=3,
     )
-    if top is not None:
-        _check_stability(opt, top, record)
-    if record.get("converged") is False:
-        warnings.warn(
-            f"unrolled_quadratic: Lanczos did not reach tol={tol:g} in max_iter={max_iter} steps "
-            f"for every test gradient (worst relative change {record['max_error_estimate']:.2e}); "
-            "raise max_iter",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-    values = _stream(task, blocks, len(steps), len(test), train, chunk_size, progress)
-    return Scores(values, test, train, "unrolled_quadratic", record, UNITS, steps)
 
 
 def _scorers(solver, op, shift, matmat, filt, g_test, steps, opt, max_iter, tol, record):
     """Blocks (test rows, G ↦ scores (C, rows, N) before the 1/n) and the largest eigenvalue
     (or Ritz value) of H + shift·I seen, None for the series; fills ``record``."""
     if solver == "dense":
-        H = dense_matrix(op).double()
+        probe = CostProbe(
+            f"the dense {op.size} × {op.size} {op.kind} matrix from {op.count} instances",
+            op.count,
+            "lower hessian_samples or dense_max_params (Lanczos instead)",
+        )
+        H = dense_matrix(op, on_step=probe.tick).double()
         H.diagonal().add_(shift)
         vals, U = torch.linalg.eigh(H)
         del H
@@ -463,16 +540,26 @@ def _scorers(solver, op, shift, matmat, filt, g_test, steps, opt, max_iter, tol,
         return [(slice(0, len(g_test)), _dense_scorer(vals, U, g_test, filt))], float(vals[-1])
     depth = max_iter if solver == "lanczos" else 3  # vectors of P held per test gradient
     per = max(1, DEFAULT_BUDGET // (8 * op.size * depth))
+    n_blocks = -(-len(g_test) // per)
+    length = min(max_iter, op.size, int(steps.max())) if solver == "lanczos" else int(steps.max())
+    probe = CostProbe(
+        f"{'at most ' if solver == 'lanczos' else ''}{n_blocks * length} {solver} steps on "
+        f"blocks of up to {min(per, len(g_test))} test gradients",
+        n_blocks * length,
+        "lower max_iter or hessian_samples" if solver == "lanczos" else "lower the steps",
+    )
     blocks, parts = [], []
     for start in range(0, len(g_test), per):
         V = g_test[start : start + per]
         rows = slice(start, start + len(V))
         if solver == "lanczos":
-            coef, Q, part = _lanczos(matmat, V, filt, max_iter, tol, int(steps.max()))
+            coef, Q, part = _lanczos(matmat, V, filt, max_iter, tol, int(steps.max()), probe.tick)
             parts.append(part)
             blocks.append((rows, _krylov_scorer(coef, Q)))
         else:
-            S = series_apply(matmat, V, steps, opt["lr"], opt["momentum"], opt["nesterov"])
+            S = series_apply(
+                matmat, V, steps, opt["lr"], opt["momentum"], opt["nesterov"], probe.tick
+            )
             blocks.append((rows, lambda G, S=S: torch.einsum("ckp,np->ckn", S, G.double())))
     if solver == "series":
         return blocks, None
@@ -512,9 +599,15 @@ def _stream(task, blocks, C, K, train, chunk_size, progress) -> np.ndarray:
     idx = torch.as_tensor(train, dtype=torch.long)
     x, y = task.train.inputs[idx], task.train.targets[idx]
     out = np.empty((C, K, len(train)), dtype=np.float64)
+    probe = CostProbe(
+        f"scoring {len(train)} training instances against {K} test vectors at {C} checkpoints",
+        len(train),
+        "score fewer training instances or test instances",
+    )
     for cols, g in per_instance_grads(task, x, y, chunk_size=chunk_size):
         for rows, scorer in blocks:
             out[:, rows, cols] = (scorer(g) / n).numpy()
         if progress is not None:
             progress(cols.stop - cols.start)
+        probe.tick(cols.stop - cols.start)
     return out
