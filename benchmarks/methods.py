@@ -10,15 +10,22 @@ with fimo, and the least-squares scale of the peer's aligned matrix against fimo
 conventions have been aligned; TRAK's package normalises its kernel inverse, so its scale is
 arbitrary).
 
+Every call (fimo's and each peer's, each repeat) runs in a fresh child process under an
+address-space limit and a wall-clock limit; the table gives its time and the child's peak
+resident memory, and a library that runs out of memory or time (or fails) is a row that says
+so, not the end of the benchmark.
+
 Peers are not dependencies of fimo: run this in their own environment (benchmarks/README.md,
 benchmarks/requirements-peers.txt). A peer that cannot be imported is named and skipped.
 
     /tmp/peers/bin/python benchmarks/methods.py [--repeats 3] [--n-train 2000] [--n-test 20]
-        [--damping 0.2] [--methods grad_dot cg ...] [--peers dattri kronfluence ...]
+        [--hidden 128 128] [--damping 0.2] [--methods grad_dot cg ...]
+        [--peers dattri kronfluence ...] [--mem-limit-gb 12] [--time-limit 900]
         [--json out.json]
 
 Set-up (docs/benchmarks.md says why): UCI Adult, a seeded subsample of n training and k test
-instances; the paper's MLP 106-128-128-2 (30,466 parameters) trained by SGD for every method
+instances; the paper's MLP 106-128-128-2 (30,466 parameters; ``--hidden`` for others)
+trained by SGD for every method
 except ``explicit``, which uses a 106-16-16-2 MLP (2,018 parameters) because the peers build
 the dense Hessian with autograd (dattri: ``torch.func.hessian``, captum:
 ``torch.autograd.functional.hessian`` and a full eigendecomposition): at 30k parameters that
