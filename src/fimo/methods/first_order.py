@@ -46,7 +46,7 @@ def _scores(task: Task, test, train, normalise: bool, settings: dict, progress=N
     chunk_size = settings["chunk_size"]
     layers, factors = ghost_test_factors(method, task, test, settings["ghost"], proj.k, chunk_size)
     if layers is not None:
-        out = ghost_scores(task, layers, factors, train, normalise, progress, chunk_size)
+        out = ghost_scores(task, layers, factors, len(test), train, normalise, progress, chunk_size)
         record = {**settings, "projected_dim": proj.dim, "projection": "identity"}
         return test, train, out, {**record, "gradients": "ghost (layer factors)"}
     g_test = proj.project(

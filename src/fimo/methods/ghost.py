@@ -259,15 +259,15 @@ def ghost_scores(
     task: Task,
     layers: list[GhostLayer],
     test_factors: dict[str, Factors],
+    k: int,
     train,
     normalise: bool,
     progress=None,
     chunk_size: int | None = None,
 ) -> np.ndarray:
     """The (k, len(train)) float64 matrix of gradient dot products (cosines when
-    ``normalise``) of the test instances whose factors are given against the training
+    ``normalise``) of the k test instances whose factors are given against the training
     instances ``train``, chunk by chunk; ``progress(m)`` after each chunk of m."""
-    k = next(iter(test_factors.values())).b.shape[0] if test_factors else 0
     out = np.zeros((k, len(train)), dtype=np.float64)
     test_norms = ghost_norms(test_factors) if normalise and test_factors else None
     probe = CostProbe(
