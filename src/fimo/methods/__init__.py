@@ -78,7 +78,7 @@ def method_defaults(name: str) -> dict:
     """The settings a method accepts, with their defaults.
 
     >>> method_defaults("grad_dot")
-    {'chunk_size': None, 'proj_dim': None, 'projection': 'rademacher', 'proj_seed': 0}
+    {'chunk_size': None, 'proj_dim': None, 'projection': 'rademacher', 'proj_seed': 0, 'ghost': 'auto'}
     """
     params = inspect.signature(get_method(name)).parameters
     return {

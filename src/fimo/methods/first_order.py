@@ -9,6 +9,11 @@ With ``proj_dim`` = k both work on randomly projected gradients Pᵀ∇ (:mod:`f
 projection`; each chunk of training gradients is projected as it is made): Grad-Dot's
 projected dot product equals the exact one in expectation over P, Grad-Cos is the cosine of
 the projected vectors.
+
+Unprojected, on a model whose trainable parameters are all ``nn.Linear`` weights and biases,
+both are computed from each layer's inputs and output gradients without forming the
+gradients (:mod:`fimo.methods.ghost`) when that is cheaper (``ghost="auto"``, the default);
+``ghost="always"`` or ``"never"`` forces the choice. The two paths agree to float rounding.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from __future__ import annotations
 import torch
 
 from fimo.methods.common import score_matrix, test_and_train
-from fimo.methods.gradients import gradient_matrix
+from fimo.methods.ghost import check_ghost, ghost_scores, ghost_test_factors
+from fimo.methods.gradients import check_chunk_size, gradient_matrix
 from fimo.methods.projection import check_proj_dim, gradient_projector
 from fimo.scores import Scores
 from fimo.task import Task
@@ -31,11 +37,18 @@ def _scores(task: Task, test, train, normalise: bool, settings: dict, progress=N
     method = "grad_cos" if normalise else "grad_dot"
     test, train = test_and_train(task, test, train, method)
     check_proj_dim(method, settings["proj_dim"])
+    check_ghost(method, settings["ghost"], settings["proj_dim"])
+    check_chunk_size(settings["chunk_size"])
     dtype = next(iter(task.params().values())).dtype
     proj = gradient_projector(
         task.num_params, settings["proj_dim"], settings["proj_seed"], settings["projection"], dtype
     )
     chunk_size = settings["chunk_size"]
+    layers, factors = ghost_test_factors(method, task, test, settings["ghost"], proj.k, chunk_size)
+    if layers is not None:
+        out = ghost_scores(task, layers, factors, len(test), train, normalise, progress, chunk_size)
+        record = {**settings, "projected_dim": proj.dim, "projection": "identity"}
+        return test, train, out, {**record, "gradients": "ghost (layer factors)"}
     g_test = proj.project(
         gradient_matrix(task, task.test, test, measure=True, chunk_size=chunk_size)
     )
@@ -58,7 +71,7 @@ def _scores(task: Task, test, train, normalise: bool, settings: dict, progress=N
     record = {**settings, "projected_dim": proj.dim}
     if proj.k is None:
         record["projection"] = "identity"
-    return test, train, out, record
+    return test, train, out, {**record, "gradients": "per-instance"}
 
 
 def grad_dot(
@@ -71,12 +84,15 @@ def grad_dot(
     proj_dim: int | None = None,
     projection: str = "rademacher",
     proj_seed: int = 0,
+    ghost: str = "auto",
 ) -> Scores:
     """Grad-Dot: ∇g(z_test)ᵀ∇ℓ(z_i) at the final weights, for every (test, train) pair.
 
     ``proj_dim`` = k (default None: exact) scores (Pᵀ∇g)ᵀ(Pᵀ∇ℓ_i) instead, P a ``projection``
     (``"rademacher"`` or ``"gaussian"``, entries of variance 1/k, seeded by ``proj_seed``):
-    equal to the exact score in expectation; k ≥ P is no projection.
+    equal to the exact score in expectation; k ≥ P is no projection. ``ghost`` (``"auto"``,
+    ``"always"``, ``"never"``) chooses how unprojected scores of ``nn.Linear`` layers are
+    computed: from layer factors or from formed per-instance gradients (module docstring).
 
     >>> from fimo.data.base import ArrayDataset
     >>> data = ArrayDataset(torch.randn(20, 3, dtype=torch.float64), torch.randint(0, 2, (20,)))
@@ -92,6 +108,7 @@ def grad_dot(
         "proj_dim": proj_dim,
         "projection": projection,
         "proj_seed": proj_seed,
+        "ghost": ghost,
     }
     test, train, values, record = _scores(task, test, train, False, settings, progress)
     return Scores(values, test, train, "grad_dot", record, "gradient dot product")
@@ -107,11 +124,12 @@ def grad_cos(
     proj_dim: int | None = None,
     projection: str = "rademacher",
     proj_seed: int = 0,
+    ghost: str = "auto",
 ) -> Scores:
     """Grad-Cos: the cosine of ∇g(z_test) and ∇ℓ(z_i) at the final weights.
 
     ``proj_dim``, ``projection`` and ``proj_seed`` as in :func:`grad_dot`: the cosine of the
-    projected gradients Pᵀ∇g and Pᵀ∇ℓ_i.
+    projected gradients Pᵀ∇g and Pᵀ∇ℓ_i; ``ghost`` as in :func:`grad_dot`.
 
     >>> from fimo.data.base import ArrayDataset
     >>> data = ArrayDataset(torch.randn(20, 3, dtype=torch.float64), torch.randint(0, 2, (20,)))
@@ -125,6 +143,7 @@ def grad_cos(
         "proj_dim": proj_dim,
         "projection": projection,
         "proj_seed": proj_seed,
+        "ghost": ghost,
     }
     test, train, values, record = _scores(task, test, train, True, settings, progress)
     return Scores(values, test, train, "grad_cos", record, units="cosine")
