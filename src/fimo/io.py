@@ -542,7 +542,8 @@ def non_default(settings) -> dict:
 
 
 def fingerprint(*parts) -> str:
-    """A short SHA-256 of tensors, arrays and JSON-able settings, in order.
+    """A short SHA-256 of tensors, arrays, :class:`fimo.data.Fields` and JSON-able settings,
+    in order.
 
     >>> import torch
     >>> a = fingerprint(np.arange(3), {"lr": 0.1})
@@ -561,6 +562,10 @@ def fingerprint(*parts) -> str:
 def _update(h, part) -> None:
     import torch
 
+    from fimo.data.base import Fields
+
+    if isinstance(part, Fields):  # dict inputs: their fields by name
+        part = part.as_dict()
     if isinstance(part, torch.Tensor):
         part = part.detach().cpu().contiguous().numpy()
     if isinstance(part, np.ndarray):
