@@ -551,6 +551,9 @@ def fingerprint(*parts) -> str:
     (True, False)
     >>> len(a)
     16
+    >>> from fimo.data import Fields  # dict inputs hash as their fields by name
+    >>> fingerprint(Fields({"ids": torch.arange(3)})) == fingerprint({"ids": np.arange(3)})
+    True
     """
     h = hashlib.sha256()
     h.update(f"fimo-results-{RESULTS_VERSION}".encode())
