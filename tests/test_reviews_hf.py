@@ -156,3 +156,23 @@ def test_a_tiny_run_completes_and_its_grad_dot_is_the_dot_product_of_adapter_gra
     expected = (G_test @ G_train.T).numpy()
     assert np.abs(expected).max() > 1e-6
     np.testing.assert_allclose(result.scores["grad_dot"].values, expected, rtol=1e-7, atol=0)
+
+
+def test_datainf_under_lora_ignores_the_zero_gradients_of_A():
+    """At B = 0 the gradients with respect to every A are exactly zero, so the damping rule
+    gives those blocks λ = 0; DataInf must equal DataInf on the B matrices alone (it gave
+    NaN from 0 / 0 in the quick run of reviews-hf)."""
+    from fimo import ArrayDataset, Task
+    from fimo.lora import with_lora
+    from fimo.methods import get_method
+
+    torch.manual_seed(0)
+    data = ArrayDataset(torch.randn(12, 3, dtype=torch.float64), torch.randint(0, 2, (12,)))
+    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)).double()
+    lora = with_lora(Task(model, data, data), rank=2, targets=["*"], seed=1)
+    only_B = lora.rebuilt(trainable=[n for n in lora.trainable if "lora_B" in n])
+    datainf = get_method("datainf")
+    got = datainf(lora, np.arange(4), np.arange(6)).values
+    expected = datainf(only_B, np.arange(4), np.arange(6)).values
+    assert np.isfinite(got).all() and np.abs(expected).max() > 1e-6
+    np.testing.assert_allclose(got, expected, rtol=1e-10)
