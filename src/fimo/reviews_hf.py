@@ -82,7 +82,16 @@ class BertFirstTokenClassifier(transformers.BertPreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None):
         """Logits (B, num_labels) from the [CLS] state; the mask as transformers takes it
-        (2-D, or the 4-D additive float mask fimo passes)."""
+        (2-D, or the 4-D additive float mask fimo passes). Padding does not change them:
+
+        >>> config = transformers.BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1,
+        ...     num_attention_heads=2, intermediate_size=16)
+        >>> model = BertFirstTokenClassifier(config).eval()
+        >>> padded = model(input_ids=torch.tensor([[2, 5, 0]]),
+        ...                attention_mask=torch.tensor([[1, 1, 0]])).logits
+        >>> torch.allclose(padded, model(input_ids=torch.tensor([[2, 5]])).logits, atol=1e-6)
+        True
+        """
         hidden = self.bert(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
         ).last_hidden_state
