@@ -542,7 +542,8 @@ def non_default(settings) -> dict:
 
 
 def fingerprint(*parts) -> str:
-    """A short SHA-256 of tensors, arrays and JSON-able settings, in order.
+    """A short SHA-256 of tensors, arrays, :class:`fimo.data.Fields` and JSON-able settings,
+    in order.
 
     >>> import torch
     >>> a = fingerprint(np.arange(3), {"lr": 0.1})
@@ -550,6 +551,9 @@ def fingerprint(*parts) -> str:
     (True, False)
     >>> len(a)
     16
+    >>> from fimo.data import Fields  # dict inputs hash as their fields by name
+    >>> fingerprint(Fields({"ids": torch.arange(3)})) == fingerprint({"ids": np.arange(3)})
+    True
     """
     h = hashlib.sha256()
     h.update(f"fimo-results-{RESULTS_VERSION}".encode())
@@ -561,6 +565,10 @@ def fingerprint(*parts) -> str:
 def _update(h, part) -> None:
     import torch
 
+    from fimo.data.base import Fields
+
+    if isinstance(part, Fields):  # dict inputs: their fields by name
+        part = part.as_dict()
     if isinstance(part, torch.Tensor):
         part = part.detach().cpu().contiguous().numpy()
     if isinstance(part, np.ndarray):

@@ -206,6 +206,8 @@ def datainf(
     acc = torch.zeros_like(v)
     for _, g in grads.chunks(sample):
         for k, s in enumerate(spans):
+            if lam[k] == 0:  # only zero gradients (LoRA's A at B = 0): it adds 0, not 0 / 0
+                continue
             gl = g[:, s]
             coef = (v[:, s] @ gl.T) / (lam[k] + gl.pow(2).sum(1))
             acc[:, s] += coef @ gl
