@@ -259,6 +259,11 @@ def unrolled_seed(
     >>> out.values.shape, out.steps.tolist()
     ((2, 2, 12), [3, 6])
     """
+    if task.per_instance_path() == "loop":
+        raise InputError(
+            "unrolled: the adjoint needs torch.func.vmap over instances, which this task's "
+            "model cannot take (per_instance='loop'); use unrolled_quadratic, or the gold standard"
+        )
     task = task.with_cached_trunk()
     n = len(task.train)
     test = check_indices("unrolled: test", test, len(task.test), "test instances")
