@@ -383,3 +383,41 @@ def test_a_model_that_does_not_take_the_4d_mask_keeps_its_own_and_gets_the_loop(
         assert task.per_instance_path() == "loop"
     G = gradient_matrix(task, data, range(5))
     torch.testing.assert_close(G, loop_gradients(task, data), rtol=1e-6, atol=1e-12)
+
+
+def as_linear(model):
+    """A copy of ``model`` with every transformers Conv1D (y = x W + b, W of shape (in, out))
+    replaced by the nn.Linear that computes the same (weight Wᵀ), under the same name."""
+    from transformers.pytorch_utils import Conv1D
+
+    copied = copy.deepcopy(model)
+    for name, module in list(copied.named_modules()):
+        if isinstance(module, Conv1D):
+            d_in, d_out = module.weight.shape
+            linear = torch.nn.Linear(d_in, d_out, dtype=module.weight.dtype)
+            with torch.no_grad():
+                linear.weight.copy_(module.weight.T)
+                linear.bias.copy_(module.bias)
+            parent, _, child = name.rpartition(".")
+            setattr(copied.get_submodule(parent), child, linear)
+    return copied
+
+
+def test_ekfac_on_gpt2_conv1d_equals_ekfac_on_the_same_layers_as_linear():
+    """EK-FAC takes GPT-2's Conv1D layers as Linear layers with the weight transposed: its
+    scores equal those of the model whose Conv1D layers are converted to nn.Linear (sampled
+    labels, the same draws; the token loss's 360 outputs make the exact expansion slow)."""
+    from fimo.methods.ekfac import ekfac
+
+    train, test = token_data(8, seed=17, lm=True), token_data(3, seed=18, lm=True)
+    trainable = ["*.attn.c_attn.*", "*.attn.c_proj.*", "*.mlp.c_fc.*", "*.mlp.c_proj.*"]
+    model = tiny_gpt2()
+    scores = {}
+    for kind, net in (("conv1d", model), ("linear", as_linear(model))):
+        task = make_task(net, train, test, loss="token_cross_entropy", trainable=trainable)
+        scores[kind] = ekfac(task, range(3), range(8), sampling="sample", seed=4)
+    assert scores["conv1d"].settings["layers"] == scores["linear"].settings["layers"]
+    assert len(scores["conv1d"].settings["layers"]) == 8
+    values = scores["linear"].values
+    assert np.abs(values).max() > 0
+    np.testing.assert_allclose(scores["conv1d"].values, values, rtol=1e-9, atol=1e-12)

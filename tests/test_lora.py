@@ -378,3 +378,66 @@ def test_a_run_with_lora_trains_and_scores_the_adapters(tmp_path):
     plain = {**LORA_RUN, "further": {k: v for k, v in LORA_RUN["further"].items() if k != "lora"}}
     with pytest.raises(InputError, match="holds a gold standard made under other weights"):
         run(from_dict(plain), tmp_path / "run", quiet=True)
+
+
+#: One process: LoRA (rank 4, query and value) on a 3-layer BERT of width 64, 64 tokens,
+#: AdamW batch 32, one step under downweight (every run joins at step 1); the peak resident
+#: memory of a stack of 2 runs and of 6 runs, and fimo's estimate and shard plan.
+MEMORY_SCRIPT = """
+import json, resource, warnings
+import numpy as np, torch, transformers
+from fimo import ArrayDataset, FurtherSettings, Task
+from fimo.further.engine import further_train_seed
+from fimo.further.runner import bytes_per_run, runs_per_shard
+from fimo.lora import with_lora
+
+torch.set_num_threads(1)
+T, n = 64, 40
+g = torch.Generator().manual_seed(0)
+inputs = {"input_ids": torch.randint(1, 100, (n, T), generator=g),
+          "attention_mask": torch.ones(n, T, dtype=torch.long)}
+data = ArrayDataset(inputs, torch.randint(0, 2, (n,), generator=g))
+torch.manual_seed(0)
+config = transformers.BertConfig(
+    vocab_size=100, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+    intermediate_size=256, max_position_embeddings=T, num_labels=2,
+    hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    task = Task(transformers.BertForSequenceClassification(config), data, data)
+lora = with_lora(task, rank=4, targets=["query", "value"])
+settings = FurtherSettings(optimizer="adamw", lr=1e-4, batch_size=32, max_steps=1,
+                           scheme="downweight")
+further_train_seed(lora, settings, 0, np.array([0]), np.arange(4))  # allocator warmed up
+peaks = {}
+for left_out in (1, 5):
+    further_train_seed(lora, settings, 0, np.arange(left_out), np.arange(4))
+    peaks[left_out] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({
+    "measured": (peaks[5] - peaks[1]) / 4,
+    "estimate": bytes_per_run(lora, settings, 4),
+    "per_shard": runs_per_shard(lora, settings, 100, 4, budget=2**30),
+    "parameters": lora.num_params,
+}))
+"""
+
+
+def test_the_run_estimate_under_lora_counts_the_frozen_layers_activations():
+    """A LoRA run holds few parameters but a whole model's activations: the estimate is
+    within a factor 2 of the measured growth of peak memory per run (stacks of 2 and 6 runs,
+    in a fresh process), and the planner's shard of runs then fits its budget."""
+    import json
+    import subprocess
+    import sys
+
+    pytest.importorskip("transformers")
+    done = subprocess.run(
+        [sys.executable, "-c", MEMORY_SCRIPT], capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    parameters_alone = 8 * 4 * got["parameters"]  # the state of 3,072 adapter numbers: 98 KB
+    assert got["measured"] > 100 * parameters_alone  # activations are what a LoRA run holds
+    assert 0.5 < got["estimate"] / got["measured"] < 2, got
+    shard = (1 + got["per_shard"]) * got["measured"]
+    assert 2**30 / 2 < shard < 2 * 2**30, got

@@ -542,8 +542,8 @@ def non_default(settings) -> dict:
 
 
 def fingerprint(*parts) -> str:
-    """A short SHA-256 of tensors, arrays, :class:`fimo.data.Fields` and JSON-able settings,
-    in order.
+    """A short SHA-256 of tensors, arrays, dicts of them (also the named input fields of a
+    dataset, :class:`fimo.data.Fields`) and JSON-able settings, in order.
 
     >>> import torch
     >>> a = fingerprint(np.arange(3), {"lr": 0.1})
@@ -551,9 +551,10 @@ def fingerprint(*parts) -> str:
     (True, False)
     >>> len(a)
     16
-    >>> from fimo.data import Fields  # dict inputs hash as their fields by name
-    >>> fingerprint(Fields({"ids": torch.arange(3)})) == fingerprint({"ids": np.arange(3)})
-    True
+    >>> from fimo.data import Fields
+    >>> ids = Fields({"input_ids": torch.tensor([[5, 6]]), "mask": torch.ones(1, 2)})
+    >>> fingerprint(ids) == fingerprint(ids[[0]]), fingerprint(ids) == fingerprint(ids.as_dict())
+    (True, False)
     """
     h = hashlib.sha256()
     h.update(f"fimo-results-{RESULTS_VERSION}".encode())
@@ -565,13 +566,16 @@ def fingerprint(*parts) -> str:
 def _update(h, part) -> None:
     import torch
 
-    from fimo.data.base import Fields
+    from fimo.data.base import Fields  # here: hashing settings needs no data package
 
-    if isinstance(part, Fields):  # dict inputs: their fields by name
-        part = part.as_dict()
     if isinstance(part, torch.Tensor):
         part = part.detach().cpu().contiguous().numpy()
-    if isinstance(part, np.ndarray):
+    if isinstance(part, Fields):  # named fields in their own order, told apart from a plain dict
+        h.update(b"fields")
+        for key, value in part.items():
+            h.update(str(key).encode())
+            _update(h, value)
+    elif isinstance(part, np.ndarray):
         h.update(str((part.dtype.str, part.shape)).encode())
         h.update(np.ascontiguousarray(part).tobytes())
     elif isinstance(part, Mapping):

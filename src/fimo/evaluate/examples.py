@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from fimo.data.base import Fields
 from fimo.errors import InputError
 from fimo.evaluate.curves import checkpoint_positions, reference_checkpoint
 from fimo.evaluate.metrics import method_at, method_values
@@ -202,7 +203,8 @@ def describe(dataset, index: int) -> dict:
     ``raw_columns`` (tables: the original values, codes decoded by ``codes`` and numbers
     given their ``units``), ``text`` (the sentence), images
     (``inputs`` of shape (n, C, H, W) or ``info["image_shape"]``: ``"image"`` holds a PNG
-    data URI); otherwise the feature vector, by ``feature_names`` when there are any (the
+    data URI); named input fields (:class:`~fimo.data.Fields`: token ids, masks) by their
+    values; otherwise the feature vector, by ``feature_names`` when there are any (the
     non-zero features first, at most 16).
 
     >>> import torch
@@ -226,6 +228,10 @@ def describe(dataset, index: int) -> dict:
         out["text"] = str(info["text"][index])
         return out
     x = dataset.inputs[index]
+    if isinstance(x, Fields):  # named fields (token ids, masks, ...): each one's values
+        for name, values in x.items():
+            out[name] = _values_text(values.detach().cpu().numpy().reshape(-1))
+        return out
     x = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
     shape = _image_shape(dataset, x)
     if shape is not None:
@@ -241,6 +247,16 @@ def describe(dataset, index: int) -> dict:
     if flat.size > MAX_FEATURES:
         out["…"] = f"{flat.size - MAX_FEATURES} more features"
     return out
+
+
+def _values_text(flat: np.ndarray) -> str:
+    """A field's values as text: the first MAX_FEATURES, then how many more.
+
+    >>> _values_text(np.arange(20))
+    '0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 … (20 values)'
+    """
+    shown = " ".join(_number(v) for v in flat[:MAX_FEATURES])
+    return shown if flat.size <= MAX_FEATURES else f"{shown} … ({flat.size} values)"
 
 
 def describe_examples(picks: Sequence[Mapping], train=None, test=None) -> dict:

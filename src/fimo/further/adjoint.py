@@ -292,6 +292,11 @@ def unrolled_seed(
     >>> unrolled_seed(task, FurtherSettings(lr=0.1, batch_size=4, epochs=2), 0, [0], steps=[3]).steps
     array([3])
     """
+    if task.per_instance_path() == "loop":
+        raise InputError(
+            "unrolled: the adjoint needs torch.func.vmap over instances, which this task's "
+            "model cannot take (per_instance='loop'); use unrolled_quadratic, or the gold standard"
+        )
     task = task.with_cached_trunk()
     n = len(task.train)
     test = check_indices("unrolled: test", test, len(task.test), "test instances")

@@ -43,7 +43,7 @@ from torch.func import grad, jacrev, jvp, vjp, vmap
 
 from fimo.data.base import instance_size
 from fimo.errors import InputError, check_choice
-from fimo.methods.gradients import DEFAULT_BUDGET, chunk_size_for, fit_count
+from fimo.methods.gradients import DEFAULT_BUDGET, chunk_size_for, fit_count, over_rows
 from fimo.task import LossKind, Task, eval_mode
 
 #: The curvature matrices the methods accept (the ``hessian`` setting).
@@ -153,7 +153,10 @@ class CurvatureOperator:
 
     Cost of one product: one pass over the selected data at about 3-5 forward passes each.
     A block of k vectors shares each batch's graph (one forward and backward per batch) and
-    vmaps the rest over the vectors, 32 at a time (more for small batches).
+    vmaps the rest over the vectors, 32 at a time (more for small batches). On a task whose
+    per-instance path is the loop (:meth:`fimo.Task.per_instance_path`) nothing that runs
+    the model is vmap'd: the vectors and the per-instance Jacobians and gradients are looped
+    (:func:`fimo.methods.gradients.over_rows`), equal up to rounding and slower.
 
     Reverse-over-reverse rather than forward-over-reverse (``jvp(grad)``) for the Hessian:
     on CPU with torch 2.13 it measured 1.3-2.8× faster (forward-mode derivatives of backward
@@ -247,6 +250,13 @@ class CurvatureOperator:
         in_flight = max(1, min(vectors, cap, room))
         return batch, in_flight
 
+    @property
+    def _looped(self) -> bool:
+        """Whether products loop over their vectors instead of vmapping them: on a task whose
+        per-instance path is the loop (:meth:`fimo.Task.per_instance_path`), no vmap runs the
+        model, over instances or over vectors."""
+        return self.task.per_instance_path() == "loop"
+
     # -- the functional pieces --------------------------------------------------------------
     def outputs(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The model's outputs at flat parameters ``theta`` (P,), flattened per instance (B, C).
@@ -339,7 +349,7 @@ class CurvatureOperator:
         >>> op.batch_products(torch.eye(2, dtype=torch.float64), X, Y).tolist()
         [[2.0, 0.0], [0.0, 8.0]]
         """
-        return _apply_rows(self.pullback(x, y), V, in_flight)
+        return _apply_rows(self.pullback(x, y), V, in_flight, self._looped)
 
     # -- products ---------------------------------------------------------------------------
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
@@ -484,7 +494,8 @@ class CurvatureOperator:
                 )
                 for first in range(0, P, block):
                     stop = min(first + block, P)
-                    out[first:stop] += _apply_rows(pull, _unit_rows(first, stop, P, out), block)
+                    units = _unit_rows(first, stop, P, out)
+                    out[first:stop] += _apply_rows(pull, units, block, self._looped)
                 tick(min(batch, self.count - start))
         out /= self.count
         return symmetrise_(out)
@@ -529,7 +540,7 @@ class CurvatureOperator:
         def loss_one(o, yi):
             return self.loss_of_outputs(o[None], yi[None])[0]
 
-        J = vmap(jacrev(out_one), in_dims=(None, 0))(self.theta, x)  # (B, C, P)
+        J = over_rows(jacrev(out_one), self.task, in_dims=(None, 0))(self.theta, x)  # (B, C, P)
         out = self.outputs(self.theta, x)
         Hl = vmap(jacrev(grad(loss_one)), in_dims=(0, 0))(out, y)
         Hl = (Hl + Hl.mT) / 2
@@ -641,7 +652,7 @@ class CurvatureOperator:
                 if self.kind == "hessian":
 
                     def grads(theta, x=x, y=y):
-                        return vmap(grad(loss_one), in_dims=(None, 0, 0))(theta, x, y)
+                        return over_rows(grad(loss_one), self.task, (None, 0, 0))(theta, x, y)
 
                     G, CU = jvp(grads, (self.theta,), (u,))
                 else:
@@ -664,7 +675,7 @@ class CurvatureOperator:
             _, pull = vjp(lambda theta: self.outputs(theta, xi[None])[0], self.theta)
             return pull(w1)[0], pull(w2)[0]
 
-        return vmap(pull_back)(x, g_out, hju)
+        return over_rows(pull_back, self.task)(x, g_out, hju)
 
 
 def hvp(
@@ -737,10 +748,11 @@ def _factor_apply(A: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
     return (V @ A.mT) @ A
 
 
-def _apply_rows(fn, V: torch.Tensor, in_flight: int) -> torch.Tensor:
-    """fn applied to each row of V, vmap'd ``in_flight`` rows at a time."""
-    if len(V) == 1:
-        return fn(V[0])[None]
+def _apply_rows(fn, V: torch.Tensor, in_flight: int, looped: bool = False) -> torch.Tensor:
+    """fn applied to each row of V, vmap'd ``in_flight`` rows at a time, or one row at a time
+    (``looped``: a task whose per-instance path is the loop, whose model no vmap runs)."""
+    if len(V) == 1 or looped:
+        return torch.stack([fn(v) for v in V])
     step = max(1, int(in_flight))
     return torch.cat([vmap(fn)(V[r : r + step]) for r in range(0, len(V), step)])
 

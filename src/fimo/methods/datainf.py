@@ -97,12 +97,14 @@ class _TrainGradients:
     """Per-instance training gradients, blocks contiguous and projected (``blocks``).
 
     Kept in memory when they fit in the budget (they are read in up to three passes),
-    recomputed chunk by chunk otherwise; each chunk is projected as it is made.
+    recomputed chunk by chunk otherwise; each chunk is projected as it is made. ``dtype``:
+    the parameters' (and so the gradients').
     """
 
     def __init__(self, task: Task, blocks: _BlockProjection, chunk_size: int | None):
         self.task, self.blocks, self.chunk_size = task, blocks, chunk_size
-        itemsize = next(iter(task.params().values())).element_size()
+        self.dtype = next(iter(task.params().values())).dtype
+        itemsize = self.dtype.itemsize
         self.cache: torch.Tensor | None = None
         self.fits = len(task.train) * blocks.width * itemsize <= DEFAULT_BUDGET
         self.size = chunk_size or chunk_size_for(task.num_params, itemsize)
@@ -167,42 +169,76 @@ def datainf(
     ((4, 20), ['<root>'])
     """
     test, train = test_and_train(task, test, train, "datainf")
+    _check_settings(lambda_const, damping, proj_dim)
     n = len(task.train)
+    hessian_seed = seed_value("hessian_seed", hessian_seed)
+    proj_seed = seed_value("proj_seed", proj_seed)
+    sample = hessian_subset(n, hessian_samples, hessian_seed)
+
+    groups = parameter_blocks(task, blocks)
+    dtype = next(iter(task.params().values())).dtype
+    layout = _BlockProjection(groups, proj_dim, proj_seed, projection, dtype)
+    grads = _TrainGradients(task, layout, chunk_size)
+    v = layout(_gradient_matrix(task, task.test, test, measure=True, chunk_size=chunk_size))
+    probe = CostProbe(
+        f"two passes over the gradients of {len(sample)} training instances",
+        2 * len(sample),
+        "lower hessian_samples or proj_dim",
+    )
+    lam = _layer_damping(grads, sample, layout, lambda_const, damping, probe)
+    pre = _preconditioned(grads, sample, layout, v, lam, probe)
+    # pass 3: the scores, (1/n) Σ_l ⟨Ĥ_l⁻¹ ∇g_l(z_t), g_jl⟩
+    out = score_matrix(task, train, pre, progress=progress, chunks=grads.chunks(train))
+    settings = {
+        **_damping_record(lambda_const, damping, groups, lam),
+        "blocks": blocks,
+        **subset_record(n, hessian_samples, hessian_seed, sample),
+        "n_hessian": len(sample),
+        "chunk_size": chunk_size,
+        "proj_dim": proj_dim,
+        "projection": projection if layout.width < task.num_params else "identity",
+        "proj_seed": proj_seed,
+        "projected_dim": layout.width,
+    }
+    return Scores(out, test, train, "datainf", settings, units="test-loss change (1/n scale)")
+
+
+def _check_settings(lambda_const, damping, proj_dim) -> None:
+    """InputError for a λ rule or projection DataInf cannot use.
+
+    >>> _check_settings(10.0, -1.0, None)
+    Traceback (most recent call last):
+    ...
+    fimo.errors.InputError: datainf damping: got -1.0; must be a number > 0 (or None)
+    """
     if damping is None and not (isinstance(lambda_const, int | float) and lambda_const > 0):
         raise InputError(f"datainf lambda_const: got {lambda_const!r}; must be a number > 0")
     if damping is not None and not (isinstance(damping, int | float) and damping > 0):
         raise InputError(f"datainf damping: got {damping!r}; must be a number > 0 (or None)")
     check_proj_dim("datainf", proj_dim)
-    hessian_seed = seed_value("hessian_seed", hessian_seed)
-    proj_seed = seed_value("proj_seed", proj_seed)
-    sample = hessian_subset(n, hessian_samples, hessian_seed)
-    m = len(sample)
 
-    groups = parameter_blocks(task, blocks)
-    dtype = next(iter(task.params().values())).dtype
-    layout = _BlockProjection(groups, proj_dim, proj_seed, projection, dtype)
+
+def _layer_damping(grads, sample, layout, lambda_const, damping, probe) -> torch.Tensor:
+    """Pass 1: λ_l per block, the mean squared gradient entry over the Hessian sample divided
+    by ``lambda_const`` (the unprojected entry count p_l, since E‖φ_il‖² = ‖g_il‖²), or the
+    given ``damping`` for every block."""
     spans = layout.projected_spans
-    grads = _TrainGradients(task, layout, chunk_size)
-
-    v = layout(_gradient_matrix(task, task.test, test, measure=True, chunk_size=chunk_size))
-
-    # pass 1: λ_l from the mean squared gradient entry of each block over the Hessian sample
-    probe = CostProbe(
-        f"two passes over the gradients of {m} training instances",
-        2 * m,
-        "lower hessian_samples or proj_dim",
-    )
+    dtype = grads.dtype
     squares = torch.zeros(len(spans), dtype=dtype)
     for _, g in grads.chunks(sample):
         squares += torch.stack([g[:, s].pow(2).sum() for s in spans])
         probe.tick(len(g))
-    mean_square = squares / torch.as_tensor([m * size for size in layout.sizes], dtype=dtype)
+    counts = torch.as_tensor([len(sample) * size for size in layout.sizes], dtype=dtype)
+    mean_square = squares / counts
     if damping is None:
-        lam = mean_square / lambda_const
-    else:
-        lam = torch.full_like(mean_square, float(damping))
+        return mean_square / lambda_const
+    return torch.full_like(mean_square, float(damping))
 
-    # pass 2: Σ_i (v·g_il / (λ_l + ‖g_il‖²)) g_il for all test vectors at once
+
+def _preconditioned(grads, sample, layout, v, lam, probe) -> torch.Tensor:
+    """Pass 2: (Ĥ_l + λ_l I)⁻¹ v_l for every test vector at once, by the average of the
+    Sherman-Morrison inverses, (1/λ_l) [v − (1/m) Σ_i (v·g_il / (λ_l + ‖g_il‖²)) g_il]."""
+    spans = layout.projected_spans
     acc = torch.zeros_like(v)
     for _, g in grads.chunks(sample):
         for k, s in enumerate(spans):
@@ -212,14 +248,20 @@ def datainf(
             coef = (v[:, s] @ gl.T) / (lam[k] + gl.pow(2).sum(1))
             acc[:, s] += coef @ gl
         probe.tick(len(g))
-    inverse = torch.where(lam > 0, 1 / lam.clamp_min(torch.finfo(dtype).tiny), 0)
+    inverse = torch.where(lam > 0, 1 / lam.clamp_min(torch.finfo(v.dtype).tiny), 0)
     pre = torch.empty_like(v)
     for k, s in enumerate(spans):  # a block with λ_l = 0 has only zero gradients: it adds 0
-        pre[:, s] = inverse[k] * (v[:, s] - acc[:, s] / m)
+        pre[:, s] = inverse[k] * (v[:, s] - acc[:, s] / len(sample))
+    return pre
 
-    # pass 3: the scores, (1/n) Σ_l ⟨Ĥ_l⁻¹ ∇g_l(z_t), g_jl⟩
-    out = score_matrix(task, train, pre, progress=progress, chunks=grads.chunks(train))
-    settings = {
+
+def _damping_record(lambda_const, damping, groups, lam) -> dict:
+    """The λ rule and each block's λ_l, for the scores' settings.
+
+    >>> _damping_record(10.0, None, [("0", [0, 1])], torch.tensor([0.5]))["layer_damping"]
+    {'0': 0.5}
+    """
+    return {
         "lambda_const": lambda_const if damping is None else None,
         "damping": None if damping is None else float(damping),
         "damping_rule": (
@@ -228,13 +270,4 @@ def datainf(
             else "given"
         ),
         "layer_damping": {name: float(x) for (name, _), x in zip(groups, lam, strict=True)},
-        "blocks": blocks,
-        **subset_record(n, hessian_samples, hessian_seed, sample),
-        "n_hessian": m,
-        "chunk_size": chunk_size,
-        "proj_dim": proj_dim,
-        "projection": projection if layout.width < task.num_params else "identity",
-        "proj_seed": proj_seed,
-        "projected_dim": layout.width,
     }
-    return Scores(out, test, train, "datainf", settings, units="test-loss change (1/n scale)")

@@ -20,6 +20,7 @@ kronfluence's pairwise scores have the same sign, without the 1/n).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +42,9 @@ from fimo.methods.gradients import chunk_size_for, gradient_matrix
 from fimo.scores import Scores
 from fimo.task import LossKind, Task
 
-#: Layer types EK-FAC factors; a trainable parameter anywhere else is an error.
+#: Layer types EK-FAC factors; a trainable parameter anywhere else is an error. Also
+#: transformers' ``Conv1D`` (GPT-2's attention and MLP), a Linear layer with its weight stored
+#: transposed (:func:`is_transposed_linear`).
 SUPPORTED = (nn.Linear, nn.Conv2d)
 SAMPLING = ("auto", "exact", "sample")
 #: With ``sampling="auto"``, exact pseudo-gradients are used up to this many model outputs.
@@ -53,7 +56,8 @@ class LayerFactors:
     """The EK-FAC factors of one layer.
 
     The layer gradient is viewed as a matrix (d_out, d_a): the weight gradient reshaped to
-    (d_out, -1), then the bias gradient as a last column. ``A`` (d_a, d_a) and ``S``
+    (d_out, -1) (for a weight stored transposed, ``transposed``: (d_in, d_out), transposed
+    first), then the bias gradient as a last column. ``A`` (d_a, d_a) and ``S``
     (d_out, d_out) are the Kronecker factors, ``QA``/``QS`` their eigenvectors and ``eigen``
     (d_out, d_a) the corrected eigenvalues Λ.
 
@@ -85,6 +89,7 @@ class LayerFactors:
     QA: torch.Tensor | None = None
     QS: torch.Tensor | None = None
     eigen: torch.Tensor | None = None
+    transposed: bool = False
 
     def gather(self, flat: torch.Tensor) -> torch.Tensor:
         """This layer's part of flattened gradients (k, P), as matrices (k, d_out, d_a).
@@ -96,7 +101,9 @@ class LayerFactors:
         [[[1.0, 2.0, 3.0]], [[4.0, 5.0, 6.0]]]
         """
         parts = []
-        if self.weight is not None:
+        if self.weight is not None and self.transposed:
+            parts.append(flat[:, self.weight].reshape(len(flat), -1, self.d_out).mT)
+        elif self.weight is not None:
             parts.append(flat[:, self.weight].reshape(len(flat), self.d_out, -1))
         if self.bias is not None:
             parts.append(flat[:, self.bias].reshape(len(flat), self.d_out, 1))
@@ -113,7 +120,8 @@ class LayerFactors:
         """
         if self.weight is not None:
             width = mats.shape[-1] - (self.bias is not None)
-            flat[:, self.weight] = mats[..., :width].reshape(len(mats), -1)
+            weight = mats[..., :width].mT if self.transposed else mats[..., :width]
+            flat[:, self.weight] = weight.reshape(len(mats), -1)
         if self.bias is not None:
             flat[:, self.bias] = mats[..., -1]
 
@@ -174,12 +182,13 @@ def find_layers(task: Task) -> list[LayerFactors]:
         }
         if not own:
             continue
-        if not isinstance(module, SUPPORTED):
+        transposed = is_transposed_linear(module)
+        if not (isinstance(module, SUPPORTED) or transposed):
             raise InputError(
                 f"ekfac: layer {prefix or '<root>'!r} of type {type(module).__name__} has "
                 f"trainable parameters {sorted(own)}, but EK-FAC supports only "
-                f"{', '.join(t.__name__ for t in SUPPORTED)}; freeze it (Task(trainable=...)) "
-                "or use another method (datainf, trak, grad_dot, cg)"
+                f"{', '.join(t.__name__ for t in SUPPORTED)} and transformers' Conv1D; freeze "
+                "it (Task(trainable=...)) or use another method (datainf, trak, grad_dot, cg)"
             )
         if isinstance(module, nn.Conv2d):
             _check_conv(prefix, module)
@@ -190,7 +199,8 @@ def find_layers(task: Task) -> list[LayerFactors]:
                 module,
                 offsets.get(names.get("weight")),
                 offsets.get(names.get("bias")),
-                module.weight.shape[0],
+                module.weight.shape[1 if transposed else 0],
+                transposed=transposed,
             )
         )
         covered.update(own)
@@ -198,6 +208,18 @@ def find_layers(task: Task) -> list[LayerFactors]:
     if missing:  # a trainable tensor that no module owns directly (e.g. a shared parameter)
         raise InputError(f"ekfac: trainable parameters {missing} belong to no supported layer")
     return layers
+
+
+def is_transposed_linear(module: nn.Module) -> bool:
+    """Whether ``module`` is transformers' ``Conv1D`` (GPT-2's layers): y = x W + b with the
+    weight W stored as (d_in, d_out), a Linear layer whose weight is transposed. Told without
+    importing transformers: if its module is not loaded, no model holds one.
+
+    >>> is_transposed_linear(nn.Linear(2, 3))
+    False
+    """
+    loaded = sys.modules.get("transformers.pytorch_utils")
+    return loaded is not None and isinstance(module, loaded.Conv1D)
 
 
 def _check_conv(name: str, conv: nn.Conv2d) -> None:
@@ -284,6 +306,7 @@ class _Capture:
 
 def _output_vectors(task: Task, out: torch.Tensor, y: torch.Tensor, mode: str, noise):
     """Vectors u (C, B, d_o) with Σ_c u_c u_cᵀ = H_ℓ (exact) or E[u uᵀ] = H_ℓ (sample)."""
+    tail = out.shape[1:]  # the loss takes the outputs in their own shape (B, T, V) for tokens
     out = out.detach().reshape(out.shape[0], -1)
     batch, d_o = out.shape
     if task.loss_kind == LossKind.CROSS_ENTROPY:
@@ -310,7 +333,7 @@ def _output_vectors(task: Task, out: torch.Tensor, y: torch.Tensor, mode: str, n
 
     # any other loss: factor its output-space Hessian (negative curvature clipped to 0)
     def one(o, t):
-        return task.loss_fn(o[None], t[None])[0]
+        return task.loss_fn(o.reshape(1, *tail), t[None])[0]
 
     h = vmap(hessian(one))(out, y).reshape(batch, d_o, d_o)
     w, v = torch.linalg.eigh((h + h.transpose(1, 2)) / 2)
@@ -452,7 +475,8 @@ def ekfac(
     ``mean_eigenvalue``).
     ``sampling``: ``"exact"`` expands the loss Hessian over all outputs (the exact Gauss-Newton
     moments), ``"sample"`` draws one label per instance from the model (the true Fisher),
-    ``"auto"`` is exact up to 10 outputs. Supports trainable ``nn.Linear`` and ``nn.Conv2d``.
+    ``"auto"`` is exact up to 10 outputs. Supports trainable ``nn.Linear``, ``nn.Conv2d``
+    and transformers' ``Conv1D`` (GPT-2's layers, a Linear layer with its weight transposed).
 
     >>> from fimo.data.base import ArrayDataset
     >>> data = ArrayDataset(torch.randn(20, 3, dtype=torch.float64), torch.randint(0, 2, (20,)))

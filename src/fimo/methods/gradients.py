@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-import torch.utils._pytree
+import torch.utils._pytree as pytree
 from torch.func import grad, vmap
 
 from fimo.errors import InputError
@@ -162,14 +162,42 @@ def over_instances(fn, task: Task):
     ...                (data.inputs @ task.model.weight.T).gather(1, data.targets[:, None])[:, 0])
     True
     """
-    if task.per_instance_path() == "vmap":
-        return vmap(fn, in_dims=(None, 0, 0))
+    return over_rows(fn, task, in_dims=(None, 0, 0))
 
-    def looped(params, inputs, targets):
-        each = [fn(params, inputs[i], targets[i]) for i in range(len(inputs))]
-        return torch.utils._pytree.tree_map(lambda *parts: torch.stack(parts), *each)
+
+def over_rows(fn, task: Task, in_dims: int | tuple = 0):
+    """``fn`` mapped over the leading axis of the arguments whose ``in_dims`` entry is 0 (None:
+    passed whole), results stacked along a new leading axis: ``vmap(fn, in_dims)``, or a loop
+    over the rows when the task's per-instance path is the loop
+    (:meth:`fimo.Task.per_instance_path`), so that no ``vmap`` runs the model of such a task.
+    Arguments may be tensors or pytrees of them (dicts, :class:`fimo.data.Fields`).
+
+    >>> from fimo.data.base import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(3, 2), torch.randint(0, 2, (3,)))
+    >>> task = Task(torch.nn.Linear(2, 2), data, data, per_instance="loop")
+    >>> V = torch.randn(4, 2)
+    >>> torch.allclose(over_rows(lambda v, w: v @ w, task, (0, None))(V, V[0]), V @ V[0])
+    True
+    """
+    if task.per_instance_path() == "vmap":
+        return vmap(fn, in_dims=in_dims)
+
+    def looped(*args):
+        dims = in_dims if isinstance(in_dims, tuple) else (in_dims,) * len(args)
+        mapped = [a for a, d in zip(args, dims, strict=True) if d is not None]
+        count = len(pytree.tree_leaves(mapped[0])[0])
+        each = [
+            fn(*(a if d is None else _row(a, i) for a, d in zip(args, dims, strict=True)))
+            for i in range(count)
+        ]
+        return pytree.tree_map(lambda *parts: torch.stack(parts), *each)
 
     return looped
+
+
+def _row(tree, i: int):
+    """Row ``i`` of every tensor of a pytree (a tensor, a dict of tensors, Fields)."""
+    return pytree.tree_map(lambda t: t[i], tree)
 
 
 def gradient_matrix(task: Task, data, indices, measure: bool = False, **kw) -> torch.Tensor:

@@ -42,7 +42,7 @@ from fimo.methods.common import (
     test_and_train,
 )
 from fimo.methods.cost import CostProbe
-from fimo.methods.gradients import chunk_size_for, flatten, gradient_matrix
+from fimo.methods.gradients import chunk_size_for, flatten, gradient_matrix, over_instances
 from fimo.methods.projection import Projector, check_proj_dim
 from fimo.scores import Scores
 from fimo.task import LossKind, Task
@@ -63,7 +63,7 @@ def _output_function(task: Task):
             return ((logits * mine).sum(-1) - others).reshape(1)
 
         def slope(params, x, y):  # ℓ = log(1 + e^{−f}), so ∂ℓ/∂f = −(1 − p_y)
-            return -torch.sigmoid(-vmap(margin, in_dims=(None, 0, 0))(params, x, y))
+            return -torch.sigmoid(-over_instances(margin, task)(params, x, y))
 
         return margin, slope, 1.0, "margin"
 
@@ -125,7 +125,7 @@ def _feature_pass(task, proj, subset, train, chunk_size) -> tuple[_Features, str
     n, m, k = len(task.train), len(subset), proj.dim
     params = task.params()
     f, slope, curvature, output = _output_function(task)
-    jac = vmap(jacrev(f), in_dims=(None, 0, 0))
+    jac = over_instances(jacrev(f), task)
     with torch.no_grad():
         d_f = f(params, task.train.inputs[0], task.train.targets[0]).numel()
     itemsize = next(iter(params.values())).element_size()
