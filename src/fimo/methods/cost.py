@@ -51,7 +51,11 @@ def duration(seconds: float) -> str:
 
 
 def now() -> float:
-    """The probes' clock: :func:`time.perf_counter` (a test may replace it with a fake one)."""
+    """The probes' clock: :func:`time.perf_counter` (a test may replace it with a fake one).
+
+    >>> now() <= now()
+    True
+    """
     return time.perf_counter()
 
 

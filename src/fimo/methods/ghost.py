@@ -36,7 +36,11 @@ MAX_GHOST_CHUNK = 4096
 
 @dataclass(frozen=True)
 class GhostLayer:
-    """One ``nn.Linear`` module whose trainable parameters are scored from factors."""
+    """One ``nn.Linear`` module whose trainable parameters are scored from factors.
+
+    >>> GhostLayer("0", weight=True, bias=False)  # layer '0' with its bias frozen
+    GhostLayer(module='0', weight=True, bias=False)
+    """
 
     module: str
     weight: bool  # is its weight trainable?
@@ -46,7 +50,12 @@ class GhostLayer:
 @dataclass
 class Factors:
     """Per-instance factors of one layer: inputs ``a`` (B, T, in) (None when the weight is
-    frozen), output gradients ``b`` (B, T, out), and whether the bias is trainable."""
+    frozen), output gradients ``b`` (B, T, out), and whether the bias is trainable.
+
+    >>> f = Factors(torch.ones(2, 1, 3), torch.ones(2, 1, 4))  # 2 instances, 1 position
+    >>> f.a.shape[-1], f.b.shape[-1], f.bias
+    (3, 4, True)
+    """
 
     a: torch.Tensor | None
     b: torch.Tensor
@@ -212,7 +221,15 @@ def capture_rows(
     task: Task, layers: list[GhostLayer], data, rows, measure: bool, chunk_size: int | None
 ):
     """Yield ``(slice, factors)`` for the instances ``data[rows]``, a chunk at a time
-    (``chunk_size`` instances, or as many as fit in the memory budget)."""
+    (``chunk_size`` instances, or as many as fit in the memory budget).
+
+    >>> from fimo.data.base import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(5, 3), torch.randint(0, 2, (5,)))
+    >>> task = Task(nn.Linear(3, 2), data, data)
+    >>> parts = capture_rows(task, ghost_plan(task)[0], data, [0, 2, 4], False, 2)
+    >>> [(rows.start, rows.stop, f[""].b.shape[0]) for rows, f in parts]
+    [(0, 2, 2), (2, 3, 1)]
+    """
     idx = torch.as_tensor(np.asarray(rows), dtype=torch.long)
     size = chunk_size or fit_count(_instance_bytes(task, layers), DEFAULT_BUDGET, MAX_GHOST_CHUNK)
     for start in range(0, len(idx), size):
@@ -222,7 +239,12 @@ def capture_rows(
 
 
 def joined(parts: list[dict[str, Factors]]) -> dict[str, Factors]:
-    """One set of factors from the chunks of :func:`capture_rows` (same layers in each)."""
+    """One set of factors from the chunks of :func:`capture_rows` (same layers in each).
+
+    >>> part = {"l": Factors(torch.ones(2, 1, 3), torch.ones(2, 1, 4))}
+    >>> joined([part, part])["l"].a.shape
+    torch.Size([4, 1, 3])
+    """
     first = parts[0]
     return {
         name: Factors(
@@ -267,7 +289,16 @@ def ghost_scores(
 ) -> np.ndarray:
     """The (k, len(train)) float64 matrix of gradient dot products (cosines when
     ``normalise``) of the k test instances whose factors are given against the training
-    instances ``train``, chunk by chunk; ``progress(m)`` after each chunk of m."""
+    instances ``train``, chunk by chunk; ``progress(m)`` after each chunk of m.
+
+    >>> from fimo.data.base import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(6, 3), torch.randint(0, 2, (6,)))
+    >>> task = Task(nn.Linear(3, 2), data, data)
+    >>> layers = ghost_plan(task)[0]
+    >>> test = capture(task, layers, data.inputs[:2], data.targets[:2], measure=True)
+    >>> ghost_scores(task, layers, test, 2, np.arange(6), normalise=True).shape
+    (2, 6)
+    """
     out = np.zeros((k, len(train)), dtype=np.float64)
     test_norms = ghost_norms(test_factors) if normalise and test_factors else None
     probe = CostProbe(
@@ -311,7 +342,17 @@ def ghost_test_factors(
     """The ghost layers and the test instances' factors when the ghost path is to be taken
     (``ghost="always"``, or ``"auto"`` when every trainable parameter is a Linear layer's and
     it is cheaper), else ``(None, None)``; ``"always"`` on a model it cannot treat is an
-    InputError naming the parameter."""
+    InputError naming the parameter.
+
+    >>> from fimo.data.base import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(4, 3), torch.randint(0, 2, (4,)))
+    >>> task = Task(nn.Linear(3, 2), data, data)
+    >>> layers, factors = ghost_test_factors("grad_dot", task, [0, 1], "always", None, None)
+    >>> layers, factors[""].b.shape
+    ([GhostLayer(module='', weight=True, bias=True)], torch.Size([2, 1, 2]))
+    >>> ghost_test_factors("grad_dot", task, [0, 1], "never", None, None)
+    (None, None)
+    """
     if ghost == "never" or proj_dim is not None or len(test) == 0:
         return None, None
     layers, reason = ghost_plan(task)
