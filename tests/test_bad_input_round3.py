@@ -551,3 +551,27 @@ def test_a_task_with_an_empty_split_is_one_line(empty):
     with pytest.raises(InputError) as caught:
         Task(torch.nn.Linear(3, 1), train, test, loss="mse")
     assert str(caught.value) == f"Task: the {empty} set is empty; give at least one instance"
+
+
+def test_scores_with_nan_or_infinite_values_warn_and_keep_their_values():
+    """Issue 16: Scores made from Python holding NaN were accepted silently; they now warn
+    (a method that failed numerically) and keep the values, which the evaluation skips."""
+    import warnings
+
+    import numpy as np
+
+    from fimo.scores import Scores
+
+    values = np.array([[1.0, np.nan, 2.0], [np.inf, 0.5, 1.0]])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scores = Scores(values, [0, 1], [0, 1, 2], "m")
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert messages == [
+        "Scores('m'): 2 of 6 values are NaN or infinite; the evaluation skips the test "
+        "instances they belong to"
+    ]
+    assert np.array_equal(np.isnan(scores.values), np.isnan(values))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Scores(np.ones((2, 3)), [0, 1], [0, 1, 2], "m")  # finite: no warning

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,6 +83,7 @@ class Scores:
                 f"{len(self.test)} test and {len(self.train)} train indices; expected "
                 f"(..., {len(self.test)}, {len(self.train)})"
             )
+        _warn_non_finite(self.values, self.method)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -510,3 +512,24 @@ def _positions(have: np.ndarray, want, which: str, method: str) -> np.ndarray:
             f"{len(have)} {which} instances"
         )
     return np.array([where[int(v)] for v in want], dtype=np.int64)
+
+
+def _warn_non_finite(values: np.ndarray, method: str) -> None:
+    """A RuntimeWarning (not an error: the evaluation skips non-finite rows) when scores hold
+    NaN or infinite values, which usually means a method failed numerically.
+
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     _warn_non_finite(np.array([[1.0, np.nan]]), "m")
+    >>> str(caught[0].message)
+    "Scores('m'): 1 of 2 values are NaN or infinite; the evaluation skips the test instances they belong to"
+    """
+    bad = int(values.size - np.isfinite(values).sum())
+    if bad:
+        warnings.warn(
+            f"Scores({method!r}): {bad} of {values.size} values are NaN or infinite; the "
+            "evaluation skips the test instances they belong to",
+            RuntimeWarning,
+            stacklevel=3,
+        )
