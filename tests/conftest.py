@@ -45,3 +45,25 @@ def handmade_report(tmp_path_factory):
     path = tmp_path_factory.mktemp("report") / "run"
     gold, scores = make_run_dir(path)
     return path, gold, scores, rebuild_report(path)
+
+
+@pytest.fixture
+def unrolled_seeds(monkeypatch):
+    """``fimo.methods.unrolled.unrolled_seed`` watched: the seeds it computes are appended to
+    ``.computed``, and the first call for the seed in ``.stop_at`` raises KeyboardInterrupt
+    once (an interrupted run, for the resume tests)."""
+    from types import SimpleNamespace
+
+    import fimo.methods.unrolled as module
+
+    original, state = module.unrolled_seed, SimpleNamespace(computed=[], stop_at=[])
+
+    def interruptible(task, settings, seed, *args, **kwargs):
+        if state.stop_at and seed == state.stop_at[0]:
+            state.stop_at.clear()
+            raise KeyboardInterrupt
+        state.computed.append(seed)
+        return original(task, settings, seed, *args, **kwargs)
+
+    monkeypatch.setattr(module, "unrolled_seed", interruptible)
+    return state

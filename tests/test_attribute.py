@@ -19,6 +19,7 @@ from fimo.experiments.attribute import attribute
 from fimo.experiments.build import build_task, load_data
 from fimo.experiments.config import from_dict
 from fimo.experiments.rundir import RunDir
+from fimo.further.adjoint import unrolled_seed
 from fimo.further.engine import FurtherSettings
 from fimo.methods.unrolled import unrolled_estimate
 from fimo.methods.unrolled_quadratic import unrolled_quadratic
@@ -289,21 +290,12 @@ def test_the_page_shows_every_stored_method_newest_first(config, run, tmp_path):
     assert "±" in sections[1] and "±" not in sections[0] + sections[2]
 
 
-def test_unrolled_resumes_at_the_next_seed(config, run, tmp_path, monkeypatch):
-    import fimo.methods.unrolled as unrolled_module
+def test_unrolled_resumes_at_the_next_seed(config, run, tmp_path, unrolled_seeds):
 
     out = tmp_path / "run"
     shutil.copytree(run[0], out)
-    original, computed, stop_at = unrolled_module.unrolled_seed, [], [1]
-
-    def interruptible(task, settings, seed, *args, **kwargs):
-        if stop_at and seed == stop_at[0]:
-            stop_at.clear()
-            raise KeyboardInterrupt
-        computed.append(seed)
-        return original(task, settings, seed, *args, **kwargs)
-
-    monkeypatch.setattr(unrolled_module, "unrolled_seed", interruptible)
+    computed, stop_at = unrolled_seeds.computed, unrolled_seeds.stop_at
+    stop_at[:] = [1]
     with pytest.raises(KeyboardInterrupt):
         attribute(config, [2], method="unrolled", seeds=2, out=out, quiet=True)
     assert computed == [0] and (out / "attribution/unrolled.partial/state.npz").is_file()
@@ -311,5 +303,5 @@ def test_unrolled_resumes_at_the_next_seed(config, run, tmp_path, monkeypatch):
     result = attribute(config, [2], method="unrolled", seeds=2, out=out, quiet=True)
     assert computed == [1] and not (out / "attribution/unrolled.partial").exists()
     task = final_task(config, out)  # the seeds' mean, computed directly
-    seeds = [original(task, FurtherSettings(**FURTHER), s, [2]).values[-1] for s in (0, 1)]
+    seeds = [unrolled_seed(task, FurtherSettings(**FURTHER), s, [2]).values[-1] for s in (0, 1)]
     np.testing.assert_allclose(result.scores.values, np.mean(seeds, 0), rtol=1e-5, atol=1e-12)

@@ -298,27 +298,18 @@ def test_wanted_checkpoints_are_checked():
         unrolled_seed(task, settings, 0, [0], steps=[])
 
 
-def test_an_interrupted_estimate_resumes_at_the_next_seed(tmp_path, monkeypatch):
+def test_an_interrupted_estimate_resumes_at_the_next_seed(tmp_path, unrolled_seeds):
     """Seeds done before an interruption are read back (not computed again) and the numbers
     are exactly those of an uninterrupted call; a deleted, damaged or foreign state is
     ignored (every seed computed)."""
-    import fimo.methods.unrolled as unrolled_module
     from fimo.methods.unrolled import unrolled_estimate
 
     task = make_task(n=24)
     settings = FurtherSettings(lr=0.1, epochs=2, batch_size=8, scheme="mask")
     call = dict(test=[1, 3], train=range(24), further=settings, seeds=[4, 0, 7, 2], keep=[5, 17])
     whole = unrolled_estimate(task, **call)
-    original, computed, stop_at = unrolled_module.unrolled_seed, [], []
-
-    def interruptible(task, settings, seed, *args, **kwargs):
-        if stop_at and seed == stop_at[0]:
-            stop_at.clear()
-            raise KeyboardInterrupt
-        computed.append(seed)
-        return original(task, settings, seed, *args, **kwargs)
-
-    monkeypatch.setattr(unrolled_module, "unrolled_seed", interruptible)
+    computed, stop_at = unrolled_seeds.computed, unrolled_seeds.stop_at
+    stop_at[:] = []
     folder = tmp_path / "unrolled.partial"
 
     def resumed(stop, damage=None):
@@ -349,8 +340,7 @@ def test_an_interrupted_estimate_resumes_at_the_next_seed(tmp_path, monkeypatch)
     assert computed == [4, 0, 7, 2]
 
 
-def test_fimo_run_resumes_unrolled_at_the_next_seed(tmp_path, monkeypatch):
-    import fimo.methods.unrolled as unrolled_module
+def test_fimo_run_resumes_unrolled_at_the_next_seed(tmp_path, unrolled_seeds):
     from fimo.experiments.config import from_dict
     from fimo.experiments.pipeline import run
     from fimo.io import read_npz
@@ -365,16 +355,8 @@ def test_fimo_run_resumes_unrolled_at_the_next_seed(tmp_path, monkeypatch):
             "methods": {"names": ["unrolled"], "train": "left_out", "unrolled": {"seeds": 3}},
         }
     )
-    original, computed, stop_at = unrolled_module.unrolled_seed, [], [1]
-
-    def interruptible(task, settings, seed, *args, **kwargs):
-        if stop_at and seed == stop_at[0]:
-            stop_at.clear()
-            raise KeyboardInterrupt
-        computed.append(seed)
-        return original(task, settings, seed, *args, **kwargs)
-
-    monkeypatch.setattr(unrolled_module, "unrolled_seed", interruptible)
+    computed, stop_at = unrolled_seeds.computed, unrolled_seeds.stop_at
+    stop_at[:] = [1]
     with pytest.raises(KeyboardInterrupt):
         run(config, tmp_path / "a", quiet=True)
     assert computed == [0] and (tmp_path / "a/scores/unrolled.partial/state.npz").is_file()

@@ -292,25 +292,7 @@ def unrolled_seed(
     >>> unrolled_seed(task, FurtherSettings(lr=0.1, batch_size=4, epochs=2), 0, [0], steps=[3]).steps
     array([3])
     """
-    if task.per_instance_path() == "loop":
-        raise InputError(
-            "unrolled: the adjoint needs torch.func.vmap over instances, which this task's "
-            "model cannot take (per_instance='loop'); use unrolled_quadratic, or the gold standard"
-        )
-    task = task.with_cached_trunk()
-    n = len(task.train)
-    test = check_indices("unrolled: test", test, len(task.test), "test instances")
-    wanted = (
-        np.arange(n)
-        if train is None
-        else check_indices("unrolled: train", train, n, "training instances")
-    )
-    check_choice("unrolled: mode", mode, ("auto", "forward", "reverse"))
-    if settings.scheme == "downweight" and _has_dropout(task.model):
-        raise InputError(
-            "unrolled: further.scheme 'downweight' with dropout in the model is not supported "
-            "(the engine draws the extra term's mask per run); use scheme 'mask'"
-        )
+    task, test, wanted = _checked_request(task, settings, test, train, mode)
     run = _RunZero(task, settings, seed, steps)
     mode = _choose_mode(mode, settings, run, len(test), len(wanted))
     every = _segment_length(mode, run, budget_bytes)
@@ -333,6 +315,32 @@ def unrolled_seed(
     steps = np.asarray(run.marks, dtype=np.int64)
     loss_full = np.stack(measured.recorded)
     return UnrolledSeed(values, loss_full, steps, steps / run.per_epoch, every, mode)
+
+
+def _checked_request(task: Task, settings: FurtherSettings, test, train, mode: str):
+    """The task with its fixed trunk cached, and the test and wanted training indices of an
+    :func:`unrolled_seed` call, after refusing what the adjoint cannot differentiate (a
+    per-instance loop, dropout after the trunk under ``downweight``)."""
+    if task.per_instance_path() == "loop":
+        raise InputError(
+            "unrolled: the adjoint needs torch.func.vmap over instances, which this task's "
+            "model cannot take (per_instance='loop'); use unrolled_quadratic, or the gold standard"
+        )
+    task = task.with_cached_trunk()
+    n = len(task.train)
+    test = check_indices("unrolled: test", test, len(task.test), "test instances")
+    wanted = (
+        np.arange(n)
+        if train is None
+        else check_indices("unrolled: train", train, n, "training instances")
+    )
+    check_choice("unrolled: mode", mode, ("auto", "forward", "reverse"))
+    if settings.scheme == "downweight" and _has_dropout(task.model):
+        raise InputError(
+            "unrolled: further.scheme 'downweight' with dropout in the model is not supported "
+            "(the engine draws the extra term's mask per run); use scheme 'mask'"
+        )
+    return task, test, wanted
 
 
 class _RunZero:

@@ -174,12 +174,7 @@ def unrolled_estimate(
     test, train = test_and_train(task, test, train, "unrolled")
     settings = _further_settings(further)
     seed_list = _seed_list(seeds)
-    keep = np.empty(0, np.int64) if keep is None else np.asarray(keep, dtype=np.int64)
-    where = {int(i): j for j, i in enumerate(train)}
-    missing = [int(i) for i in keep if int(i) not in where]
-    if missing:
-        raise InputError(f"unrolled: keep: {missing[:5]} are not among the scored train indices")
-    keep_cols = np.array([where[int(i)] for i in keep], dtype=np.int64)
+    keep, keep_cols = _kept(keep, train)
     key = _call_key(task, settings, test, train, seed_list, keep, steps, mode, budget_mb)
     partial = _Partial.resumed(partial_dir, key, len(seed_list))
     if progress is not None and partial.per_seed:  # the seeds read back
@@ -197,28 +192,29 @@ def unrolled_estimate(
         if progress is not None:  # in training instances, as every method: a share per seed
             progress(len(train) * k // len(seed_list) - len(train) * (k - 1) // len(seed_list))
     _Partial.remove(partial_dir)
-    S = len(seed_list)
-    mean, m2 = partial.mean, partial.m2
-    sem = np.sqrt(m2 / (S - 1) / S) if S > 1 else np.full_like(mean, np.nan)
-    return UnrolledEstimate(
-        mean,
-        sem,
-        np.stack(partial.per_seed),
-        keep,
-        np.stack(partial.loss_full),
-        partial.steps,
-        partial.epochs,
-        np.asarray(seed_list, dtype=np.int64),
-        test,
-        train,
-        {
-            "further": settings.as_dict(),
-            "seeds": seed_list,
-            "mode": mode,
-            "budget_mb": budget_mb,
-            "drop_as_mask": settings.scheme == "drop",
-        },
-    )
+    record = {
+        "further": settings.as_dict(),
+        "seeds": seed_list,
+        "mode": mode,
+        "budget_mb": budget_mb,
+        "drop_as_mask": settings.scheme == "drop",
+    }
+    return partial.estimate(keep, seed_list, test, train, record)
+
+
+def _kept(keep, train) -> tuple[np.ndarray, np.ndarray]:
+    """The ``keep`` training indices and their columns among ``train``; an index that is not
+    scored is an InputError.
+
+    >>> [a.tolist() for a in _kept([7, 3], np.array([3, 5, 7]))]
+    [[7, 3], [2, 0]]
+    """
+    keep = np.empty(0, np.int64) if keep is None else np.asarray(keep, dtype=np.int64)
+    where = {int(i): j for j, i in enumerate(train)}
+    missing = [int(i) for i in keep if int(i) not in where]
+    if missing:
+        raise InputError(f"unrolled: keep: {missing[:5]} are not among the scored train indices")
+    return keep, np.array([where[int(i)] for i in keep], dtype=np.int64)
 
 
 def _call_key(task: Task, settings: FurtherSettings, test, train, seeds, keep, steps, mode,
@@ -299,6 +295,16 @@ class _Partial:
         return cls(
             saved["mean"], saved["m2"], list(saved["per_seed"]), list(saved["loss_full"]),
             saved["steps"], saved["epochs"],
+        )  # fmt: skip
+
+    def estimate(self, keep, seeds: list[int], test, train, settings: dict) -> UnrolledEstimate:
+        """The finished statistics as an :class:`UnrolledEstimate`: the seed mean and its
+        standard error (NaN with one seed), the kept per-seed values and measurements."""
+        S = len(seeds)
+        sem = np.sqrt(self.m2 / (S - 1) / S) if S > 1 else np.full_like(self.mean, np.nan)
+        return UnrolledEstimate(
+            self.mean, sem, np.stack(self.per_seed), keep, np.stack(self.loss_full), self.steps,
+            self.epochs, np.asarray(seeds, dtype=np.int64), test, train, settings,
         )  # fmt: skip
 
     @staticmethod
