@@ -20,6 +20,12 @@ centred gold standard, per test instance, averaged over test instances):
   S/2, over ``--splits`` random splits);
 - ``u(new half)/gold half``: ``unrolled`` over S/2 unused seeds against a half of the gold
   standard, over the same splits (each half against each of the two ``unrolled`` halves);
+- ``u/gold, seed limit``: the agreement of ``unrolled`` with the gold standard as the number of
+  seeds grows without bound, estimated without seed noise from the paired per-seed values:
+  per test instance, ``(<ū_A, ḡ_B> + <ū_B, ḡ_A>) / 2 / sqrt(<ū_A, ū_B> <ḡ_A, ḡ_B>)`` over random
+  half splits A/B of the gold standard's seeds (ū, ḡ: half means of ``unrolled`` and of the
+  centred gold standard; cross-half products have no shared seed noise). Test instances
+  whose noise-free norms are not positive are left out of the mean;
 - ``u/drop gold`` and ``drop/mask gold``: with ``--drop``, ``unrolled`` against the ``drop``
   gold standard, and the two gold standards against each other (both centred).
 
@@ -90,6 +96,28 @@ def split_columns(gold, new_seeds: np.ndarray, splits) -> tuple[np.ndarray, np.n
     return mean_over_test(np.nanmean(gold_half, 0)), mean_over_test(np.nanmean(u_half, 0))
 
 
+def seed_limit(gold, paired: np.ndarray, splits) -> np.ndarray:
+    """``unrolled``'s cosine with the gold standard at infinitely many seeds, (C,).
+
+    ``paired``: ``unrolled``'s per-seed values on the gold standard's seeds, (S, C, T, L).
+    Products of half means over disjoint seed halves are unbiased for the products of the
+    seed-limit means, so their ratio estimates the seed-limit cosine without the
+    attenuation (or the shared-noise inflation) of a finite number of seeds.
+    """
+    adjusted = gold.adjusted()
+    cross, u_norm, g_norm = 0.0, 0.0, 0.0
+    for a, b in splits:
+        ga, gb = centre(adjusted[a].mean(0)), centre(adjusted[b].mean(0))
+        ua, ub = paired[a].mean(0), paired[b].mean(0)
+        cross = cross + ((ua * gb).sum(-1) + (ub * ga).sum(-1)) / 2
+        u_norm = u_norm + (ua * ub).sum(-1)
+        g_norm = g_norm + (ga * gb).sum(-1)
+    product = u_norm * g_norm
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_test = np.where((u_norm > 0) & (g_norm > 0), cross / np.sqrt(product), np.nan)
+    return mean_over_test(per_test)
+
+
 def ceiling(gold) -> np.ndarray:
     """The noise ceiling of the centred cosine at each checkpoint, (C,)."""
     rows = noise_floor(gold, ["cosine"], centred=True)
@@ -122,6 +150,37 @@ def _job(job: tuple):
     return est.per_seed
 
 
+def _compute(args, S: int):
+    """The gold standard(s) and ``unrolled``'s per-seed values on 2S seeds, in worker processes."""
+    started = time.perf_counter()
+    jobs = [("gold", "mask", list(range(S)))]
+    if args.drop:
+        jobs.append(("gold", "drop", list(range(S))))
+    chunks = np.array_split(np.arange(2 * S), max(1, args.workers - len(jobs)))
+    jobs += [("unrolled", "mask", chunk.tolist()) for chunk in chunks if len(chunk)]
+    common = (args.preset, args.dtype, args.cache, args.threads)
+    with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
+        done = list(pool.map(_job, [(*common, *job) for job in jobs]))
+    print(f"  gold standard and unrolled: {time.perf_counter() - started:.0f} s", flush=True)
+    drop = done[1] if args.drop else None
+    per_seed = np.concatenate(done[len(jobs) - sum(1 for j in jobs if j[0] == "unrolled") :])
+    return done[0], drop, per_seed
+
+
+def _save(path: Path, gold, drop, per_seed: np.ndarray) -> None:
+    """Pickle the gold standard(s) and the per-seed values, for ``--load``."""
+    import pickle
+
+    path.write_bytes(pickle.dumps((gold, drop, per_seed)))
+
+
+def _load(path: Path):
+    """What ``_save`` wrote (a file this script made: pickle runs code, load only your own)."""
+    import pickle
+
+    return pickle.loads(path.read_bytes())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="diabetes")
@@ -133,6 +192,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workers", type=int, default=4, help="processes (gold, drop, unrolled)")
     parser.add_argument("--every", type=int, default=1, help="print every k-th checkpoint")
+    parser.add_argument("--save", type=Path, default=None, help="keep the per-seed values here")
+    parser.add_argument("--load", type=Path, default=None, help="reuse a --save file")
     args = parser.parse_args()
     started = time.perf_counter()
     config, _, test, left_out = _setup(args.preset, args.dtype, args.cache, args.threads)
@@ -144,18 +205,12 @@ def main() -> None:
         flush=True,
     )
 
-    jobs = [("gold", "mask", list(range(S)))]
-    if args.drop:
-        jobs.append(("gold", "drop", list(range(S))))
-    chunks = np.array_split(np.arange(2 * S), max(1, args.workers - len(jobs)))
-    jobs += [("unrolled", "mask", chunk.tolist()) for chunk in chunks if len(chunk)]
-    common = (args.preset, args.dtype, args.cache, args.threads)
-    with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
-        done = list(pool.map(_job, [(*common, *job) for job in jobs]))
-    print(f"  gold standard and unrolled: {time.perf_counter() - started:.0f} s", flush=True)
-    gold = done[0]
-    drop = done[1] if args.drop else None
-    per_seed = np.concatenate(done[len(jobs) - sum(1 for j in jobs if j[0] == "unrolled") :])
+    if args.load is not None:
+        gold, drop, per_seed = _load(args.load)
+    else:
+        gold, drop, per_seed = _compute(args, S)
+        if args.save is not None:
+            _save(args.save, gold, drop, per_seed)
 
     target = gold.mean(centred=True)
     cols = {
@@ -166,6 +221,7 @@ def main() -> None:
     cols["gold half/half"], cols["u(new half)/gold half"] = split_columns(
         gold, per_seed[S:], half_splits(S, args.splits)
     )
+    cols["u/gold, seed limit"] = seed_limit(gold, per_seed[:S], half_splits(S, args.splits))
     if drop is not None:
         cols["u/drop gold"] = mean_over_test(agreement(drop.mean(True), per_seed[:S].mean(0)))
         cols["drop/mask gold"] = mean_over_test(agreement(target, drop.mean(True)))

@@ -50,19 +50,21 @@ def handmade_report(tmp_path_factory):
 @pytest.fixture
 def unrolled_seeds(monkeypatch):
     """``fimo.methods.unrolled.unrolled_seed`` watched: the seeds it computes are appended to
-    ``.computed``, and the first call for the seed in ``.stop_at`` raises KeyboardInterrupt
-    once (an interrupted run, for the resume tests)."""
+    ``.computed`` (and ``(seed, announce_for)`` to ``.announced``), and the first call for the
+    seed in ``.stop_at`` raises KeyboardInterrupt once (an interrupted run, for the resume
+    tests)."""
     from types import SimpleNamespace
 
     import fimo.methods.unrolled as module
 
-    original, state = module.unrolled_seed, SimpleNamespace(computed=[], stop_at=[])
+    original, state = module.unrolled_seed, SimpleNamespace(computed=[], stop_at=[], announced=[])
 
     def interruptible(task, settings, seed, *args, **kwargs):
         if state.stop_at and seed == state.stop_at[0]:
             state.stop_at.clear()
             raise KeyboardInterrupt
         state.computed.append(seed)
+        state.announced.append((seed, kwargs.get("announce_for", 1)))
         return original(task, settings, seed, *args, **kwargs)
 
     monkeypatch.setattr(module, "unrolled_seed", interruptible)

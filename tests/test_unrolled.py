@@ -321,8 +321,13 @@ def test_an_interrupted_estimate_resumes_at_the_next_seed(tmp_path, unrolled_see
             damage(folder / "state.npz")
         before, done = list(computed), []
         computed.clear()
+        unrolled_seeds.announced.clear()
         again = unrolled_estimate(task, **call, partial_dir=folder, progress=done.append)
         assert sum(done) == 24 and not folder.exists()  # every instance counted; state removed
+        # the cost announcement covers only the seeds still to do, made once, by the first
+        assert unrolled_seeds.announced == [
+            (seed, len(computed) if k == 0 else 0) for k, seed in enumerate(computed)
+        ]
         for name in ("mean", "sem", "per_seed", "loss_full", "steps", "epochs"):
             np.testing.assert_array_equal(getattr(again, name), getattr(whole, name))
         return before, list(computed)
