@@ -36,15 +36,16 @@ def by_hand(task, rows):
 
 @pytest.fixture
 def passes(monkeypatch):
-    """How many passes of per-instance gradients the damping base made."""
+    """How many passes over the training rows (per-instance gradients or layer factors) the
+    damping base made."""
     count = [0]
-    original = damping.per_instance_grads
+    original = damping._squared_norms_sum
 
     def counting(*args, **kw):
         count[0] += 1
-        yield from original(*args, **kw)
+        return original(*args, **kw)
 
-    monkeypatch.setattr(damping, "per_instance_grads", counting)
+    monkeypatch.setattr(damping, "_squared_norms_sum", counting)
     return count
 
 
@@ -90,3 +91,16 @@ def test_methods_share_the_base_and_their_scores_do_not_change(passes):
     assert passes[0] == 2
     np.testing.assert_array_equal(cg.values, fresh.values)
     assert cg.settings["damping"] == fresh.settings["damping"]
+
+
+def test_the_base_from_layer_factors_equals_the_one_from_formed_gradients(monkeypatch):
+    """An MLP's base comes from layer factors; with the factor path switched off the formed
+    per-instance gradients give the same number (1e-12, float64)."""
+    task = make_task(seed=3)
+    rows = np.arange(0, 30, 2)
+    from_factors = damping.mean_squared_gradient(task, rows)
+    monkeypatch.setattr(damping, "dense_ghost_plan", lambda task: None)
+    task._damping_bases.clear()
+    formed = damping.mean_squared_gradient(task, rows)
+    assert from_factors == pytest.approx(formed, rel=1e-12)
+    assert from_factors == pytest.approx(by_hand(task, rows), rel=1e-12)

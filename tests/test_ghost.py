@@ -15,6 +15,7 @@ from fimo.methods.ghost import capture, ghost_norms, ghost_plan
 from fimo.task import Task
 
 TOL = 1e-10
+DT = torch.float64
 
 
 def loop_gradients(task: Task, data: ArrayDataset, measure: bool) -> np.ndarray:
@@ -180,3 +181,78 @@ def test_settings_are_checked():
     projected = grad_dot(task, range(2), range(4), proj_dim=8)  # auto: projection as before
     assert projected.settings["gradients"] == "per-instance"
     assert projected.settings["projected_dim"] == 8
+
+
+@pytest.mark.parametrize(
+    "trainable", [None, ["0.weight", "2.*", "4.*"], ["2.*", "4.weight"], ["0.bias", "4.bias"]]
+)
+@pytest.mark.parametrize("budget", [2**30, 1])  # one block of test vectors, or one at a time
+def test_a_dense_test_side_against_factors_equals_formed_gradients(trainable, budget):
+    """Any (k, P) test side times the training gradients, from factors (both sides of each
+    layer: 5 → 12 narrows through the input, 12 → 9 through the output), equals the product
+    with per-instance gradients taken one instance at a time."""
+    from fimo.methods.ghost import dense_ghost_plan, ghost_products
+
+    task = mlp_task(trainable, n=23)
+    V = torch.randn(6, task.num_params, generator=torch.Generator().manual_seed(1), dtype=DT)
+    want = V.numpy() @ loop_gradients(task, task.train, measure=False).T
+    layers = dense_ghost_plan(task)
+    blocks = list(ghost_products(task, layers, V, np.arange(23), chunk_size=10, budget=budget))
+    assert [rows.stop for rows, _ in blocks] == [10, 20, 23]
+    got = torch.cat([block for _, block in blocks]).T.numpy()
+    assert relative(got, want) < TOL
+
+
+def test_score_matrix_takes_factors_for_an_mlp_and_formed_gradients_otherwise():
+    """score_matrix gives the same scores with and without factors; a model whose layers
+    meet an instance at several positions has no dense factor plan."""
+    from fimo.methods.common import score_matrix
+    from fimo.methods.ghost import dense_ghost_plan
+
+    task = mlp_task()
+    V = torch.randn(4, task.num_params, generator=torch.Generator().manual_seed(2), dtype=DT)
+    train = np.array([5, 0, 17, 3, 39])
+    auto = score_matrix(task, train, V, chunk_size=2)
+    never = score_matrix(task, train, V, chunk_size=2, ghost="never")
+    assert relative(auto, never) < TOL
+    assert dense_ghost_plan(task) is not None
+    seq = Task(
+        nn.Sequential(nn.Linear(3, 4), nn.Flatten(), nn.Linear(8, 2)).double(),
+        ArrayDataset(torch.randn(6, 2, 3, dtype=DT), torch.randint(0, 2, (6,))),
+        ArrayDataset(torch.randn(2, 2, 3, dtype=DT), torch.randint(0, 2, (2,))),
+    )
+    assert dense_ghost_plan(seq) is None  # the first layer sees two positions per instance
+    with pytest.raises(InputError, match="score_matrix ghost: got 'always'"):
+        score_matrix(task, train, V, ghost="always")
+
+
+class ReadsItsWeight(nn.Module):
+    """A Linear layer whose weight the forward also reads directly (as a penalty would)."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.linear(x) * (1 + 0.3 * self.linear.weight[0, 0])
+
+
+def test_a_weight_used_outside_its_layer_is_scored_from_formed_gradients():
+    """The structural plan accepts this model, the check on two instances does not: Grad-Dot
+    (auto) and a dense test side give the true gradients' products, and ``always`` refuses."""
+    from fimo.methods.common import score_matrix
+    from fimo.methods.ghost import checked_plan
+
+    base = mlp_task()
+    model = ReadsItsWeight().double()
+    task = Task(model, base.train, base.test)
+    assert ghost_plan(task)[0] is not None
+    assert checked_plan(task) == (None, "a trainable parameter is used outside its nn.Linear call")
+    got = grad_dot(task, range(len(task.test)), range(len(task.train)))
+    assert got.settings["gradients"] == "per-instance"
+    assert relative(got.values, reference(task, cosine=False)) < TOL
+    V = torch.randn(3, task.num_params, generator=torch.Generator().manual_seed(4), dtype=DT)
+    want = V.numpy() @ loop_gradients(task, task.train, measure=False).T / len(task.train)
+    assert relative(score_matrix(task, range(len(task.train)), V), want) < TOL
+    with pytest.raises(InputError, match=r"used outside its nn.Linear call\); use ghost='auto'"):
+        grad_dot(task, [0], [0, 1], ghost="always")

@@ -10,8 +10,9 @@ import numpy as np
 import torch
 
 from fimo.data.base import check_indices
-from fimo.errors import InputError
+from fimo.errors import InputError, check_choice
 from fimo.methods.cost import CostProbe
+from fimo.methods.ghost import dense_ghost_plan, ghost_products
 from fimo.methods.gradients import per_instance_grads
 from fimo.task import Task
 
@@ -119,6 +120,7 @@ def score_matrix(
     progress: Callable[[int], None] | None = None,
     chunk_size: int | None = None,
     chunks: Chunks | None = None,
+    ghost: str = "auto",
 ) -> np.ndarray:
     """The (len(test_side), len(train)) float64 scores ``test_side · transform(G)ᵀ``, divided
     by n = len(task.train) when ``per_n``.
@@ -131,6 +133,12 @@ def score_matrix(
     with the number of training instances each chunk scored; a pass estimated to take long
     is announced (:class:`fimo.methods.cost.CostProbe`).
 
+    Plain loss gradients (no ``chunks``, no ``transform``) of a model whose trainable
+    parameters are all Linear layers met once per instance (an MLP) are multiplied from
+    layer factors without forming them (:func:`fimo.methods.ghost.ghost_products`; the same
+    numbers to float rounding, and no n × P gradients through memory) unless
+    ``ghost="never"``.
+
     >>> from fimo.data.base import ArrayDataset
     >>> data = ArrayDataset(torch.randn(5, 3), torch.randint(0, 2, (5,)))
     >>> task = Task(torch.nn.Linear(3, 2), data, data)
@@ -140,8 +148,19 @@ def score_matrix(
     >>> S.shape, bool(np.allclose(S, (V @ G.T).numpy()))
     ((2, 3), True)
     """
-    if chunks is None:
-        chunks = training_gradients(task, train, chunk_size)
+    check_choice("score_matrix ghost", ghost, ("auto", "never"))
+    blocks = None
+    if chunks is None and transform is None and ghost == "auto":
+        layers = dense_ghost_plan(task)
+        if layers is not None:
+            blocks = (
+                (rows, block.T)
+                for rows, block in ghost_products(task, layers, test_side, train, chunk_size)
+            )
+    if blocks is None:
+        if chunks is None:
+            chunks = training_gradients(task, train, chunk_size)
+        blocks = _products(test_side, chunks, transform)
     n = len(task.train)
     out = np.empty((len(test_side), len(train)), dtype=np.float64)
     probe = CostProbe(
@@ -149,10 +168,7 @@ def score_matrix(
         len(train),
         'score fewer training instances (methods.train = "left_out") or test instances',
     )
-    for rows, G in chunks:
-        if transform is not None:
-            G = transform(G)
-        block = test_side @ G.to(test_side.dtype).T
+    for rows, block in blocks:
         if per_n:
             block = block / n
         out[:, rows] = block.double().cpu().numpy()
@@ -160,3 +176,11 @@ def score_matrix(
             progress(rows.stop - rows.start)
         probe.tick(rows.stop - rows.start)
     return out
+
+
+def _products(test_side: torch.Tensor, chunks: Chunks, transform):
+    """``(rows, test_side · transform(G)ᵀ)`` for each chunk of formed training vectors."""
+    for rows, G in chunks:
+        if transform is not None:
+            G = transform(G)
+        yield rows, test_side @ G.to(test_side.dtype).T

@@ -19,6 +19,7 @@ import torch
 
 from fimo.data.base import tensors_of
 from fimo.errors import InputError
+from fimo.methods.ghost import capture_rows, dense_ghost_plan, ghost_norms
 from fimo.methods.gradients import per_instance_grads
 from fimo.task import Task
 
@@ -39,17 +40,27 @@ def mean_squared_gradient(task: Task, indices=None, chunk_size: int | None = Non
     5.0
     """
     idx = np.arange(len(task.train)) if indices is None else np.asarray(indices)
-    params = task.params()
     sel = torch.as_tensor(idx, dtype=torch.long)
     x, y = task.train.inputs[sel], task.train.targets[sel]
     key = _digest(task, x, y, idx, chunk_size)
     memo = task.__dict__.setdefault("_damping_bases", {})
     if key not in memo:
-        total = 0.0
-        for _, g in per_instance_grads(task, x, y, params=params, chunk_size=chunk_size):
-            total += float(g.double().pow(2).sum())
-        memo[key] = total / (len(idx) * task.num_params)
+        memo[key] = _squared_norms_sum(task, x, y, idx, chunk_size) / (len(idx) * task.num_params)
     return memo[key]
+
+
+def _squared_norms_sum(task: Task, x, y, idx: np.ndarray, chunk_size) -> float:
+    """Σ_i ‖∇ℓ_i‖² over the rows ``idx``: from layer factors when every trainable parameter
+    is a Linear layer's met once per instance (no gradients formed), else from formed
+    per-instance gradients, chunk by chunk."""
+    layers = dense_ghost_plan(task)
+    if layers is not None:
+        parts = capture_rows(task, layers, task.train, idx, False, chunk_size)
+        return sum(float(ghost_norms(f).double().pow(2).sum()) for _, f in parts)
+    total = 0.0
+    for _, g in per_instance_grads(task, x, y, params=task.params(), chunk_size=chunk_size):
+        total += float(g.double().pow(2).sum())
+    return total
 
 
 def _digest(task: Task, x: torch.Tensor, y: torch.Tensor, idx: np.ndarray, chunk_size) -> str:

@@ -149,6 +149,65 @@ def capture(
     return factors
 
 
+def checked_plan(task: Task, probes: int = 2) -> tuple[list[GhostLayer] | None, str]:
+    """:func:`ghost_plan`, confirmed on the data: the gradients rebuilt from the factors of
+    the first ``probes`` training instances must equal their gradients taken by autograd.
+    A model that also uses a parameter outside its layer's call (a penalty on the weights
+    inside the loss, a weight read in ``forward``) passes the structural check but not this
+    one, and is scored from formed gradients.
+
+    >>> from fimo.data.base import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(4, 3), torch.randint(0, 2, (4,)))
+    >>> checked_plan(Task(nn.Linear(3, 2), data, data))[0]
+    [GhostLayer(module='', weight=True, bias=True)]
+    """
+    layers, reason = ghost_plan(task)
+    if layers is None or len(task.train) == 0:
+        return layers, reason
+    rows = torch.arange(min(probes, len(task.train)))
+    x, y = task.train.inputs[rows], task.train.targets[rows]
+    try:
+        factors = capture(task, layers, x, y)
+    except ValueError as exc:
+        return None, str(exc)
+    formed = _autograd_rows(task, x, y)
+    rebuilt = torch.zeros_like(formed)
+    for name, where in layer_slices(task, layers).items():
+        f = factors.get(name)
+        if f is None:
+            continue
+        if "weight" in where:
+            w = torch.einsum("bto,bti->boi", f.b, f.a).reshape(len(rows), -1)
+            rebuilt[:, where["weight"]] = w.to(formed.dtype)
+        if "bias" in where:
+            rebuilt[:, where["bias"]] = f.b.sum(1).to(formed.dtype)
+    tol = 1e-4 if formed.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-9
+    scale = float(formed.abs().max().clamp_min(torch.finfo(formed.dtype).tiny))
+    if float((rebuilt - formed).abs().max()) > tol * scale:
+        return None, "a trainable parameter is used outside its nn.Linear call"
+    return layers, ""
+
+
+def _autograd_rows(task: Task, x, y) -> torch.Tensor:
+    """(B, P) loss gradients of the instances (x, y), one autograd call each (a few rows)."""
+    params = {n: p.detach().requires_grad_(True) for n, p in task.params().items()}
+    rows = []
+    with torch.enable_grad(), task.eval_mode():
+        for i in range(len(y)):
+            one = torch.tensor([i])
+            loss = task.losses(params, x[one], y[one]).sum()
+            grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+            rows.append(
+                torch.cat(
+                    [
+                        (torch.zeros_like(p) if g is None else g).reshape(-1)
+                        for g, p in zip(grads, params.values(), strict=True)
+                    ]
+                )
+            )
+    return torch.stack(rows).detach()
+
+
 def _pair_sum(x: torch.Tensor, y: torch.Tensor, u: torch.Tensor, v: torch.Tensor, plus: float):
     """Σ_s Σ_r (x_ks · y_mr + plus)(u_ks · v_mr) for every pair (k, m): x, u (k, T, ·);
     y, v (m, R, ·). ``plus`` = 1 adds the bias's term when each instance has one position."""
@@ -355,7 +414,7 @@ def ghost_test_factors(
     """
     if ghost == "never" or proj_dim is not None or len(test) == 0:
         return None, None
-    layers, reason = ghost_plan(task)
+    layers, reason = checked_plan(task)
     if layers is not None:
         try:
             parts = capture_rows(task, layers, task.test, test, True, chunk_size)
@@ -371,3 +430,114 @@ def ghost_test_factors(
     if ghost == "auto" and not ghost_is_cheaper(factors):
         return None, None
     return layers, factors
+
+
+def layer_slices(task: Task, layers: list[GhostLayer]) -> dict[str, dict[str, slice]]:
+    """Where each ghost layer's weight and bias sit in a flattened parameter vector (the order
+    of ``task.params()``, as :func:`fimo.methods.gradients.flatten` concatenates them).
+
+    >>> from fimo.data.base import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(4, 3), torch.randint(0, 2, (4,)))
+    >>> model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    >>> task = Task(model, data, data)
+    >>> layer_slices(task, ghost_plan(task)[0])["2"]
+    {'weight': slice(16, 24, None), 'bias': slice(24, 26, None)}
+    """
+    where, start = {}, 0
+    for name, p in task.params().items():
+        where[name] = slice(start, start + p.numel())
+        start += p.numel()
+    out: dict[str, dict[str, slice]] = {}
+    for layer in layers:
+        prefix = f"{layer.module}." if layer.module else ""
+        out[layer.module] = {
+            leaf: where[prefix + leaf]
+            for leaf, used in (("weight", layer.weight), ("bias", layer.bias))
+            if used
+        }
+    return out
+
+
+def _weight_products(a: torch.Tensor, b: torch.Tensor, W: torch.Tensor, budget: int):
+    """Σ_s b_isᵀ W_t a_is for every (instance i, test vector t): a (m, T, in), b (m, T, out),
+    W (k, out, in); (m, k). The product goes through the narrower side of W, in blocks of
+    test vectors sized so that the intermediate (m·T, block, width) stays within ``budget``."""
+    m, positions, width_in = a.shape
+    k, width_out, _ = W.shape
+    rows_a, rows_b = a.reshape(m * positions, width_in), b.reshape(m * positions, width_out)
+    narrow_out = width_out <= width_in
+    step = max(1, budget // max(1, m * positions * min(width_in, width_out) * a.element_size()))
+    out = torch.empty(m, k, dtype=a.dtype, device=a.device)
+    for t0 in range(0, k, step):
+        block = W[t0 : t0 + step]
+        if narrow_out:  # (m·T, in) @ (in, kb·out) → (m·T, kb, out), times b over out
+            mid = (rows_a @ block.reshape(-1, width_in).T).view(m * positions, -1, width_out)
+            part = (mid * rows_b[:, None, :]).sum(-1)
+        else:  # (m·T, out) @ (out, kb·in) → (m·T, kb, in), times a over in
+            mid = rows_b @ block.transpose(0, 1).reshape(width_out, -1)
+            part = (mid.view(m * positions, -1, width_in) * rows_a[:, None, :]).sum(-1)
+        out[:, t0 : t0 + step] = part.view(m, positions, -1).sum(1)
+    return out
+
+
+def ghost_products(
+    task: Task,
+    layers: list[GhostLayer],
+    test_side: torch.Tensor,
+    train,
+    chunk_size: int | None = None,
+    budget: int = DEFAULT_BUDGET,
+):
+    """Yield ``(rows, block)`` with block (len(rows), k) = the per-instance loss gradients of
+    the training instances ``train[rows]`` times ``test_side`` (k, P), from layer factors:
+    the gradients (m·P numbers per chunk) are never formed. Any dense test side works (a
+    preconditioned or inverse-Hessian product), which is the last step of every influence
+    method; for an instance with one position per layer it costs k·in·out per layer and
+    instance, the same multiply-adds as the product with formed gradients.
+
+    >>> from fimo.data.base import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(5, 3, dtype=torch.float64), torch.randint(0, 2, (5,)))
+    >>> task = Task(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double(), data, data)
+    >>> V = torch.randn(2, task.num_params, dtype=torch.float64)
+    >>> blocks = list(ghost_products(task, ghost_plan(task)[0], V, range(5), chunk_size=3))
+    >>> from fimo.methods.common import training_gradients
+    >>> G = torch.cat([g for _, g in training_gradients(task, range(5))])
+    >>> [rows.stop for rows, _ in blocks], torch.allclose(torch.cat([b for _, b in blocks]), G @ V.T)
+    ([3, 5], True)
+    """
+    where = layer_slices(task, layers)
+    modules = dict(task.model.named_modules())
+    for rows, factors in capture_rows(task, layers, task.train, train, False, chunk_size):
+        block = torch.zeros(rows.stop - rows.start, len(test_side), dtype=test_side.dtype)
+        for name, f in factors.items():
+            b = f.b.to(test_side.dtype)
+            if "weight" in where[name]:
+                module = modules[name]
+                W = test_side[:, where[name]["weight"]].reshape(
+                    -1, module.out_features, module.in_features
+                )
+                block += _weight_products(f.a.to(test_side.dtype), b, W, budget)
+            if "bias" in where[name]:
+                block += b.sum(1) @ test_side[:, where[name]["bias"]].T
+        yield rows, block
+
+
+def dense_ghost_plan(task: Task) -> list[GhostLayer] | None:
+    """The ghost layers when every trainable parameter is a Linear layer's and each instance
+    meets each layer once (one position: an MLP's layers; the product with a dense test side
+    costs T times more from factors than from formed gradients at T positions), and the
+    factors reproduce the gradients (:func:`checked_plan`); else None.
+
+    >>> from fimo.data.base import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(4, 3), torch.randint(0, 2, (4,)))
+    >>> dense_ghost_plan(Task(nn.Linear(3, 2), data, data))
+    [GhostLayer(module='', weight=True, bias=True)]
+    """
+    layers, _ = checked_plan(task)
+    if layers is None or len(task.train) == 0:
+        return None
+    first = torch.arange(1)
+    probe = capture(task, layers, task.train.inputs[first], task.train.targets[first])
+    if any(f.b.shape[1] != 1 for f in probe.values()):
+        return None
+    return layers
