@@ -71,3 +71,23 @@ def test_dataset_options_reach_the_loader_and_unknown_ones_are_named(tmp_path):
     raw["data"]["options"] = 12
     with pytest.raises(InputError, match=r"data.options: got 12; expected a table"):
         load_config(_write(tmp_path, raw))
+
+
+def test_presets_shows_a_measured_paper_time_beside_the_estimate(monkeypatch, capsys):
+    import fimo.experiments.config as config
+    from fimo.cli import main
+
+    original = config.preset_about
+
+    def about(name):
+        out = dict(original(name))
+        if name == "diabetes":
+            out["paper_hours_measured"] = 1.7
+        return out
+
+    monkeypatch.setattr(config, "preset_about", about)
+    assert main(["presets"]) == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    estimate = original("diabetes")["paper_hours"]
+    assert f"1.7 h measured (estimate {estimate:g} h)" in shown
+    assert f"≈ {original('credit')['paper_hours']:g} h estimated" in shown

@@ -406,7 +406,10 @@ def presets_command() -> None:
         paper_time = about.get("paper_hours")
         if quick_time:
             cells[0] += f"\n[bold]≈ {quick_time:g} min[/bold] on 2 cores"
-        if paper_time:
+        measured = about.get("paper_hours_measured")
+        if measured:
+            cells[1] += f"\n[bold]{measured:g} h[/bold] measured (estimate {paper_time:g} h)"
+        elif paper_time:
             cells[1] += f"\n[bold]≈ {paper_time:g} h[/bold] estimated"
         data = (
             f"{about.get('summary', name)}\n[dim]paper: {about.get('paper_counterpart', '-')}[/dim]"

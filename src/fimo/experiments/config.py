@@ -719,7 +719,13 @@ def apply_scale(raw: dict, scale: str, source=None) -> dict:
 
 
 #: the keys of an ``[about]`` table (read by :func:`preset_about`)
-ABOUT_KEYS = ("summary", "paper_counterpart", "quick_minutes", "paper_hours")
+ABOUT_KEYS = (
+    "summary",
+    "paper_counterpart",
+    "quick_minutes",
+    "paper_hours",
+    "paper_hours_measured",
+)
 
 
 def _check_about(about) -> None:
