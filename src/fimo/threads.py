@@ -94,7 +94,11 @@ def chosen_threads(setting: int = 0, environ=None) -> int | None:
 @dataclass(frozen=True)
 class ThreadChoice:
     """The torch thread count chosen for final training and the methods, and what it was
-    chosen from (the manifest's ``torch_threads``)."""
+    chosen from (the manifest's ``torch_threads``).
+
+    >>> ThreadChoice(2, "load", 2, 0.3).threads
+    2
+    """
 
     threads: int
     chosen_by: str  # "load", "run.threads" or "FIMO_THREADS"
@@ -102,6 +106,11 @@ class ThreadChoice:
     load_of_others: float  # the one-minute load average less this process's own share
 
     def as_dict(self) -> dict:
+        """The record for the manifest.
+
+        >>> ThreadChoice(1, "FIMO_THREADS", 2, 0.3).as_dict()
+        {'threads': 1, 'chosen_by': 'FIMO_THREADS', 'cores': 2, 'load_of_others': 0.3}
+        """
         return asdict(self)
 
     def describe(self) -> str:
