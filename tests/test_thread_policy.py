@@ -13,9 +13,10 @@ import torch
 import fimo.experiments.pipeline as pipeline
 import fimo.threads as threads_module
 from fimo import ArrayDataset, Task
+from fimo.cli import main
 from fimo.errors import InputError
 from fimo.experiments.attribute import attribute
-from fimo.experiments.config import load_config
+from fimo.experiments.config import Config, load_config, with_overrides
 from fimo.further.threads import torch_threads
 from fimo.methods import get_method
 from fimo.models import mlp
@@ -54,6 +55,15 @@ def test_the_setting_beats_the_environment_which_beats_the_policy():
             chosen_threads(0, {"FIMO_THREADS": bad})
     with pytest.raises(InputError, match=r"run.threads: got -1; must be ≥ 1"):
         chosen_threads(-1, {})
+
+
+def test_run_threads_and_the_command_lines_threads_are_checked_at_the_door(tmp_path, capsys):
+    assert with_overrides(Config(), threads=3).run.threads == 3
+    assert with_overrides(Config(), threads=None).run.threads == 0  # 0: from the load
+    with pytest.raises(InputError, match=r"run.threads: got -1; must be ≥ 1 \(or 0"):
+        with_overrides(Config(), threads=-1)
+    assert main(["run", "concrete", "--threads", "-1", "--out", str(tmp_path / "r")]) == 2
+    assert "run.threads: got -1" in capsys.readouterr().err
 
 
 @pytest.fixture
