@@ -46,9 +46,13 @@ def test_policy_table(cores, load, chosen, expected):
 
 
 def test_the_setting_beats_the_environment_which_beats_the_policy():
-    assert chosen_threads(3, {"FIMO_THREADS": "1"}) == 3
-    assert chosen_threads(0, {"FIMO_THREADS": " 2 "}) == 2
-    assert chosen_threads(0, {"FIMO_THREADS": ""}) is None
+    both = {"FIMO_THREADS": "1", "OMP_NUM_THREADS": "3"}
+    assert chosen_threads(3, both) == (3, "run.threads")
+    assert chosen_threads(0, both) == (1, "FIMO_THREADS")
+    assert chosen_threads(0, {"FIMO_THREADS": " 2 "}) == (2, "FIMO_THREADS")
+    assert chosen_threads(0, {"FIMO_THREADS": "", "OMP_NUM_THREADS": "3"}) == (3, "OMP_NUM_THREADS")
+    for ignored in ("", "4,2", "0"):  # not a count of ours to check: OpenMP reads it
+        assert chosen_threads(0, {"OMP_NUM_THREADS": ignored}) is None
     assert chosen_threads(0, {}) is None
     for bad in ("0", "-1", "1.5", "auto"):
         with pytest.raises(InputError, match=f"FIMO_THREADS: got '{bad}'; must be a whole"):
@@ -75,6 +79,7 @@ def machine(monkeypatch):
     monkeypatch.setattr(threads_module.os, "getloadavg", lambda: (state["load"], 0.0, 0.0))
     monkeypatch.setattr(threads_module.time, "process_time", lambda: 6.0)
     monkeypatch.delenv("FIMO_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     return state
 
 
@@ -84,8 +89,10 @@ def test_the_choice_reads_the_cores_and_the_load_less_this_process(machine, monk
     machine["load"] = 3.8
     assert choose_threads() == ThreadChoice(1, "load", 2, 3.7)
     assert choose_threads(2) == ThreadChoice(2, "run.threads", 2, 3.7)
-    monkeypatch.setenv("FIMO_THREADS", "2")
-    assert choose_threads() == ThreadChoice(2, "FIMO_THREADS", 2, 3.7)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert choose_threads() == ThreadChoice(2, "OMP_NUM_THREADS", 2, 3.7)
+    monkeypatch.setenv("FIMO_THREADS", "1")
+    assert choose_threads() == ThreadChoice(1, "FIMO_THREADS", 2, 3.7)
 
 
 def test_applied_sets_the_count_restores_it_and_says_so_only_when_it_changes():
@@ -163,8 +170,7 @@ def test_scores_agree_on_one_thread_and_two(name, n_test, settings):
     assert np.abs(values[0] - values[1]).max() <= 1e-6 * scale
 
 
-def test_attribute_records_the_threads_it_computed_on(monkeypatch):
-    monkeypatch.delenv("FIMO_THREADS", raising=False)
+def test_attribute_records_the_threads_it_computed_on():
     x = torch.linspace(-1, 1, 16).reshape(8, 2)
     data = ArrayDataset(x, x.sum(1))
     task = Task(torch.nn.Linear(2, 1), data, data, loss="mse")

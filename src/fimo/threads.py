@@ -14,8 +14,8 @@ manifest. Further training does not use it: it computes every shard on one threa
 (:mod:`fimo.further.threads`), because its results must not depend on the thread count bit
 for bit. The methods' and final training's results depend on it only by float rounding.
 
-An explicit count wins: ``run.threads`` in the configuration, else the environment variable
-``FIMO_THREADS``.
+An explicit count wins: ``run.threads`` in the configuration (``--threads``), else the
+environment variable ``FIMO_THREADS``, else ``OMP_NUM_THREADS`` (torch's own).
 """
 
 from __future__ import annotations
@@ -63,14 +63,15 @@ def own_load(cpu_seconds: float, threads: int) -> float:
     return min(cpu_seconds / 60.0, threads)
 
 
-def chosen_threads(setting: int = 0, environ=None) -> int | None:
-    """The user's thread count: ``setting`` (``run.threads``; 0: none) or else the
-    environment's ``FIMO_THREADS``; None when neither gives one.
+def chosen_threads(setting: int = 0, environ=None) -> tuple[int, str] | None:
+    """The user's thread count and where it came from: ``setting`` (``run.threads``; 0:
+    none), else the environment's ``FIMO_THREADS``, else ``OMP_NUM_THREADS`` (torch's own
+    variable, when it is a whole number); None when none gives one.
 
     >>> chosen_threads(3, {"FIMO_THREADS": "1"}), chosen_threads(0, {"FIMO_THREADS": "1"})
-    (3, 1)
-    >>> chosen_threads(0, {}) is None
-    True
+    ((3, 'run.threads'), (1, 'FIMO_THREADS'))
+    >>> chosen_threads(0, {"OMP_NUM_THREADS": "1"}), chosen_threads(0, {}) is None
+    ((1, 'OMP_NUM_THREADS'), True)
     >>> chosen_threads(0, {"FIMO_THREADS": "two"})
     Traceback (most recent call last):
     ...
@@ -79,16 +80,18 @@ def chosen_threads(setting: int = 0, environ=None) -> int | None:
     if setting < 0:
         raise InputError(f"run.threads: got {setting}; must be ≥ 1 (or 0: chosen from the load)")
     if setting:
-        return setting
-    text = (os.environ if environ is None else environ).get(ENV_VARIABLE, "").strip()
-    if not text:
-        return None
-    if not text.isdigit() or int(text) < 1:
-        raise InputError(
-            f"{ENV_VARIABLE}: got {text!r}; must be a whole number ≥ 1 "
-            "(or unset: fimo chooses from the cores and the load)"
-        )
-    return int(text)
+        return setting, "run.threads"
+    environ = os.environ if environ is None else environ
+    text = environ.get(ENV_VARIABLE, "").strip()
+    if text:
+        if not text.isdigit() or int(text) < 1:
+            raise InputError(
+                f"{ENV_VARIABLE}: got {text!r}; must be a whole number ≥ 1 "
+                "(or unset: fimo chooses from the cores and the load)"
+            )
+        return int(text), ENV_VARIABLE
+    omp = environ.get("OMP_NUM_THREADS", "").strip()  # OpenMP's lists ("4,2") are not a count
+    return (int(omp), "OMP_NUM_THREADS") if omp.isdigit() and int(omp) >= 1 else None
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,7 @@ class ThreadChoice:
     """
 
     threads: int
-    chosen_by: str  # "load", "run.threads" or "FIMO_THREADS"
+    chosen_by: str  # "load", "run.threads", "FIMO_THREADS" or "OMP_NUM_THREADS"
     cores: int
     load_of_others: float  # the one-minute load average less this process's own share
 
@@ -129,11 +132,11 @@ class ThreadChoice:
 
 def choose_threads(setting: int = 0) -> ThreadChoice:
     """The thread count for this machine as it is now (:func:`threads_for`), or the user's
-    (``setting``, ``run.threads``; else ``FIMO_THREADS``).
+    (:func:`chosen_threads`: ``setting``, i.e. ``run.threads``, then the environment).
 
     >>> choose_threads(1)
     ThreadChoice(threads=1, chosen_by='run.threads', ...)
-    >>> 1 <= choose_threads().threads <= available_cores()
+    >>> choose_threads().threads >= 1
     True
     """
     cores, chosen = available_cores(), chosen_threads(setting)
@@ -142,8 +145,8 @@ def choose_threads(setting: int = 0) -> ThreadChoice:
     except (AttributeError, OSError):  # no load average on this system (Windows)
         load = 0.0
     others = max(0.0, load - own_load(time.process_time(), torch.get_num_threads()))
-    by = "load" if chosen is None else "run.threads" if setting else ENV_VARIABLE
-    return ThreadChoice(threads_for(cores, others, chosen), by, cores, round(others, 2))
+    count, by = chosen or (None, "load")
+    return ThreadChoice(threads_for(cores, others, count), by, cores, round(others, 2))
 
 
 @contextlib.contextmanager
