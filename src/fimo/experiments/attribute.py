@@ -252,9 +252,9 @@ def attribute(
     there). ``steps``: the horizon of a horizon-matched method; ``seeds``: the seeds of a
     method that has them (``unrolled``); ``top``: how many helpful and harmful instances per
     test instance are listed. ``threads``: torch's threads for final training and the
-    method (0: the configuration's ``run.threads``, else ``FIMO_THREADS``, else chosen from
-    the cores and the load, :mod:`fimo.threads`). Progress bars and notes go to stderr
-    unless ``quiet``.
+    method (0: the configuration's ``run.threads``, else ``FIMO_THREADS`` or
+    ``OMP_NUM_THREADS``, else chosen from the cores and the load, :mod:`fimo.threads`).
+    Progress bars and notes go to stderr unless ``quiet``.
 
     >>> import torch
     >>> from fimo.data import ArrayDataset

@@ -117,7 +117,7 @@ class RunConfig:
     workers: int = 1  # local worker processes
     address: str = "auto"  # Ray cluster: auto, ray://HOST:PORT, or local (start one here)
     #: torch threads of final training and the methods; 0: from the cores and the load
-    #: (fimo.threads; FIMO_THREADS when set)
+    #: (fimo.threads; FIMO_THREADS or OMP_NUM_THREADS when set)
     threads: int = 0
 
 
