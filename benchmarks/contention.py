@@ -16,9 +16,14 @@ each time.
      machine*), with 1 worker and with ``--workers`` worker processes (their start-up,
      about a second each, is included),
    - the paper's code (benchmarks/further_training.py, PAPER.md §2) on ``--threads`` threads
-     and on 1.
+     and on 1;
+3. the ``adult`` preset's final training (``--final-epochs`` of its 100 epochs) and two of its
+   methods (Grad-Dot and CG, ``--n-test`` test instances, every training instance), on the
+   threads :mod:`fimo.threads` chooses from the cores and the load when each call starts
+   (the chosen count is printed beside the time) and on 2 threads as before.
 
     .venv/bin/python benchmarks/contention.py [--hogs 2] [--seeds 4] [--left-out 10]
+    .venv/bin/python benchmarks/contention.py --only final [--final-epochs 5] [--n-test 20]
 
 Target (issue 17): a loaded machine costs fimo at most about 2×.
 """
@@ -36,11 +41,16 @@ import numpy as np
 import torch
 
 from fimo.data import load_adult
+from fimo.experiments.build import build_task, load_data
+from fimo.experiments.config import load_config
 from fimo.further.engine import FurtherSettings
 from fimo.further.runner import LocalExecutor, gold_standard
-from fimo.further.threads import available_cores
+from fimo.further.threads import available_cores, torch_threads
+from fimo.methods import get_method
 from fimo.models import mlp
 from fimo.task import Task
+from fimo.threads import choose_threads
+from fimo.training import train_final
 from further_training import paper_gold  # benchmarks/ is on the path when run as a script
 
 
@@ -106,29 +116,69 @@ def gold_contenders(args) -> dict[str, Callable[[], None]]:
     }
 
 
-def timed(run: Callable[[], None]) -> tuple[float, float]:
-    """(wall seconds, load average at the end)."""
+def final_contenders(args) -> dict[str, Callable[[], str | None]]:
+    """The ``adult`` preset's final training and two of its methods, on the threads
+    fimo.threads chooses when the call starts (returned, to be printed) and on 2 threads."""
+    config = load_config("adult")
+    config.training.epochs = args.final_epochs
+    train, test = load_data(config)
+    trained = build_task(config, train, test)
+    train_final(trained, config.training)  # the methods' model, trained once
+    test_idx, train_idx = np.arange(args.n_test), np.arange(len(train))
+
+    def on_threads(threads: int | None, work: Callable[[], None]) -> Callable[[], str | None]:
+        def run() -> str | None:
+            count = choose_threads().threads if threads is None else threads
+            with torch_threads(count):
+                work()
+            return f"{count} thread{'s' * (count > 1)}" if threads is None else None
+
+        return run
+
+    def final_training() -> None:
+        train_final(build_task(config, train, test), config.training)
+
+    def method(name: str) -> Callable[[], None]:
+        settings = config.methods.settings.get(name, {})
+        return lambda: get_method(name)(trained, test_idx, train_idx, **settings)
+
+    work = {
+        f"final training, {args.final_epochs} epochs": final_training,
+        f"grad_dot, {args.n_test} × {len(train)}": method("grad_dot"),
+        f"cg, {args.n_test} × {len(train)}": method("cg"),
+    }
+    contenders = {}
+    for label, job in work.items():
+        contenders[f"{label}: fimo.threads"] = on_threads(None, job)
+        contenders[f"{label}: 2 threads"] = on_threads(2, job)
+    return contenders
+
+
+def timed(run: Callable[[], str | None]) -> tuple[float, float, str | None]:
+    """(wall seconds, load average at the end, what ``run`` returned)."""
     start = time.perf_counter()
-    run()
-    return time.perf_counter() - start, load_average()
+    note = run()
+    return time.perf_counter() - start, load_average(), note
 
 
-def measure(label: str, run: Callable[[], None], hogs: int) -> None:
-    """Time ``run`` as the machine is, then beside ``hogs`` busy processes; print a row."""
-    idle, idle_load = timed(run)
+def measure(label: str, run: Callable[[], str | None], hogs: int, width: int = 40) -> None:
+    """Time ``run`` as the machine is, then beside ``hogs`` busy processes; print a row (with
+    what ``run`` returned each time, e.g. the threads it chose)."""
+    idle, idle_load, idle_note = timed(run)
     busy = [mp.Process(target=hog, daemon=True) for _ in range(hogs)]
     for p in busy:
         p.start()
     try:
         time.sleep(0.5)
-        loaded, loaded_load = timed(run)
+        loaded, loaded_load, loaded_note = timed(run)
     finally:
         for p in busy:
             p.terminate()
             p.join()
+    notes = f"  chose {idle_note} / {loaded_note}" if idle_note else ""
     print(
-        f"  {label:<40} {idle:8.2f} s (load {idle_load:4.1f}) {loaded:8.2f} s "
-        f"(load {loaded_load:4.1f}) {loaded / idle:6.1f}×",
+        f"  {label:<{width}} {idle:8.2f} s (load {idle_load:4.1f}) {loaded:8.2f} s "
+        f"(load {loaded_load:4.1f}) {loaded / idle:6.1f}×{notes}",
         flush=True,
     )
 
@@ -140,19 +190,21 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=available_cores())
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--left-out", type=int, default=10)
-    parser.add_argument("--only", choices=["micro", "gold"])
+    parser.add_argument("--final-epochs", type=int, default=5)
+    parser.add_argument("--n-test", type=int, default=20)
+    parser.add_argument("--only", choices=["micro", "gold", "final"])
     args = parser.parse_args()
     print(
         f"{available_cores()} cores; {args.hogs} busy processes beside the loaded runs; "
         f"load {load_average():.1f} at the start"
     )
     header = f"  {'':<40} {'idle':>8}   {'':11} {'loaded':>8}   {'':11} {'slowdown':>6}"
-    if args.only != "gold":
+    if args.only in (None, "micro"):
         print("1,000 SGD steps, MLP 8-128-128-1, batch 128")
         print(header)
         for threads in (1, 2):
             measure(f"{threads} thread{'s' * (threads > 1)}", sgd_steps(threads), args.hogs)
-    if args.only != "micro":
+    if args.only in (None, "gold"):
         print(
             f"gold standard, Adult MLP 106-128-128-2, {args.seeds} seeds × {1 + args.left_out} "
             "runs × 255 steps, float32"
@@ -160,6 +212,11 @@ def main() -> None:
         print(header)
         for label, run in gold_contenders(args).items():
             measure(label, run, args.hogs)
+    if args.only in (None, "final"):
+        print("adult preset: final training and methods (MLP 106-128-128-2, float32)")
+        print(f"  {'':<50} {'idle':>8}   {'':11} {'loaded':>8}   {'':11} {'slowdown':>6}")
+        for label, run in final_contenders(args).items():
+            measure(label, run, args.hogs, width=50)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,10 @@ Dtype = Annotated[
 Device = Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N.")]
 Executor = Annotated[str | None, typer.Option(help="Where shards run: local (default) or ray.")]
 Workers = Annotated[int | None, typer.Option(help="Local worker processes for further training.")]
+Threads = Annotated[
+    int | None,
+    typer.Option(help="torch threads of final training and the methods (default: from the load)."),
+]
 Address = Annotated[
     str | None,
     typer.Option(help="Ray cluster: auto, ray://HOST:PORT, or local to start one here."),
@@ -90,6 +94,7 @@ def run_command(
     device: Device = None,
     executor: Executor = None,
     workers: Workers = None,
+    threads: Threads = None,
     address: Address = None,
     groups: Groups = None,
     overwrite: Overwrite = False,
@@ -112,7 +117,7 @@ def run_command(
     overrides = dict(
         seeds=seeds, left_out=left_out, epochs=epochs, optimizer=optimizer, lr=lr,
         methods=_method_names(methods), n_test=n_test, dtype=dtype, device=device,
-        executor=executor, workers=workers, address=address, groups=groups,
+        executor=executor, workers=workers, address=address, groups=groups, threads=threads,
     )  # fmt: skip
     config, out = _checked_run(source, scale, overrides, out)
     from fimo.experiments.pipeline import run
@@ -192,6 +197,7 @@ def attribute_command(
     top: Annotated[int, typer.Option(help="Helpful and harmful instances shown per test.")] = 5,
     out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<name>).")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N.")] = None,
+    threads: Threads = None,
     overwrite: Annotated[
         bool, typer.Option(help="Discard a final model trained under other settings.")
     ] = False,
@@ -212,6 +218,7 @@ def attribute_command(
     result = attribute(
         source, parse_indices(test), method=method, steps=steps, seeds=seeds, top=top,
         out=out, device=device, scale=scale, overwrite=overwrite, quiet=quiet,
+        threads=threads or 0,
     )  # fmt: skip
     console = Console() if Console().is_terminal else Console(width=120)
     if not quiet:

@@ -39,6 +39,7 @@ from fimo.methods.unrolled import unrolled_estimate
 from fimo.methods.unrolled_quadratic import resolve_optimizer
 from fimo.scores import Scores
 from fimo.task import Task
+from fimo.threads import ThreadChoice, applied, choose_threads
 
 __all__ = ["DEFAULT_METHOD", "Attribution", "Request", "attribute", "horizon", "parse_indices"]
 
@@ -240,6 +241,7 @@ def attribute(
     overwrite: bool = False,
     quiet: bool = False,
     console: Console | None = None,
+    threads: int = 0,
 ) -> Attribution:
     """Score every training instance for the test instances ``test`` (dataset indices).
 
@@ -249,7 +251,10 @@ def attribute(
     further training the horizon refers to; with ``out`` the scores and page are saved
     there). ``steps``: the horizon of a horizon-matched method; ``seeds``: the seeds of a
     method that has them (``unrolled``); ``top``: how many helpful and harmful instances per
-    test instance are listed. Progress bars and notes go to stderr unless ``quiet``.
+    test instance are listed. ``threads``: torch's threads for final training and the
+    method (0: the configuration's ``run.threads``, else ``FIMO_THREADS`` or
+    ``OMP_NUM_THREADS``, else chosen from the cores and the load, :mod:`fimo.threads`).
+    Progress bars and notes go to stderr unless ``quiet``.
 
     >>> import torch
     >>> from fimo.data import ArrayDataset
@@ -267,14 +272,14 @@ def attribute(
             raise InputError(
                 f"device: got {device!r}; a Task runs where it is: move it first, task.to(...)"
             )
-        return _from_task(source, request, further, out, console, quiet)
+        return _from_task(source, request, further, out, console, quiet, threads)
     if further is not None:
         raise InputError(
             "further: give the further-training settings in the configuration ([further]); "
             "further= is for a Task"
         )
     config = source if isinstance(source, Config) else load_config(source, scale=scale)
-    config = with_overrides(config, device=device)
+    config = with_overrides(config, device=device, threads=threads or None)
     if request.method == "unrolled_quadratic":  # its optimizer check, before any training
         table = config.methods.settings.get(request.method, {})
         resolve_optimizer(config.further, table.get("lr"), table.get("momentum"))
@@ -296,6 +301,7 @@ class _Job:
     fingerprint: str
     about: list[str]
     final_model: str = ""  # the final weights' and the data's fingerprint
+    threads: ThreadChoice | None = None  # torch's threads for the method
 
 
 def _from_config(config: Config, request: Request, rundir: RunDir, overwrite, console, quiet):
@@ -311,12 +317,16 @@ def _from_config(config: Config, request: Request, rundir: RunDir, overwrite, co
             f"configuration {config.name}, run directory {rundir.path}",
             model_summary(metrics),
         ]
-        job = _Job(task, r.train, r.test, request, settings, step, fp, about,
-                   fingerprint(r.fingerprints["weights"], r.fingerprints["data"]))  # fmt: skip
-        return _attribute(job, rundir, console, quiet)
+        final = fingerprint(r.fingerprints["weights"], r.fingerprints["data"])
+        job = _Job(task, r.train, r.test, request, settings, step, fp, about, final, r.threads)
+        with applied(r.threads):  # final_model said it when it differs
+            return _attribute(job, rundir, console, quiet)
 
 
-def _from_task(task: Task, request: Request, further, out, console, quiet) -> Attribution:
+def _from_task(
+    task: Task, request: Request, further, out, console, quiet, threads: int
+) -> Attribution:
+    choice = choose_threads(threads)
     request.check_range(len(task.test))
     further = _further_settings(further)
     settings, step = _settings(request.method, {}, further, len(task.train), request)
@@ -324,14 +334,16 @@ def _from_task(task: Task, request: Request, further, out, console, quiet) -> At
     data = task.train.inputs, task.train.targets, task.test.inputs, task.test.targets
     fps = {"weights": fingerprint(dict(task.model.state_dict())), "data": fingerprint(*data)}
     fp = _fingerprint(fps, request, settings, len(task.train), dtype)
+    final = fingerprint(fps["weights"], fps["data"])
     job = _Job(task, task.train, task.test, request, settings, step, fp,
-               ["a Task given in Python"], fingerprint(fps["weights"], fps["data"]))  # fmt: skip
-    if out is None:
-        return _attribute(job, None, console, quiet)
-    rundir = RunDir(out)
-    with rundir.lock():
-        rundir.remove_temporaries()
-        return _attribute(job, rundir, console, quiet)
+               ["a Task given in Python"], final, choice)  # fmt: skip
+    with applied(choice, lambda line: console.print(line, highlight=False)):
+        if out is None:
+            return _attribute(job, None, console, quiet)
+        rundir = RunDir(out)
+        with rundir.lock():
+            rundir.remove_temporaries()
+            return _attribute(job, rundir, console, quiet)
 
 
 def _further_settings(further) -> FurtherSettings:
@@ -504,7 +516,8 @@ def _compute(
             scores, sem = get_method(name)(task, job.request.test, train, **arguments), None
     seconds = round(time.perf_counter() - started, 3)
     record = {"final_model": job.final_model, "step": job.step,
-              "further": job.settings.get("further")}  # fmt: skip
+              "further": job.settings.get("further"),
+              "torch_threads": None if job.threads is None else job.threads.as_dict()}  # fmt: skip
     for s in (scores, sem):
         if s is not None:
             s.settings.update(fingerprint=job.fingerprint, seconds=seconds, attribute=record)

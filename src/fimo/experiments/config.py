@@ -105,16 +105,20 @@ class MethodsConfig:
 
 @dataclass
 class RunConfig:
-    """The table ``[run]``: where the work runs (device, executor, workers, Ray address).
+    """The table ``[run]``: where the work runs (device, executor, workers, Ray address,
+    torch threads of final training and the methods).
 
     >>> from_dict({"run": {"workers": 2}}).run
-    RunConfig(device='cpu', executor='local', workers=2, address='auto')
+    RunConfig(device='cpu', executor='local', workers=2, address='auto', threads=0)
     """
 
     device: str = "cpu"
     executor: str = "local"  # local or ray
     workers: int = 1  # local worker processes
     address: str = "auto"  # Ray cluster: auto, ray://HOST:PORT, or local (start one here)
+    #: torch threads of final training and the methods; 0: from the cores and the load
+    #: (fimo.threads; FIMO_THREADS or OMP_NUM_THREADS when set)
+    threads: int = 0
 
 
 #: the kinds of groups a ``[groups]`` table may name, and the keys each one reads
@@ -582,6 +586,10 @@ def _validate_run(run: RunConfig) -> None:
     ray_endpoint(run.address)  # its form; whether it answers is checked before the run's work
     if run.workers < 1:
         raise InputError(f"run.workers: got {run.workers}; must be ≥ 1")
+    if run.threads < 0:
+        raise InputError(
+            f"run.threads: got {run.threads}; must be ≥ 1 (or 0: chosen from the load)"
+        )
 
 
 def _validate_methods(methods: MethodsConfig) -> None:
@@ -869,6 +877,7 @@ def with_overrides(config: Config, **overrides) -> Config:
         "executor": ("run", "executor"),
         "workers": ("run", "workers"),
         "address": ("run", "address"),
+        "threads": ("run", "threads"),
     }
     if (
         overrides.get("address") is not None

@@ -42,6 +42,7 @@ from fimo.methods import get_method
 from fimo.methods.cost import announcements
 from fimo.scores import Scores
 from fimo.task import Task
+from fimo.threads import ThreadChoice, applied, choose_threads
 from fimo.training import evaluate_model, train_final
 from fimo.version import __version__
 
@@ -169,6 +170,12 @@ class _Run:
     groups: Groups | None = None  # the groups left out together ([groups]), with their names
     group_names: list[str] | None = None
     timings: dict = field(default_factory=dict)
+    #: torch's threads for final training and the methods, chosen as the run starts
+    threads: ThreadChoice | None = None
+
+    def say(self, line: str) -> None:
+        """Print a line of the run's notes (not with quiet)."""
+        self.console.print(line, highlight=False)
 
 
 def run(
@@ -205,32 +212,36 @@ def run(
 def _run(config: Config, rundir: RunDir, overwrite: bool, console, quiet: bool) -> RunResult:
     """The stages, in order, on one task."""
     r = _prepare(config, rundir, overwrite, console or Console(stderr=True, quiet=quiet), quiet)
-    task = build_task(config, r.train, r.test)
-    model_metrics = _final_model_stage(r, task)
-    further = _further_task(r, task)
-    gold, gold_record = _gold_stage(r, further)
-    scores, skipped = _methods_stage(r, further, gold.steps)
-    task.to("cpu", torch.float32)  # handed back as the final model is saved: CPU, float32
-    manifest = {
-        "fimo_version": __version__,
-        "torch_version": torch.__version__,
-        "python": platform.python_version(),
-        "fingerprints": r.fingerprints,
-        "model": model_metrics,
-        "gold_standard": gold_record,
-        "timings_seconds": {k: round(v, 3) for k, v in r.timings.items()},
-        "skipped_methods": skipped,
-    }
-    rows = _report_stage(r, gold, scores, manifest)
+    with applied(r.threads, r.say):  # further training computes on its own one thread
+        task = build_task(config, r.train, r.test)
+        model_metrics = _final_model_stage(r, task)
+        further = _further_task(r, task)
+        gold, gold_record = _gold_stage(r, further)
+        scores, skipped = _methods_stage(r, further, gold.steps)
+        task.to("cpu", torch.float32)  # handed back as the final model is saved: CPU, float32
+        manifest = {
+            "fimo_version": __version__,
+            "torch_version": torch.__version__,
+            "python": platform.python_version(),
+            "torch_threads": r.threads.as_dict(),
+            "fingerprints": r.fingerprints,
+            "model": model_metrics,
+            "gold_standard": gold_record,
+            "timings_seconds": {k: round(v, 3) for k, v in r.timings.items()},
+            "skipped_methods": skipped,
+        }
+        rows = _report_stage(r, gold, scores, manifest)
     return RunResult(r.dir.path, config, task, gold, scores, rows, model_metrics, r.timings)
 
 
 def _prepare(
     config: Config, rundir: RunDir, overwrite: bool, console, quiet: bool, check=None
 ) -> _Run:
-    """Every check before any work: the device, the data (and ``check(train, test)``, a
-    caller's own), the test and left-out indices and the methods. Writes ``config.toml`` when
-    the directory has none (or ``overwrite``)."""
+    """Every check before any work: the thread count (chosen here, before this process adds
+    to the load), the device, the data (and ``check(train, test)``, a caller's own), the test
+    and left-out indices and the methods. Writes ``config.toml`` when the directory has none
+    (or ``overwrite``)."""
+    threads = choose_threads(config.run.threads)
     device = _device(config.run.device)
     train, test = load_data(config)
     check_pair(train, test, "data.factory" if config.data.factory else "data")
@@ -265,6 +276,7 @@ def _prepare(
         {"data": data_fp},
         groups,
         group_names,
+        threads=threads,
     )
 
 
@@ -272,8 +284,9 @@ def final_model(
     config: Config, rundir: RunDir, overwrite: bool, console: Console, quiet: bool, check=None
 ) -> tuple[_Run, Task, dict]:
     """The checks of :func:`run` (with ``check(train, test)`` after the data are loaded),
-    then the final model trained or reused exactly as ``run`` does: ``(run state, task on
-    run.device, its test metrics)``. The caller holds ``rundir``'s lock (``fimo attribute``).
+    then the final model trained or reused exactly as ``run`` does (on the threads chosen
+    for the run, ``run.threads``): ``(run state, task on run.device, its test metrics)``.
+    The caller holds ``rundir``'s lock (``fimo attribute``).
 
     >>> import tempfile
     >>> from fimo.experiments.config import from_dict
@@ -284,8 +297,9 @@ def final_model(
     fimo.errors.InputError: data.n_test: got 500, but there are only 103 test instances
     """
     r = _prepare(config, rundir, overwrite, console, quiet, check)
-    task = build_task(config, r.train, r.test)
-    return r, task, _final_model_stage(r, task)
+    with applied(r.threads, r.say):
+        task = build_task(config, r.train, r.test)
+        return r, task, _final_model_stage(r, task)
 
 
 def _groups(
