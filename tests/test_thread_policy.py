@@ -143,6 +143,20 @@ def test_a_run_trains_and_scores_on_the_chosen_threads_and_records_them(
     assert seen == {"final": 1, "method": 1}
     record = json.loads((tmp_path / "run/manifest.json").read_text())["torch_threads"]
     assert record == {"threads": 1, "chosen_by": "load", "cores": 2, "load_of_others": 3.0}
+    # idle: the methods take both cores, final training still one thread (the same weights
+    # under any load), so a final model trained again is the same bit for bit
+    machine["load"] = 0.0
+    seen.clear()
+    with torch_threads(1):
+        pipeline.run(load_config(config), tmp_path / "idle", quiet=True)
+    assert seen == {"final": 1, "method": 2}
+    loaded = torch.load(tmp_path / "run/model/final.pt", weights_only=True)
+    idle = torch.load(tmp_path / "idle/model/final.pt", weights_only=True)
+    assert all(torch.equal(loaded[k], idle[k]) for k in loaded)
+    machine["load"] = 3.1
+    seen.clear()
+    pipeline.run(with_overrides(load_config(config), threads=2), tmp_path / "two", quiet=True)
+    assert seen == {"final": 2, "method": 2}  # the user's count: final training too
 
 
 def regression_task() -> Task:

@@ -12,7 +12,11 @@ The choice is made once, when a run (or ``fimo attribute``) starts, from the one
 average less what this process itself may have added to it; it is recorded in the run's
 manifest. Further training does not use it: it computes every shard on one thread
 (:mod:`fimo.further.threads`), because its results must not depend on the thread count bit
-for bit. The methods' and final training's results depend on it only by float rounding.
+for bit. Final training does not either: unless the user chose a count it trains on one
+thread (:func:`final_training_threads`), because a hundred epochs carry a rounding
+difference into the weights, and a final model trained again (after its file was damaged)
+must come out bit for bit the same for the gold standard to be reused. The methods' results
+depend on the chosen count only by float rounding.
 
 An explicit count wins: ``run.threads`` in the configuration (``--threads``), else the
 environment variable ``FIMO_THREADS``, else ``OMP_NUM_THREADS`` (torch's own).
@@ -104,7 +108,8 @@ class ThreadChoice:
     """
 
     threads: int
-    chosen_by: str  # "load", "run.threads", "FIMO_THREADS" or "OMP_NUM_THREADS"
+    #: "load", "run.threads", "FIMO_THREADS", "OMP_NUM_THREADS" or "final training: one thread"
+    chosen_by: str
     cores: int
     load_of_others: float  # the one-minute load average less this process's own share
 
@@ -122,6 +127,8 @@ class ThreadChoice:
         >>> ThreadChoice(1, "load", 2, 3.7).describe()
         'torch threads: 1 of 2 cores (other processes keep 3.7 busy; set FIMO_THREADS to choose)'
         """
+        if self.chosen_by.startswith("final training"):
+            return f"final training: {self.threads} torch thread (the same weights under any load)"
         if self.chosen_by != "load":
             return f"torch threads: {self.threads} of {self.cores} cores ({self.chosen_by})"
         return (
@@ -147,6 +154,20 @@ def choose_threads(setting: int = 0) -> ThreadChoice:
     others = max(0.0, load - own_load(time.process_time(), torch.get_num_threads()))
     count, by = chosen or (None, "load")
     return ThreadChoice(threads_for(cores, others, count), by, cores, round(others, 2))
+
+
+def final_training_threads(choice: ThreadChoice) -> ThreadChoice:
+    """The count final training uses: the user's when chosen, else one thread whatever the
+    load (the same weights on every run of a recipe on a machine; no collapse under load).
+
+    >>> final_training_threads(ThreadChoice(2, "load", 2, 0.0)).threads
+    1
+    >>> final_training_threads(ThreadChoice(2, "FIMO_THREADS", 2, 0.0)).threads
+    2
+    """
+    if choice.chosen_by != "load":
+        return choice
+    return ThreadChoice(1, "final training: one thread", choice.cores, choice.load_of_others)
 
 
 @contextlib.contextmanager

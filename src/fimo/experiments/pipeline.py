@@ -36,13 +36,13 @@ from fimo.further.groups import make_groups
 from fimo.further.plan import Groups
 from fimo.further.ray_address import check_reachable
 from fimo.further.runner import ShardPlan, gold_standard, make_executor, plan_gold
-from fimo.further.threads import THREADS_PER_WORKER
+from fimo.further.threads import THREADS_PER_WORKER, torch_threads
 from fimo.io import fingerprint, non_default
 from fimo.methods import get_method
 from fimo.methods.cost import announcements
 from fimo.scores import Scores
 from fimo.task import Task
-from fimo.threads import ThreadChoice, applied, choose_threads
+from fimo.threads import ThreadChoice, applied, choose_threads, final_training_threads
 from fimo.training import evaluate_model, train_final
 from fimo.version import __version__
 
@@ -377,7 +377,10 @@ def _train_final_model(r: _Run, task: Task, model_fp: str) -> dict:
     the training record for ``model/meta.json``."""
     cached = lambda t: _trunk_cached(t, r.console, r.quiet)  # noqa: E731
     final_task = cached(final_training_task(r.config, task, cached))
-    with _progress(r.console, r.quiet) as bar:
+    with (
+        _progress(r.console, r.quiet) as bar,
+        torch_threads(final_training_threads(r.threads).threads),
+    ):
         job = bar.add_task("final training", total=r.config.training.epochs)
         history = train_final(
             final_task, r.config.training, on_epoch=lambda e, loss: bar.advance(job)
