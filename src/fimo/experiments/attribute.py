@@ -510,8 +510,10 @@ def _compute(
                 arguments["partial_dir"] = rundir.attribution_dir / f"{name}.partial"
             estimate = WITH_SEM[name](task, job.request.test, train, **arguments)
             scores = estimate.scores()
-            sem = Scores(estimate.sem, scores.test, scores.train, name, {}, scores.units,
-                         steps=scores.steps)  # fmt: skip
+            sem = None  # one seed has no spread: no standard errors (rather than NaN)
+            if len(estimate.seeds) > 1:
+                sem = Scores(estimate.sem, scores.test, scores.train, name, {}, scores.units,
+                             steps=scores.steps)  # fmt: skip
         else:
             scores, sem = get_method(name)(task, job.request.test, train, **arguments), None
     seconds = round(time.perf_counter() - started, 3)
