@@ -201,17 +201,20 @@ class MlpBatch:
         for k in range(len(self.plan) - 1, -1, -1):
             wname, bname, act = self.plan[k]
             a_in, a_out, delta = self.acts[k], self.acts[k + 1], self.deltas[k]
-            delta_dot = _times_slope(e_dot, a_out, act)
+            delta_dot = _times_slope_(e_dot, a_out, act)  # e_dot is ours: changed in place
             if act == "tanh":  # e ⊙ f''(z) ⊙ ż = −2a ⊙ e ⊙ ȧ
-                delta_dot -= 2 * (a_out * self.es[k]) * a_dots[k + 1]
-            grad_w = delta_dot.transpose(1, 2) @ a_in
+                delta_dot.addcmul_(a_out * self.es[k], a_dots[k + 1], value=-2)
+            # the products accumulate in place (no extra pass over K × the layer's size)
+            grad_w = torch.matmul(delta_dot.transpose(1, 2), a_in)
             if a_dots[k] is not None:
-                grad_w += delta.T @ a_dots[k]
+                grad_w.baddbmm_(delta.T.expand(len(grad_w), -1, -1), a_dots[k])
             out[wname] = grad_w
             if bname is not None:
                 out[bname] = delta_dot.sum(1)
             if k > 0:
-                e_dot = delta_dot @ self.params[wname] + delta @ tangents[wname]
+                W = self.params[wname]
+                e_dot = torch.matmul(delta, tangents[wname])
+                e_dot.view(-1, W.shape[1]).addmm_(delta_dot.view(-1, W.shape[0]), W)
         return {name: out[name] for name in self.params}
 
 
@@ -241,11 +244,16 @@ def _output_derivative(out: torch.Tensor, y: torch.Tensor, cross_entropy: bool):
 
 def _times_slope(e: torch.Tensor, a_out: torch.Tensor, act: str) -> torch.Tensor:
     """e ⊙ f'(z), from the activation's output a = f(z) (a new tensor)."""
+    return _times_slope_(e.clone(), a_out, act)
+
+
+def _times_slope_(e: torch.Tensor, a_out: torch.Tensor, act: str) -> torch.Tensor:
+    """e ← e ⊙ f'(z), in place, from the activation's output a = f(z)."""
     if act == "relu":
-        return e * (a_out > 0)
+        return e.mul_(a_out > 0)
     if act == "tanh":
-        return e * (1 - a_out**2)
-    return e.clone()
+        return e.mul_(1 - a_out**2)
+    return e
 
 
 def _tangent_forward(plan, params: Params, acts: list, tangents: Params) -> list:
@@ -253,10 +261,11 @@ def _tangent_forward(plan, params: Params, acts: list, tangents: Params) -> list
     input does not move), ȧ_1, …, ȧ_L]."""
     a_dots = [None]
     for k, (wname, bname, act) in enumerate(plan):
+        W = params[wname]
         z_dot = torch.matmul(acts[k], tangents[wname].transpose(1, 2))
-        if a_dots[k] is not None:
-            z_dot += a_dots[k] @ params[wname].T
+        if a_dots[k] is not None:  # accumulated in place: ȧ Wᵀ + a Vᵀ
+            z_dot.view(-1, W.shape[0]).addmm_(a_dots[k].view(-1, W.shape[1]), W.T)
         if bname is not None:
             z_dot += tangents[bname].unsqueeze(1)
-        a_dots.append(z_dot if act == "identity" else _times_slope(z_dot, acts[k + 1], act))
+        a_dots.append(_times_slope_(z_dot, acts[k + 1], act))
     return a_dots
