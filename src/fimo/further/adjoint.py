@@ -543,8 +543,8 @@ def _sweep(
             opt, params, state, batch.grads(), lam_live, lam_state_live
         )
         hvp, dloss = batch.gradient_jvp({k: v[:, 0] for k, v in grad_bar.items()})
-        for k in names:
-            lam[k][live] = new_lam[k] + hvp[k].unsqueeze(1)
+        for k in names:  # written in place: one pass over the live cotangents
+            torch.add(new_lam[k], hvp[k].unsqueeze(1), out=lam[k][live])
         for k in lam_state:
             lam_state[k][live] = new_lam_state[k]
         if scheme == "downweight":
