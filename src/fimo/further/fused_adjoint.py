@@ -57,6 +57,14 @@ class MlpDerivatives:
 
     Parameters are one model's (unstacked); vectors (tangents, cotangents) are dicts of the
     same names with a leading vector axis K.
+
+    >>> from torch import nn
+    >>> from fimo.data import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(6, 3), torch.randint(0, 2, (6,)))
+    >>> model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    >>> derivatives = fused_mlp_derivatives(Task(model, data, data))
+    >>> derivatives.plan, derivatives.cross_entropy
+    ([('0.weight', '0.bias', 'tanh'), ('2.weight', '2.bias', 'identity')], True)
     """
 
     def __init__(self, plan: list[tuple[str, str | None, str]], cross_entropy: bool):
@@ -99,7 +107,7 @@ class MlpDerivatives:
         """
         acts = _forward(self.plan, params, x)
         residual, _ = _output_derivative(acts[-1], y, self.cross_entropy)
-        out_dot = _tangent_forward(self.plan, params, acts, tangents)[-1]
+        out_dot = _tangent_forward(self.plan, params, acts, tangents, keep=False)[-1]
         return (out_dot * residual).sum(-1)
 
     def instance_grads(self, params: Params, x, y) -> Params:
@@ -131,7 +139,19 @@ class MlpDerivatives:
 
 class MlpBatch:
     """One batch's loss ``Σ_b w_b ℓ_b`` at one θ, with its forward and backward pass kept
-    (:meth:`MlpDerivatives.at`)."""
+    (:meth:`MlpDerivatives.at`): each layer's output and the loss's derivative with respect
+    to each layer's pre-activation.
+
+    >>> from torch import nn
+    >>> from fimo.data import ArrayDataset
+    >>> X, Y = torch.tensor([[1.0, 2.0], [0.0, 1.0]]), torch.tensor([[1.0], [0.0]])
+    >>> task = Task(nn.Sequential(nn.Linear(2, 1, bias=False)), ArrayDataset(X, Y),
+    ...             ArrayDataset(X, Y), loss="mse")
+    >>> batch = fused_mlp_derivatives(task).at(
+    ...     {"0.weight": torch.tensor([[1.0, 1.0]])}, X, Y, torch.tensor([0.5, 1.0]))
+    >>> batch.acts[-1].tolist(), batch.deltas[0].tolist()  # outputs; w_b·2(out_b − y_b)
+    ([[3.0], [1.0]], [[2.0], [2.0]])
+    """
 
     def __init__(self, owner: MlpDerivatives, params: Params, x, y, w):
         self.plan, self.params, self.w = owner.plan, params, w
@@ -149,7 +169,20 @@ class MlpBatch:
                 e = self.deltas[k] @ params[wname]
 
     def grads(self) -> Params:
-        """The batch gradient ``Σ_b w_b ∇ℓ_b`` (see :meth:`MlpDerivatives.at`)."""
+        """The batch gradient ``Σ_b w_b ∇ℓ_b``.
+
+        For ``ℓ = (x·θ − y)²``: ``Σ_b w_b·2(x_b·θ − y_b)x_b``.
+
+        >>> from torch import nn
+        >>> from fimo.data import ArrayDataset
+        >>> X, Y = torch.tensor([[1.0, 2.0]]), torch.tensor([[1.0]])
+        >>> task = Task(nn.Sequential(nn.Linear(2, 1, bias=False)), ArrayDataset(X, Y),
+        ...             ArrayDataset(X, Y), loss="mse")
+        >>> batch = fused_mlp_derivatives(task).at(
+        ...     {"0.weight": torch.tensor([[1.0, 0.0]])}, X, Y, torch.tensor([1.0]))
+        >>> batch.grads()["0.weight"].tolist()  # 2·(1 − 1)·x: at the minimum along x
+        [[0.0, 0.0]]
+        """
         out = {}
         for k, (wname, bname, _) in enumerate(self.plan):
             out[wname] = self.deltas[k].T @ self.acts[k]
@@ -159,8 +192,22 @@ class MlpBatch:
 
     def gradient_jvp(self, tangents: Params) -> tuple[Params, torch.Tensor]:
         """For each of the K ``tangents`` v_k: ``H v_k`` (the Hessian of the batch loss; the
-        names of θ with a leading K axis) and ``⟨∇ℓ_b, v_k⟩`` for every batch member (K, B)
-        (see :meth:`MlpDerivatives.at`)."""
+        names of θ with a leading K axis) and ``⟨∇ℓ_b, v_k⟩`` for every batch member (K, B).
+
+        For ``ℓ = (x·θ − y)²`` the Hessian is ``2 Σ_b w_b x_b x_bᵀ``:
+
+        >>> from torch import nn
+        >>> from fimo.data import ArrayDataset
+        >>> X, Y = torch.tensor([[1.0, 2.0]]), torch.tensor([[1.0]])
+        >>> task = Task(nn.Sequential(nn.Linear(2, 1, bias=False)), ArrayDataset(X, Y),
+        ...             ArrayDataset(X, Y), loss="mse")
+        >>> batch = fused_mlp_derivatives(task).at(
+        ...     {"0.weight": torch.tensor([[1.0, 1.0]])}, X, Y, torch.tensor([1.0]))
+        >>> v = {"0.weight": torch.tensor([[[0.0, 1.0]], [[1.0, 1.0]]])}  # K = 2
+        >>> hvp, dloss = batch.gradient_jvp(v)
+        >>> hvp["0.weight"].tolist(), dloss.tolist()  # 2·x(x·v); 2(x·θ − y)(x·v)
+        ([[[4.0, 8.0]], [[6.0, 12.0]]], [[8.0], [12.0]])
+        """
         a_dots = _tangent_forward(self.plan, self.params, self.acts, tangents)
         out_dot = a_dots[-1]
         dloss = (out_dot * self.residual).sum(-1)
@@ -256,9 +303,10 @@ def _times_slope_(e: torch.Tensor, a_out: torch.Tensor, act: str) -> torch.Tenso
     return e
 
 
-def _tangent_forward(plan, params: Params, acts: list, tangents: Params) -> list:
+def _tangent_forward(plan, params: Params, acts: list, tangents: Params, keep=True) -> list:
     """Each layer's output tangent ȧ_k (K, B, h) along the K ``tangents`` of θ: [None (the
-    input does not move), ȧ_1, …, ȧ_L]."""
+    input does not move), ȧ_1, …, ȧ_L]; with ``keep`` False only ȧ_L (the others None, freed
+    as the pass goes: the memory of two layers)."""
     a_dots = [None]
     for k, (wname, bname, act) in enumerate(plan):
         W = params[wname]
@@ -268,4 +316,6 @@ def _tangent_forward(plan, params: Params, acts: list, tangents: Params) -> list
         if bname is not None:
             z_dot += tangents[bname].unsqueeze(1)
         a_dots.append(_times_slope_(z_dot, acts[k + 1], act))
+        if not keep:
+            a_dots[k] = None
     return a_dots
