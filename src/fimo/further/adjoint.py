@@ -23,7 +23,10 @@ step is the vector-Jacobian product of the optimizer update (the engine's own pu
 :mod:`fimo.further.optim`, so SGD, momentum, Nesterov, weight decay, Adam, AdamW and clipping
 are all differentiated, optimizer state included), followed by a forward-over-reverse product
 through the batch gradient: it gives both the Hessian-vector products that carry the cotangent
-to the previous step and the per-instance terms of every batch member.
+to the previous step and the per-instance terms of every batch member. For the MLPs the fused
+engine takes, those model products are written out by hand (:mod:`fimo.further.fused_adjoint`);
+other models, or ``further.engine = "generic"``, take ``torch.func``. The optimizer's products
+are ``torch.func``'s for every model.
 
 The trajectory is stored when it fits the memory budget; otherwise the states every ``s ≈ √T``
 steps are kept and each segment is recomputed once during the sweep (about one more forward
