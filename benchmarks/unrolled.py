@@ -8,9 +8,11 @@ preset's task and final model, then times, in one process and one after the othe
     (``further_train_seed``, the fused MLP path), scores for 40 training instances;
 (b) ``unrolled_seed`` for the same seed: first-order scores for **all** training instances
     at every checkpoint (``mode="auto"``: reverse sweep or forward tangents, whichever has
-    fewer vectors);
+    fewer vectors), once per engine in ``--engines``: ``auto`` (the presets' MLPs take the
+    fused adjoint, :mod:`fimo.further.fused_adjoint`) and ``generic`` (``torch.func``);
 
-and prints the times and the ratio (b)/(a). The dtype is the gold standard's (float32). The
+and prints the times, the ratio (b)/(a) per engine, the ratio generic/fused and the largest
+difference between the two engines' scores. The dtype is the gold standard's (float32). The
 final model is trained with the preset's recipe unless ``--final-epochs`` shortens it (the
 timing hardly depends on it); ``--cache DIR`` keeps the trained weights between runs;
 ``--max-steps`` shortens further training (the ratio is per step; on Adult, checkpoints at
@@ -63,7 +65,9 @@ def final_task(preset: str, final_epochs: int | None, cache: Path | None):
     return config, task
 
 
-def bench(preset: str, final_epochs: int | None, cache: Path | None, max_steps=None) -> None:
+def bench(
+    preset: str, final_epochs: int | None, cache: Path | None, max_steps=None, engines=("auto",)
+) -> None:
     config, task = final_task(preset, final_epochs, cache)
     settings = config.further
     if max_steps is not None:  # a shorter run with the same shape: checkpoints at T/2 and T
@@ -74,14 +78,19 @@ def bench(preset: str, final_epochs: int | None, cache: Path | None, max_steps=N
     left_out = choose_left_out(len(task.train), config.gold.left_out, config.gold.left_out_seed)
     warm = FurtherSettings(**{**settings.as_dict(), "max_steps": 2, "record_steps": []})
     further_train_seed(task, warm, 0, left_out, test)
-    unrolled_seed(task, warm, 0, test[:2])
+    for engine in engines:
+        unrolled_seed(task, FurtherSettings(**{**warm.as_dict(), "engine": engine}), 0, test[:2])
 
     wall, cpu = time.perf_counter(), time.process_time()
     gold = further_train_seed(task, settings, 0, left_out, test)
     wall_gold, t_gold = time.perf_counter() - wall, time.process_time() - cpu
-    wall, cpu = time.perf_counter(), time.process_time()
-    one = unrolled_seed(task, settings, 0, test)
-    wall_unrolled, t_unrolled = time.perf_counter() - wall, time.process_time() - cpu
+    timed = {}
+    for engine in engines:
+        wall, cpu = time.perf_counter(), time.process_time()
+        one = unrolled_seed(
+            task, FurtherSettings(**{**settings.as_dict(), "engine": engine}), 0, test
+        )
+        timed[engine] = (one, time.perf_counter() - wall, time.process_time() - cpu)
     C, T, n = one.values.shape
     print(
         f"{preset}: n = {n} training, {T} test instances, {C} checkpoints after "
@@ -91,14 +100,24 @@ def bench(preset: str, final_epochs: int | None, cache: Path | None, max_steps=N
     print(
         f"  gold-standard seed (1 + {len(left_out)} runs): CPU {t_gold:7.1f} s, wall {wall_gold:7.1f} s"
     )
+    for engine, (one, wall_unrolled, t_unrolled) in timed.items():
+        print(
+            f"  unrolled seed, all {n} instances ({one.mode} mode, engine {engine}): "
+            f"CPU {t_unrolled:7.1f} s, wall {wall_unrolled:7.1f} s, "
+            f"ratio (CPU time) {t_unrolled / t_gold:.1f}x a gold-standard seed"
+        )
     print(
-        f"  unrolled seed, all {n} instances ({one.mode} mode): CPU {t_unrolled:7.1f} s, "
-        f"wall {wall_unrolled:7.1f} s"
+        f"  the gold standard for all {n} instances would take {(1 + n) / (1 + len(left_out)):.0f}x "
+        "a gold-standard seed"
     )
-    print(
-        f"  ratio (CPU time) {t_unrolled / t_gold:.1f}x for {n} instances; the gold standard for all of "
-        f"them would take {(1 + n) / (1 + len(left_out)):.0f}x a gold-standard seed"
-    )
+    if {"auto", "generic"} <= timed.keys():
+        fused, generic = timed["auto"][0].values, timed["generic"][0].values
+        print(
+            f"  fused adjoint: {timed['generic'][2] / timed['auto'][2]:.2f}x faster than "
+            f"torch.func (CPU time); scores differ by at most "
+            f"{np.abs(fused - generic).max() / np.abs(generic).max():.1e} of the largest"
+        )
+    one = timed[engines[0]][0]
     diff = gold.loss_without - gold.loss_full[..., None]
     u = one.values[:, :, left_out]
     for c in range(C if C <= 4 else 0):
@@ -117,6 +136,13 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
+        "--engines",
+        nargs="+",
+        default=["auto", "generic"],
+        choices=["auto", "generic"],
+        help="the adjoint's engines to time: auto (fused for MLPs) and generic (torch.func)",
+    )
+    parser.add_argument(
         "--max-steps",
         type=int,
         default=None,
@@ -126,7 +152,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for preset in args.presets:
-        bench(preset, args.final_epochs, args.cache, args.max_steps)
+        bench(preset, args.final_epochs, args.cache, args.max_steps, tuple(args.engines))
 
 
 if __name__ == "__main__":

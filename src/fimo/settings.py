@@ -26,7 +26,8 @@ class FurtherSettings:
     ``record_every``: also record the test losses every k optimizer steps (0: only at the end
     of each epoch). ``record_steps``: also record after each of these step counts. ``max_steps``: stop after this many steps (None: run all ``epochs``).
     ``engine``: ``"auto"`` uses the fused batched-matmul path for plain MLPs
-    (:mod:`fimo.further.fast`) and ``vmap(grad)`` otherwise; ``"generic"`` always the latter.
+    (:mod:`fimo.further.fast`, and in ``unrolled`` :mod:`fimo.further.fused_adjoint`) and
+    ``vmap(grad)`` (``torch.func``) otherwise; ``"generic"`` always the latter.
 
     >>> s = FurtherSettings(lr=0.01, batch_size=32, record_steps=[8, 2, 8])
     >>> s.scheme, s.epochs, s.record_steps  # record_steps sorted, duplicates dropped

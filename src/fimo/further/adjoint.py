@@ -23,7 +23,10 @@ step is the vector-Jacobian product of the optimizer update (the engine's own pu
 :mod:`fimo.further.optim`, so SGD, momentum, Nesterov, weight decay, Adam, AdamW and clipping
 are all differentiated, optimizer state included), followed by a forward-over-reverse product
 through the batch gradient: it gives both the Hessian-vector products that carry the cotangent
-to the previous step and the per-instance terms of every batch member.
+to the previous step and the per-instance terms of every batch member. For the MLPs the fused
+engine takes, those model products are written out by hand (:mod:`fimo.further.fused_adjoint`);
+other models, or ``further.engine = "generic"``, take ``torch.func``. The optimizer's products
+are ``torch.func``'s for every model.
 
 The trajectory is stored when it fits the memory budget; otherwise the states every ``s ≈ √T``
 steps are kept and each segment is recomputed once during the sweep (about one more forward
@@ -43,6 +46,7 @@ from torch.func import grad, jvp, vjp, vmap
 from fimo.data.base import check_indices
 from fimo.errors import InputError, NumericalError, check_choice
 from fimo.further.engine import FurtherSettings, stack, step_gradients, tree_to
+from fimo.further.fused_adjoint import MlpDerivatives, fused_mlp_derivatives
 from fimo.further.plan import schedule, steps_per_epoch
 from fimo.further.runner import bytes_per_run
 from fimo.methods.cost import CostProbe
@@ -360,6 +364,8 @@ class _RunZero:
         self.plan = plan[: self.marks[-1]]  # nothing after the last wanted checkpoint matters
         self.total = len(self.plan)
         self.step_grads = step_gradients(task, settings)
+        # the model's derivatives by hand where the engine fuses its steps (else torch.func)
+        self.fused = fused_mlp_derivatives(task) if settings.engine == "auto" else None
         self.state_bytes = _nbytes(self.params0) + _nbytes(self.state0) + 5056
         # a vector (tangent or cotangent) with its scratch and the batch's activations
         self.vector_bytes = 4 * self.state_bytes + 2 * bytes_per_run(task, settings, 0)
@@ -463,7 +469,7 @@ def _forward_values(run: _RunZero, wanted, measured: _Measured, budget_bytes: in
         values[:, :, cols] = _forward_sweep(
             run.task, run.settings, run.opt, run.plan, run.marks, run.advance,
             (run.params0, run.state0), wanted[cols], measured.X_test, measured.Y_test, measured,
-            probe,
+            probe, run.fused,
         )  # fmt: skip
     return values
 
@@ -480,7 +486,7 @@ def _reverse_values(
         rows = slice(a, min(a + per_sweep, len(X_test)))
         values[:, rows] = _sweep(
             run.task, run.settings, run.opt, run.plan, run.marks, trajectory,
-            X_test[rows], Y_test[rows], probe,
+            X_test[rows], Y_test[rows], probe, run.fused,
         )[:, :, wanted]  # fmt: skip
     return values
 
@@ -491,9 +497,12 @@ def _measure(task, params, X_test, Y_test) -> np.ndarray:
         return task.measure(p, X_test, Y_test).double().cpu().numpy()
 
 
-def _sweep(task, settings, opt, plan, marks, trajectory, X_test, Y_test, probe) -> np.ndarray:
+def _sweep(
+    task, settings, opt, plan, marks, trajectory, X_test, Y_test, probe, fused=None
+) -> np.ndarray:
     """One reverse sweep for a block of test instances: (C, T_block, n) scores; ``probe``
-    (or None) is ticked at each step."""
+    (or None) is ticked at each step; ``fused``: the model's derivatives by hand, or None
+    (``torch.func``)."""
     n = len(task.train)
     X, Y = task.train.inputs, task.train.targets
     C, T = len(marks), len(X_test)
@@ -530,18 +539,19 @@ def _sweep(task, settings, opt, plan, marks, trajectory, X_test, Y_test, probe) 
         rng = trajectory.rng[t]
         lam_live = {k: v[live] for k, v in lam.items()}
         lam_state_live = {k: v[live] for k, v in lam_state.items()}
-        grad_bar, new_lam, new_lam_state = _optimizer_vjp(
-            opt, params, state, item, task, rng, lam_live, lam_state_live
-        )
         idx = item.idx.to(device)
         w = item.w.to(device=device, dtype=dtype)
-        hvp, dloss = _gradient_jvp(task, params, idx, w, rng, grad_bar)
-        for k in names:
-            lam[k][live] = new_lam[k] + hvp[k].unsqueeze(1)
+        batch = _batch_loss(task, fused, params, idx, w, rng)
+        grad_bar, new_lam, new_lam_state = _optimizer_vjp(
+            opt, params, state, batch.grads(), lam_live, lam_state_live
+        )
+        hvp, dloss = batch.gradient_jvp({k: v[:, 0] for k, v in grad_bar.items()})
+        for k in names:  # written in place: one pass over the live cotangents
+            torch.add(new_lam[k], hvp[k].unsqueeze(1), out=lam[k][live])
         for k in lam_state:
             lam_state[k][live] = new_lam_state[k]
         if scheme == "downweight":
-            derivative[live] -= _all_losses_jvp(task, params, grad_bar, X, Y) / n
+            derivative[live] -= _all_losses_jvp(task, fused, params, grad_bar, X, Y) / n
         else:
             valid = w > 0
             count = valid.sum()
@@ -555,10 +565,12 @@ def _sweep(task, settings, opt, plan, marks, trajectory, X_test, Y_test, probe) 
 
 
 def _forward_sweep(
-    task, settings, opt, plan, marks, advance, z0, instances, X_test, Y_test, on_state, probe
-):
+    task, settings, opt, plan, marks, advance, z0, instances, X_test, Y_test, on_state, probe,
+    fused=None,
+):  # fmt: skip
     """One forward pass with a tangent per training instance (the direction of its removal):
-    (C, T, L) scores for the L ``instances``; ``probe`` (or None) is ticked at each step.
+    (C, T, L) scores for the L ``instances``; ``probe`` (or None) is ticked at each step;
+    ``fused``: the model's derivatives by hand, or None (``torch.func``).
 
     Each step advances the engine's run 0 (``advance``'s arithmetic through ``opt``) and
     pushes the tangents through it: a forward-over-reverse product through the batch gradient
@@ -582,7 +594,7 @@ def _forward_sweep(
     out = np.empty((len(marks), len(X_test), len(inst)))
     c = 0
     for t, item in enumerate(plan):
-        tangents = _push_tangents(task, settings, opt, (params, state), tangents, item, inst)
+        tangents = _push_tangents(task, settings, opt, (params, state), tangents, item, inst, fused)
         params, state = advance((params, state), t)
         on_state(t + 1, (params, state))
         if c < len(marks) and marks[c] == t + 1:
@@ -642,27 +654,22 @@ def _removal_loss(task, settings, item, inst, dtype):
     return masked_loss, weights, d_weights
 
 
-def _push_tangents(task, settings, opt, z, tangents, item, inst):
+def _push_tangents(task, settings, opt, z, tangents, item, inst, fused=None):
     """The tangents (of θ and the optimizer's float state) after one step of run 0 from ``z``.
 
     A forward-over-reverse product through the batch gradient (the instance's weight moving
-    along its removal) and the forward product of the optimizer update.
+    along its removal; by hand when ``fused`` is given, else ``torch.func``) and the forward
+    product of the optimizer update.
     """
     params, state = z
     d_params, d_state = tangents
-    dtype = next(iter(params.values())).dtype
-    step_loss, weights, d_weights = _removal_loss(task, settings, item, inst, dtype)
     p = {k: v[0] for k, v in params.items()}
-
-    def along(dp, du):
-        return jvp(grad(step_loss), (p, weights), (dp, du))
-
-    rng = _rng_state()
-    grads, d_grads = vmap(along, randomness="same")(
-        {k: v[:, 0] for k, v in d_params.items()}, d_weights
-    )
-    _set_rng_state(rng)
-    grads = {k: v[:1] for k, v in grads.items()}  # the same for every tangent
+    dp = {k: v[:, 0] for k, v in d_params.items()}
+    if fused is None:
+        grads, d_grads = _gradient_tangents(task, settings, item, inst, p, dp)
+    else:
+        grads, d_grads = _fused_gradient_tangents(fused, task, settings, item, inst, p, dp)
+    grads = {k: v.unsqueeze(0) for k, v in grads.items()}
     floats, rest = _split(state)
 
     def update(q, s, g):
@@ -675,10 +682,48 @@ def _push_tangents(task, settings, opt, z, tangents, item, inst):
     return vmap(push)(d_params, d_state, {k: v.unsqueeze(1) for k, v in d_grads.items()})
 
 
-def _optimizer_vjp(opt, params, state, item, task, rng, lam, lam_state):
-    """Cotangents of (θ_t, state_t, gradient_t) from those of (θ_{t+1}, state_{t+1})."""
+def _gradient_tangents(task, settings, item, inst, p, dp):
+    """The batch gradient at ``p`` and its tangents along (θ̇ = ``dp``, each instance's weight
+    moving along its removal), by ``torch.func`` with the dropout draws of the step."""
+    dtype = next(iter(p.values())).dtype
+    step_loss, weights, d_weights = _removal_loss(task, settings, item, inst, dtype)
+
+    def along(dq, du):
+        return jvp(grad(step_loss), (p, weights), (dq, du))
+
+    rng = _rng_state()
+    grads, d_grads = vmap(along, randomness="same")(dp, d_weights)
+    _set_rng_state(rng)
+    return {k: v[0] for k, v in grads.items()}, d_grads  # the gradient: the same for every l
+
+
+def _fused_gradient_tangents(fused: MlpDerivatives, task, settings, item, inst, p, dp):
+    """:func:`_gradient_tangents` by hand (an MLP; :mod:`fimo.further.fused_adjoint`).
+
+    ``mask``: the batch weights are ``ω = u/Σu``, so u̇ moves them by ``(u̇ − ω Σu̇)/Σu``;
+    ``downweight``: the batch's weights stay, and tangent l adds ``−∇ℓ(z_l)/n``.
+    """
+    X, Y = task.train.inputs, task.train.targets
+    idx = item.idx.to(inst.device)
+    some = next(iter(p.values()))
+    w = item.w.to(device=some.device, dtype=some.dtype)
+    if settings.scheme == "downweight":
+        batch = fused.at(p, X[idx], Y[idx], w)
+        d_grads = batch.gradient_tangents(dp, w.new_zeros(len(inst), len(w)))
+        own = fused.instance_grads(p, X[inst], Y[inst])
+        return batch.grads(), {k: d_grads[k] - own[k] / len(task.train) for k in d_grads}
+    u = (w > 0).to(w.dtype)
+    d_u = -((idx.unsqueeze(0) == inst.unsqueeze(1)) & (w > 0)).to(w.dtype)
+    batch = fused.at(p, X[idx], Y[idx], u / u.sum())
+    d_omega = (d_u - (u / u.sum()) * d_u.sum(1, keepdim=True)) / u.sum()
+    return batch.grads(), batch.gradient_tangents(dp, d_omega)
+
+
+def _optimizer_vjp(opt, params, state, grads, lam, lam_state):
+    """Cotangents of (θ_t, state_t, gradient_t) from those of (θ_{t+1}, state_{t+1});
+    ``grads``: the step's batch gradient (unstacked), the primal the optimizer saw."""
     floats, rest = _split(state)
-    grads = _batch_grads(task, params, item, rng)
+    grads = {k: v.unsqueeze(0) for k, v in grads.items()}
 
     def update(p, s, g):
         full = _join(s, rest, state)
@@ -690,44 +735,54 @@ def _optimizer_vjp(opt, params, state, item, task, rng, lam, lam_state):
     return g_bar, p_bar, s_bar
 
 
-def _batch_grads(task, params, item, rng):
-    """The step's batch gradient at θ_t (the primal the optimizer saw), dropout replayed."""
-    p = {k: v[0] for k, v in params.items()}
-    device = next(iter(p.values())).device
-    idx = item.idx.to(device)
-    w = item.w.to(device=device, dtype=next(iter(p.values())).dtype)
-    _set_rng_state(rng)
-    g = grad(lambda q: (task.losses(q, task.train.inputs[idx], task.train.targets[idx]) * w).sum())(
-        p
-    )
-    return {k: v.unsqueeze(0) for k, v in g.items()}
-
-
-def _gradient_jvp(task, params, idx, w, rng, grad_bar):
-    """Hessian-vector products H·ḡ_k of the batch loss and the per-instance ⟨∇ℓ_b, ḡ_k⟩."""
+def _batch_loss(task, fused: MlpDerivatives | None, params, idx, w, rng):
+    """The step's batch loss ``Σ_b w_b ℓ_b`` at θ_t, offering ``grads()`` and
+    ``gradient_jvp(tangents)``: by hand for a fused MLP, else through ``torch.func``."""
     p = {k: v[0] for k, v in params.items()}
     x, y = task.train.inputs[idx], task.train.targets[idx]
-
-    def batch(q):
-        losses = task.losses(q, x, y)
-        return (losses * w).sum(), losses
-
-    def along(tangent):
-        (_, _), (hvp, dloss) = jvp(grad(batch, has_aux=True), (p,), (tangent,))
-        return hvp, dloss
-
-    _set_rng_state(rng)
-    tangents = {k: v[:, 0] for k, v in grad_bar.items()}
-    return vmap(along, randomness="same")(tangents)
+    if fused is not None:
+        return fused.at(p, x, y, w)
+    return _GenericBatch(task, p, x, y, w, rng)
 
 
-def _all_losses_jvp(task, params, grad_bar, X, Y, chunk: int = 4096) -> torch.Tensor:
-    """⟨∇ℓ_i(θ_t), ḡ_k⟩ for every training instance i: (K, n), in chunks of instances."""
+class _GenericBatch:
+    """A batch loss's products through ``torch.func``, the dropout draws of the step replayed
+    from ``rng`` (the generator state before it)."""
+
+    def __init__(self, task, p, x, y, w, rng):
+        self.task, self.p, self.x, self.y, self.w, self.rng = task, p, x, y, w, rng
+
+    def _losses(self, q):
+        losses = self.task.losses(q, self.x, self.y)
+        return (losses * self.w).sum(), losses
+
+    def grads(self) -> dict:
+        """The batch gradient at θ_t (the primal the optimizer saw)."""
+        _set_rng_state(self.rng)
+        return grad(self._losses, has_aux=True)(self.p)[0]
+
+    def gradient_jvp(self, tangents: dict):
+        """Hessian-vector products H·ḡ_k of the batch loss and the per-instance ⟨∇ℓ_b, ḡ_k⟩."""
+
+        def along(tangent):
+            (_, _), (hvp, dloss) = jvp(grad(self._losses, has_aux=True), (self.p,), (tangent,))
+            return hvp, dloss
+
+        _set_rng_state(self.rng)
+        return vmap(along, randomness="same")(tangents)
+
+
+def _all_losses_jvp(task, fused, params, grad_bar, X, Y, chunk: int = 4096) -> torch.Tensor:
+    """⟨∇ℓ_i(θ_t), ḡ_k⟩ for every training instance i: (K, n), in chunks of instances; by
+    hand when ``fused`` is given, else through ``torch.func``."""
     p = {k: v[0] for k, v in params.items()}
     tangents = {k: v[:, 0] for k, v in grad_bar.items()}
     out = []
     for a in range(0, len(X), chunk):
         x, y = X[a : a + chunk], Y[a : a + chunk]
+        if fused is not None:
+            out.append(fused.losses_jvp(p, x, y, tangents).double())
+            continue
         along = vmap(lambda t: jvp(lambda q: task.losses(q, x, y), (p,), (t,))[1])  # noqa: B023
         out.append(along(tangents).double())
     return torch.cat(out, 1)
