@@ -11,7 +11,7 @@ average beside it: on a shared machine, compare the ratios within one run.
 
     .venv/bin/python benchmarks/group_shards.py [--alphas 0.5,0.01] [--seeds 0] [--repeat 1]
 
-By step count a group shard of α = 0.5 costs about 0.6–0.8 of the single shard: each of its
+By step count a group shard of α = 0.5 costs about 0.6–0.85 of the single shard: each of its
 50 runs takes half the steps under ``drop``, while the 40 single runs each join the stack at
 their instance's batch (on average halfway through the first epoch) and then take every step.
 """
