@@ -156,3 +156,68 @@ def test_skip_is_bit_identical_on_a_small_bert_layer(monkeypatch, scheme):
     fast, slow = both_ways(monkeypatch, task, settings, 1, np.array([0, 5, 10, 15]))
     assert_identical(fast, slow)
     assert np.abs(fast.loss_without - fast.loss_full[..., None]).max() > 0
+
+
+def groups_both_ways(monkeypatch, task, settings, seed, left_out, groups):
+    """(with the skip, without it) for one seed with group runs, and the rows whose gradients
+    each way computed, summed over the steps."""
+    computed = []
+    gradients = engine._RunStack._gradients
+
+    def counting(self, item, runs, rows):
+        computed[-1] += len(rows)
+        return gradients(self, item, runs, rows)
+
+    monkeypatch.setattr(engine._RunStack, "_gradients", counting)
+    test = np.arange(len(task.test))
+    results = []
+    for skip in (True, False):
+        monkeypatch.setattr(engine, "SKIP_SHARED_STEPS", skip)
+        computed.append(0)
+        results.append(further_train_seed(task, settings, seed, left_out, test, groups=groups))
+    monkeypatch.setattr(engine, "SKIP_SHARED_STEPS", True)
+    return results[0], results[1], computed
+
+
+def assert_groups_identical(fast, slow):
+    assert_identical(fast, slow)
+    np.testing.assert_array_equal(fast.loss_without_group, slow.loss_without_group)
+
+
+@pytest.mark.parametrize("with_singles", [False, True], ids=["groups", "singles-and-groups"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("engine_name", ["auto", "generic"])
+@pytest.mark.parametrize("case", OPTIMIZERS, ids=["sgd-momentum", "adamw-clip"])
+def test_group_runs_sitting_steps_out_are_bit_identical(
+    monkeypatch, case, engine_name, dtype, with_singles
+):
+    """Under drop a group of about half the data sits out the second half of every epoch:
+    those steps are not computed, and the numbers are those of computing every run."""
+    task = tabular_task(n=21, dtype=dtype)  # 6 steps an epoch of 4; 3 without 10 or 11
+    settings = FurtherSettings(
+        epochs=2, batch_size=4, scheme="drop", engine=engine_name, record_every=1, **case
+    )
+    groups = [list(range(0, 21, 2)), list(range(1, 21, 2)), list(range(5, 16))]
+    left_out = np.array([4, 17]) if with_singles else np.array([], dtype=np.int64)
+    fast, slow, computed = groups_both_ways(monkeypatch, task, settings, 3, left_out, groups)
+    assert_groups_identical(fast, slow)
+    assert computed[0] < computed[1]  # rows were left out
+    assert np.abs(fast.loss_without_group - fast.loss_full[..., None]).max() > 1e-5
+
+
+@pytest.mark.parametrize("with_singles", [False, True], ids=["groups", "singles-and-groups"])
+@pytest.mark.parametrize("scheme", ["drop", "mask"])
+def test_group_runs_sitting_steps_out_keep_the_dropout_draws(monkeypatch, scheme, with_singles):
+    """A CNN with dropout (the generic path, draws shared by the runs): a step no group run
+    takes still takes its draws, so the later steps draw as before, bit for bit. Under mask
+    the first group is the seed's first batch: a batch of members only, no step."""
+    task = image_task(n=18)
+    settings = FurtherSettings(optimizer="adam", lr=0.01, epochs=2, batch_size=4, scheme=scheme)
+    first = torch.randperm(18, generator=torch.Generator().manual_seed(2))[:4].tolist()
+    evens, odds = list(range(0, 18, 2)), list(range(1, 18, 2))
+    groups = [first, [*evens, 1]] if scheme == "mask" else [evens, odds]
+    left_out = np.array([6]) if with_singles else np.array([], dtype=np.int64)
+    fast, slow, computed = groups_both_ways(monkeypatch, task, settings, 2, left_out, groups)
+    assert_groups_identical(fast, slow)
+    assert computed[0] < computed[1]
+    assert np.abs(fast.loss_without_group - fast.loss_full[..., None]).max() > 1e-5

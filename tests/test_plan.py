@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fimo.errors import InputError
-from fimo.further.plan import schedule
+from fimo.further.plan import Groups, schedule
 
 
 def epoch_orders(n, left_out, B, epochs, seed, scheme):
@@ -73,3 +73,75 @@ def test_same_seed_same_stream_different_seed_different():
 def test_unknown_scheme_is_a_clear_error():
     with pytest.raises(InputError, match=r"further\.scheme.*'drop'"):
         next(schedule(10, np.array([1]), 4, 1, 0, "dorp"))
+
+
+def reference_steps(n, groups, B, epochs, seed, scheme, max_steps=None):
+    """Every step of :func:`schedule`, written plainly: for each epoch the seed's permutation,
+    and for each run a Python list of the instances it sees, cut into batches of B.
+
+    Conventions (the schedule's, spelled out): every row has B entries; a batch shorter than
+    B is filled with the epoch's last instance at weight 0; under ``mask`` and ``downweight``
+    every run holds the full run's batch, under ``mask`` with weight 0 for its members;
+    under ``downweight`` every row then gets one column per member of the largest group
+    (weight −1/n for the run's own members, index 0 and weight 0 elsewhere). A run's weights
+    are 1 / (its instances in the batch); a run with none takes no step.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    runs = [[], *groups]  # run 0 leaves nothing out
+    width = max(1, *(len(g) for g in groups))
+    steps_each = -(-n // B)
+    out = []
+    for epoch in range(epochs):
+        perm = torch.randperm(n, generator=gen).tolist()
+        for b in range(steps_each):
+            if max_steps is not None and len(out) == max_steps:
+                return out
+            idx, w = [], []
+            for group in runs:
+                left = set(group)
+                order = [j for j in perm if j not in left] if scheme == "drop" else perm
+                batch = order[b * B : (b + 1) * B]
+                row = batch + [perm[-1]] * (B - len(batch))
+                seen = [j not in left for j in batch] if scheme == "mask" else [True] * len(batch)
+                seen += [False] * (B - len(batch))
+                count = sum(seen)
+                weights = [1.0 / count if s else 0.0 for s in seen]
+                if scheme == "downweight":
+                    pad = width - len(group)
+                    row = row + list(group) + [0] * pad
+                    weights = weights + [-1.0 / n] * len(group) + [0.0] * pad
+                idx.append(row)
+                w.append(weights)
+            out.append((idx, w, [any(v > 0 for v in r) for r in w], epoch, b == steps_each - 1))
+    return out
+
+
+SCHEDULE_CASES = [  # n, groups, batch size, epochs, max_steps
+    (37, [[5], [0], [36]], 8, 2, None),  # single left-out instances
+    (37, [[0, 5, 9, 30], [17], list(range(11, 30)), list(range(0, 37, 2))], 8, 2, None),
+    (40, [list(range(40))[:39], [3, 4]], 8, 1, None),  # a group of all but one
+    (33, [[1, 2, 3], list(range(8, 33))], 4, 3, 20),  # stopped by max_steps mid-epoch
+]
+
+
+@pytest.mark.parametrize("scheme", ["drop", "mask", "downweight"])
+@pytest.mark.parametrize("case", SCHEDULE_CASES, ids=["singles", "groups", "all-but-one", "max"])
+def test_schedule_is_the_plain_reference_bit_for_bit(case, scheme):
+    n, groups, B, epochs, max_steps = case
+    runs = Groups.of(groups)
+    got = list(schedule(n, runs, B, epochs, seed=4, scheme=scheme, max_steps=max_steps))
+    expected = reference_steps(n, groups, B, epochs, 4, scheme, max_steps)
+    assert len(got) == len(expected)
+    for step, (idx, w, active, epoch, last) in zip(got, expected, strict=True):
+        assert step.idx.dtype == torch.long and step.w.dtype == torch.float64
+        assert step.idx.tolist() == idx
+        assert step.w.tolist() == w  # float64, exactly
+        assert (step.active.tolist() if step.active is not None else [True] * len(w)) == active
+        assert step.active is None or not all(active)
+        assert (step.epoch, step.last_in_epoch) == (epoch, last)
+    if len(groups) == 3 and scheme == "drop":  # the singles: the same as by index
+        singles = list(schedule(n, np.array([5, 0, 36]), B, epochs, 4, scheme, max_steps))
+        assert all(
+            torch.equal(a.idx, b.idx) and torch.equal(a.w, b.w)
+            for a, b in zip(singles, got, strict=True)
+        )

@@ -13,6 +13,10 @@ under ``downweight``, the first step). So the stack starts with the full run alo
 left-out run joins it at that step as a copy of the full run's parameters and optimizer state;
 until then its recorded test losses are the full run's. With one epoch this halves the work of
 the left-out runs on average; ``downweight`` runs join at step 1 and gain nothing.
+
+A run that sits a step out (under ``drop``, a run whose epoch is shorter: a group of half the
+data takes half the steps) has its gradient left uncomputed at that step: its parameters and
+optimizer state do not change, whatever the gradient.
 """
 
 from __future__ import annotations
@@ -32,9 +36,11 @@ from fimo.further.plan import Groups, Step, differs_from_full, schedule, steps_p
 from fimo.settings import FurtherSettings
 from fimo.task import Task
 
-#: Left-out runs join the stack at their first step that differs from the full run. False
-#: advances every run from step 0, as fimo did before 2026-12-01 (the reference that the tests
-#: and benchmarks/further_training.py compare the results and the time against).
+#: Left-out runs join the stack at their first step that differs from the full run, and a
+#: step's gradients are computed for the runs that take it alone (under ``drop`` a group's run
+#: sits out the end of every epoch). False advances every run at every step from step 0, as
+#: fimo did before 2026-12-01 (the reference that the tests and benchmarks/further_training.py
+#: compare the results and the time against).
 SKIP_SHARED_STEPS = True
 
 
@@ -282,8 +288,13 @@ def step_gradients(task: Task, settings: FurtherSettings) -> Callable:
     def run_loss(p, x, y, w):
         return (task.losses(p, x, y) * w).sum()
 
-    fused = fused_mlp_grads(task) if settings.engine == "auto" else None
-    return fused or over_runs(grad(run_loss), task)
+    return _fused_gradients(task, settings) or over_runs(grad(run_loss), task)
+
+
+def _fused_gradients(task: Task, settings: FurtherSettings) -> Callable | None:
+    """The fused MLP step (:func:`fimo.further.fast.fused_mlp_grads`, which draws no random
+    numbers) when the settings allow it and the model is such an MLP; None otherwise."""
+    return fused_mlp_grads(task) if settings.engine == "auto" else None
 
 
 def over_runs(fn: Callable, task: Task) -> Callable:
@@ -350,6 +361,7 @@ class _RunStack:
         self.state = tree_to(self.opt.init(self.params), self.device)
         self.inputs, self.targets = task.train.inputs, task.train.targets
         self.step_grads = step_gradients(task, settings)
+        self.draws_random = _fused_gradients(task, settings) is None  # dropout, perhaps
 
     def join(self, item: Step) -> None:
         """Add the runs whose batch first differs from the full run's at this step."""
@@ -375,25 +387,60 @@ class _RunStack:
         return self.members.clamp(min=0)
 
     def advance(self, item: Step) -> None:
-        """One optimizer step of every run in the stack (after letting the new ones join)."""
+        """One optimizer step of every run in the stack (after letting the new ones join).
+
+        With the skip, only the runs that take the step are computed: their gradients, their
+        optimizer update; the others are left exactly as they are (:meth:`_stepping`).
+        """
         self.join(item)
         runs = self.rows()
         if len(runs) == 0:
             return
-        params, twice = self.params, self.source is not None and len(runs) == 1
-        if twice:
-            params, runs = _take_rows(params, torch.zeros(2, dtype=torch.long)), runs.repeat(2)
-        idx = item.idx[runs].to(self.device)
-        w = item.w[runs].to(device=self.device, dtype=self.dtype)
-        grads = self.step_grads(params, self.inputs[idx], self.targets[idx], w)
-        if twice:
-            grads, runs = {k: g[:1] for k, g in grads.items()}, runs[:1]
         active = None if item.active is None else item.active[runs]
-        if active is not None:
-            active = None if bool(active.all()) else active.to(self.device)
-        updates, self.state = self.opt.update(grads, self.state, self.params, active=active)
-        for k, u in updates.items():  # the stacked copies are ours: update in place
-            self.params[k].add_(u)
+        if active is not None and bool(active.all()):
+            active = None
+        rows = self._stepping(active)
+        if rows is None:  # every row, as without the skip
+            grads = self._gradients(item, runs, torch.arange(len(runs)))
+            active = None if active is None else active.to(self.device)
+            updates, self.state = self.opt.update(grads, self.state, self.params, active=active)
+            for k, u in updates.items():  # the stacked copies are ours: update in place
+                self.params[k].add_(u)
+            return
+        if len(rows) == 0:  # no run takes the step
+            if self.draws_random:  # take the step's random draws, as computing it would
+                self._gradients(item, runs, torch.zeros(1, dtype=torch.long))
+            return
+        grads = self._gradients(item, runs, rows)
+        rows = rows.to(self.device)
+        params = _take_rows(self.params, rows)
+        updates, state = self.opt.update(grads, _take_rows(self.state, rows), params)
+        _put_rows(self.state, rows, state)
+        for k, u in updates.items():
+            self.params[k].index_add_(0, rows, u)
+
+    def _stepping(self, active) -> torch.Tensor | None:
+        """The rows whose run takes this step, or None for every row (all of them take it,
+        or the skip is off: the reference computes every row and masks the update)."""
+        if active is None or not SKIP_SHARED_STEPS:
+            return None
+        return active.nonzero().squeeze(1)
+
+    def _gradients(self, item: Step, runs: torch.Tensor, rows: torch.Tensor) -> dict:
+        """The gradients of the stack's rows ``rows`` at this step, (len(rows), ...).
+
+        A lone row is computed twice over when the stack holds more rows than it, or has no
+        full run of its own (see the class docstring): kernels see two rows at least.
+        """
+        computed = rows
+        if len(rows) == 1 and (len(runs) > 1 or self.source is not None):
+            computed = rows.repeat(2)
+        whole = len(rows) == len(runs) and computed is rows
+        params = self.params if whole else _take_rows(self.params, computed)
+        idx = item.idx[runs[computed]].to(self.device)
+        w = item.w[runs[computed]].to(device=self.device, dtype=self.dtype)
+        grads = self.step_grads(params, self.inputs[idx], self.targets[idx], w)
+        return {k: g[: len(rows)] for k, g in grads.items()}
 
 
 class _Checkpoints:
@@ -494,3 +541,13 @@ def _take_rows(tree, rows: torch.Tensor):
     if isinstance(tree, dict):
         return {k: _take_rows(v, rows) for k, v in tree.items()}
     return tree
+
+
+def _put_rows(tree, rows: torch.Tensor, part) -> None:
+    """Write ``part`` (a nested dict shaped as :func:`_take_rows` gives) into the rows
+    ``rows`` of every tensor of ``tree``, in place."""
+    for k, v in tree.items():
+        if isinstance(v, torch.Tensor):
+            v.index_copy_(0, rows.to(v.device), part[k].to(v.dtype))
+        elif isinstance(v, dict):
+            _put_rows(v, rows, part[k])

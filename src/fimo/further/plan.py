@@ -220,6 +220,7 @@ def schedule(
     n_batches = steps_per_epoch(n, batch_size)
     members, real = groups.padded(fill=0)
     excluded = _exclusion(scheme, members, real, n)
+    downweighted = _downweighted(members, real, n) if scheme == "downweight" else None
     sizes = torch.as_tensor(groups.sizes())
     taken = 0
     for epoch in range(epochs):
@@ -235,8 +236,8 @@ def schedule(
                 idx, valid = _shared_rows(perm, k, n, 1 + len(groups), excluded)
             counts = valid.sum(1, keepdim=True)
             w = valid.double() / counts.clamp(min=1)
-            if scheme == "downweight":
-                idx, w = _with_downweighted(idx, w, members, real, n)
+            if downweighted is not None:  # the same columns at every step
+                idx, w = torch.cat([idx, downweighted[0]], 1), torch.cat([w, downweighted[1]], 1)
             active = counts.squeeze(1) > 0
             yield Step(idx, w, None if bool(active.all()) else active, epoch, b == n_batches - 1)
             taken += 1
@@ -290,11 +291,12 @@ def _shared_rows(perm, k, n: int, n_runs: int, excluded):
     return idx, valid
 
 
-def _with_downweighted(idx, w, members, real, n: int):
-    """``downweight``: each run's members appended to its batch with weight −1/n (none for
-    run 0)."""
+def _downweighted(members, real, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``downweight``: the columns appended to every step's batch, (R, K) indices and weights:
+    each run's members with weight −1/n (none for run 0; index 0 at weight 0 past a group's
+    end). Built once: they are the same at every step."""
     extra_idx = torch.cat([torch.zeros(1, members.shape[1], dtype=torch.long), members])
     extra_real = torch.cat([torch.zeros_like(real[:1]), real])
     extra_w = torch.zeros(extra_real.shape, dtype=torch.float64)
     extra_w.masked_fill_(extra_real, -1.0 / n)
-    return torch.cat([idx, extra_idx], 1), torch.cat([w, extra_w], 1)
+    return extra_idx, extra_w
