@@ -84,10 +84,14 @@ def activation_width(task: Task, x: torch.Tensor, params=None) -> int:
     return max(total[0], instance_size(x[:1]) + int(out.numel()))
 
 
-def grad_chunk_size(task: Task, inputs, params=None, budget: int = DEFAULT_BUDGET) -> int:
+def grad_chunk_size(
+    task: Task, inputs, params=None, budget: int = DEFAULT_BUDGET, outputs: int = 1
+) -> int:
     """How many instances' gradients one chunk computes within ``budget`` bytes: each holds
     its gradient twice and ``GRAD_BYTES_PER_ACTIVATION`` numbers per number of its forward
-    pass (:func:`activation_width` of the first of ``inputs``), at most ``MAX_CHUNK``.
+    pass (:func:`activation_width` of the first of ``inputs``), at most ``MAX_CHUNK``; all of
+    it ``outputs`` times for a Jacobian of that many rows per instance (TRAK's, EK-FAC's
+    pseudo-gradients).
 
     Sizing from the gradients alone (:func:`chunk_size_for`) ignores the activations, which
     dominate for a deep model with few trainable parameters (LoRA adapters).
@@ -101,7 +105,7 @@ def grad_chunk_size(task: Task, inputs, params=None, budget: int = DEFAULT_BUDGE
     params = task.params() if params is None else params
     itemsize = next(iter(params.values())).element_size()
     width = activation_width(task, inputs[:1], params)
-    per_instance = itemsize * (2 * task.num_params + GRAD_BYTES_PER_ACTIVATION * width)
+    per_instance = itemsize * outputs * (2 * task.num_params + GRAD_BYTES_PER_ACTIVATION * width)
     return fit_count(per_instance, budget, MAX_CHUNK)
 
 
