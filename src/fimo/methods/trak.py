@@ -42,7 +42,7 @@ from fimo.methods.common import (
     test_and_train,
 )
 from fimo.methods.cost import CostProbe
-from fimo.methods.gradients import flatten, grad_chunk_size, gradient_matrix, over_instances
+from fimo.methods.gradients import chunk_size_for, flatten, gradient_matrix, over_instances
 from fimo.methods.projection import Projector, check_proj_dim
 from fimo.scores import Scores
 from fimo.task import LossKind, Task
@@ -128,7 +128,8 @@ def _feature_pass(task, proj, subset, train, chunk_size) -> tuple[_Features, str
     jac = over_instances(jacrev(f), task)
     with torch.no_grad():
         d_f = f(params, task.train.inputs[0], task.train.targets[0]).numel()
-    size = chunk_size or grad_chunk_size(task, task.train.inputs, params, outputs=d_f)
+    itemsize = next(iter(params.values())).element_size()
+    size = chunk_size or chunk_size_for(task.num_params * d_f, itemsize)
     in_kernel = np.zeros(n, dtype=bool)
     in_kernel[subset] = True
     dual = m * d_f <= k
