@@ -71,21 +71,37 @@ def frozen_layers(model: nn.Module, trainable, inputs) -> int:
 
 
 class PassThrough(nn.Module):
-    """Stands in for the embeddings of a head: returns ``inputs_embeds`` (the cached hidden
-    states) as they are.
+    """Stands in for the embeddings of a head (no parameters).
 
-    >>> PassThrough()(input_ids=None, inputs_embeds=torch.ones(1, 2)).tolist()
-    [[1.0, 1.0]]
+    >>> list(PassThrough().parameters())
+    []
     """
 
     def forward(self, inputs_embeds=None, **ignored):
+        """``inputs_embeds`` (the cached hidden states) as they are; the embeddings' other
+        arguments (ids, positions, token types) are ignored.
+
+        >>> PassThrough()(input_ids=None, inputs_embeds=torch.ones(1, 2)).tolist()
+        [[1.0, 1.0]]
+        """
         return inputs_embeds
 
 
 def head_model(model: nn.Module, first: int) -> nn.Module:
     """``model`` without its embeddings and its first ``first`` encoder layers: a copy of the
     module tree down to the encoder that shares every other module (and so every parameter)
-    with ``model``; the kept layers keep their names (``encoder.layer.5``)."""
+    with ``model``; the kept layers keep their names (``encoder.layer.5``).
+
+    >>> import transformers
+    >>> config = transformers.BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=2,
+    ...     num_attention_heads=2, intermediate_size=16)
+    >>> model = transformers.BertForSequenceClassification(config)
+    >>> head = head_model(model, 1)
+    >>> next(head.named_parameters())[0], type(head.bert.embeddings).__name__
+    ('bert.encoder.layer.1.attention.self.query.weight', 'PassThrough')
+    >>> head.classifier.weight is model.classifier.weight, len(model.bert.encoder.layer)
+    (True, 2)
+    """
     prefix, base, layers = encoder_layers(model)
     kept = nn.ModuleList()
     for key in list(layers._modules)[first:]:
@@ -114,8 +130,20 @@ class _Stop(Exception):
 
 def trunk_states(model: nn.Module, first: int, inputs: Fields, batch: int = 256, progress=None):
     """The hidden states entering encoder layer ``first`` (the encoder's output when
-    ``first`` is the number of layers) for every instance of ``inputs``, in batches, no
-    gradients, eval mode; ``progress(done)`` after each batch."""
+    ``first`` is the number of layers) for every instance of ``inputs``, in batches of
+    ``batch``, without gradients (the caller sets eval mode); ``progress(done)`` after each
+    batch. The layers above ``first`` are not run.
+
+    >>> import transformers
+    >>> config = transformers.BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=2,
+    ...     num_attention_heads=2, intermediate_size=16)
+    >>> model = transformers.BertModel(config).eval()
+    >>> ids = torch.tensor([[2, 5, 7], [3, 4, 0]])
+    >>> inputs = Fields({"input_ids": ids, "attention_mask": (ids > 0).long()})
+    >>> states = trunk_states(model, 2, inputs, batch=1)
+    >>> torch.allclose(states, model(**inputs).last_hidden_state)
+    True
+    """
     _, base, layers = encoder_layers(model)
     taken: list[torch.Tensor] = []
 
@@ -154,7 +182,20 @@ def cached_datasets(
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[ArrayDataset, ArrayDataset]:
     """``train`` and ``test`` with ``input_ids`` replaced by the trunk's hidden states
-    (``inputs_embeds``, :func:`trunk_states`), the other fields, targets and info kept."""
+    (``inputs_embeds``, :func:`trunk_states`), the other fields, targets and info kept;
+    ``progress(done, total)`` over both.
+
+    >>> import transformers
+    >>> config = transformers.BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=2,
+    ...     num_attention_heads=2, intermediate_size=16)
+    >>> model = transformers.BertModel(config).eval()
+    >>> ids = torch.tensor([[2, 5, 7], [3, 4, 0]])
+    >>> data = ArrayDataset({"input_ids": ids, "attention_mask": (ids > 0).long()},
+    ...                     torch.tensor([0, 1]))
+    >>> train, test = cached_datasets(model, 1, data, data)
+    >>> list(train.inputs.keys()), tuple(train.inputs["inputs_embeds"].shape)
+    (['inputs_embeds', 'attention_mask'], (2, 3, 8))
+    """
     total = len(train) + len(test)
     out = []
     for offset, data in ((0, train), (len(train), test)):
