@@ -90,7 +90,7 @@ def grad_chunk_size(
     """How many instances' gradients one chunk computes within ``budget`` bytes: each holds
     its gradient twice and ``GRAD_BYTES_PER_ACTIVATION`` numbers per number of its forward
     pass (:func:`activation_width` of the first of ``inputs``), at most ``MAX_CHUNK``; all of
-    it ``outputs`` times for a Jacobian of that many rows per instance (TRAK's, EK-FAC's
+    it ``outputs`` times for a Jacobian of that many rows per instance (EK-FAC's
     pseudo-gradients).
 
     Sizing from the gradients alone (:func:`chunk_size_for`) ignores the activations, which
