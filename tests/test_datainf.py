@@ -170,3 +170,49 @@ def test_recomputed_gradients_equal_cached(monkeypatch):
     monkeypatch.setattr("fimo.methods.datainf.DEFAULT_BUDGET", 0)
     recomputed = datainf(task, [0, 3], range(30), chunk_size=8).values
     np.testing.assert_allclose(recomputed, cached, rtol=1e-12)
+
+
+def lora_task():
+    """A 5-8-2 MLP briefly trained, then LoRA (rank 2) on both Linear layers at B = 0: the
+    gradients with respect to both A are exactly zero, so those blocks get λ = 0 and are
+    skipped."""
+    from fimo.lora import with_lora
+
+    task = trained_task(n=23, steps=30)
+    return with_lora(task, rank=2, targets=["*"], seed=3)
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_chunked_equals_one_chunk_under_lora_with_zero_blocks(monkeypatch, cached):
+    """Chunks of 1, 4 or as many as the budget holds give the scores of a single chunk of all
+    23 instances, with the gradients kept or recomputed in each pass (float64, 1e-12)."""
+    task = lora_task()
+    if not cached:
+        monkeypatch.setattr("fimo.methods.datainf.DEFAULT_BUDGET", 0)
+    test, train = [0, 3, 5], [22, 0, 7, 11]
+    whole = datainf(task, test, train, chunk_size=23, hessian_samples=17, hessian_seed=2)
+    lam = whole.settings["layer_damping"]
+    assert [lam[f"{k}.lora_A"] for k in ("0", "2")] == [0.0, 0.0]  # the skipped blocks
+    assert min(lam[f"{k}.lora_B"] for k in ("0", "2")) > 0
+    assert np.isfinite(whole.values).all() and np.abs(whole.values).max() > 1e-3
+    for chunk in (1, 4, None):
+        got = datainf(task, test, train, chunk_size=chunk, hessian_samples=17, hessian_seed=2)
+        np.testing.assert_allclose(got.values, whole.values, rtol=1e-12, atol=0)
+
+
+def test_the_default_chunk_counts_the_activations_of_the_forward_pass():
+    """Each instance takes its gradient twice and 4 numbers per number of its forward pass
+    (its input and the outputs of the modules without submodules): for 5-8-2 (66 parameters)
+    5 inputs, 8 + 8 (Linear, ReLU) and 2 outputs; under LoRA rank 2 on both layers (46
+    parameters: 2·5 + 8·2 + 2·8 + 2·2) 5 inputs, 2 + 8 (lora_A, lora_B), 8 (ReLU), 2 + 2."""
+    from fimo.methods.gradients import grad_chunk_size
+
+    task = trained_task(n=23, steps=0)
+    assert task.num_params == 66
+    assert grad_chunk_size(task, task.train.inputs, budget=8 * (2 * 66 + 4 * 23) * 7) == 7
+    assert grad_chunk_size(task, task.train.inputs, budget=8 * (2 * 66 + 4 * 23) * 7 - 1) == 6
+    lora = lora_task()
+    assert lora.num_params == 46
+    per_instance = 8 * (2 * 46 + 4 * 27)
+    assert grad_chunk_size(lora, lora.train.inputs, budget=per_instance * 5) == 5
+    assert grad_chunk_size(lora, lora.train.inputs, budget=1) == 1

@@ -80,9 +80,11 @@ class BertFirstTokenClassifier(transformers.BertPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None):
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None):
         """Logits (B, num_labels) from the [CLS] state; the mask as transformers takes it
-        (2-D, or the 4-D additive float mask fimo passes). Padding does not change them:
+        (2-D, or the 4-D additive float mask fimo passes). ``inputs_embeds`` instead of
+        ``input_ids``: what the embeddings get (a cached trunk's hidden states on the head
+        of :mod:`fimo.hf_trunk`). Padding does not change the logits:
 
         >>> config = transformers.BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1,
         ...     num_attention_heads=2, intermediate_size=16)
@@ -93,7 +95,10 @@ class BertFirstTokenClassifier(transformers.BertPreTrainedModel):
         True
         """
         hidden = self.bert(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            inputs_embeds=inputs_embeds,
         ).last_hidden_state
         return SequenceClassifierOutput(logits=self.classifier(hidden[:, 0]))
 

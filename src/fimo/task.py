@@ -449,13 +449,19 @@ class Task:
 
     def trunk_length(self) -> int:
         """How many leading modules of an ``nn.Sequential`` model hold no trainable parameter
-        (the frozen trunk :meth:`with_cached_trunk` computes once); 0 for other models.
+        (the frozen trunk :meth:`with_cached_trunk` computes once); for a BERT-like
+        ``transformers`` encoder, how many leading encoder layers (with the embeddings) do
+        (:func:`fimo.hf_trunk.frozen_layers`); 0 for other models.
 
         >>> data = ArrayDataset(torch.randn(4, 3), torch.randint(0, 2, (4,)))
         >>> model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
         >>> Task(model, data, data, trainable=["2.*"]).trunk_length()
         2
         """
+        if is_hf_model(self.model):
+            from fimo.hf_trunk import frozen_layers
+
+            return frozen_layers(self.model, self.trainable, self.train.inputs)
         if not isinstance(self.model, nn.Sequential) or isinstance(self.train.inputs, Fields):
             return 0
         names = list(self.model._modules)
@@ -493,7 +499,9 @@ class Task:
         When the model is an ``nn.Sequential`` whose first k modules have no trainable
         parameters (a fixed trunk, DESIGN.md ◆ Parameters), returns a task on ``model[k:]``
         (same parameter names) whose inputs are the trunk's outputs, computed once in eval
-        mode; otherwise returns ``self``. The result is memoised (and kept by :meth:`to`).
+        mode; likewise for the embeddings and lower encoder layers of a BERT-like
+        ``transformers`` model (:mod:`fimo.hf_trunk`); otherwise returns ``self``. The result
+        is memoised (and kept by :meth:`to`).
         ``progress(done, total)`` is called after each batch of instances through the trunk.
 
         >>> data = ArrayDataset(torch.randn(4, 3), torch.randint(0, 2, (4,)))
@@ -509,7 +517,9 @@ class Task:
             return cached[1]
         result = self
         first = self.trunk_length()
-        if first > 0:
+        if first > 0 and is_hf_model(self.model):
+            result = self._cached_encoder_trunk(first, progress)
+        elif first > 0:
             trunk, head = self.model[:first], self.model[first:]
             total = len(self.train) + len(self.test)
             with torch.no_grad(), eval_mode(trunk):
@@ -524,6 +534,16 @@ class Task:
             )
         self._cached_trunk = (self.trainable, result)
         return result
+
+    def _cached_encoder_trunk(self, first: int, progress) -> Task:
+        """:meth:`with_cached_trunk` for a ``transformers`` encoder (:mod:`fimo.hf_trunk`): a
+        task on the model without its embeddings and first ``first`` layers, fed the hidden
+        states entering layer ``first`` as ``inputs_embeds``."""
+        from fimo.hf_trunk import cached_datasets, head_model
+
+        with eval_mode(self.model):
+            train, test = cached_datasets(self.model, first, self.train, self.test, progress)
+        return self.rebuilt(head_model(self.model, first), train, test)
 
     def to(self, device=None, dtype=None) -> Task:
         """Move the model and the data (in place for the model); returns self.

@@ -41,9 +41,14 @@ import torch
 import torch.nn.functional as F
 from torch.func import grad, jacrev, jvp, vjp, vmap
 
-from fimo.data.base import instance_size
 from fimo.errors import InputError, check_choice
-from fimo.methods.gradients import DEFAULT_BUDGET, chunk_size_for, fit_count, over_rows
+from fimo.methods.gradients import (
+    DEFAULT_BUDGET,
+    activation_width,
+    chunk_size_for,
+    fit_count,
+    over_rows,
+)
 from fimo.task import LossKind, Task, eval_mode
 
 #: The curvature matrices the methods accept (the ``hessian`` setting).
@@ -78,37 +83,6 @@ VMAP_BYTES = 32 * 2**20
 #: vectors (Arnoldi's) use factors already held but do not build them: for rank-30 Arnoldi on
 #: an MLP 106-128-128-2 with 2,000 instances building them made it 2.3× slower.
 FACTOR_VECTORS = 8
-
-
-def activation_width(task: Task, x: torch.Tensor, params=None) -> int:
-    """Numbers one instance produces in a forward pass: its input, and the outputs of every
-    module without submodules (a proxy for the activations a product keeps per instance).
-
-    >>> from fimo.data import ArrayDataset
-    >>> X = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
-    >>> Y = torch.ones(2, 1, dtype=torch.float64)
-    >>> model = torch.nn.Linear(2, 1, bias=False).double()
-    >>> _ = torch.nn.init.ones_(model.weight)
-    >>> task = Task(model, ArrayDataset(X, Y), ArrayDataset(X, Y), loss="mse")
-    >>> activation_width(task, X)  # 2 inputs and 1 output of the Linear layer
-    3
-    """
-    total = [instance_size(x[:1])]
-
-    def count(module, inputs, output):
-        for out in output if isinstance(output, tuple | list) else (output,):
-            if isinstance(out, torch.Tensor):
-                total[0] += int(out.numel())
-
-    leaves = [m for m in task.model.modules() if next(m.children(), None) is None]
-    handles = [m.register_forward_hook(count) for m in leaves]
-    try:
-        with torch.no_grad(), eval_mode(task.model):
-            out = task.outputs(task.params() if params is None else params, x[:1])
-    finally:
-        for h in handles:
-            h.remove()
-    return max(total[0], instance_size(x[:1]) + int(out.numel()))
 
 
 class FlatParams:

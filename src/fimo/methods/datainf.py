@@ -29,7 +29,7 @@ from fimo.methods.common import (
     test_and_train,
 )
 from fimo.methods.cost import CostProbe
-from fimo.methods.gradients import DEFAULT_BUDGET, chunk_size_for, per_instance_grads
+from fimo.methods.gradients import DEFAULT_BUDGET, grad_chunk_size, per_instance_grads
 from fimo.methods.gradients import gradient_matrix as _gradient_matrix
 from fimo.methods.projection import block_seed, check_proj_dim, gradient_projector
 from fimo.scores import Scores
@@ -97,23 +97,27 @@ class _TrainGradients:
     """Per-instance training gradients, blocks contiguous and projected (``blocks``).
 
     Kept in memory when they fit in the budget (they are read in up to three passes),
-    recomputed chunk by chunk otherwise; each chunk is projected as it is made. ``dtype``:
-    the parameters' (and so the gradients').
+    recomputed chunk by chunk otherwise; each chunk is projected as it is made. A chunk holds
+    ``chunk_size`` instances, or as many as the budget holds with the activations that
+    computing their gradients keeps (:func:`fimo.methods.gradients.grad_chunk_size`), so the
+    peak memory is bounded by the budget, not by the number of instances. ``dtype``: the
+    parameters' (and so the gradients').
     """
 
     def __init__(self, task: Task, blocks: _BlockProjection, chunk_size: int | None):
         self.task, self.blocks, self.chunk_size = task, blocks, chunk_size
         self.dtype = next(iter(task.params().values())).dtype
-        itemsize = self.dtype.itemsize
         self.cache: torch.Tensor | None = None
-        self.fits = len(task.train) * blocks.width * itemsize <= DEFAULT_BUDGET
-        self.size = chunk_size or chunk_size_for(task.num_params, itemsize)
+        self.fits = len(task.train) * blocks.width * self.dtype.itemsize <= DEFAULT_BUDGET
+        self.size = chunk_size or grad_chunk_size(task, task.train.inputs)
 
     def chunks(self, indices: np.ndarray):
         """Yield (rows, G) with G (rows, width) for the training instances ``indices``."""
         if self.cache is None and self.fits:
-            everything = np.arange(len(self.task.train))
-            self.cache = torch.cat([g for _, g in self._compute(everything)])
+            everything = np.arange(len(self.task.train))  # filled in place: no second copy
+            self.cache = torch.empty(len(everything), self.blocks.width, dtype=self.dtype)
+            for rows, g in self._compute(everything):
+                self.cache[rows] = g
         if self.cache is not None:
             idx = torch.as_tensor(indices)
             for start in range(0, len(indices), self.size):

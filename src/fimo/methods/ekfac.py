@@ -38,7 +38,7 @@ from fimo.methods.common import (
 )
 from fimo.methods.cost import CostProbe
 from fimo.methods.damping import resolve_damping
-from fimo.methods.gradients import chunk_size_for, gradient_matrix
+from fimo.methods.gradients import grad_chunk_size, gradient_matrix
 from fimo.scores import Scores
 from fimo.task import LossKind, Task
 
@@ -417,8 +417,7 @@ def fit_ekfac(
         else:
             noise = torch.randn(n, d_o, generator=gen, dtype=dtype)
     vectors = d_o if mode == "exact" else 1  # an upper bound (cross-entropy needs C − 1)
-    itemsize = next(iter(params.values())).element_size()
-    size = chunk_size or chunk_size_for(task.num_params * vectors, itemsize)
+    size = chunk_size or grad_chunk_size(task, x_all, params, outputs=vectors)
     probe = CostProbe(f"two passes over {n} training instances", 2 * n, "lower hessian_samples")
     with task.eval_mode():
         for layer in layers:
