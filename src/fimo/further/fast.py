@@ -19,8 +19,16 @@ from fimo.task import LossKind, Task
 _ACTIVATIONS = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Identity: "identity"}
 
 
-def _plan(task: Task) -> list[tuple[str, str | None, str]] | None:
-    """[(weight name, bias name or None, activation after the layer)], or None if unsupported."""
+def mlp_plan(task: Task) -> list[tuple[str, str | None, str]] | None:
+    """[(weight name, bias name or None, activation after the layer)] of a plain MLP, or None
+    when the fused path does not apply (the generic engine and the generic adjoint take it).
+
+    >>> from fimo.data import ArrayDataset
+    >>> data = ArrayDataset(torch.randn(4, 3), torch.randint(0, 2, (4,)))
+    >>> mlp_plan(Task(nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)), data, data))
+    [('0.weight', '0.bias', 'tanh'), ('2.weight', '2.bias', 'identity')]
+    >>> mlp_plan(Task(nn.Sequential(nn.Linear(3, 5), nn.Dropout(), nn.Linear(5, 2)), data, data))
+    """
     model = task.model
     if not isinstance(model, nn.Sequential) or task.loss_kind not in (
         LossKind.CROSS_ENTROPY,
@@ -66,7 +74,7 @@ def fused_mlp_grads(task: Task) -> Callable | None:
     >>> fused_mlp_grads(task) is None  # the generic path
     True
     """
-    plan = _plan(task)
+    plan = mlp_plan(task)
     if plan is None:
         return None
     cross_entropy = task.loss_kind == LossKind.CROSS_ENTROPY

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from fimo.further.fast import _plan as mlp_plan
+from fimo.further.fast import mlp_plan
 from fimo.task import LossKind, Task
 
 Params = dict[str, torch.Tensor]
