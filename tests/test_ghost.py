@@ -203,18 +203,31 @@ def test_a_dense_test_side_against_factors_equals_formed_gradients(trainable, bu
     assert relative(got, want) < TOL
 
 
-def test_score_matrix_takes_factors_for_an_mlp_and_formed_gradients_otherwise():
-    """score_matrix gives the same scores with and without factors; a model whose layers
-    meet an instance at several positions has no dense factor plan."""
+def test_score_matrix_takes_factors_for_an_mlp_and_formed_gradients_otherwise(monkeypatch):
+    """score_matrix multiplies from factors by default on an MLP (and forms no gradients),
+    from formed gradients with ghost="never", the same scores either way; a model whose
+    layers meet an instance at several positions has no dense factor plan."""
+    import fimo.methods.common as common
     from fimo.methods.common import score_matrix
     from fimo.methods.ghost import dense_ghost_plan
 
+    paths = []
+    for name in ("ghost_products", "training_gradients"):
+        real = getattr(common, name)
+        monkeypatch.setattr(
+            common,
+            name,
+            lambda *a, _real=real, _name=name, **k: paths.append(_name) or _real(*a, **k),
+        )
     task = mlp_task()
     V = torch.randn(4, task.num_params, generator=torch.Generator().manual_seed(2), dtype=DT)
     train = np.array([5, 0, 17, 3, 39])
     auto = score_matrix(task, train, V, chunk_size=2)
+    assert paths == ["ghost_products"]
     never = score_matrix(task, train, V, chunk_size=2, ghost="never")
+    assert paths == ["ghost_products", "training_gradients"]
     assert relative(auto, never) < TOL
+    assert relative(never, V.numpy() @ loop_gradients(task, task.train, False)[train].T / 40) < TOL
     assert dense_ghost_plan(task) is not None
     seq = Task(
         nn.Sequential(nn.Linear(3, 4), nn.Flatten(), nn.Linear(8, 2)).double(),

@@ -161,15 +161,22 @@ def checked_plan(task: Task, probes: int = 2) -> tuple[list[GhostLayer] | None, 
     >>> checked_plan(Task(nn.Linear(3, 2), data, data))[0]
     [GhostLayer(module='', weight=True, bias=True)]
     """
+    layers, reason, _ = _probed_plan(task, probes)
+    return layers, reason
+
+
+def _probed_plan(task: Task, probes: int = 2):
+    """:func:`checked_plan`'s ``(layers, reason)`` and the probe instances' factors (None when
+    not captured), so that a caller can read their positions without capturing again."""
     layers, reason = ghost_plan(task)
     if layers is None or len(task.train) == 0:
-        return layers, reason
+        return layers, reason, None
     rows = torch.arange(min(probes, len(task.train)))
     x, y = task.train.inputs[rows], task.train.targets[rows]
     try:
         factors = capture(task, layers, x, y)
     except ValueError as exc:
-        return None, str(exc)
+        return None, str(exc), None
     formed = _autograd_rows(task, x, y)
     rebuilt = torch.zeros_like(formed)
     for name, where in layer_slices(task, layers).items():
@@ -184,8 +191,8 @@ def checked_plan(task: Task, probes: int = 2) -> tuple[list[GhostLayer] | None, 
     tol = 1e-4 if formed.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-9
     scale = float(formed.abs().max().clamp_min(torch.finfo(formed.dtype).tiny))
     if float((rebuilt - formed).abs().max()) > tol * scale:
-        return None, "a trainable parameter is used outside its nn.Linear call"
-    return layers, ""
+        return None, "a trainable parameter is used outside its nn.Linear call", factors
+    return layers, "", factors
 
 
 def _autograd_rows(task: Task, x, y) -> torch.Tensor:
@@ -533,11 +540,7 @@ def dense_ghost_plan(task: Task) -> list[GhostLayer] | None:
     >>> dense_ghost_plan(Task(nn.Linear(3, 2), data, data))
     [GhostLayer(module='', weight=True, bias=True)]
     """
-    layers, _ = checked_plan(task)
-    if layers is None or len(task.train) == 0:
-        return None
-    first = torch.arange(1)
-    probe = capture(task, layers, task.train.inputs[first], task.train.targets[first])
-    if any(f.b.shape[1] != 1 for f in probe.values()):
+    layers, _, probe = _probed_plan(task)
+    if layers is None or probe is None or any(f.b.shape[1] != 1 for f in probe.values()):
         return None
     return layers
