@@ -20,12 +20,14 @@ centred gold standard, per test instance, averaged over test instances):
   S/2, over ``--splits`` random splits);
 - ``u(new half)/gold half``: ``unrolled`` over S/2 unused seeds against a half of the gold
   standard, over the same splits (each half against each of the two ``unrolled`` halves);
-- ``u/gold, seed limit``: the agreement of ``unrolled`` with the gold standard as the number of
-  seeds grows without bound, estimated without seed noise from the paired per-seed values:
-  per test instance, ``(<ū_A, ḡ_B> + <ū_B, ḡ_A>) / 2 / sqrt(<ū_A, ū_B> <ḡ_A, ḡ_B>)`` over random
-  half splits A/B of the gold standard's seeds (ū, ḡ: half means of ``unrolled`` and of the
-  centred gold standard; cross-half products have no shared seed noise). Test instances
-  whose noise-free norms are not positive are left out of the mean;
+- ``seed limit``, ``± SE``, ``seed limit, median``: the agreement of ``unrolled`` with the
+  gold standard as the number of seeds grows without bound (the disattenuated cosine), per
+  test instance ⟨E u, E g⟩ / (‖E u‖ ‖E g‖) with every product estimated from pairs of
+  *different* seeds (U-statistics: unbiased, no shared seed noise; ``unrolled``'s unused
+  seeds count too), then the mean over test instances with its standard error (subsampling
+  3/4 of the seeds), and the median over test instances (a per-test ratio of noisy products
+  can exceed 1 or blow up where a test instance has little signal; the median is robust to
+  those). Test instances whose estimated squared norms are not positive are left out;
 - ``u/drop gold`` and ``drop/mask gold``: with ``--drop``, ``unrolled`` against the ``drop``
   gold standard, and the two gold standards against each other (both centred).
 
@@ -96,26 +98,59 @@ def split_columns(gold, new_seeds: np.ndarray, splits) -> tuple[np.ndarray, np.n
     return mean_over_test(np.nanmean(gold_half, 0)), mean_over_test(np.nanmean(u_half, 0))
 
 
-def seed_limit(gold, paired: np.ndarray, splits) -> np.ndarray:
-    """``unrolled``'s cosine with the gold standard at infinitely many seeds, (C,).
+def cross_sum(x: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+    """Σ over seed pairs s ≠ s' of ⟨x_s, y_s'⟩ (``y`` = ``x`` when None), over the last axis.
 
-    ``paired``: ``unrolled``'s per-seed values on the gold standard's seeds, (S, C, T, L).
-    Products of half means over disjoint seed halves are unbiased for the products of the
-    seed-limit means, so their ratio estimates the seed-limit cosine without the
-    attenuation (or the shared-noise inflation) of a finite number of seeds.
+    ``x``, ``y``: per-seed values (S, ..., L) on the same seeds; shape (...,). Pairs of one seed
+    with itself are left out because they share that seed's noise.
     """
-    adjusted = gold.adjusted()
-    cross, u_norm, g_norm = 0.0, 0.0, 0.0
-    for a, b in splits:
-        ga, gb = centre(adjusted[a].mean(0)), centre(adjusted[b].mean(0))
-        ua, ub = paired[a].mean(0), paired[b].mean(0)
-        cross = cross + ((ua * gb).sum(-1) + (ub * ga).sum(-1)) / 2
-        u_norm = u_norm + (ua * ub).sum(-1)
-        g_norm = g_norm + (ga * gb).sum(-1)
-    product = u_norm * g_norm
+    y = x if y is None else y
+    return (x.sum(0) * y.sum(0)).sum(-1) - (x * y).sum(-1).sum(0)
+
+
+def seed_limit_per_test(gold_seeds: np.ndarray, paired: np.ndarray, unpaired: np.ndarray):
+    """Per test instance, ``unrolled``'s cosine with the gold standard at infinitely many seeds.
+
+    ``gold_seeds``: the centred per-seed gold standard (S, C, T, L); ``paired``: ``unrolled`` on
+    the same S seeds; ``unpaired``: on other seeds (S', C, T, L), S' ≥ 0. Every product is an
+    average over pairs of *different* seeds, which is unbiased for the product of the two
+    seed-limit means (U-statistics): the numerator over all paired s ≠ s' and all unpaired
+    pairs, the two squared norms over all pairs of distinct seeds (``unrolled``'s over its
+    S + S' seeds). The ratio is the disattenuated cosine; (C, T), NaN where an estimated
+    squared norm is not positive (a test instance without signal at that seed count).
+    """
+    S, N = len(gold_seeds), len(unpaired)
+    cross = cross_sum(paired, gold_seeds)
+    if N:
+        cross = cross + (unpaired.sum(0) * gold_seeds.sum(0)).sum(-1)
+    cross = cross / (S * (S - 1) + N * S)
+    every_u = np.concatenate([paired, unpaired]) if N else paired
+    u_norm = cross_sum(every_u) / (len(every_u) * (len(every_u) - 1))
+    g_norm = cross_sum(gold_seeds) / (S * (S - 1))
     with np.errstate(invalid="ignore", divide="ignore"):
-        per_test = np.where((u_norm > 0) & (g_norm > 0), cross / np.sqrt(product), np.nan)
-    return mean_over_test(per_test)
+        return np.where((u_norm > 0) & (g_norm > 0), cross / np.sqrt(u_norm * g_norm), np.nan)
+
+
+def seed_limit(gold, paired: np.ndarray, unpaired: np.ndarray, subsamples: int = 100):
+    """The seed-limit cosine (mean and median over test instances) and the mean's standard error.
+
+    The standard error comes from ``subsamples`` draws of 3/4 of the seeds without
+    replacement (paired and unpaired alike), scaled to all seeds by the delete-d jackknife's
+    factor √(m / (S − m)). Returns three arrays of shape (C,).
+    """
+    gold_seeds = centre(gold.adjusted())
+    per_test = seed_limit_per_test(gold_seeds, paired, unpaired)
+    S, N = len(gold_seeds), len(unpaired)
+    m, mn = 3 * S // 4, 3 * N // 4
+    rng = np.random.default_rng(0)
+    draws = []
+    for _ in range(subsamples):
+        a, b = rng.permutation(S)[:m], rng.permutation(N)[:mn]
+        draws.append(mean_over_test(seed_limit_per_test(gold_seeds[a], paired[a], unpaired[b])))
+    se = np.std(draws, axis=0) * np.sqrt(m / (S - m))
+    with np.errstate(all="ignore"):
+        median = np.nanmedian(per_test, axis=-1)
+    return mean_over_test(per_test), se, median
 
 
 def ceiling(gold) -> np.ndarray:
@@ -221,7 +256,8 @@ def main() -> None:
     cols["gold half/half"], cols["u(new half)/gold half"] = split_columns(
         gold, per_seed[S:], half_splits(S, args.splits)
     )
-    cols["u/gold, seed limit"] = seed_limit(gold, per_seed[:S], half_splits(S, args.splits))
+    limit, limit_se, limit_median = seed_limit(gold, per_seed[:S], per_seed[S:])
+    cols["seed limit"], cols["± SE"], cols["seed limit, median"] = limit, limit_se, limit_median
     if drop is not None:
         cols["u/drop gold"] = mean_over_test(agreement(drop.mean(True), per_seed[:S].mean(0)))
         cols["drop/mask gold"] = mean_over_test(agreement(target, drop.mean(True)))
@@ -242,6 +278,11 @@ def main() -> None:
         "means over checkpoints: "
         + ", ".join(f"{name} {np.nanmean(v):.3f}" for name, v in cols.items())
     )
+    for name in ("seed limit", "seed limit, median"):
+        v = cols[name]
+        print(f"{name}: {np.nanmin(v):.3f}–{np.nanmax(v):.3f}, ≥ 0.95 at {int((v >= 0.95).sum())}")
+    low = cols["seed limit"] + 2 * cols["± SE"]
+    print(f"seed limit + 2 SE ≥ 0.95 at {int((low >= 0.95).sum())} of {len(low)} checkpoints")
     print(f"total {time.perf_counter() - started:.0f} s, load average {os.getloadavg()[0]:.1f}")
 
 
