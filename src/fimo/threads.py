@@ -122,7 +122,11 @@ def cores_taken(others: Iterable[float], ours: float = 0.0) -> float:
 
 class Runnable(NamedTuple):
     """A runnable thread: its nice, the scheduling group it competes in (an autogroup, a CPU
-    cgroup, or the thread alone) and that group's nice."""
+    cgroup, or the thread alone) and that group's nice.
+
+    >>> Runnable(19, "/autogroup-7", 0).group_nice
+    0
+    """
 
     nice: float
     group: str
