@@ -270,9 +270,13 @@ def test_a_busy_process_at_nice_0_counts_one_core():
 
 @linux_only
 def test_a_busy_process_at_nice_19_in_our_session_counts_next_to_nothing():
+    ours = os.getpriority(os.PRIO_PROCESS, 0)  # pytest itself may run under `nice`
+    if ours > 5:
+        pytest.skip(f"this process runs at nice {ours}: a nice-19 thread is not far below it")
+    expected = cores_taken([19], ours=ours)  # 0.028 at nice 0, 0.074 at nice 5
     added, width = what_a_child_adds(19)
-    skip_if_unsure(width, 0.2, "a nice-19 thread's 0.03 from 0.1")
-    assert -0.05 <= added < 0.1
+    skip_if_unsure(width, 0.2, "a nice-19 thread's share from 0.1")
+    assert expected - 0.05 <= added < expected + 0.07
     assert threads_for(2, added) == 2
 
 
