@@ -662,7 +662,16 @@ def fimo_settings(name: str, args) -> tuple[str, str, dict]:
             },
         ),
         "ekfac": ("big", "ekfac", {"damping": lam, "sampling": "exact"}),
-        "trak": ("big", "trak", {"proj_dim": args.proj_dim, "damping": 0.0, "seed": 0}),
+        "trak": (
+            "big",
+            "trak",
+            {
+                "proj_dim": args.proj_dim,
+                "damping": 0.0,
+                "seed": 0,
+                "proj_structure": args.trak_structure,
+            },
+        ),
     }[name]
 
 
@@ -951,7 +960,7 @@ def run_method(name, setups, args, available, rows, extra):
     if name == "grad_dot":  # the ghost path's gain, and its rounding against formed gradients
         meta[FIMO_FORMED] = ("same", "fimo's per-instance gradients (vmap), not a peer")
         outcomes[FIMO_FORMED] = []
-    if name == "trak":  # the factored projection's gain, and its agreement
+    if name == "trak" and args.trak_structure == "dense":  # the factored projection's gain
         meta[FIMO_KRON] = ("stochastic", "P_out ⊗ P_in per layer from factors, not a peer")
         outcomes[FIMO_KRON] = []
     failed = {}
@@ -1081,6 +1090,13 @@ def main() -> None:
     parser.add_argument("--lissa-batch", type=int, default=128)
     parser.add_argument("--lissa-scale", type=float, default=5.0)
     parser.add_argument("--proj-dim", type=int, default=512)
+    parser.add_argument(
+        "--trak-structure",
+        default="dense",
+        choices=("dense", "kronecker"),
+        help="fimo TRAK's proj_structure in its main row (with 'dense', a 'fimo kronecker' "
+        "row is timed beside it)",
+    )
     parser.add_argument(
         "--trak-no-references",
         action="store_true",
