@@ -84,6 +84,8 @@ PEERS = {
 }
 #: fimo's Grad-Dot through formed per-instance gradients, timed beside its default (ghost) path.
 FIMO_FORMED = "fimo ghost=never"
+#: fimo's TRAK with the Kronecker-factored projection from layer factors, beside its default.
+FIMO_KRON = "fimo kronecker"
 METHODS = ("grad_dot", "explicit", "cg", "lissa", "arnoldi", "ekfac", "trak")
 #: Training instances per batch wherever a peer takes a batch size (fimo chunks by memory).
 BATCH = 500
@@ -660,7 +662,16 @@ def fimo_settings(name: str, args) -> tuple[str, str, dict]:
             },
         ),
         "ekfac": ("big", "ekfac", {"damping": lam, "sampling": "exact"}),
-        "trak": ("big", "trak", {"proj_dim": args.proj_dim, "damping": 0.0, "seed": 0}),
+        "trak": (
+            "big",
+            "trak",
+            {
+                "proj_dim": args.proj_dim,
+                "damping": 0.0,
+                "seed": 0,
+                "proj_structure": args.trak_structure,
+            },
+        ),
     }[name]
 
 
@@ -860,6 +871,12 @@ def make_call(job: dict, setup: Setup, args) -> Callable[[], np.ndarray]:
         return fimo_call(setup, "grad_dot", ghost="never")
     if lib == "fimo seed 1":
         return fimo_call(setup, "trak", proj_dim=args.proj_dim, damping=0.0, seed=1)
+    if lib == FIMO_KRON:
+        return fimo_call(
+            setup, "trak", proj_dim=args.proj_dim, damping=0.0, seed=0, proj_structure="kronecker"
+        )
+    if lib == "fimo large k":
+        return fimo_call(setup, "trak", proj_dim=args.trak_large_k, damping=0.0, seed=2)
     if lib == "trak reference":
         return lambda: trak_reference(setup, args.proj_dim)
     which = fimo_settings(name, args)[0]
@@ -943,6 +960,9 @@ def run_method(name, setups, args, available, rows, extra):
     if name == "grad_dot":  # the ghost path's gain, and its rounding against formed gradients
         meta[FIMO_FORMED] = ("same", "fimo's per-instance gradients (vmap), not a peer")
         outcomes[FIMO_FORMED] = []
+    if name == "trak" and args.trak_structure == "dense":  # the factored projection's gain
+        meta[FIMO_KRON] = ("stochastic", "P_out ⊗ P_in per layer from factors, not a peer")
+        outcomes[FIMO_KRON] = []
     failed = {}
     for r in range(args.repeats):
         for lib in outcomes:
@@ -960,12 +980,12 @@ def run_method(name, setups, args, available, rows, extra):
         print(f"  {lib}: not installed, skipped", flush=True)
         rows.append(Row(name, lib, None, fimo_s, kind, None, "not installed"))
 
-    exact = None
+    exact = large = None
     if name == "lissa":  # how close is each stochastic estimate to the exact solve?
         exact = reference_values(base, "fimo exact cg", args, info)
         if exact is not None:
             info["fimo_vs_exact"] = agreement(ref, exact)["cosine"]
-    if name == "trak":
+    if name == "trak" and not args.trak_no_references:
         # the spread between two projections: fimo itself with another seed
         other = reference_values(base, "fimo seed 1", args, info)
         if other is not None:
@@ -974,6 +994,14 @@ def run_method(name, setups, args, available, rows, extra):
         exact = reference_values(base, "trak reference", args, info)
         if exact is not None:
             info["fimo_vs_float64_reference"] = agreement(ref, exact)["cosine"]
+        if args.trak_large_k:  # a proxy for unprojected TRAK: dense P with many more columns
+            large = reference_values(base, "fimo large k", args, info)
+            if large is not None:
+                info["fimo_vs_large_k"] = agreement(ref, large)["cosine"]
+        if FIMO_KRON in outcomes and outcomes[FIMO_KRON] and not outcomes[FIMO_KRON][0].failure:
+            kron = outcomes[FIMO_KRON][0].settings
+            info["kron_projected_dim"] = kron.get("projected_dim")
+            info["kron_split"] = kron.get("kronecker_split")
     for lib, (kind, note) in meta.items():
         done = [o for o in outcomes[lib] if not o.failure]
         peak = max(o.peak_gb for o in outcomes[lib])
@@ -993,6 +1021,8 @@ def run_method(name, setups, args, available, rows, extra):
             agree["vs_exact"] = agreement(values, exact)["cosine"]
         if name == "trak" and exact is not None:
             agree["vs_float64_reference"] = agreement(values, exact)["cosine"]
+        if name == "trak" and large is not None:
+            agree["vs_large_k"] = agreement(values, large)["cosine"]
         seconds = min(o.seconds for o in done)
         rows.append(Row(name, lib, seconds, fimo_s, kind, agree, note, peak, fimo_gb))
         print(f"  {lib}: {seconds:.2f} s, {peak:.2f} GB, cosine {agree['cosine']:.4f}", flush=True)
@@ -1060,6 +1090,26 @@ def main() -> None:
     parser.add_argument("--lissa-batch", type=int, default=128)
     parser.add_argument("--lissa-scale", type=float, default=5.0)
     parser.add_argument("--proj-dim", type=int, default=512)
+    parser.add_argument(
+        "--trak-structure",
+        default="dense",
+        choices=("dense", "kronecker"),
+        help="fimo TRAK's proj_structure in its main row (with 'dense', a 'fimo kronecker' "
+        "row is timed beside it)",
+    )
+    parser.add_argument(
+        "--trak-no-references",
+        action="store_true",
+        help="skip TRAK's reference calls (fimo with seed 1, the float64 formula): at a "
+        "million parameters each takes as long as fimo's own call",
+    )
+    parser.add_argument(
+        "--trak-large-k",
+        type=int,
+        default=0,
+        help="also score TRAK with a dense projection to this many dimensions (seed 2) and "
+        "give every TRAK row's cosine with it (a proxy for unprojected TRAK; 0: skip)",
+    )
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--peers", nargs="+", default=[*list(PEERS), "traker+fimo P"])
     parser.add_argument("--hidden", nargs="+", type=int, default=[128, 128])
@@ -1184,6 +1234,37 @@ def print_notes(rows: list[Row], extra: dict, args) -> None:
                     f"trak: {r.library} against that float64 reference: cosine "
                     f"{r.agreement['vs_float64_reference']:.4f}"
                 )
+    if "fimo_vs_large_k" in info:
+        print(
+            f"trak: against dense TRAK at k = {args.trak_large_k} (seed 2): fimo "
+            f"{info['fimo_vs_large_k']:.4f}, "
+            + ", ".join(
+                f"{r.library} {r.agreement['vs_large_k']:.4f}"
+                for r in rows
+                if r.method == "trak" and r.agreement and "vs_large_k" in r.agreement
+            )
+        )
+    if "kron_projected_dim" in info:
+        print(
+            f"trak: {FIMO_KRON} used k = {info['kron_projected_dim']} of {args.proj_dim} "
+            f"(k_out × k_in per layer: {info['kron_split']})"
+        )
+        kron = next((r for r in rows if r.library == FIMO_KRON and r.seconds), None)
+        peers = [
+            r
+            for r in rows
+            if r.method == "trak"
+            and r.seconds is not None
+            and r.library not in ("traker+fimo P", FIMO_KRON)
+        ]
+        if kron is not None and peers:
+            fastest = min(peers, key=lambda r: r.seconds)
+            ratio = fastest.seconds / kron.seconds
+            print(
+                f"trak: {FIMO_KRON} {kron.seconds:.2f} s against the fastest peer "
+                f"{fastest.library} {fastest.seconds:.2f} s: peer / fimo = {ratio:.2f} "
+                f"(target ≥ 2: {'met' if ratio >= 2 else 'NOT met'})"
+            )
     print()
     for name in args.methods:
         timed_rows = [
@@ -1191,7 +1272,7 @@ def print_notes(rows: list[Row], extra: dict, args) -> None:
             for r in rows
             if r.method == name
             and r.seconds is not None
-            and r.library not in ("traker+fimo P", FIMO_FORMED)
+            and r.library not in ("traker+fimo P", FIMO_FORMED, FIMO_KRON)
         ]
         if not timed_rows:
             continue

@@ -632,8 +632,13 @@ def _check_method_setting(where: str, key: str, value) -> None:
         raise InputError(f"{where}: got {value!r}; must be a whole number ≥ 1 (or absent)")
     if key == "proj_dim" and not (isinstance(value, int) and value >= 1):
         raise InputError(f"{where}: got {value!r}; must be a whole number ≥ 1 (or absent: none)")
+    if key == "proj_structure":  # TRAK's; the choices of fimo.methods.kron_projection
+        check_choice(where, value, TRAK_PROJ_STRUCTURES)
 
 
+#: TRAK's ``proj_structure`` values, checked here without importing torch (the same tuple as
+#: :data:`fimo.methods.kron_projection.PROJ_STRUCTURES`, which a test compares).
+TRAK_PROJ_STRUCTURES = ("dense", "kronecker", "auto")
 MODEL_KINDS = ("mlp", "resnet_small", "minilm")
 SCALES = ("quick", "paper")
 

@@ -94,11 +94,12 @@ def ghost_plan(task: Task) -> tuple[list[GhostLayer] | None, str]:
 
 
 def capture(
-    task: Task, layers: list[GhostLayer], inputs, targets, measure: bool = False
+    task: Task, layers: list[GhostLayer], inputs, targets, measure: bool = False, fn=None
 ) -> dict[str, Factors]:
     """Each layer's factors for the instances ``inputs``: one forward pass with hooks that
     keep every call's input and output, one backward pass of the summed per-instance losses
-    (or measurements g) to the outputs. A layer called several times (shared across
+    (or measurements g, or ``fn(params, inputs, targets)`` (B,) when given: TRAK's output
+    function) to the outputs. A layer called several times (shared across
     positions or steps) gets its calls as extra positions; one never called gets none.
 
     >>> from fimo.data.base import ArrayDataset
@@ -120,7 +121,7 @@ def capture(
 
         handles.append(modules[layer.module].register_forward_hook(keep))
     params = {n: p.detach().requires_grad_(True) for n, p in task.params().items()}
-    fn = task.measure if measure else task.losses
+    fn = fn or (task.measure if measure else task.losses)
     try:
         with torch.enable_grad(), task.eval_mode():
             total = fn(params, inputs, targets).sum()

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.func import grad, jacrev, vmap
 
-from fimo.errors import InputError
+from fimo.errors import InputError, check_choice
 from fimo.methods.common import (
     hessian_subset,
     score_matrix,
@@ -42,8 +42,17 @@ from fimo.methods.common import (
     test_and_train,
 )
 from fimo.methods.cost import CostProbe
-from fimo.methods.gradients import chunk_size_for, flatten, gradient_matrix, over_instances
-from fimo.methods.projection import Projector, check_proj_dim
+from fimo.methods.ghost import MAX_GHOST_CHUNK, capture, checked_plan
+from fimo.methods.gradients import (
+    DEFAULT_BUDGET,
+    chunk_size_for,
+    fit_count,
+    flatten,
+    gradient_matrix,
+    over_instances,
+)
+from fimo.methods.kron_projection import PROJ_STRUCTURES, KroneckerProjector
+from fimo.methods.projection import PROJECTIONS, Projector, check_proj_dim
 from fimo.scores import Scores
 from fimo.task import LossKind, Task
 
@@ -88,8 +97,14 @@ def _condition(kept: torch.Tensor, extra: float | None) -> float | None:
     return max(values) / min(values) if values else None
 
 
-def _check_settings(proj_dim, damping) -> None:
+def _check_settings(proj_dim, damping, proj_structure) -> None:
     check_proj_dim("trak", proj_dim)
+    check_choice("trak proj_structure", proj_structure, PROJ_STRUCTURES)
+    if proj_structure == "kronecker" and proj_dim is None:
+        raise InputError(
+            "trak proj_structure: 'kronecker' projects, but proj_dim is None; give a proj_dim "
+            "or use proj_structure='dense'"
+        )
     if not (isinstance(damping, int | float) and damping >= 0):
         raise InputError(f"trak damping: got {damping!r}; must be a number ≥ 0")
 
@@ -125,11 +140,9 @@ def _feature_pass(task, proj, subset, train, chunk_size) -> tuple[_Features, str
     n, m, k = len(task.train), len(subset), proj.dim
     params = task.params()
     f, slope, curvature, output = _output_function(task)
-    jac = over_instances(jacrev(f), task)
     with torch.no_grad():
         d_f = f(params, task.train.inputs[0], task.train.targets[0]).numel()
-    itemsize = next(iter(params.values())).element_size()
-    size = chunk_size or chunk_size_for(task.num_params * d_f, itemsize)
+    features, size = _feature_maker(task, proj, f, d_f, chunk_size)
     in_kernel = np.zeros(n, dtype=bool)
     in_kernel[subset] = True
     dual = m * d_f <= k
@@ -153,8 +166,7 @@ def _feature_pass(task, proj, subset, train, chunk_size) -> tuple[_Features, str
             pos = order[start : start + size]
             sel = torch.as_tensor(pos) if m < n else slice(int(pos[0]), int(pos[-1]) + 1)
             x, y = task.train.inputs[sel], task.train.targets[sel]
-            J = flatten(jac(params, x, y), batch_dims=2)  # (B, d_f, P)
-            F = proj.project(J.reshape(-1, J.shape[-1])).reshape(len(x), d_f, k)
+            F = features(x, y)  # (B, d_f, k)
             _add_to_kernel(feats, F, np.nonzero(in_kernel[pos])[0])
             where = wanted[pos]
             keep = np.nonzero(where >= 0)[0]
@@ -164,6 +176,87 @@ def _feature_pass(task, proj, subset, train, chunk_size) -> tuple[_Features, str
                 feats.scored[where[keep]] = torch.einsum("bfk,bf->bk", F[keep], s)
             probe.tick(len(pos))
     return feats, output, curvature
+
+
+def _feature_maker(task: Task, proj, f, d_f: int, chunk_size: int | None):
+    """(features, chunk): features(x, y) = the projected output Jacobians (B, d_f, k) of a
+    chunk of instances, and the instances per chunk. Dense: the per-instance Jacobians
+    (B × d_f × P) times P. Kronecker: from each Linear layer's factors, one forward and
+    backward pass per output of f (:func:`fimo.methods.ghost.capture`), no Jacobian formed."""
+    params = task.params()
+    itemsize = next(iter(params.values())).element_size()
+    if isinstance(proj, KroneckerProjector):
+        rows_of = _batched_output(task)
+
+        def features(x, y):
+            per_output = []
+            for d in range(d_f):
+                factors = capture(
+                    task, proj.layers, x, y, fn=lambda p, xs, ys, d=d: rows_of(p, xs, ys)[:, d]
+                )
+                per_output.append(proj.project_factors(factors, len(x)))
+            return torch.stack(per_output, 1)
+
+        width = sum(proj.positions.get(b.module, 0) * (b.out + b.width) for b in proj.blocks)
+        per_instance = (4 * width + d_f * proj.dim) * itemsize
+        return features, chunk_size or fit_count(per_instance, DEFAULT_BUDGET, MAX_GHOST_CHUNK)
+    jac = over_instances(jacrev(f), task)
+
+    def features(x, y):
+        J = flatten(jac(params, x, y), batch_dims=2)  # (B, d_f, P)
+        return proj.project(J.reshape(-1, J.shape[-1])).reshape(len(x), d_f, proj.dim)
+
+    return features, chunk_size or chunk_size_for(task.num_params * d_f, itemsize)
+
+
+def _batched_output(task: Task):
+    """f of a batch, rows (B, d_f): the margin log(p_y/(1 − p_y)) of every instance for
+    classification, the outputs otherwise (the batched form of :func:`_output_function`'s f,
+    for the hooks of :func:`fimo.methods.ghost.capture`, which see the whole batch)."""
+    if task.loss_kind == LossKind.CROSS_ENTROPY:
+
+        def margins(params, x, y):
+            logits = task.outputs(params, x).reshape(len(x), -1)
+            mine = torch.arange(logits.shape[-1], device=logits.device) == y.reshape(-1, 1)
+            others = logits.masked_fill(mine, float("-inf")).logsumexp(-1)
+            return ((logits * mine).sum(-1) - others).reshape(len(x), 1)
+
+        return margins
+    return lambda params, x, y: task.outputs(params, x).reshape(len(x), -1)
+
+
+def _projector(task: Task, proj_dim, structure: str, seed: int, kind: str, dtype):
+    """The projection TRAK uses and which one it is ("dense" or "kronecker").
+
+    "kronecker" (and "auto") need every trainable parameter to be a Linear layer's weight or
+    bias, confirmed on data (:func:`fimo.methods.ghost.checked_plan`), and proj_dim ≥ the
+    number of layers; "kronecker" is an InputError otherwise, "auto" falls back to dense, and
+    also when projecting from factors would cost as many multiply-adds per instance as the
+    product of the formed Jacobian with the dense P (num_params · proj_dim)."""
+
+    def dense():
+        return Projector(task.num_params, proj_dim, seed, kind, dtype), "dense"
+
+    if structure == "dense" or proj_dim is None:
+        return dense()
+    layers, reason = checked_plan(task)
+    if layers is not None and proj_dim < len(layers):
+        reason = f"proj_dim {proj_dim} is below the number of Linear layers, {len(layers)}"
+        layers = None
+    if layers is None:
+        if structure == "kronecker":
+            raise InputError(
+                f"trak proj_structure: 'kronecker' cannot be used here ({reason}); "
+                "use proj_structure='dense' or 'auto'"
+            )
+        return dense()
+    proj = KroneckerProjector(task, layers, proj_dim, seed, kind, dtype)
+    if len(task.train):
+        x, y = task.train.inputs[:1], task.train.targets[:1]
+        proj.positions = {name: f.b.shape[1] for name, f in capture(task, layers, x, y).items()}
+    if structure == "auto" and proj.cost(proj.positions) >= task.num_params * proj_dim:
+        return dense()
+    return proj, "kronecker"
 
 
 def _add_to_kernel(feats: _Features, F: torch.Tensor, use: np.ndarray) -> None:
@@ -244,6 +337,7 @@ def trak(
     progress=None,
     proj_dim: int | None = 512,
     projection: str = "rademacher",
+    proj_structure: str = "dense",
     damping: float = 0.0,
     seed: int = 0,
     chunk_size: int | None = None,
@@ -254,7 +348,12 @@ def trak(
 
     ``proj_dim`` k is the projected dimension (``None``: no projection, exact features);
     ``projection`` is ``"rademacher"`` or ``"gaussian"`` (both scaled by 1/√k, seeded by
-    ``seed``). ``damping`` λ is added to the mean kernel ΦᵀΦ·h/n (TRAK uses none; λ on this
+    ``seed``). ``proj_structure`` says how P is built: ``"dense"`` (a P × k matrix times each
+    instance's formed Jacobian), ``"kronecker"`` (per Linear layer P_out ⊗ P_in, applied to the
+    layer's input and output-gradient factors, never forming the Jacobians; proj_dim is split
+    over the layers, :mod:`fimo.methods.kron_projection`; an InputError unless every trainable
+    parameter is a Linear layer's) or ``"auto"`` (Kronecker where it applies and costs less,
+    else dense); the path taken and the dimension used are recorded. ``damping`` λ is added to the mean kernel ΦᵀΦ·h/n (TRAK uses none; λ on this
     scale is TRAK's ``lambda_reg`` = nλ); a singular kernel is pseudo-inverted and its rank is
     recorded. The features stay in the model's dtype, but the kernel is accumulated, and
     eigendecomposed (or Φ's SVD taken) and applied, in float64: in float32 the pseudo-inverse
@@ -278,10 +377,11 @@ def trak(
     ((4, 20), 'margin')
     """
     test, train = test_and_train(task, test, train, "trak")
-    _check_settings(proj_dim, damping)
+    _check_settings(proj_dim, damping, proj_structure)
+    check_choice("trak projection", projection, PROJECTIONS)
     n = len(task.train)
     dtype = next(iter(task.params().values())).dtype
-    proj = Projector(task.num_params, proj_dim, seed, projection, dtype)
+    proj, path = _projector(task, proj_dim, proj_structure, seed, projection, dtype)
     hessian_seed = seed_value("hessian_seed", hessian_seed)
     subset = hessian_subset(n, hessian_samples, hessian_seed)
     feats, output, curvature = _feature_pass(task, proj, subset, train, chunk_size)
@@ -293,6 +393,10 @@ def trak(
     settings = {
         "proj_dim": proj_dim,
         "projection": projection if proj_dim is not None else "identity",
+        "proj_structure": proj_structure,
+        "projection_path": path,
+        "projected_dim": proj.dim,
+        "kronecker_split": proj.split() if path == "kronecker" else None,
         "damping": float(damping),
         "seed": seed,
         "chunk_size": chunk_size,
