@@ -51,3 +51,35 @@ def test_given_chunks_replace_the_gradients():
     np.testing.assert_array_equal(got, [[-1.0] * 5])
     G = torch.cat([g for _, g in training_gradients(task, [2, 4], chunk_size=1)])
     torch.testing.assert_close(G[1], plain_gradient(task, 4), rtol=1e-12, atol=1e-14)
+
+
+def test_the_path_follows_the_cost_and_both_equal_per_pair_products(monkeypatch):
+    """On an MLP 3 → 8 → 2 the factor path moves k·(min(3, 8) + min(8, 2)) = 5k numbers per
+    instance, the formed gradients 3·8 + 8·2 = 40: factors up to k = 8 test vectors, formed
+    gradients from k = 9. Either way the scores are the per-pair products of plain gradients."""
+    import fimo.methods.common as common
+
+    paths = []
+    for name in ("ghost_products", "training_gradients"):
+        real = getattr(common, name)
+        monkeypatch.setattr(
+            common,
+            name,
+            lambda *a, _real=real, _name=name, **k: paths.append(_name) or _real(*a, **k),
+        )
+    gen = torch.Generator().manual_seed(3)
+    data = ArrayDataset(
+        torch.randn(9, 3, generator=gen, dtype=torch.float64),
+        torch.randint(0, 2, (9,), generator=gen),
+    )
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2)).double()
+    task = Task(model, data, data)
+    train = [8, 1, 4, 0]
+    grads = torch.stack([plain_gradient(task, i) for i in train])
+    for k, path in ((8, "ghost_products"), (9, "training_gradients")):
+        paths.clear()
+        V = torch.randn(k, task.num_params, dtype=torch.float64, generator=gen)
+        got = score_matrix(task, train, V, chunk_size=3)
+        assert paths == [path]
+        np.testing.assert_allclose(got, (V @ grads.T).numpy() / 9, rtol=1e-10, atol=1e-14)
