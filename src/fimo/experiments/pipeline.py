@@ -624,49 +624,50 @@ def _run_method(r: _Run, task: Task, name: str, train_idx, fp: str, settings: di
     return result
 
 
-def _method_seconds(scores: Scores) -> dict | None:
-    """What computing a method's scores took, as they record it (None: scores made before
-    the CPU time was recorded, or brought in from elsewhere).
+def _method_seconds(scores: Scores) -> dict:
+    """What computing a method's scores took, as they record it: wall and CPU seconds, None
+    for what they do not record (CPU time in scores made before it was recorded; both in
+    scores brought in from elsewhere).
 
-    >>> _method_seconds(Scores([[1.0]], [0], [0], "m", settings={"seconds": 2.0,
-    ...                                                          "cpu_seconds": 1.5}))
-    {'wall': 2.0, 'cpu': 1.5}
+    >>> _method_seconds(Scores([[1.0]], [0], [0], "m", settings={"seconds": 2.0}))
+    {'wall': 2.0, 'cpu': None}
     """
     wall, cpu = scores.settings.get("seconds"), scores.settings.get("cpu_seconds")
-    if wall is None or cpu is None:
-        return None
-    return {"wall": float(wall), "cpu": float(cpu)}
+    return {
+        "wall": None if wall is None else float(wall),
+        "cpu": None if cpu is None else float(cpu),
+    }
 
 
 def _work_seconds(work: dict) -> dict:
     """The manifest's ``work_seconds``: per stage, the work its results recorded, summed
-    over every invocation that made them (docs/usage.md, "Run times").
+    over every invocation that made them (docs/usage.md, "Run times"); ``total`` adds the
+    stages' known figures.
 
     >>> work = {"final_training": {"wall": 2.0, "cpu": 1.0},
     ...         "further_training": {"wall": 30.0, "cpu": 28.0, "shards": 3,
     ...                              "shards_without_time": 1},
-    ...         "methods": {"grad_dot": {"wall": 1.0, "cpu": 1.0}, "cg": None}}
+    ...         "methods": {"grad_dot": {"wall": 1.0, "cpu": 1.0},
+    ...                     "cg": {"wall": 4.0, "cpu": None}}}
     >>> out = _work_seconds(work)
-    >>> out["methods"]["methods_without_time"], out["total"]
-    (1, {'wall': 33.0, 'cpu': 30.0})
+    >>> out["methods"]["wall"], out["methods"]["methods_without_cpu_time"], out["total"]
+    (5.0, 1, {'wall': 37.0, 'cpu': 30.0})
     """
     final = work.get("final_training")
-    further = dict(work.get("further_training") or {})
+    further = work.get("further_training")
     by_method = work.get("methods") or {}
-    known = [t for t in by_method.values() if t is not None]
-    methods = {
-        "wall": sum(t["wall"] for t in known),
-        "cpu": sum(t["cpu"] for t in known),
-        "methods": len(by_method),
-        "methods_without_time": len(by_method) - len(known),
-        "by_method": by_method,
-    }
-    stages = [t for t in (final, further, methods) if t and "wall" in t]
+    methods = {"methods": len(by_method), "by_method": by_method}
+    for kind, missing in (("wall", "methods_without_time"), ("cpu", "methods_without_cpu_time")):
+        known = [t[kind] for t in by_method.values() if t[kind] is not None]
+        methods[kind] = sum(known, 0.0)
+        methods[missing] = len(by_method) - len(known)
+    stages = [t for t in (final, further, methods) if t]
+    total = {k: sum((t[k] for t in stages if t.get(k) is not None), 0.0) for k in ("wall", "cpu")}
     out = {
         "final_training": final,
-        "further_training": further or None,
+        "further_training": further,
         "methods": methods,
-        "total": {k: sum(t[k] for t in stages) for k in ("wall", "cpu")},
+        "total": total,
     }
     return _rounded(out)
 
