@@ -3,13 +3,15 @@
 Layout (DESIGN.md ◆ Runs are data)::
 
     config.toml          the resolved settings
-    manifest.json        fingerprints of data, model, gold standard and scores; timings; the
+    manifest.json        fingerprints of data, model, gold standard and scores; run times
+                         (this invocation's, and the work summed over every invocation); the
                          evaluation's settings and the scores brought in with `fimo compare`
     model/final.pt       the final weights (state dict; loaded with weights_only=True)
     model/meta.json      the final-training record and its fingerprint
     further/             fingerprint.json, shards/seed-SSSSS_lo-AAAAA-BBBBB.npz (and
                          seed-SSSSS_gr-AAAAA-BBBBB.npz, the group runs of [groups]), gold.npz
-                         (the shard store's folder, :mod:`fimo.further.store`)
+                         and its stamp gold.json (the shard store's folder,
+                         :mod:`fimo.further.store`)
     scores/<name>.npz    one Scores matrix per method, or brought in with `fimo compare`
     metrics/<table>.csv  the evaluation's tables (and .parquet with pyarrow)
     plots/               PNG and SVG figures, and fingerprint.json of what they were drawn from
