@@ -203,6 +203,7 @@ class ShardStore:
         self.folder = Path(folder)
         #: each shard's work time as read or written here (None: not recorded)
         self.seconds: dict[Shard, dict | None] = {}
+        self._finished: set[Shard] = set()  # shards found whole by :meth:`finished`
         self.fingerprint = fingerprint
         self.group_fingerprint = group_fingerprint
         stamp = self.folder / FINGERPRINT
@@ -348,6 +349,7 @@ class ShardStore:
             **extra,
         )
         self.seconds[shard] = result.seconds
+        self._finished.add(shard)
         return path
 
     def finished(self, shard: Shard) -> bool:
@@ -362,12 +364,16 @@ class ShardStore:
         ...                                                 and Shard(0, 0, 2))
         (False, True)
         """
+        if shard in self._finished:  # checked once: hashing every shard takes seconds
+            return True
         path = self.path(shard)
         if not path.exists():
             return False
         matches = checksum_matches(path)
         if matches is None:  # the checksum file of runs made before it was renamed
             matches = checksum_matches(path, self.folder / SHARDS / f"{shard.name}.sha256")
+        if matches:
+            self._finished.add(shard)
         return bool(matches)
 
     def work_seconds(self, shards) -> dict:
@@ -461,9 +467,11 @@ class ShardStore:
         return stamp if isinstance(stamp, dict) else {}
 
     def reuse_gold(self, shards, seeds, left_out, test, settings, groups=None):
-        """The gold standard in ``gold.npz`` when :meth:`gold_matches` (then the work each
-        of ``shards`` recorded, kept in the stamp, is noted for :meth:`work_seconds`); else
-        None. A finished run started again reads this one file, not every shard.
+        """The gold standard in ``gold.npz`` when :meth:`gold_matches` and every one of
+        ``shards`` is on disk whole (:meth:`finished`: a shard lost or damaged is
+        recomputed, as ever); then the work each recorded, kept in the stamp, is noted for
+        :meth:`work_seconds`. Else None. A finished run started again reads this one file,
+        not every shard's arrays.
 
         >>> import tempfile
         >>> from fimo.further.engine import SeedResult
@@ -480,6 +488,8 @@ class ShardStore:
         (2.0, None)
         """
         if not self.gold_matches(seeds, left_out, test, groups):
+            return None
+        if not all(self.finished(shard) for shard in shards):
             return None
         try:
             gold = GoldStandard.from_arrays(read_npz(self.folder / GOLD), settings)
