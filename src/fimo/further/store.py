@@ -392,8 +392,8 @@ class ShardStore:
         """
         known = [self.seconds[sh] for sh in shards if self.seconds.get(sh) is not None]
         return {
-            "wall": sum(t["wall"] for t in known),
-            "cpu": sum(t["cpu"] for t in known),
+            "wall": sum((t["wall"] for t in known), 0.0),
+            "cpu": sum((t["cpu"] for t in known), 0.0),
             "shards": len(shards),
             "shards_without_time": len(shards) - len(known),
         }
