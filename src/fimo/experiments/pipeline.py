@@ -36,7 +36,7 @@ from fimo.further.plan import Groups
 from fimo.further.ray_address import check_reachable
 from fimo.further.runner import ShardPlan, gold_standard, make_executor, plan_gold
 from fimo.further.threads import THREADS_PER_WORKER, torch_threads
-from fimo.io import fingerprint, non_default
+from fimo.io import fingerprint, non_default, write_json
 from fimo.methods import get_method
 from fimo.methods.cost import announcements
 from fimo.scores import Scores
@@ -355,7 +355,7 @@ def _final_model_stage(r: _Run, task: Task) -> dict:
         meta.update(baseline(head_task))
     r.dir.write_model_meta(meta)
     r.timings["final_training"] = time.perf_counter() - started
-    r.work["final_training"] = meta.get("seconds")  # None: trained before it was recorded
+    r.work["final_training"] = r.dir.read_final_seconds()  # None: not recorded
     r.fingerprints["model_recipe"] = model_fp
     r.fingerprints["weights"] = fingerprint(dict(task.model.state_dict()))
     model_metrics = {k: meta[k] for k in MODEL_METRICS if k in meta}
@@ -390,11 +390,12 @@ def _train_final_model(r: _Run, task: Task, model_fp: str) -> dict:
             final_task, r.config.training, on_epoch=lambda e, loss: bar.advance(job)
         )
     r.dir.save_final(task.model)
+    # beside meta.json, which holds what training made (the same every time), not its time
+    write_json(r.dir.final_seconds, _seconds_since(wall, cpu))
     return {
         "fingerprint": model_fp,
         "training": r.config.training.as_dict(),
         "train_loss_by_epoch": history,
-        "seconds": _seconds_since(wall, cpu),
     }
 
 
