@@ -1,7 +1,7 @@
 """Summary tables and figures of finished runs for docs/results.md.
 
 For each run directory: the final model beside its baseline, the gold standard's size and
-the run's time, then each method's centred cosine and Spearman with the gold standard at the
+the run's work time (summed over every invocation that made its results), then each method's centred cosine and Spearman with the gold standard at the
 first and last checkpoint and at its peak (with the step of the peak), the noise ceiling at
 the first and last checkpoint, and the seed-count table (the paper's Figs. 3 and 7: for k
 seeds per gold standard, the best checkpoint's centred cosine averaged over the S // k
@@ -43,16 +43,11 @@ def table(run: Path) -> str:
     lines = [f"### {run.name}", ""]
     model = manifest.get("model", {})
     gold = manifest.get("gold_standard", {})
-    seconds = sum(
-        v
-        for k, v in manifest.get("timings_seconds", {}).items()
-        if k in ("final_training", "further_training", "methods")
-    )
     lines.append(
         f"{model_summary(model)}. Gold standard: {len(gold.get('seeds', []))} seeds × "
         f"{len(gold.get('left_out', []))} left out × {gold['test'][1] - gold['test'][0]} test, "
         f"{len(gold.get('steps', []))} checkpoints (steps {gold['steps'][0]}–{gold['steps'][-1]}). "
-        f"Time: {seconds / 60:.1f} min."
+        f"{time_sentence(manifest)}"
     )
     skipped = manifest.get("skipped_methods") or {}
     for name, reason in skipped.items():
@@ -77,6 +72,47 @@ def table(run: Path) -> str:
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += ["", *noise_lines(run), "", *seed_lines(run)]
     return "\n".join(lines) + "\n"
+
+
+def time_sentence(manifest: dict) -> str:
+    """The work the run's results recorded, summed over every invocation (the manifest's
+    ``work_seconds``), with what is unknown; a run made before that was recorded gives the
+    time of its last invocation, said to be so.
+
+    >>> time_sentence({"work_seconds": {"total": {"wall": 5400.0, "cpu": 5000.0},
+    ...     "final_training": {"wall": 60.0, "cpu": 55.0},
+    ...     "further_training": {"wall": 4800.0, "shards": 10, "shards_without_time": 0},
+    ...     "methods": {"methods": 2, "methods_without_time": 0}}})
+    'Work: 90.0 min (further training 80.0 min over 10 shards).'
+    >>> time_sentence({"work_seconds": {"total": {"wall": 60.0}, "final_training": None,
+    ...     "further_training": {"wall": 0.0, "shards": 100, "shards_without_time": 100},
+    ...     "methods": {"methods": 12, "methods_without_time": 0}}})
+    'Work: 1.0 min (further training 0.0 min over 100 shards; no time recorded for final training, 100 of 100 shards).'
+    >>> time_sentence({"timings_seconds": {"further_training": 60.0, "methods": 6.0}})
+    'Time of the last invocation only: 1.1 min.'
+    """
+    work = manifest.get("work_seconds")
+    if not work:
+        seconds = sum(
+            v
+            for k, v in manifest.get("timings_seconds", {}).items()
+            if k in ("final_training", "further_training", "methods")
+        )
+        return f"Time of the last invocation only: {seconds / 60:.1f} min."
+    further = work.get("further_training") or {}
+    methods = work.get("methods") or {}
+    unknown = []
+    if not work.get("final_training"):
+        unknown.append("final training")
+    if further.get("shards_without_time"):
+        unknown.append(f"{further['shards_without_time']} of {further['shards']} shards")
+    if methods.get("methods_without_time"):
+        unknown.append(f"{methods['methods_without_time']} of {methods['methods']} methods")
+    detail = f"further training {further.get('wall', 0.0) / 60:.1f} min over "
+    detail += f"{further.get('shards', 0)} shards"
+    if unknown:
+        detail += f"; no time recorded for {', '.join(unknown)}"
+    return f"Work: {work['total']['wall'] / 60:.1f} min ({detail})."
 
 
 def _metric_rows(run: Path, name: str) -> list[dict]:

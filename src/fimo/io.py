@@ -577,7 +577,9 @@ def _update(h, part) -> None:
             _update(h, value)
     elif isinstance(part, np.ndarray):
         h.update(str((part.dtype.str, part.shape)).encode())
-        h.update(np.ascontiguousarray(part).tobytes())
+        part = np.ascontiguousarray(part)
+        # the array's own bytes (a gold standard's take gigabytes: no copy of them)
+        h.update(part.tobytes() if part.dtype.hasobject else part.reshape(-1).view(np.uint8))
     elif isinstance(part, Mapping):
         for key in sorted(part):
             h.update(str(key).encode())

@@ -100,16 +100,11 @@ def seed_count_study(
     values = {name: method_values(gold, sc) for name, sc in scores.items()}
     rows: list[dict] = []
     for k in seed_counts(S, counts):
-        adjusted = np.asarray(gold.windows(k, centred=False), dtype=np.float64)
-        flat = gold_flat(gold, adjusted)  # (W, C, T)
-        W = adjusted.shape[0]
+        window_means = _window_agreement(gold, k, values, metrics, flags)
         for flag in flags:
-            windows = adjusted - adjusted.mean(axis=-1, keepdims=True) if flag else adjusted
-            windows = PreparedRows(windows, undefined=flat)  # ranked once for all methods
-            for method, v in values.items():
-                per = per_test_values(windows, v, metrics)  # (W, C, T)
+            for method in values:
                 for name in metrics:
-                    mean, sem, n = summarise(nanmean(per[name], axis=0))  # over windows
+                    mean, sem, n = summarise(window_means[flag, method, name])
                     finite = np.flatnonzero(np.isfinite(mean))
                     best = int(finite[np.argmax(mean[finite])]) if finite.size else -1
                     for c in range(len(gold.steps)):
@@ -117,7 +112,7 @@ def seed_count_study(
                             {
                                 "method": str(method),
                                 "k": k,
-                                "windows": W,
+                                "windows": S // k,
                                 "checkpoint": c,
                                 "step": int(gold.steps[c]),
                                 "epoch": float(gold.epochs[c]),
@@ -130,6 +125,29 @@ def seed_count_study(
                             }
                         )
     return rows
+
+
+def _window_agreement(gold, k: int, values: dict, metrics, flags) -> dict:
+    """Per (centred, method, metric), (C, T): each method's agreement with the means of
+    the windows of k seeds, averaged over the windows. Computed a block of checkpoints at a
+    time (:meth:`~fimo.further.gold.GoldStandard.blocks`), so the windows' means, (S // k,
+    C, T, L), are never held whole."""
+    C, T = len(gold.steps), len(gold.test)
+    out = {(f, m, n): np.empty((C, T)) for f in flags for m in values for n in metrics}
+    start = 0
+    for part in gold.blocks():
+        here = slice(start, start + len(part.steps))
+        start = here.stop
+        adjusted = np.asarray(part.windows(k, centred=False), dtype=np.float64)
+        flat = gold_flat(part, adjusted)  # (W, n, T)
+        for flag in flags:
+            windows = adjusted - adjusted.mean(axis=-1, keepdims=True) if flag else adjusted
+            windows = PreparedRows(windows, undefined=flat)  # ranked once for all methods
+            for method, v in values.items():
+                per = per_test_values(windows, v if v.ndim == 2 else v[here], metrics)
+                for name in metrics:  # (W, n, T), averaged over the windows
+                    out[flag, method, name][here] = nanmean(per[name], axis=0)
+    return out
 
 
 def _splits(S: int, h: int, n_splits: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -241,19 +259,24 @@ def _split_half_values(gold, parts, metrics, centred: bool) -> dict[str, np.ndar
 
     All NaN when there is no split (a single seed).
     """
-    adjusted = np.asarray(gold.adjusted(), dtype=np.float64)  # (S, C, T, L)
-    per_split = {name: [] for name in metrics}  # each (C, T)
-    for a, b in parts:
-        ma, mb = adjusted[a].mean(axis=0), adjusted[b].mean(axis=0)  # (C, T, L)
-        flat = gold_flat(gold, ma) | gold_flat(gold, mb)
-        if centred:
-            ma = ma - ma.mean(axis=-1, keepdims=True)
-            mb = mb - mb.mean(axis=-1, keepdims=True)
-        per = per_test_values(ma, mb, metrics, undefined=flat)
-        for name in metrics:
-            per_split[name].append(per[name])
-    empty = np.full((len(gold.steps), len(gold.test)), np.nan)
-    return {name: nanmean(np.stack(v), axis=0) if v else empty for name, v in per_split.items()}
+    C, T = len(gold.steps), len(gold.test)
+    per_split = {name: np.empty((len(parts), C, T)) for name in metrics}
+    start = 0
+    for part in gold.blocks():  # a block of checkpoints at a time: (S, C, T, L) never whole
+        here = slice(start, start + len(part.steps))
+        start = here.stop
+        adjusted = np.asarray(part.adjusted(), dtype=np.float64)  # (S, n, T, L)
+        for j, (a, b) in enumerate(parts):
+            ma, mb = adjusted[a].mean(axis=0), adjusted[b].mean(axis=0)  # (n, T, L)
+            flat = gold_flat(part, ma) | gold_flat(part, mb)
+            if centred:
+                ma = ma - ma.mean(axis=-1, keepdims=True)
+                mb = mb - mb.mean(axis=-1, keepdims=True)
+            per = per_test_values(ma, mb, metrics, undefined=flat)
+            for name in metrics:
+                per_split[name][j, here] = per[name]
+    empty = np.full((C, T), np.nan)
+    return {name: nanmean(v, axis=0) if len(parts) else empty for name, v in per_split.items()}
 
 
 def _estimates(r: float, sem: float, S: int, h: int) -> list[tuple[str, int, float, float]]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import inspect
 import platform
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +36,7 @@ from fimo.further.plan import Groups
 from fimo.further.ray_address import check_reachable
 from fimo.further.runner import ShardPlan, gold_standard, make_executor, plan_gold
 from fimo.further.threads import THREADS_PER_WORKER, torch_threads
-from fimo.io import fingerprint, non_default
+from fimo.io import fingerprint, non_default, write_json
 from fimo.methods import get_method
 from fimo.methods.cost import announcements
 from fimo.scores import Scores
@@ -170,6 +169,8 @@ class _Run:
     groups: Groups | None = None  # the groups left out together ([groups]), with their names
     group_names: list[str] | None = None
     timings: dict = field(default_factory=dict)
+    #: each stage's work as recorded with its results, over every invocation (wall, CPU)
+    work: dict = field(default_factory=dict)
     #: torch's threads for final training and the methods, chosen as the run starts
     threads: ThreadChoice | None = None
 
@@ -228,6 +229,7 @@ def _run(config: Config, rundir: RunDir, overwrite: bool, console, quiet: bool) 
             "model": model_metrics,
             "gold_standard": gold_record,
             "timings_seconds": {k: round(v, 3) for k, v in r.timings.items()},
+            "work_seconds": _work_seconds(r.work),
             "skipped_methods": skipped,
         }
         rows = _report_stage(r, gold, scores, manifest)
@@ -353,6 +355,7 @@ def _final_model_stage(r: _Run, task: Task) -> dict:
         meta.update(baseline(head_task))
     r.dir.write_model_meta(meta)
     r.timings["final_training"] = time.perf_counter() - started
+    r.work["final_training"] = r.dir.read_final_seconds()  # None: not recorded
     r.fingerprints["model_recipe"] = model_fp
     r.fingerprints["weights"] = fingerprint(dict(task.model.state_dict()))
     model_metrics = {k: meta[k] for k in MODEL_METRICS if k in meta}
@@ -375,6 +378,7 @@ def _further_task(r: _Run, task: Task) -> Task:
 def _train_final_model(r: _Run, task: Task, model_fp: str) -> dict:
     """Train the final model where the task is and save it to ``model/final.pt``; returns
     the training record for ``model/meta.json``."""
+    wall, cpu = time.perf_counter(), time.process_time()
     cached = lambda t: _trunk_cached(t, r.console, r.quiet)  # noqa: E731
     final_task = cached(final_training_task(r.config, task, cached))
     with (
@@ -386,10 +390,25 @@ def _train_final_model(r: _Run, task: Task, model_fp: str) -> dict:
             final_task, r.config.training, on_epoch=lambda e, loss: bar.advance(job)
         )
     r.dir.save_final(task.model)
+    # beside meta.json, which holds what training made (the same every time), not its time
+    write_json(r.dir.final_seconds, _seconds_since(wall, cpu))
     return {
         "fingerprint": model_fp,
         "training": r.config.training.as_dict(),
         "train_loss_by_epoch": history,
+    }
+
+
+def _seconds_since(wall: float, cpu: float) -> dict:
+    """The wall and CPU seconds (this process's) since ``perf_counter()`` was ``wall`` and
+    ``process_time()`` was ``cpu``.
+
+    >>> sorted(_seconds_since(time.perf_counter(), time.process_time()))
+    ['cpu', 'wall']
+    """
+    return {
+        "wall": round(time.perf_counter() - wall, 3),
+        "cpu": round(time.process_time() - cpu, 3),
     }
 
 
@@ -466,9 +485,8 @@ def _gold_record(r: _Run, gold: GoldStandard, seeds: list[int], plan: ShardPlan)
 def _further_train(r: _Run, task: Task, store, seeds: list[int], plan: ShardPlan):
     """Run the shards of ``plan`` not yet in ``store``, with a progress bar."""
     config = r.config
-    with warnings.catch_warnings():  # a damaged shard is reported once, by gold_standard
-        warnings.simplefilter("ignore", RuntimeWarning)
-        todo = [sh for sh in plan.shards if store.load(sh) is None]
+    # a damaged shard is reported once, by gold_standard
+    todo = [sh for sh in plan.shards if not store.finished(sh)]
     executor = make_executor(
         config.run.executor,
         config.run.workers,
@@ -495,6 +513,7 @@ def _further_train(r: _Run, task: Task, store, seeds: list[int], plan: ShardPlan
     r.timings["further_training"] = time.perf_counter() - started
     if todo:
         r.timings["further_training_per_seed"] = r.timings["further_training"] / len(todo)
+    r.work["further_training"] = store.work_seconds(plan.shards)
     return gold
 
 
@@ -560,6 +579,7 @@ def _methods_stage(r: _Run, task: Task, steps) -> tuple[dict[str, Scores], dict[
                 r.console.print(f"[yellow]skipped {name}:[/yellow] {exc}", highlight=False)
                 continue
         scores[name] = cached
+        r.work.setdefault("methods", {})[name] = _method_seconds(cached)
     r.timings["methods"] = time.perf_counter() - started
     return scores, skipped
 
@@ -580,7 +600,7 @@ def _method_settings(r: _Run, name: str, steps) -> dict:
 def _run_method(r: _Run, task: Task, name: str, train_idx, fp: str, settings: dict) -> Scores:
     """Compute one method's scores and write them to ``scores/<name>.npz``; the method's
     estimates of its long loops are printed above its progress bar."""
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     if "partial_dir" in inspect.signature(r.methods[name]).parameters:  # resumable (unrolled)
         settings = {**settings, "partial_dir": r.dir.scores_dir / f"{name}.partial"}
     with (
@@ -597,9 +617,65 @@ def _run_method(r: _Run, task: Task, name: str, train_idx, fp: str, settings: di
         )
     result.settings["fingerprint"] = fp
     result.settings["seconds"] = round(time.perf_counter() - started, 3)
+    result.settings["cpu_seconds"] = round(time.process_time() - cpu, 3)
     r.timings[f"method_{name}"] = result.settings["seconds"]
     result.save(r.dir.scores_file(name))
     return result
+
+
+def _method_seconds(scores: Scores) -> dict:
+    """What computing a method's scores took, as they record it: wall and CPU seconds, None
+    for what they do not record (CPU time in scores made before it was recorded; both in
+    scores brought in from elsewhere).
+
+    >>> _method_seconds(Scores([[1.0]], [0], [0], "m", settings={"seconds": 2.0}))
+    {'wall': 2.0, 'cpu': None}
+    """
+    wall, cpu = scores.settings.get("seconds"), scores.settings.get("cpu_seconds")
+    return {
+        "wall": None if wall is None else float(wall),
+        "cpu": None if cpu is None else float(cpu),
+    }
+
+
+def _work_seconds(work: dict) -> dict:
+    """The manifest's ``work_seconds``: per stage, the work its results recorded, summed
+    over every invocation that made them (docs/usage.md, "Run times"); ``total`` adds the
+    stages' known figures.
+
+    >>> work = {"final_training": {"wall": 2.0, "cpu": 1.0},
+    ...         "further_training": {"wall": 30.0, "cpu": 28.0, "shards": 3,
+    ...                              "shards_without_time": 1},
+    ...         "methods": {"grad_dot": {"wall": 1.0, "cpu": 1.0},
+    ...                     "cg": {"wall": 4.0, "cpu": None}}}
+    >>> out = _work_seconds(work)
+    >>> out["methods"]["wall"], out["methods"]["methods_without_cpu_time"], out["total"]
+    (5.0, 1, {'wall': 37.0, 'cpu': 30.0})
+    """
+    final = work.get("final_training")
+    further = work.get("further_training")
+    by_method = work.get("methods") or {}
+    methods = {"methods": len(by_method), "by_method": by_method}
+    for kind, missing in (("wall", "methods_without_time"), ("cpu", "methods_without_cpu_time")):
+        known = [t[kind] for t in by_method.values() if t[kind] is not None]
+        methods[kind] = sum(known, 0.0)
+        methods[missing] = len(by_method) - len(known)
+    stages = [t for t in (final, further, methods) if t]
+    total = {k: sum((t[k] for t in stages if t.get(k) is not None), 0.0) for k in ("wall", "cpu")}
+    out = {
+        "final_training": final,
+        "further_training": further,
+        "methods": methods,
+        "total": total,
+    }
+    return _rounded(out)
+
+
+def _rounded(value):
+    """Floats rounded to milliseconds, through dicts."""
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return round(value, 3) if isinstance(value, float) else value
 
 
 def _report_stage(r: _Run, gold: GoldStandard, scores: dict, manifest: dict) -> list[dict]:

@@ -3,13 +3,16 @@
 Layout (DESIGN.md ◆ Runs are data)::
 
     config.toml          the resolved settings
-    manifest.json        fingerprints of data, model, gold standard and scores; timings; the
+    manifest.json        fingerprints of data, model, gold standard and scores; run times
+                         (this invocation's, and the work summed over every invocation); the
                          evaluation's settings and the scores brought in with `fimo compare`
     model/final.pt       the final weights (state dict; loaded with weights_only=True)
     model/meta.json      the final-training record and its fingerprint
+    model/seconds.json   what training the final weights took (wall and CPU seconds)
     further/             fingerprint.json, shards/seed-SSSSS_lo-AAAAA-BBBBB.npz (and
                          seed-SSSSS_gr-AAAAA-BBBBB.npz, the group runs of [groups]), gold.npz
-                         (the shard store's folder, :mod:`fimo.further.store`)
+                         and its stamp gold.json (the shard store's folder,
+                         :mod:`fimo.further.store`)
     scores/<name>.npz    one Scores matrix per method, or brought in with `fimo compare`
     metrics/<table>.csv  the evaluation's tables (and .parquet with pyarrow)
     plots/               PNG and SVG figures, and fingerprint.json of what they were drawn from
@@ -143,6 +146,34 @@ class RunDir:
         'runs/x/model/meta.json'
         """
         return self.model_dir / "meta.json"
+
+    @property
+    def final_seconds(self) -> Path:
+        """What training the final weights took (wall and CPU seconds), written with them.
+
+        >>> RunDir("runs/x").final_seconds.as_posix()
+        'runs/x/model/seconds.json'
+        """
+        return self.model_dir / "seconds.json"
+
+    def read_final_seconds(self) -> dict | None:
+        """``model/seconds.json`` (``{"wall", "cpu"}``), or None when absent or damaged (a
+        model trained before it was recorded).
+
+        >>> import tempfile
+        >>> run = RunDir(tempfile.mkdtemp())
+        >>> print(run.read_final_seconds())
+        None
+        >>> _ = write_json(run.final_seconds, {"wall": 2.5, "cpu": 2.0})
+        >>> run.read_final_seconds()
+        {'cpu': 2.0, 'wall': 2.5}
+        """
+        try:
+            seconds = json.loads(read_small_text(self.final_seconds))
+        except (OSError, ValueError):
+            return None
+        ok = isinstance(seconds, dict) and {"wall", "cpu"} <= set(seconds)
+        return seconds if ok else None
 
     @property
     def further(self) -> Path:

@@ -58,6 +58,9 @@ class SeedResult:
     steps: np.ndarray  # (C,)
     epochs: np.ndarray  # (C,)
     loss_without_group: np.ndarray | None = None  # (C, T, G) when groups were left out
+    #: what computing it took, ``{"wall": s, "cpu": s}`` (None: not measured, or a shard
+    #: written before shards recorded it); never part of the results
+    seconds: dict | None = None
 
 
 def stack(params: dict[str, torch.Tensor], runs: int) -> dict[str, torch.Tensor]:

@@ -22,6 +22,9 @@ from fimo.further.plan import Groups
 from fimo.io import read_npz, write_npz
 
 _ARRAYS = ("loss_full", "loss_without", "steps", "epochs", "left_out", "test", "seeds")
+#: the most bytes of float64 left-out losses a block of checkpoints holds
+#: (:meth:`GoldStandard.blocks`): the evaluation's working arrays are a few times this
+BLOCK_BYTES = 32 * 2**20
 
 
 @dataclass
@@ -128,13 +131,16 @@ class GoldStandard:
     def mean(self, centred: bool = True) -> np.ndarray:
         """The gold-standard attribution: the seed mean of the (centred) difference, (C, T, L).
 
+        Computed a block of checkpoints at a time (:meth:`blocks`): the (S, C, T, L)
+        differences are never held whole, and the numbers are those of the whole array.
+
         >>> g = GoldStandard(
         ...     loss_full=np.ones((2, 1, 1)), loss_without=np.arange(4.0).reshape(2, 1, 1, 2),
         ...     steps=[10], epochs=[1.0], left_out=[4, 9], test=[0], seeds=[0, 1])
         >>> g.mean(centred=False)[0, 0].tolist(), g.mean()[0, 0].tolist()
         ([0.0, 1.0], [-0.5, 0.5])
         """
-        return self.view(centred).mean(axis=0)
+        return _joined_blocks(part.view(centred).mean(axis=0) for part in self.blocks())
 
     def sem(self, centred: bool = True) -> np.ndarray:
         """Standard error of :meth:`mean` over seeds, (C, T, L); NaN with a single seed.
@@ -148,7 +154,57 @@ class GoldStandard:
         S = len(self.seeds)
         if S < 2:
             return np.full(self.loss_without.shape[1:], np.nan)
-        return self.view(centred).std(axis=0, ddof=1) / np.sqrt(S)
+        return _joined_blocks(
+            part.view(centred).std(axis=0, ddof=1) / np.sqrt(S) for part in self.blocks()
+        )
+
+    def blocks(self, max_bytes: int | None = None):
+        """The gold standard cut into consecutive blocks of checkpoints, each a GoldStandard
+        whose arrays are views of this one's (nothing is copied), with at most ``max_bytes``
+        (default :data:`BLOCK_BYTES`) of left-out losses in float64, and at least one
+        checkpoint. The views of a block (:meth:`adjusted`, :meth:`centred`,
+        :meth:`windows`) are the same numbers as those checkpoints of the whole: every
+        reduction runs over seeds or left-out instances, never across checkpoints.
+
+        >>> g = GoldStandard(
+        ...     loss_full=np.ones((2, 3, 1)), loss_without=np.arange(12.0).reshape(2, 3, 1, 2),
+        ...     steps=[10, 20, 30], epochs=[1, 2, 3], left_out=[4, 9], test=[0], seeds=[0, 1])
+        >>> [part.steps.tolist() for part in g.blocks(max_bytes=2 * 2 * 8 * 2)]  # 2 a block
+        [[10, 20], [30]]
+        >>> np.array_equal(np.concatenate([p.adjusted() for p in g.blocks(32)], 1), g.adjusted())
+        True
+        """
+        S, C, T, L = self.loss_without.shape
+        per_checkpoint = max(1, S * T * L * 8)
+        size = max(1, int((BLOCK_BYTES if max_bytes is None else max_bytes) // per_checkpoint))
+        for start in range(0, max(C, 1), size):  # no checkpoint: one empty block
+            yield self.at_checkpoints(slice(start, min(start + size, C)))
+
+    def at_checkpoints(self, positions: slice) -> GoldStandard:
+        """The checkpoints at ``positions`` (a slice), as views of this gold standard's arrays.
+
+        >>> g = GoldStandard(
+        ...     loss_full=np.ones((1, 3, 1)), loss_without=np.arange(6.0).reshape(1, 3, 1, 2),
+        ...     steps=[10, 20, 30], epochs=[1, 2, 3], left_out=[4, 9], test=[0], seeds=[0])
+        >>> part = g.at_checkpoints(slice(1, 3))
+        >>> part.steps.tolist(), part.loss_without[0, :, 0].tolist()
+        ([20, 30], [[2.0, 3.0], [4.0, 5.0]])
+        >>> np.shares_memory(part.loss_without, g.loss_without)
+        True
+        """
+        groups = None if self.groups is None else self.loss_without_group[:, positions]
+        return GoldStandard(
+            self.loss_full[:, positions],
+            self.loss_without[:, positions],
+            self.steps[positions],
+            self.epochs[positions],
+            self.left_out,
+            self.test,
+            self.seeds,
+            self.settings,
+            groups,
+            self.groups,
+        )
 
     def windows(self, k: int, centred: bool = True) -> np.ndarray:
         """Means over non-overlapping windows of k seeds (paper Fig. 3), (S // k, C, T, L).
@@ -241,6 +297,18 @@ class GoldStandard:
         missing = [k for k in _ARRAYS if k not in data]
         if missing:
             raise InputError(f"{path}: not a fimo gold standard (missing arrays {missing})")
+        return cls.from_arrays(data, settings)
+
+    @classmethod
+    def from_arrays(cls, data: dict, settings: dict | None = None) -> GoldStandard:
+        """The gold standard of the arrays :meth:`save` writes (others are ignored).
+
+        >>> g = GoldStandard.from_arrays({
+        ...     "loss_full": np.ones((1, 1, 1)), "loss_without": np.zeros((1, 1, 1, 2)),
+        ...     "steps": [10], "epochs": [1.0], "left_out": [4, 9], "test": [0], "seeds": [0]})
+        >>> g.left_out.tolist(), g.groups is None
+        ([4, 9], True)
+        """
         groups = None
         if "group_members" in data:  # gold standards made before groups have none
             groups = Groups(data["group_members"], data["group_offsets"])
@@ -250,6 +318,12 @@ class GoldStandard:
             loss_without_group=data["loss_without_group"] if groups is not None else None,
             groups=groups,
         )
+
+
+def _joined_blocks(parts) -> np.ndarray:
+    """Per-block results (n, ...) joined along the checkpoint axis (one block: as it is)."""
+    parts = list(parts)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
 
 def _positions(have: np.ndarray, want, what: str) -> np.ndarray:

@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,12 +38,15 @@ from fimo.io import (
     checksum_matches,
     checksum_path,
     read_npz,
+    read_small_text,
     write_json,
     write_npz,
 )
 
 #: the files of a store's folder: its fingerprint, its shards and the assembled gold standard
 FINGERPRINT, SHARDS, GOLD = "fingerprint.json", "shards", "gold.npz"
+#: the stamp of ``gold.npz``: what it was assembled under, and the work its shards took
+GOLD_STAMP = "gold.json"
 
 
 @dataclass(frozen=True, order=True)
@@ -89,10 +94,15 @@ def plan_shards(seeds, n_left_out: int, per_shard: int, n_groups: int = 0) -> li
 
 
 def assemble(
-    results: dict[Shard, SeedResult], seeds, left_out, test, settings, groups=None
+    results: dict, seeds, left_out, test, settings, groups=None, load=None
 ) -> GoldStandard:
     """Stack shard results into a GoldStandard (full run from each seed's first chunk; the
     group shards' losses as ``loss_without_group`` when ``groups`` are given).
+
+    ``results`` maps each shard to its SeedResult, or to None for a shard to read with
+    ``load(shard)`` (:meth:`ShardStore.load`) when its turn comes: the arrays are filled a
+    shard at a time, so assembling holds the gold standard and one shard, never every
+    shard beside their stack.
 
     Two seeds, three left-out instances in chunks of two; here a left-out run's loss is
     10 × seed + its position in ``left_out``:
@@ -109,45 +119,54 @@ def assemble(
     """
     seeds = [int(s) for s in seeds]
     groups = None if groups is None else Groups.of(groups)
-    full, without, without_group, steps, epochs = [], [], [], None, None
-    for seed in seeds:
-        mine = sorted(sh for sh in results if sh.seed == seed)
-        if not mine:
-            raise RuntimeError(f"cannot assemble the gold standard: seed {seed} is incomplete")
-        first = results[mine[0]]
-        full.append(first.loss_full)
-        steps, epochs = first.steps, first.epochs
-        empty = np.zeros((*first.loss_full.shape, 0))
-        without.append(_joined(results, [sh for sh in mine if not sh.group], len(left_out), empty))
+    by_seed = {seed: sorted(sh for sh in results if sh.seed == seed) for seed in seeds}
+    for seed, mine in by_seed.items():
+        _check_covered(seed, [sh for sh in mine if not sh.group], len(left_out))
         if groups is not None:
-            chunks = [sh for sh in mine if sh.group]
-            without_group.append(_joined(results, chunks, len(groups), empty, group=True))
+            _check_covered(seed, [sh for sh in mine if sh.group], len(groups))
+
+    def get(shard: Shard) -> SeedResult:
+        found = results[shard] if results[shard] is not None else load(shard)
+        if found is None:  # damaged since it was found whole
+            raise RuntimeError(f"cannot assemble the gold standard: shard {shard.name} is lost")
+        return found
+
+    first = get(by_seed[seeds[0]][0])
+    C, T = first.loss_full.shape
     # C order, as when read back from disk: sums over a strided array may round differently,
     # and `fimo report` must give the metrics of the run to the last bit
+    full = np.empty((len(seeds), C, T), first.loss_full.dtype)
+    counts = {"loss_without": len(left_out), "loss_without_group": len(groups or ())}
+    filled: dict[str, np.ndarray] = {}  # made at the first chunk, in the chunks' dtype
+    for s, seed in enumerate(seeds):
+        for k, shard in enumerate(by_seed[seed]):
+            found = first if (s, k) == (0, 0) else get(shard)
+            if k == 0:
+                full[s] = found.loss_full
+            name = "loss_without_group" if shard.group else "loss_without"
+            chunk = getattr(found, name)
+            if name not in filled:
+                filled[name] = np.empty((len(seeds), C, T, counts[name]), chunk.dtype)
+            filled[name][s, ..., shard.start : shard.stop] = chunk
+            del found, chunk
+    for name, count in counts.items():  # nothing to fill: float64, as stacking nothing gave
+        filled.setdefault(name, np.zeros((len(seeds), C, T, count)))
     return GoldStandard(
-        np.ascontiguousarray(np.stack(full)),
-        np.ascontiguousarray(np.stack(without)),
-        steps,
-        epochs,
-        left_out,
-        test,
-        np.asarray(seeds),
-        settings,
-        None if groups is None else np.ascontiguousarray(np.stack(without_group)),
+        full, filled["loss_without"], first.steps, first.epochs, left_out, test,
+        np.asarray(seeds), settings, filled["loss_without_group"] if groups is not None else None,
         groups,
-    )
+    )  # fmt: skip
 
 
-def _joined(results, chunks: list[Shard], count: int, empty: np.ndarray, group=False):
-    """The chunks' left-out (or group) losses side by side, (C, T, count); RuntimeError when
-    they do not cover positions 0 to count."""
+def _check_covered(seed: int, chunks: list[Shard], count: int) -> None:
+    """RuntimeError unless ``chunks`` (in order) cover the positions 0 to ``count`` end to
+    end."""
     if count == 0:
-        return empty
-    if not chunks or chunks[0].start != 0 or chunks[-1].stop != count:
-        seed = chunks[0].seed if chunks else "?"
+        return
+    ends = [0] + [sh.stop for sh in chunks]  # where each chunk must start, and the last end
+    gaps = any(sh.start != end for sh, end in zip(chunks, ends[:-1], strict=True))
+    if not chunks or gaps or ends[-1] != count:
         raise RuntimeError(f"cannot assemble the gold standard: seed {seed} is incomplete")
-    name = "loss_without_group" if group else "loss_without"
-    return np.concatenate([getattr(results[sh], name) for sh in chunks], axis=-1)
 
 
 class ShardStore:
@@ -182,6 +201,9 @@ class ShardStore:
         group_fingerprint: str | None = None,
     ):
         self.folder = Path(folder)
+        #: each shard's work time as read or written here (None: not recorded)
+        self.seconds: dict[Shard, dict | None] = {}
+        self._finished: set[Shard] = set()  # shards found whole by :meth:`finished`
         self.fingerprint = fingerprint
         self.group_fingerprint = group_fingerprint
         stamp = self.folder / FINGERPRINT
@@ -287,8 +309,12 @@ class ShardStore:
                 f"{self.fingerprint_of(shard)}; pass --overwrite to start afresh"
             )
         group = data.get("loss_without_group")
+        seconds = None
+        if "wall_seconds" in data:  # shards written before they recorded it have none
+            seconds = {"wall": float(data["wall_seconds"]), "cpu": float(data["cpu_seconds"])}
+        self.seconds[shard] = seconds
         return SeedResult(
-            data["loss_full"], data["loss_without"], data["steps"], data["epochs"], group
+            data["loss_full"], data["loss_without"], data["steps"], data["epochs"], group, seconds
         )
 
     def save(self, shard: Shard, result: SeedResult) -> Path:
@@ -307,21 +333,75 @@ class ShardStore:
         """
         legacy = self.folder / SHARDS / f"{shard.name}.sha256"
         legacy.unlink(missing_ok=True)  # a new shard must not be judged by an old checksum
-        group = {}
+        extra = {}
         if result.loss_without_group is not None:
-            group["loss_without_group"] = result.loss_without_group
-        return write_npz(
+            extra["loss_without_group"] = result.loss_without_group
+        if result.seconds is not None:  # what computing it took, kept with it
+            extra["wall_seconds"] = np.float64(result.seconds["wall"])
+            extra["cpu_seconds"] = np.float64(result.seconds["cpu"])
+        path = write_npz(
             self.path(shard),
             loss_full=result.loss_full,
             loss_without=result.loss_without,
             steps=result.steps,
             epochs=result.epochs,
             fingerprint=np.array(self.fingerprint_of(shard)),
-            **group,
+            **extra,
         )
+        self.seconds[shard] = result.seconds
+        self._finished.add(shard)
+        return path
 
-    def save_gold(self, gold: GoldStandard) -> Path:
-        """Write the assembled gold standard as ``gold.npz`` in the store's folder.
+    def finished(self, shard: Shard) -> bool:
+        """Whether ``shard`` is on disk whole (its checksum matches), without reading its
+        arrays; :meth:`load` still checks it when it is read.
+
+        >>> import tempfile
+        >>> from fimo.further.engine import SeedResult
+        >>> result = SeedResult(np.zeros((1, 1)), np.zeros((1, 1, 2)), np.array([5]), np.ones(1))
+        >>> store = ShardStore(Path(tempfile.mkdtemp()), fingerprint="abc", description={})
+        >>> store.finished(Shard(0, 0, 2)), store.finished(store.save(Shard(0, 0, 2), result)
+        ...                                                 and Shard(0, 0, 2))
+        (False, True)
+        """
+        if shard in self._finished:  # checked once: hashing every shard takes seconds
+            return True
+        path = self.path(shard)
+        if not path.exists():
+            return False
+        matches = checksum_matches(path)
+        if matches is None:  # the checksum file of runs made before it was renamed
+            matches = checksum_matches(path, self.folder / SHARDS / f"{shard.name}.sha256")
+        if matches:
+            self._finished.add(shard)
+        return bool(matches)
+
+    def work_seconds(self, shards) -> dict:
+        """The work the shards took, summed over those that recorded it (:meth:`load` and
+        :meth:`save` note each shard's record; :meth:`reuse_gold` all of them):
+        ``{"wall", "cpu", "shards", "shards_without_time"}``.
+
+        >>> import tempfile
+        >>> from fimo.further.engine import SeedResult
+        >>> result = SeedResult(np.zeros((1, 1)), np.zeros((1, 1, 2)), np.array([5]), np.ones(1),
+        ...                     seconds={"wall": 2.0, "cpu": 1.5})
+        >>> store = ShardStore(Path(tempfile.mkdtemp()), fingerprint="abc", description={})
+        >>> _ = store.save(Shard(0, 0, 2), result)
+        >>> store.work_seconds([Shard(0, 0, 2), Shard(1, 0, 2)])  # the second: no record
+        {'wall': 2.0, 'cpu': 1.5, 'shards': 2, 'shards_without_time': 1}
+        """
+        known = [self.seconds[sh] for sh in shards if self.seconds.get(sh) is not None]
+        return {
+            "wall": sum((t["wall"] for t in known), 0.0),
+            "cpu": sum((t["cpu"] for t in known), 0.0),
+            "shards": len(shards),
+            "shards_without_time": len(shards) - len(known),
+        }
+
+    def save_gold(self, gold: GoldStandard, shards=()) -> Path:
+        """Write the assembled gold standard as ``gold.npz`` in the store's folder, then its
+        stamp ``gold.json``: the store's fingerprints, the checksum of that ``gold.npz`` and
+        the work each of ``shards`` recorded (see :meth:`reuse_gold`).
 
         >>> import tempfile
         >>> from fimo.further.engine import SeedResult
@@ -335,4 +415,110 @@ class ShardStore:
         ('gold.npz', [7, 8])
         >>> folder.cleanup()
         """
-        return gold.save(self.folder / GOLD)
+        path = gold.save(self.folder / GOLD)
+        write_json(
+            self.folder / GOLD_STAMP,
+            {
+                "fingerprint": self.fingerprint,
+                "group_fingerprint": self.group_fingerprint,
+                "gold_sha256": _recorded_checksum(path),
+                "shard_seconds": {sh.name: self.seconds.get(sh) for sh in shards},
+            },
+        )
+        return path
+
+    def gold_matches(self, seeds, left_out, test, groups=None) -> bool:
+        """Whether ``gold.npz`` was assembled under this store's fingerprints (its stamp
+        ``gold.json`` says so, for this very file) from exactly these seeds, left-out and
+        test instances and groups; read from the stamp and the index arrays, not the losses
+        (the checksum is checked when :meth:`reuse_gold` reads them).
+
+        >>> import tempfile
+        >>> store = ShardStore(Path(tempfile.mkdtemp()), fingerprint="abc", description={})
+        >>> store.gold_matches([0], [7, 8], [0])  # no gold.npz yet
+        False
+        """
+        stamp = self._gold_stamp()
+        if stamp.get("fingerprint") != self.fingerprint:
+            return False
+        if stamp.get("group_fingerprint") != self.group_fingerprint:
+            return False
+        path = self.folder / GOLD
+        if not path.is_file() or stamp.get("gold_sha256") != _recorded_checksum(path):
+            return False
+        found = _index_arrays(path)
+        wanted = {"seeds": seeds, "left_out": left_out, "test": test}
+        if groups is not None:
+            groups = Groups.of(groups)
+            wanted.update(group_members=groups.members, group_offsets=groups.offsets)
+        if ("group_members" in found) != (groups is not None):
+            return False
+        return all(
+            k in found and np.array_equal(found[k], np.asarray(v, dtype=np.int64))
+            for k, v in wanted.items()
+        )
+
+    def _gold_stamp(self) -> dict:
+        """``gold.json`` as a dict (empty when it is absent or damaged)."""
+        try:
+            stamp = json.loads(read_small_text(self.folder / GOLD_STAMP))
+        except (OSError, ValueError):
+            return {}
+        return stamp if isinstance(stamp, dict) else {}
+
+    def reuse_gold(self, shards, seeds, left_out, test, settings, groups=None):
+        """The gold standard in ``gold.npz`` when :meth:`gold_matches` and every one of
+        ``shards`` is on disk whole (:meth:`finished`: a shard lost or damaged is
+        recomputed, as ever); then the work each recorded, kept in the stamp, is noted for
+        :meth:`work_seconds`. Else None. A finished run started again reads this one file,
+        not every shard's arrays.
+
+        >>> import tempfile
+        >>> from fimo.further.engine import SeedResult
+        >>> result = SeedResult(np.zeros((1, 1)), np.ones((1, 1, 2)), np.array([5]), np.ones(1),
+        ...                     seconds={"wall": 2.0, "cpu": 1.5})
+        >>> store = ShardStore(Path(tempfile.mkdtemp()), fingerprint="abc", description={})
+        >>> shards = [Shard(0, 0, 2)]
+        >>> _ = store.save(shards[0], result)
+        >>> _ = store.save_gold(assemble({shards[0]: result}, [0], [7, 8], [0], {}), shards)
+        >>> again = ShardStore(store.folder, fingerprint="abc", description={})
+        >>> again.reuse_gold(shards, [0], [7, 8], [0], {}).loss_without.tolist()
+        [[[[1.0, 1.0]]]]
+        >>> again.work_seconds(shards)["wall"], again.reuse_gold(shards, [0, 1], [7, 8], [0], {})
+        (2.0, None)
+        """
+        if not self.gold_matches(seeds, left_out, test, groups):
+            return None
+        if not all(self.finished(shard) for shard in shards):
+            return None
+        try:
+            gold = GoldStandard.from_arrays(read_npz(self.folder / GOLD), settings)
+        except DamagedFileError:
+            return None
+        recorded = self._gold_stamp().get("shard_seconds") or {}
+        for shard in shards:
+            seconds = recorded.get(shard.name)
+            self.seconds[shard] = seconds if isinstance(seconds, dict) else None
+        return gold
+
+
+def _recorded_checksum(path: Path) -> str | None:
+    """The SHA-256 recorded beside ``path`` (None when there is none)."""
+    try:
+        return read_small_text(checksum_path(path)).split()[0]
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+#: the index arrays of ``gold.npz`` that say what it covers (:meth:`ShardStore.gold_matches`)
+_INDEX = ("seeds", "left_out", "test", "group_members", "group_offsets")
+
+
+def _index_arrays(path: Path) -> dict:
+    """The arrays of :data:`_INDEX` that ``gold.npz`` holds, read without loading its
+    losses; empty when it is unreadable."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in _INDEX if k in data.files}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
+        return {}
