@@ -288,10 +288,7 @@ class ShardStore:
         path = self.path(shard)
         if not path.exists():
             return None
-        matches = checksum_matches(path)
-        if matches is None:  # the checksum file of runs made before it was renamed
-            matches = checksum_matches(path, self.folder / SHARDS / f"{shard.name}.sha256")
-        if not matches:
+        if not self._checksum_matches(shard, path):
             warnings.warn(
                 f"{path} is damaged or incomplete (its checksum does not match); recomputing it",
                 RuntimeWarning,
@@ -369,11 +366,17 @@ class ShardStore:
         path = self.path(shard)
         if not path.exists():
             return False
-        matches = checksum_matches(path)
-        if matches is None:  # the checksum file of runs made before it was renamed
-            matches = checksum_matches(path, self.folder / SHARDS / f"{shard.name}.sha256")
+        matches = self._checksum_matches(shard, path)
         if matches:
             self._finished.add(shard)
+        return matches
+
+    def _checksum_matches(self, shard: Shard, path: Path) -> bool:
+        """Whether ``path`` (the shard's file, which exists) matches its checksum, also under
+        the checksum file's name of runs made before it was renamed."""
+        matches = checksum_matches(path)
+        if matches is None:
+            matches = checksum_matches(path, self.folder / SHARDS / f"{shard.name}.sha256")
         return bool(matches)
 
     def work_seconds(self, shards) -> dict:
