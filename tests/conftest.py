@@ -48,6 +48,24 @@ def handmade_report(tmp_path_factory):
 
 
 @pytest.fixture
+def score_matrix_paths(monkeypatch):
+    """The paths ``fimo.methods.common.score_matrix`` takes, in order: ``"ghost_products"``
+    (the scores from layer factors) or ``"training_gradients"`` (from formed per-instance
+    gradients), appended to the returned list as each is called."""
+    import fimo.methods.common as common
+
+    paths = []
+    for name in ("ghost_products", "training_gradients"):
+        real = getattr(common, name)
+        monkeypatch.setattr(
+            common,
+            name,
+            lambda *a, _real=real, _name=name, **k: paths.append(_name) or _real(*a, **k),
+        )
+    return paths
+
+
+@pytest.fixture
 def unrolled_seeds(monkeypatch):
     """``fimo.methods.unrolled.unrolled_seed`` watched: the seeds it computes are appended to
     ``.computed`` (and ``(seed, announce_for)`` to ``.announced``), and the first call for the

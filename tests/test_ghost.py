@@ -203,22 +203,16 @@ def test_a_dense_test_side_against_factors_equals_formed_gradients(trainable, bu
     assert relative(got, want) < TOL
 
 
-def test_score_matrix_takes_factors_for_an_mlp_and_formed_gradients_otherwise(monkeypatch):
+def test_score_matrix_takes_factors_for_an_mlp_and_formed_gradients_otherwise(
+    score_matrix_paths,
+):
     """score_matrix multiplies from factors by default on an MLP (and forms no gradients),
     from formed gradients with ghost="never", the same scores either way; a model whose
     layers meet an instance at several positions has no dense factor plan."""
-    import fimo.methods.common as common
     from fimo.methods.common import score_matrix
     from fimo.methods.ghost import dense_ghost_plan
 
-    paths = []
-    for name in ("ghost_products", "training_gradients"):
-        real = getattr(common, name)
-        monkeypatch.setattr(
-            common,
-            name,
-            lambda *a, _real=real, _name=name, **k: paths.append(_name) or _real(*a, **k),
-        )
+    paths = score_matrix_paths
     task = mlp_task()
     V = torch.randn(4, task.num_params, generator=torch.Generator().manual_seed(2), dtype=DT)
     train = np.array([5, 0, 17, 3, 39])

@@ -53,20 +53,11 @@ def test_given_chunks_replace_the_gradients():
     torch.testing.assert_close(G[1], plain_gradient(task, 4), rtol=1e-12, atol=1e-14)
 
 
-def test_the_path_follows_the_cost_and_both_equal_per_pair_products(monkeypatch):
+def test_the_path_follows_the_cost_and_both_equal_per_pair_products(score_matrix_paths):
     """On an MLP 3 → 8 → 2 the factor path moves k·(min(3, 8) + min(8, 2)) = 5k numbers per
     instance, the formed gradients 3·8 + 8·2 = 40: factors up to k = 8 test vectors, formed
     gradients from k = 9. Either way the scores are the per-pair products of plain gradients."""
-    import fimo.methods.common as common
-
-    paths = []
-    for name in ("ghost_products", "training_gradients"):
-        real = getattr(common, name)
-        monkeypatch.setattr(
-            common,
-            name,
-            lambda *a, _real=real, _name=name, **k: paths.append(_name) or _real(*a, **k),
-        )
+    paths = score_matrix_paths
     gen = torch.Generator().manual_seed(3)
     data = ArrayDataset(
         torch.randn(9, 3, generator=gen, dtype=torch.float64),

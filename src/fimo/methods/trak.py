@@ -353,8 +353,9 @@ def trak(
     layer's input and output-gradient factors, never forming the Jacobians; proj_dim is split
     over the layers, :mod:`fimo.methods.kron_projection`; an InputError unless every trainable
     parameter is a Linear layer's) or ``"auto"`` (Kronecker where it applies and costs less,
-    else dense); the path taken and the dimension used are recorded. ``damping`` λ is added to the mean kernel ΦᵀΦ·h/n (TRAK uses none; λ on this
-    scale is TRAK's ``lambda_reg`` = nλ); a singular kernel is pseudo-inverted and its rank is
+    else dense); the path taken and the dimension used are recorded. ``damping`` λ is added
+    to the mean kernel ΦᵀΦ·h/n (TRAK uses none; λ on this scale is TRAK's ``lambda_reg`` =
+    nλ); a singular kernel is pseudo-inverted and its rank is
     recorded. The features stay in the model's dtype, but the kernel is accumulated, and
     eigendecomposed (or Φ's SVD taken) and applied, in float64: in float32 the pseudo-inverse
     cut-off k·eps·max would drop the weak directions of a full-rank kernel with condition
@@ -389,24 +390,36 @@ def trak(
     g_test = gradient_matrix(task, task.test, test, measure=True, chunk_size=chunk_size)
     pre = _precondition(proj.project(g_test).to(WIDE), inverse, damping)
     out = score_matrix(task, train, pre, progress=progress, chunks=_feature_chunks(feats))
-    extra = damping if inverse.complement else None
     settings = {
         "proj_dim": proj_dim,
         "projection": projection if proj_dim is not None else "identity",
         "proj_structure": proj_structure,
-        "projection_path": path,
-        "projected_dim": proj.dim,
-        "kronecker_split": proj.split() if path == "kronecker" else None,
+        **_projection_record(proj, path),
         "damping": float(damping),
         "seed": seed,
         "chunk_size": chunk_size,
         "output_function": output,
         "kernel_curvature": curvature,
-        "kernel_rank": inverse.rank,
-        "pseudo_inverse": inverse.rank < proj.dim,
-        "kernel_dtype": "float64",
-        "kernel_condition": _condition(inverse.denom, extra),
+        **_kernel_record(inverse, proj.dim, damping),
         "n_kernel": len(subset),
         **subset_record(n, hessian_samples, hessian_seed, subset),
     }
     return Scores(out, test, train, "trak", settings, units="test-loss change (1/n scale)")
+
+
+def _projection_record(proj, path: str) -> dict:
+    """What the projection was: the path taken, the dimension used, the Kronecker split."""
+    split = proj.split() if path == "kronecker" else None
+    return {"projection_path": path, "projected_dim": proj.dim, "kronecker_split": split}
+
+
+def _kernel_record(inverse: _Inverse, dim: int, damping: float) -> dict:
+    """What the kernel's pseudo-inverse kept: its rank, whether it dropped directions out
+    of ``dim``, and the condition number of what it inverted."""
+    extra = damping if inverse.complement else None
+    return {
+        "kernel_rank": inverse.rank,
+        "pseudo_inverse": inverse.rank < dim,
+        "kernel_dtype": "float64",
+        "kernel_condition": _condition(inverse.denom, extra),
+    }
