@@ -1,8 +1,26 @@
+import contextlib
+import os
+
 import pytest
 import tomli_w
 import torch
 
 torch.set_num_threads(2)
+
+# Figures take seconds per run whatever its size (half of a tiny run): the suite skips them,
+# and its child processes inherit that; the tests of figures and the report draw them with
+# `figures_drawn()`.
+os.environ["FIMO_FIGURES"] = "0"
+
+
+@contextlib.contextmanager
+def figures_drawn():
+    """Inside: runs and reports draw their figures (FIMO_FIGURES=1)."""
+    os.environ["FIMO_FIGURES"] = "1"
+    try:
+        yield
+    finally:
+        os.environ["FIMO_FIGURES"] = "0"
 
 
 #: The tiny experiment the fault tests run, kill and damage (seconds on this machine).
@@ -44,7 +62,8 @@ def handmade_report(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("report") / "run"
     gold, scores = make_run_dir(path)
-    return path, gold, scores, rebuild_report(path)
+    with figures_drawn():
+        return path, gold, scores, rebuild_report(path)
 
 
 @pytest.fixture

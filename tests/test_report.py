@@ -18,6 +18,7 @@ import pytest
 
 import fimo
 from fimo.cli import main
+from fimo.errors import InputError
 from fimo.evaluate import headline
 from fimo.evaluate.metrics import COLUMNS
 from fimo.evaluate.tables import read_table
@@ -158,6 +159,7 @@ def test_figures_are_reused_when_nothing_changed(built, tmp_path, monkeypatch):
     from fimo.evaluate.plots import plot_sorted_curves
     from fimo.experiments import outputs
 
+    monkeypatch.setenv("FIMO_FIGURES", "1")
     path = tmp_path / "copy"
     shutil.copytree(built[0], path)
     before = {n: (path / "plots" / f"{n}.png").stat().st_mtime_ns for n in FIGURES}
@@ -182,6 +184,49 @@ def test_figures_are_reused_when_nothing_changed(built, tmp_path, monkeypatch):
     ]
     rebuild_report(path)  # and reused again
     assert len(drawn) == 1
+
+
+def test_fimo_figures_0_draws_none_removes_stale_ones_and_says_how_to_draw_them(
+    built, tmp_path, monkeypatch
+):
+    import shutil
+
+    from fimo.experiments import outputs
+
+    monkeypatch.setenv("FIMO_FIGURES", "0")
+    path = tmp_path / "copy"
+    shutil.copytree(built[0], path)
+    rebuild_report(path)  # the same numbers: the figures on disk are theirs, and are kept
+    assert sorted(p.stem for p in (path / "plots").glob("*.png")) == sorted(FIGURES)
+
+    monkeypatch.setattr(outputs, "evaluation_figures", lambda ev: pytest.fail("drawn"))
+    sc = Scores.load(path / "scores" / "grad_cos.npz")
+    Scores(-sc.values, sc.test, sc.train, sc.method, sc.settings).save(
+        path / "scores" / "grad_cos.npz"
+    )
+    rebuild_report(path)  # other numbers: nothing drawn, and the old figures removed
+    assert list((path / "plots").iterdir()) == []
+    text = (path / "report.html").read_text()
+    assert data_uris(text) == []
+    assert text.count("figure was not drawn: FIMO_FIGURES=0") == len(FIGURES)
+    # the tables are still rewritten for the new numbers
+    rows = read_table(path / "metrics" / "by_checkpoint.csv")
+    old = read_table(built[0] / "metrics" / "by_checkpoint.csv")
+    flipped = [r["mean"] for r in rows if r["method"] == "grad_cos" and r["metric"] == "cosine"]
+    before = [r["mean"] for r in old if r["method"] == "grad_cos" and r["metric"] == "cosine"]
+    assert flipped == pytest.approx([-m for m in before])
+
+
+def test_fimo_figures_refuses_a_value_it_does_not_know_before_writing(built, tmp_path, monkeypatch):
+    import shutil
+
+    path = tmp_path / "copy"
+    shutil.copytree(built[0], path)
+    (path / "metrics" / "by_checkpoint.csv").unlink()
+    monkeypatch.setenv("FIMO_FIGURES", "sometimes")
+    with pytest.raises(InputError, match="FIMO_FIGURES: got 'sometimes'"):
+        rebuild_report(path)
+    assert not (path / "metrics" / "by_checkpoint.csv").exists()  # nothing written
 
 
 # -- the page ------------------------------------------------------------------------------------

@@ -26,6 +26,31 @@ DPI = 120
 DENSE_CHECKPOINTS = 30
 #: a largest-to-smallest epoch ratio above this puts the epochs on a log axis
 LOG_EPOCH_SPAN = 100.0
+#: ``FIMO_FIGURES=0`` skips the figures of ``fimo run`` and ``fimo report`` (batch runs, CI)
+FIGURES_ENV = "FIMO_FIGURES"
+
+
+def figures_wanted(environ=None) -> bool:
+    """Whether to draw the figures: yes unless ``FIMO_FIGURES`` is ``0`` (or ``off``, ``no``,
+    ``false``). Drawing them costs seconds per run whatever its size (half of a tiny run's
+    time), which sweeps of many small runs and test suites can skip; ``fimo report RUN``
+    draws them later from the run's files.
+
+    >>> figures_wanted({}), figures_wanted({"FIMO_FIGURES": "0"}), figures_wanted({"FIMO_FIGURES": "1"})
+    (True, False, True)
+    >>> figures_wanted({"FIMO_FIGURES": "maybe"})
+    Traceback (most recent call last):
+    ...
+    fimo.errors.InputError: FIMO_FIGURES: got 'maybe'; use 1 to draw the figures or 0 to skip them
+    """
+    import os
+
+    text = (os.environ if environ is None else environ).get(FIGURES_ENV, "1").strip().lower()
+    if text in ("", "1", "on", "yes", "true"):
+        return True
+    if text in ("0", "off", "no", "false"):
+        return False
+    raise InputError(f"{FIGURES_ENV}: got {text!r}; use 1 to draw the figures or 0 to skip them")
 
 
 def _figure(width: float, height: float, layout: str | None = "constrained"):

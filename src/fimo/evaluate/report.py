@@ -164,7 +164,21 @@ def _img(uri: str, alt: str) -> str:
     return f"<img class='plot' alt='{_esc(alt)}' src='{uri}'>"
 
 
+class FiguresNotDrawn(dict):
+    """The (empty) figures of a run made under ``FIMO_FIGURES=0``: the report says how to
+    draw them instead of "nothing to draw".
+
+    >>> FiguresNotDrawn() == {}, isinstance(FiguresNotDrawn(), dict)
+    (True, True)
+    """
+
+
 def _figure(figures: Mapping[str, bytes], name: str) -> str:
+    if isinstance(figures, FiguresNotDrawn):
+        return (
+            f"<p class='meta'>(the {_esc(name.replace('_', ' '))} figure was not drawn: "
+            "FIMO_FIGURES=0; run <code>fimo report RUN</code> without it to draw it)</p>"
+        )
     if name not in figures:
         return f"<p class='meta'>(no {_esc(name.replace('_', ' '))} figure: nothing to draw)</p>"
     return _img(png_data_uri(figures[name]), FIGURE_ALT.get(name, name))

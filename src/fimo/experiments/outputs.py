@@ -16,8 +16,8 @@ import os
 from pathlib import Path
 
 from fimo.evaluate.core import GROUP_TABLES, TABLES, Evaluation, compute
-from fimo.evaluate.plots import evaluation_figures, save_figure
-from fimo.evaluate.report import write_report
+from fimo.evaluate.plots import evaluation_figures, figures_wanted, save_figure
+from fimo.evaluate.report import FiguresNotDrawn, write_report
 from fimo.evaluate.tables import write_table
 from fimo.experiments.rundir import RunDir, RunFiles
 from fimo.io import fingerprint, read_small_text, write_json
@@ -117,6 +117,7 @@ def write_evaluation(
     'metrics/by_checkpoint.csv'
     >>> folder.cleanup()
     """
+    draw = figures_wanted()  # a bad FIMO_FIGURES stops here, before anything is written
     run = out if isinstance(out, RunDir) else RunDir(out)
     written: dict[str, list[Path]] = {"metrics": [], "plots": [], "report": []}
     for name in TABLES:
@@ -127,7 +128,7 @@ def write_evaluation(
         else:
             for suffix in (".csv", ".csv.sha256", ".parquet"):
                 (run.metrics_dir / f"{name}{suffix}").unlink(missing_ok=True)
-    png = _figures(run, ev)
+    png = _figures(run, ev, draw)
     written["plots"] += [run.plots_dir / f"{n}.{fmt}" for n in png for fmt in ("png", "svg")]
     if manifest is not None:
         manifest["evaluation"] = {
@@ -171,9 +172,10 @@ def _figures_stamp(ev: Evaluation) -> str:
     )
 
 
-def _figures(run: RunDir, ev: Evaluation) -> dict[str, bytes]:
+def _figures(run: RunDir, ev: Evaluation, draw: bool) -> dict[str, bytes]:
     """Draw and save every figure, or reuse the files drawn from the same inputs (their
-    fingerprint is kept in ``plots/fingerprint.json``). Returns the PNG bytes by name."""
+    fingerprint is kept in ``plots/fingerprint.json``). Returns the PNG bytes by name. Without
+    ``draw`` (``FIMO_FIGURES=0``) it draws none and removes figures of other inputs."""
     folder, record = run.plots_dir, run.plots_fingerprint
     stamp = _figures_stamp(ev)
     try:
@@ -185,6 +187,11 @@ def _figures(run: RunDir, ev: Evaluation) -> dict[str, bytes]:
     files = [folder / f"{n}.{fmt}" for n in names for fmt in ("png", "svg")]
     if old.get("fingerprint") == stamp and names and all(f.is_file() for f in files):
         return {n: (folder / f"{n}.png").read_bytes() for n in names}
+    if not draw:  # FIMO_FIGURES=0: none drawn, and none left from other numbers
+        for path in files:
+            path.unlink(missing_ok=True)
+        record.unlink(missing_ok=True)
+        return FiguresNotDrawn()
     png = {}
     for name, fig in evaluation_figures(ev).items():
         png[name] = save_figure(fig, folder / name)["png"]
@@ -272,6 +279,7 @@ def rebuild_report(path, **options) -> Evaluation:
     """
     run = RunDir(path)
     run.check_exists()
+    figures_wanted()  # FIMO_FIGURES checked before the work
     with run.lock():
         return _rewrite(run.load(), **options)
 

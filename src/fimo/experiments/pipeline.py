@@ -26,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fimo.baselines import baseline
 from fimo.data.base import ArrayDataset, check_pair
 from fimo.errors import InputError, NumericalError
+from fimo.evaluate.plots import figures_wanted
 from fimo.experiments.build import build_task, final_training_task, further_task, load_data
 from fimo.experiments.config import Config
 from fimo.experiments.outputs import evaluate_run, model_summary, run_notes
@@ -244,6 +245,7 @@ def _prepare(
     and left-out indices and the methods. Writes ``config.toml`` when the directory has none
     (or ``overwrite``)."""
     threads = choose_threads(config.run.threads)
+    figures_wanted()  # FIMO_FIGURES checked at the door, not after the work
     device = _device(config.run.device)
     train, test = load_data(config)
     check_pair(train, test, "data.factory" if config.data.factory else "data")
