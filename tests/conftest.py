@@ -9,18 +9,19 @@ torch.set_num_threads(2)
 
 # Figures take seconds per run whatever its size (half of a tiny run): the suite skips them,
 # and its child processes inherit that; the tests of figures and the report draw them with
-# `figures_drawn()`.
-os.environ["FIMO_FIGURES"] = "0"
+# `figures_drawn()`. (`FIMO_FIGURES=1 make test` draws them everywhere.)
+os.environ.setdefault("FIMO_FIGURES", "0")
 
 
 @contextlib.contextmanager
 def figures_drawn():
     """Inside: runs and reports draw their figures (FIMO_FIGURES=1)."""
+    before = os.environ["FIMO_FIGURES"]
     os.environ["FIMO_FIGURES"] = "1"
     try:
         yield
     finally:
-        os.environ["FIMO_FIGURES"] = "0"
+        os.environ["FIMO_FIGURES"] = before
 
 
 #: The tiny experiment the fault tests run, kill and damage (seconds on this machine).

@@ -23,11 +23,14 @@ def test_preset_runs_at_a_tiny_size(name, tmp_path):
     config.further.record_every = 0
     config.further.record_steps = []
     config.methods.train = "left_out"
+    # DataInf's sums over 200 instances, not all of them (32,561 on adult: most of the test)
+    config.methods.settings = {**config.methods.settings, "datainf": {"hessian_samples": 200}}
     result = run(config, tmp_path / name, quiet=True)
     gold = result.gold
     assert gold.loss_without.shape == (1, 1, 4, 3)
     assert np.isfinite(gold.loss_without).all()
     assert result.scores["grad_dot"].values.shape == (4, 3)
+    assert result.scores["datainf"].settings["hessian_samples"] == 200
     assert result.task.loss_name == ("mse" if name in ("concrete", "diabetes") else "cross_entropy")
 
 
