@@ -101,3 +101,52 @@ def test_one_worker_and_two_give_the_same_gold_standard_and_record_the_threads(t
         np.testing.assert_array_equal(golds[0][key], golds[1][key], err_msg=key)
     assert np.abs(golds[0]["loss_without"] - golds[0]["loss_full"][..., None]).max() > 0
     assert [(r["workers"], r["threads_per_worker"]) for r in records] == [(1, 1), (2, 1)]
+
+
+# -- run.workers = 0: chosen from the free cores and the work -----------------------------------
+def test_auto_workers_counts_the_work_and_caps_by_cores_shards_and_memory():
+    from fimo.further.threads import WORKERS_WORTH_FLOP, auto_workers, further_flop
+
+    # 6 multiply-adds... per parameter and instance of each run's batches, by hand
+    assert further_flop([5, 5, 3], 7, 32, 1000) == 6 * 13 * 7 * 32 * 1000
+    long, short = 2 * WORKERS_WORTH_FLOP, WORKERS_WORTH_FLOP / 2
+    assert auto_workers(4, 10, short) == 1
+    assert [auto_workers(c, 10, long) for c in (1, 2, 4)] == [1, 2, 4]
+    assert auto_workers(4, 3, long) == 3  # no idle worker
+    assert auto_workers(4, 10, long, bytes_per_worker=100, bytes_free=250) == 2
+    assert auto_workers(4, 10, long, bytes_per_worker=100, bytes_free=50) == 1
+
+
+@pytest.mark.parametrize(("threshold", "expected"), [(None, 1), (0.0, 2)])
+def test_a_run_left_to_choose_starts_workers_only_for_long_work(
+    tmp_path, monkeypatch, threshold, expected
+):
+    """TINY is seconds of work: in this process. With the threshold at 0 it counts as long:
+    one worker per free core (two, with the cores made free here), recorded in the manifest.
+    (The executor is replaced by one computing here: that workers give the same numbers is
+    the test above.)"""
+    import fimo.experiments.pipeline as pipeline
+    import fimo.further.threads as further_threads
+    from fimo.further.runner import make_executor
+    from fimo.threads import ThreadChoice
+
+    if threshold is not None:
+        monkeypatch.setattr(further_threads, "WORKERS_WORTH_FLOP", threshold)
+    asked = []
+
+    def in_process(name, workers, address):  # the count asked for; computed here, cheaply
+        asked.append(workers)
+        return make_executor(name, 1, address)
+
+    monkeypatch.setattr(pipeline, "make_executor", in_process)
+    monkeypatch.setattr(
+        pipeline, "choose_threads", lambda setting: ThreadChoice(2, "load", 2, 0.0, "test")
+    )
+    config = tmp_path / "tiny.toml"
+    config.write_text(tomli_w.dumps(TINY))
+    out = tmp_path / "run"
+    run(with_overrides(load_config(config), workers=None), out, quiet=True)
+    assert load_config(config).run.workers == 0  # the default leaves it to fimo
+    assert asked == [expected]
+    record = json.loads((out / "manifest.json").read_text())["gold_standard"]
+    assert (record["workers"], record["workers_chosen_by"]) == (expected, "free cores and work")

@@ -51,7 +51,13 @@ Dtype = Annotated[
 ]
 Device = Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N.")]
 Executor = Annotated[str | None, typer.Option(help="Where shards run: local (default) or ray.")]
-Workers = Annotated[int | None, typer.Option(help="Local worker processes for further training.")]
+Workers = Annotated[
+    int | None,
+    typer.Option(
+        help="Local worker processes for further training (default 0: one per free core when "
+        "the work is long)."
+    ),
+]
 Threads = Annotated[
     int | None,
     typer.Option(help="torch threads of final training and the methods (default: from the load)."),

@@ -114,7 +114,9 @@ class RunConfig:
 
     device: str = "cpu"
     executor: str = "local"  # local or ray
-    workers: int = 1  # local worker processes
+    #: local worker processes of further training; 0: one per free core when the work is long
+    #: enough to repay starting them, else none (fimo.further.threads.auto_workers)
+    workers: int = 0
     address: str = "auto"  # Ray cluster: auto, ray://HOST:PORT, or local (start one here)
     #: torch threads of final training and the methods; 0: from the cores and the load
     #: (fimo.threads; FIMO_THREADS or OMP_NUM_THREADS when set)
@@ -527,10 +529,10 @@ def validate(config: Config, check_methods: bool = True) -> None:
     """Range checks across the whole configuration (before any work starts).
 
     >>> validate(Config())
-    >>> validate(Config(run=RunConfig(workers=0)))
+    >>> validate(Config(run=RunConfig(workers=-1)))
     Traceback (most recent call last):
     ...
-    fimo.errors.InputError: run.workers: got 0; must be ≥ 1
+    fimo.errors.InputError: run.workers: got -1; must be ≥ 1 (or 0: chosen from the free cores and the work)
     """
     _validate_gold(config.gold)
     _validate_run(config.run)
@@ -584,8 +586,11 @@ def _validate_run(run: RunConfig) -> None:
 
     check_choice("run.executor", run.executor, ("local", "ray"))
     ray_endpoint(run.address)  # its form; whether it answers is checked before the run's work
-    if run.workers < 1:
-        raise InputError(f"run.workers: got {run.workers}; must be ≥ 1")
+    if run.workers < 0:
+        raise InputError(
+            f"run.workers: got {run.workers}; must be ≥ 1 (or 0: chosen from the free cores "
+            "and the work)"
+        )
     if run.threads < 0:
         raise InputError(
             f"run.threads: got {run.threads}; must be ≥ 1 (or 0: chosen from the load)"

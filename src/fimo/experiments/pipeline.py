@@ -36,13 +36,19 @@ from fimo.further.groups import make_groups
 from fimo.further.plan import Groups
 from fimo.further.ray_address import check_reachable
 from fimo.further.runner import ShardPlan, gold_standard, make_executor, plan_gold
-from fimo.further.threads import THREADS_PER_WORKER, torch_threads
+from fimo.further.threads import (
+    THREADS_PER_WORKER,
+    auto_workers,
+    further_flop,
+    memory_available,
+    torch_threads,
+)
 from fimo.io import fingerprint, non_default, write_json
 from fimo.methods import get_method
 from fimo.methods.cost import announcements
 from fimo.scores import Scores
 from fimo.task import Task
-from fimo.threads import ThreadChoice, applied, choose_threads, final_training_threads
+from fimo.threads import ThreadChoice, applied, choose_threads, final_training_threads, threads_for
 from fimo.training import evaluate_model, train_final
 from fimo.version import __version__
 
@@ -174,6 +180,8 @@ class _Run:
     work: dict = field(default_factory=dict)
     #: torch's threads for final training and the methods, chosen as the run starts
     threads: ThreadChoice | None = None
+    #: local worker processes of further training (``run.workers``, or chosen by fimo)
+    workers: int = 1
 
     def say(self, line: str) -> None:
         """Print a line of the run's notes (not with quiet)."""
@@ -471,7 +479,8 @@ def _gold_record(r: _Run, gold: GoldStandard, seeds: list[int], plan: ShardPlan)
         "left_out_per_shard": plan.per_shard,
         "shards": len(plan.shards),
         "executor": r.config.run.executor,
-        "workers": r.config.run.workers,
+        "workers": r.workers,
+        "workers_chosen_by": "run.workers" if r.config.run.workers else "free cores and work",
         "threads_per_worker": THREADS_PER_WORKER,  # the results depend on it, bit for bit
     }
     if r.groups is not None:  # the members are in gold.npz; here what they are
@@ -484,17 +493,42 @@ def _gold_record(r: _Run, gold: GoldStandard, seeds: list[int], plan: ShardPlan)
     return record
 
 
+def _workers(r: _Run, task: Task, plan: ShardPlan, todo) -> int:
+    """The local worker processes: ``run.workers``, or with 0 one per free core when the
+    shards to compute are long enough to repay starting them (:func:`auto_workers`); said
+    when it is more than one."""
+    if r.config.run.workers > 0:
+        return r.config.run.workers
+    flop = further_flop(
+        [sh.stop - sh.start + 1 for sh in todo],
+        plan.steps_per_shard,
+        r.config.further.batch_size,
+        task.num_params,
+    )
+    choice = r.threads or choose_threads()
+    free = threads_for(choice.cores, choice.load_of_others)
+    budget = r.config.gold.memory_budget_mb * 2**20
+    count = auto_workers(free, len(todo), flop, budget, memory_available())
+    if count > 1 and not r.quiet:
+        r.say(
+            f"further training: {count} worker processes ({free} free cores, {len(todo)} "
+            "shards; --workers or run.workers to choose)"
+        )
+    return count
+
+
 def _further_train(r: _Run, task: Task, store, seeds: list[int], plan: ShardPlan):
     """Run the shards of ``plan`` not yet in ``store``, with a progress bar."""
     config = r.config
     # a damaged shard is reported once, by gold_standard
     todo = [sh for sh in plan.shards if not store.finished(sh)]
+    r.workers = _workers(r, task, plan, todo)
     executor = make_executor(
         config.run.executor,
-        config.run.workers,
+        r.workers,
         None if config.run.address == "local" else config.run.address,
     )
-    in_process = config.run.executor == "local" and config.run.workers == 1
+    in_process = config.run.executor == "local" and r.workers == 1
     started = time.perf_counter()
     runs = 1 + len(r.left_out) + (0 if r.groups is None else len(r.groups))
     with _progress(r.console, r.quiet) as bar:

@@ -1,4 +1,5 @@
-"""How many CPU threads torch uses for further training: one per worker process, always.
+"""How many CPU threads torch uses for further training (one per worker process, always), and
+how many worker processes a run starts when the user leaves it to fimo.
 
 Two reasons, measured in docs/benchmarks.md (*Threads and a shared machine*):
 
@@ -55,3 +56,64 @@ def available_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # no affinity on this system (macOS, Windows)
         return max(1, os.cpu_count() or 1)
+
+
+#: further training estimated at more floating-point operations than this (about a minute of
+#: one core on the project's machine, which runs stacked runs at 50-70 GFLOP/s) is spread
+#: over worker processes under ``run.workers = 0``: starting a worker (importing torch,
+#: building the task) costs seconds, which shorter work would not win back
+WORKERS_WORTH_FLOP = 3e12
+
+
+def further_flop(runs_per_shard, steps_per_shard: int, batch_size: int, num_params: int) -> float:
+    """The floating-point operations of further training, about: 6 per parameter and instance
+    of every batch of every run (forward and backward). An upper bound where runs share
+    their first steps (``drop`` and ``mask`` skip those).
+
+    >>> further_flop([3, 3], steps_per_shard=10, batch_size=4, num_params=100)
+    144000.0
+    """
+    runs = sum(runs_per_shard)
+    return 6.0 * runs * steps_per_shard * batch_size * num_params
+
+
+def memory_available() -> int | None:
+    """The bytes the kernel reports available (``MemAvailable``; None where it does not say).
+
+    >>> memory_available() is None or memory_available() > 0
+    True
+    """
+    try:
+        for line in open("/proc/meminfo", encoding="ascii"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def auto_workers(
+    free_cores: int,
+    shards: int,
+    flop: float,
+    bytes_per_worker: int = 0,
+    bytes_free: int | None = None,
+) -> int:
+    """The worker processes for further training when ``run.workers = 0``: one per free core
+    (and per shard to compute, and as many as the free memory holds at ``bytes_per_worker``
+    each) when the work is long enough to repay their start (:data:`WORKERS_WORTH_FLOP`),
+    else 1 (this process). Results are the same bit for bit with any count.
+
+    >>> auto_workers(free_cores=2, shards=16, flop=1e9)  # seconds of work: here
+    1
+    >>> auto_workers(free_cores=2, shards=16, flop=1e14), auto_workers(8, 3, 1e14)
+    (2, 3)
+    >>> auto_workers(8, 16, 1e14, bytes_per_worker=2 * 2**30, bytes_free=5 * 2**30)
+    2
+    """
+    if flop < WORKERS_WORTH_FLOP:
+        return 1
+    count = min(free_cores, shards)
+    if bytes_free is not None and bytes_per_worker > 0:
+        count = min(count, bytes_free // bytes_per_worker)
+    return max(1, int(count))
