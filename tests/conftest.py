@@ -90,12 +90,15 @@ def unrolled_seeds(monkeypatch):
     """``fimo.methods.unrolled.unrolled_seed`` watched: the seeds it computes are appended to
     ``.computed`` (and ``(seed, announce_for)`` to ``.announced``), and the first call for the
     seed in ``.stop_at`` raises KeyboardInterrupt once (an interrupted run, for the resume
-    tests)."""
+    tests). Each seed also sleeps ``.sleep`` seconds (0 unless a test sets it), a known
+    amount of wall time in its record."""
+    import time
     from types import SimpleNamespace
 
     import fimo.methods.unrolled as module
 
-    original, state = module.unrolled_seed, SimpleNamespace(computed=[], stop_at=[], announced=[])
+    original = module.unrolled_seed
+    state = SimpleNamespace(computed=[], stop_at=[], announced=[], sleep=0.0)
 
     def interruptible(task, settings, seed, *args, **kwargs):
         if state.stop_at and seed == state.stop_at[0]:
@@ -103,6 +106,7 @@ def unrolled_seeds(monkeypatch):
             raise KeyboardInterrupt
         state.computed.append(seed)
         state.announced.append((seed, kwargs.get("announce_for", 1)))
+        time.sleep(state.sleep)
         return original(task, settings, seed, *args, **kwargs)
 
     monkeypatch.setattr(module, "unrolled_seed", interruptible)

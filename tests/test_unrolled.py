@@ -4,6 +4,8 @@ The reference is the engine itself: its runs with one instance's weight moved by
 finite differences, float64), obtained by scaling the weights of the engine's own plan.
 """
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -362,12 +364,20 @@ def test_fimo_run_resumes_unrolled_at_the_next_seed(tmp_path, unrolled_seeds):
     )
     computed, stop_at = unrolled_seeds.computed, unrolled_seeds.stop_at
     stop_at[:] = [1]
+    unrolled_seeds.sleep = 0.5  # each seed takes at least this long
     with pytest.raises(KeyboardInterrupt):
         run(config, tmp_path / "a", quiet=True)
     assert computed == [0] and (tmp_path / "a/scores/unrolled.partial/state.npz").is_file()
     computed.clear()
     run(config, tmp_path / "a", quiet=True)
     assert computed == [1, 2] and not (tmp_path / "a/scores/unrolled.partial").exists()
+    # the recorded time counts the seed of the interrupted invocation too
+    settings = json.loads(str(read_npz(tmp_path / "a/scores/unrolled.npz")["settings"]))
+    before = settings["resumed_seconds"]
+    assert (before["seeds"], before["seeds_without_time"]) == (1, 0)
+    assert 0.5 <= before["wall"] < settings["seconds"] - 2 * 0.5
+    assert 0 <= before["cpu"] <= settings["cpu_seconds"]
+    unrolled_seeds.sleep = 0.0
     computed.clear()
     run(config, tmp_path / "b", quiet=True)  # uninterrupted
     assert computed == [0, 1, 2]

@@ -652,8 +652,10 @@ def _run_method(r: _Run, task: Task, name: str, train_idx, fp: str, settings: di
             **settings,
         )
     result.settings["fingerprint"] = fp
-    result.settings["seconds"] = round(time.perf_counter() - started, 3)
-    result.settings["cpu_seconds"] = round(time.process_time() - cpu, 3)
+    # a resumed method (unrolled) adds what its earlier, interrupted invocations took
+    before = result.settings.get("resumed_seconds") or {"wall": 0.0, "cpu": 0.0}
+    result.settings["seconds"] = round(time.perf_counter() - started + before["wall"], 3)
+    result.settings["cpu_seconds"] = round(time.process_time() - cpu + before["cpu"], 3)
     r.timings[f"method_{name}"] = result.settings["seconds"]
     result.save(r.dir.scores_file(name))
     return result

@@ -14,6 +14,7 @@ the gold standard's left-out instances, for the seed-count study) are kept too.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,17 +178,19 @@ def unrolled_estimate(
     keep, keep_cols = _kept(keep, train)
     key = _call_key(task, settings, test, train, seed_list, keep, steps, mode, budget_mb)
     partial = _Partial.resumed(partial_dir, key, len(seed_list))
+    resumed = partial.work(len(partial.per_seed))  # what the seeds read back took
     if progress is not None and partial.per_seed:  # the seeds read back
         progress(len(train) * len(partial.per_seed) // len(seed_list))
     first = len(partial.per_seed) + 1  # the first seed computed: it announces the rest
     for k in range(first, len(seed_list) + 1):
+        wall, cpu = time.perf_counter(), time.process_time()
         one = unrolled_seed(
             task, settings, seed_list[k - 1], test, train, steps=steps, mode=mode,
             budget_bytes=budget_mb * 2**20, announce_for=len(seed_list) - k + 1 if k == first else 0,
         )  # fmt: skip
         cols = _checkpoints(one.steps, steps)
         partial.add(one.values[cols], keep_cols, one.loss_full[cols], one.steps[cols],
-                    one.epochs[cols])  # fmt: skip
+                    one.epochs[cols], (time.perf_counter() - wall, time.process_time() - cpu))  # fmt: skip
         partial.save(partial_dir, key)
         if progress is not None:  # in training instances, as every method: a share per seed
             progress(len(train) * k // len(seed_list) - len(train) * (k - 1) // len(seed_list))
@@ -199,6 +202,8 @@ def unrolled_estimate(
         "budget_mb": budget_mb,
         "drop_as_mask": settings.scheme == "drop",
     }
+    if resumed is not None:  # seeds of an earlier, interrupted call: their work counts too
+        record["resumed_seconds"] = resumed
     return partial.estimate(keep, seed_list, test, train, record)
 
 
@@ -255,9 +260,12 @@ class _Partial:
     loss_full: list = field(default_factory=list)
     steps: np.ndarray | None = None
     epochs: np.ndarray | None = None
+    #: each seed's (wall, CPU) seconds; NaN for seeds saved before fimo recorded them
+    seconds: list = field(default_factory=list)
 
-    def add(self, values, keep_cols, loss_full, steps, epochs) -> None:
-        """One more seed's (C, T, N) values and (C, T) full-run measurements."""
+    def add(self, values, keep_cols, loss_full, steps, epochs, seconds=(np.nan, np.nan)) -> None:
+        """One more seed's (C, T, N) values and (C, T) full-run measurements, and what
+        computing it took (wall, CPU seconds)."""
         if self.mean is None:
             self.mean, self.m2 = np.zeros_like(values), np.zeros_like(values)
         k = len(self.per_seed) + 1
@@ -267,6 +275,25 @@ class _Partial:
         self.per_seed.append(values[..., keep_cols])
         self.loss_full.append(loss_full)
         self.steps, self.epochs = steps, epochs
+        self.seconds.append(tuple(map(float, seconds)))
+
+    def work(self, seeds: int) -> dict | None:
+        """The wall and CPU seconds of the first ``seeds`` seeds, with how many of them did
+        not record it; None for none.
+
+        >>> state = _Partial(seconds=[(2.0, 1.5), (np.nan, np.nan), (3.0, 2.5)])
+        >>> state.work(3), state.work(0)
+        ({'wall': 5.0, 'cpu': 4.0, 'seeds': 3, 'seeds_without_time': 1}, None)
+        """
+        if seeds == 0:
+            return None
+        known = [t for t in self.seconds[:seeds] if not np.isnan(t[0])]
+        return {
+            "wall": sum(t[0] for t in known),
+            "cpu": sum(t[1] for t in known),
+            "seeds": seeds,
+            "seeds_without_time": seeds - len(known),
+        }
 
     def save(self, folder, key: str) -> None:
         """``folder/state.npz`` (atomic, with a checksum), when a folder is given."""
@@ -276,7 +303,7 @@ class _Partial:
         write_npz(
             Path(folder) / _STATE, key=np.array(key), mean=self.mean, m2=self.m2,
             per_seed=np.stack(self.per_seed), loss_full=np.stack(self.loss_full),
-            steps=self.steps, epochs=self.epochs,
+            steps=self.steps, epochs=self.epochs, seconds=np.array(self.seconds, dtype=float),
         )  # fmt: skip
 
     @classmethod
@@ -292,9 +319,11 @@ class _Partial:
             return cls()
         if str(saved.get("key")) != key or len(saved["per_seed"]) > seeds:
             return cls()
+        count = len(saved["per_seed"])
+        seconds = saved.get("seconds", np.full((count, 2), np.nan))  # older states: none
         return cls(
             saved["mean"], saved["m2"], list(saved["per_seed"]), list(saved["loss_full"]),
-            saved["steps"], saved["epochs"],
+            saved["steps"], saved["epochs"], [tuple(map(float, t)) for t in seconds],
         )  # fmt: skip
 
     def estimate(self, keep, seeds: list[int], test, train, settings: dict) -> UnrolledEstimate:
