@@ -182,7 +182,7 @@ def preset_comparison(name: str, final_epochs: int, methods: list[str], args) ->
     print(describe_factors(task, samples), flush=True)
     limit = args.time_limit
     test_idx, train_idx = range(config.data.n_test), range(len(task.train))
-    print(f"{'method':12s} {'setting':>14s} {'before s (CPU)':>18s} {'after s (CPU)':>16s} "
+    print(f"{'method':12s} {'setting':>20s} {'before s (CPU)':>18s} {'after s (CPU)':>16s} "
           f"{'ratio wall (CPU)':>17s}  max rel diff  load")  # fmt: skip
     for method in methods:
         settings = dict(config.methods.settings.get(method, {}))
@@ -203,6 +203,8 @@ def preset_comparison(name: str, final_epochs: int, methods: list[str], args) ->
             if method == "lissa"
             else f"max_iter {settings.get('max_iter', 100)}"
         )
+        if after is not None and "iterations" in after[2].settings:  # CG: the iterations taken
+            setting += f" ({max(after[2].settings['iterations'])})"
         cells = [
             f"> {limit:.0f}" if r is None else f"{r[0]:.1f} ({r[1]:.1f})" for r in (before, after)
         ]
@@ -214,7 +216,7 @@ def preset_comparison(name: str, final_epochs: int, methods: list[str], args) ->
             ratio, diff = f"> {limit / after[0]:.2f}x", "-"
         else:
             ratio, diff = "-", "-"
-        print(f"{method:12s} {setting:>14s} {cells[0]:>18s} {cells[1]:>16s} {ratio:>17s}  "
+        print(f"{method:12s} {setting:>20s} {cells[0]:>18s} {cells[1]:>16s} {ratio:>17s}  "
               f"{diff:>12s}  {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
     if args.step_repeats:
         batch = config.methods.settings.get("lissa", {}).get("batch_size", 128)
