@@ -109,6 +109,7 @@ def child_call(fn, limit: float | None):
     try:
         result = receive.recv() if receive.poll(limit) else None
     except EOFError:
+        child.join()
         raise RuntimeError(f"the timed child died (exit code {child.exitcode})") from None
     if result is None:
         child.kill()
