@@ -16,12 +16,25 @@ Defaults are the Concrete preset's shapes (MLP 8-128-128-1, 927 instances, 103 t
 influence function with the preset's settings, before and after the tolerance of the
 cross-entropy's output Hessian was made relative to max p (2026-12-01): before, one confident
 prediction whose zero eigenvalue rounded below −C·eps·max|λ| made ``factors()`` return None
-and every product went through the model. It prints how many instances tripped the old check.
+and every product rebuilt its batch's Jacobians. It prints how many curvature instances trip
+the old check and whether ``factors()`` holds the factors after the fix.
+
+    .venv/bin/python benchmarks/curvature_factors.py --preset adult [--methods cg lissa]
+        [--time-limit 900] [--depth 100] [--max-iter 20] [--step-repeats 5]
+
+Each call runs in a forked child process (wall and CPU seconds of the call alone; both paths
+start from the same state). ``--time-limit`` kills a call after that many seconds and prints
+"> limit" (a lower bound; the ratio then too). ``--depth`` (LiSSA) and ``--max-iter`` (CG, the
+generalised IF) override the preset's to time both paths at fewer iterations; the seconds of
+one LiSSA step and of one full product (all the test vectors) with each tolerance, the least of
+``--step-repeats``, are printed last, so the full settings' time can be extrapolated.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import time
 from unittest import mock
 
@@ -30,8 +43,12 @@ import torch
 
 from fimo.data import ArrayDataset
 from fimo.methods import curvature, influence
+from fimo.methods.common import hessian_subset
 from fimo.models import mlp
 from fimo.task import Task
+
+#: The tolerance's scale since 2026-12-01 (max(max p, max |λ|) for cross-entropy).
+NEW_SCALE = curvature.CurvatureOperator._rounding_scale
 
 
 def make_task(n: int, d: int, classes: int, k: int) -> Task:
@@ -56,28 +73,78 @@ def old_scale(self, out, vals):
     return vals.abs().amax(-1, keepdim=True)
 
 
-def tripped(op) -> int:
-    """Instances whose output Hessian the old tolerance took for negative curvature."""
-    with mock.patch.object(curvature.CurvatureOperator, "_rounding_scale", old_scale):
-        count = 0
-        for start in range(0, op.count, 500):
-            x, y = op.inputs[start : start + 500], op.targets[start : start + 500]
+def tripped(op, scale=old_scale) -> int:
+    """Instances whose output Hessian a tolerance of ``scale`` (the old one by default) takes
+    for negative curvature."""
+    count = 0
+    with mock.patch.object(curvature.CurvatureOperator, "_rounding_scale", scale):
+        for start in range(0, op.count, 100):
+            x, y = op.inputs[start : start + 100], op.targets[start : start + 100]
             _, W = op._gn_factor(x, y)
             if W is not None:
                 vals = torch.linalg.eigvalsh(W)
-                C = vals.shape[1]
-                tol = vals.abs().amax(1) * C * torch.finfo(vals.dtype).eps
-                count += int((vals[:, 0] < -tol).sum())
+                tol = scale(op, op.outputs(op.theta, x), vals)[:, 0] * vals.shape[1]
+                count += int((vals[:, 0] < -tol * torch.finfo(vals.dtype).eps).sum())
     return count
 
 
-def preset_comparison(name: str, final_epochs: int, methods: list[str]) -> None:
-    """CG, LiSSA and the generalised IF on a preset, with the old tolerance and the new."""
+def child_call(fn, limit: float | None):
+    """``(wall s, CPU s, result)`` of ``fn()`` in a forked child process, or ``None`` when it
+    had not returned after ``limit`` seconds (the child is then killed).
+
+    Each call starts from the parent's state, so the before and after calls pay the same
+    one-off work (the damping base memoised on the task, the operator's factors).
+    """
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+
+    def run():
+        wall, cpu = time.perf_counter(), time.process_time()
+        out = fn()
+        send.send((time.perf_counter() - wall, time.process_time() - cpu, out))
+
+    child = context.Process(target=run)
+    child.start()
+    send.close()
+    try:
+        result = receive.recv() if receive.poll(limit) else None
+    except EOFError:
+        child.join()
+        raise RuntimeError(f"the timed child died (exit code {child.exitcode})") from None
+    if result is None:
+        child.kill()
+    child.join()
+    return result
+
+
+def step_seconds(task, samples: int, vectors: int, batch: int, repeats: int) -> dict:
+    """Seconds of one LiSSA step (``vectors`` vectors times the curvature of a minibatch of
+    ``batch`` of the ``samples`` curvature instances) and of one full product (a CG iteration
+    on all the systems), with the old tolerance and the new: the least of ``repeats``, after
+    one untimed product of each (which builds the factors, if any)."""
+    subset = hessian_subset(len(task.train), samples, 0)
+    V = torch.randn(vectors, task.num_params, generator=torch.Generator().manual_seed(0))
+    out = {}
+    for label, scale in (("before", old_scale), ("after", NEW_SCALE)):
+        with mock.patch.object(curvature.CurvatureOperator, "_rounding_scale", scale):
+            op = curvature.gnvp(task, data_indices=subset)
+            gen = torch.Generator().manual_seed(0)
+            for kind in ("lissa step", "full product"):
+                times = []
+                for _ in range(repeats + 1):
+                    rows = torch.randint(op.count, (batch,), generator=gen)
+                    rows = rows if kind == "lissa step" else None
+                    times.append(timed(lambda op=op, rows=rows: op.matmat(V, rows=rows))[0])
+                out[label, kind] = min(times[1:])
+    return out
+
+
+def preset_task(name: str, final_epochs: int):
+    """The preset's task after ``final_epochs`` epochs of its final training, in float32."""
     from dataclasses import replace
 
     from fimo.experiments.build import build_task, load_data
     from fimo.experiments.config import load_config
-    from fimo.methods.common import hessian_subset
     from fimo.training import train_final
 
     config = load_config(name)
@@ -85,48 +152,109 @@ def preset_comparison(name: str, final_epochs: int, methods: list[str]) -> None:
     task = build_task(config, train, test)
     train_final(task, replace(config.training, epochs=final_epochs))
     task.to(dtype=torch.float32)
-    test_idx, train_idx = range(config.data.n_test), range(len(task.train))
-    samples = config.methods.settings["cg"]["hessian_samples"]
+    return config, task.with_cached_trunk()
+
+
+def describe_factors(task, samples: int) -> str:
+    """How many curvature instances trip the old check and the new one, and whether the
+    factors of all of them are held after the fix (if not, why not)."""
     op = curvature.gnvp(task, data_indices=hessian_subset(len(task.train), samples, 0))
-    print(f"{name}: P = {task.num_params}, {samples} curvature instances, {config.data.n_test} test; "
-          f"{tripped(op)} instances trip the old check; final training {final_epochs} epochs")  # fmt: skip
-    print(f"{'method':12s} {'before (s)':>11s} {'after (s)':>10s} {'ratio':>7s}")
+    old, new = tripped(op), tripped(op, NEW_SCALE)
+    held = op.factors()
+    if held is not None:
+        state = f"held, A of shape {tuple(held.shape)}"
+    else:
+        state = "None (" + ("not PSD" if new else "larger than the memory budget") + ")"
+    return (
+        f"{old} of {op.count} curvature instances trip the old check, {new} the new; "
+        f"factors() after the fix: {state}"
+    )
+
+
+def preset_comparison(name: str, final_epochs: int, methods: list[str], args) -> None:
+    """CG, LiSSA and the generalised IF on a preset, with the old tolerance and the new, each
+    call in a child process under ``args.time_limit``; LiSSA's depth and CG's iterations
+    overridable (``args.depth``, ``args.max_iter``), with the per-step cost of both paths."""
+    config, task = preset_task(name, final_epochs)
+    samples = config.methods.settings["cg"]["hessian_samples"]
+    print(f"{name}: P = {task.num_params}, {samples} curvature instances, "
+          f"{config.data.n_test} test, {len(task.train)} scored; final training {final_epochs} "
+          f"epochs; {args.threads} thread(s); load {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print(describe_factors(task, samples), flush=True)
+    limit = args.time_limit
+    test_idx, train_idx = range(config.data.n_test), range(len(task.train))
+    print(f"{'method':12s} {'setting':>20s} {'before s (CPU)':>18s} {'after s (CPU)':>16s} "
+          f"{'ratio wall (CPU)':>17s}  max rel diff  load")  # fmt: skip
     for method in methods:
-        settings = config.methods.settings.get(method, {})
+        settings = dict(config.methods.settings.get(method, {}))
+        if method == "lissa" and args.depth is not None:
+            settings["depth"] = args.depth
+        if method in ("cg", "generalized") and args.max_iter is not None:
+            settings["max_iter"] = args.max_iter
         run = getattr(influence, method)
 
         def go(run=run, settings=settings):
-            return run(task.with_cached_trunk(), test_idx, train_idx, **settings)
+            return run(task, test_idx, train_idx, **settings)
 
         with mock.patch.object(curvature.CurvatureOperator, "_rounding_scale", old_scale):
-            slow, old = timed(go)
-        fast, new = timed(go)
-        diff = np.abs(old.values - new.values).max() / np.abs(old.values).max()
-        print(f"{method:12s} {slow:11.1f} {fast:10.1f} {slow / fast:6.2f}x   (max diff {diff:.1e})",
-              flush=True)  # fmt: skip
+            before = child_call(go, limit)
+        after = child_call(go, limit)
+        setting = (
+            f"depth {settings.get('depth', 1000)}"
+            if method == "lissa"
+            else f"max_iter {settings.get('max_iter', 100)}"
+        )
+        if after is not None and "iterations" in after[2].settings:  # CG: the iterations taken
+            setting += f" ({max(after[2].settings['iterations'])})"
+        cells = [
+            f"> {limit:.0f}" if r is None else f"{r[0]:.1f} ({r[1]:.1f})" for r in (before, after)
+        ]
+        if before is not None and after is not None:
+            ratio = f"{before[0] / after[0]:.2f}x ({before[1] / after[1]:.2f}x)"
+            old, new = before[2].values, after[2].values
+            diff = f"{np.abs(old - new).max() / np.abs(old).max():.1e}"
+        elif after is not None:
+            ratio, diff = f"> {limit / after[0]:.2f}x", "-"
+        else:
+            ratio, diff = "-", "-"
+        print(f"{method:12s} {setting:>20s} {cells[0]:>18s} {cells[1]:>16s} {ratio:>17s}  "
+              f"{diff:>12s}  {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+    if args.step_repeats:
+        batch = config.methods.settings.get("lissa", {}).get("batch_size", 128)
+        steps = child_call(
+            lambda: step_seconds(task, samples, config.data.n_test, batch, args.step_repeats), None
+        )[2]
+        for kind in ("lissa step", "full product"):
+            b, a = steps["before", kind], steps["after", kind]
+            print(f"one {kind} ({config.data.n_test} vectors): before {b * 1e3:.1f} ms, "
+                  f"after {a * 1e3:.1f} ms, {b / a:.2f}x (least of {args.step_repeats})")  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=["adult", "credit", "mnist"])
     parser.add_argument("--final-epochs", type=int, default=10)
-    parser.add_argument("--methods", nargs="+", default=["cg", "lissa", "generalized"])
+    parser.add_argument("--methods", nargs="*", default=["cg", "lissa", "generalized"])
     parser.add_argument("--n", type=int, default=927)
     parser.add_argument("--d", type=int, default=8)
     parser.add_argument("--classes", type=int, default=1)
     parser.add_argument("--k", type=int, default=103)
-    parser.add_argument("--depth", type=int, default=200)
+    parser.add_argument("--depth", type=int, help="LiSSA's depth (200; a preset's own)")
+    parser.add_argument("--max-iter", type=int, help="with --preset: CG's max_iter (preset's)")
+    parser.add_argument("--time-limit", type=float, help="with --preset: seconds per call")
+    parser.add_argument("--step-repeats", type=int, default=5, help="with --preset (0: skip)")
     parser.add_argument("--rank", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.preset:
-        preset_comparison(args.preset, args.final_epochs, args.methods)
+        preset_comparison(args.preset, args.final_epochs, args.methods, args)
         return
     task = make_task(args.n, args.d, args.classes, args.k)
+    depth = 200 if args.depth is None else args.depth
     test, train = range(args.k), range(args.n)
     runs = {
-        "lissa": lambda: influence.lissa(task, test, train, depth=args.depth, scale=10.0),
+        "lissa": lambda: influence.lissa(task, test, train, depth=depth, scale=10.0),
         "cg": lambda: influence.cg(task, test, train, max_iter=50),
         "arnoldi": lambda: influence.arnoldi(task, test, train, rank=args.rank),
     }
