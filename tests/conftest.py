@@ -49,7 +49,8 @@ def reference(config_path, tmp_path_factory):
     from fimo.experiments.pipeline import run
 
     out = tmp_path_factory.mktemp("reference") / "run"
-    run(load_config(config_path), out, quiet=True)
+    with figures_drawn():  # a whole run directory, figures included (the disk-full tests)
+        run(load_config(config_path), out, quiet=True)
     return out
 
 
