@@ -117,6 +117,9 @@ def compared(name: str, run, old, repeats: int) -> None:
             results[label] = scores.values
             print(f"  {name} repeat {r} {label}: wall {wall:.1f} s, CPU {cpu:.1f} s, "
                   f"load {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
+        a, b = results["before"], results["after"]
+        print(f"  {name} repeat {r}: max |difference| / max |score| "
+              f"{np.abs(a - b).max() / np.abs(a).max():.1e}", flush=True)  # fmt: skip
     a, b = results["before"], results["after"]
     per = [float(np.linalg.norm(x - y) / np.linalg.norm(x)) for x, y in zip(a, b, strict=True)]
     print(f"{name} ({time.strftime('%Y-%m-%d %H:%M')}, load "

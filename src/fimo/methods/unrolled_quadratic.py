@@ -34,6 +34,10 @@ F(H) applied to the test gradients three ways (``solver``):
   step count (F_T is a polynomial of degree T − 1), otherwise stopped when the estimate
   changes by less than ``tol`` (relative) over ``CHECK_EVERY`` steps;
 - ``series``: the recursion itself run on the vectors, one curvature product per step.
+
+The training gradients then meet the C vectors F_c(H) v of each test gradient (one matrix
+product per chunk of them), or, with Lanczos stopped after fewer steps than there are
+checkpoints, its k basis vectors and coefficients: whichever is fewer per test gradient.
 """
 
 from __future__ import annotations
