@@ -34,6 +34,10 @@ F(H) applied to the test gradients three ways (``solver``):
   step count (F_T is a polynomial of degree T − 1), otherwise stopped when the estimate
   changes by less than ``tol`` (relative) over ``CHECK_EVERY`` steps;
 - ``series``: the recursion itself run on the vectors, one curvature product per step.
+
+The training gradients then meet the C vectors F_c(H) v of each test gradient (one matrix
+product per chunk of them), or, with Lanczos stopped after fewer steps than there are
+checkpoints, its k basis vectors and coefficients: whichever is fewer per test gradient.
 """
 
 from __future__ import annotations
@@ -555,12 +559,13 @@ def _scorers(solver, op, shift, matmat, filt, g_test, steps, opt, max_iter, tol,
         if solver == "lanczos":
             coef, Q, part = _lanczos(matmat, V, filt, max_iter, tol, int(steps.max()), probe.tick)
             parts.append(part)
-            blocks.append((rows, _krylov_scorer(coef, Q)))
+            blocks.append((rows, _krylov_vectors(coef, Q, max(part["iterations"]))))
         else:
             S = series_apply(
                 matmat, V, steps, opt["lr"], opt["momentum"], opt["nesterov"], probe.tick
             )
-            blocks.append((rows, lambda G, S=S: torch.einsum("ckp,np->ckn", S, G.double())))
+            blocks.append((rows, S))
+    blocks = _joined(blocks)
     if solver == "series":
         return blocks, None
     errors = [e for p in parts for e in p["error_estimates"]]
@@ -573,9 +578,34 @@ def _scorers(solver, op, shift, matmat, filt, g_test, steps, opt, max_iter, tol,
     return blocks, max(p["top_ritz_value"] for p in parts)
 
 
-def _krylov_scorer(coef: torch.Tensor, Q: torch.Tensor):
-    """G (N, P) ↦ Σ_m coef[c, k, m] (q_km · g_n), from the Lanczos bases Q (K, m, P)."""
-    return lambda G: torch.einsum("ckm,kmn->ckn", coef, Q @ G.double().T)
+def _krylov_vectors(coef: torch.Tensor, Q: torch.Tensor, used: int):
+    """What a block's scores are made from: the vectors F_c(H) v_k (C, K, P), or the
+    coefficients and the first ``used`` vectors of the Lanczos bases Q (K, m, P) (the most
+    any process took) when there are fewer of those than checkpoints.
+
+    Each training gradient meets C vectors per test gradient in the first form, ``used`` in
+    the second: the product with the training gradients, which dominated the cost on the
+    credit preset (2 checkpoints, 10 Lanczos steps, 27,000 training gradients), shrinks
+    ``used``/C times."""
+    coef, Q = coef[:, :, :used], Q[:, :used].contiguous()  # a copy: the rest is freed
+    if len(coef) <= used:
+        return torch.einsum("ckm,kmp->ckp", coef, Q)
+    return coef, Q
+
+
+def _joined(blocks: list) -> list:
+    """(rows, scorer) per block, G (N, P) ↦ scores (C, rows, N); blocks held as vectors
+    F_c(H) v_k are joined into one, so that a chunk of training gradients meets every test
+    gradient in one matrix product."""
+    if all(torch.is_tensor(S) for _, S in blocks):
+        S = torch.cat([S for _, S in blocks], dim=1)
+        return [(slice(0, S.shape[1]), lambda G: torch.einsum("ckp,np->ckn", S, G.double()))]
+    return [
+        (rows, lambda G, S=S: torch.einsum("ckp,np->ckn", S, G.double()))
+        if torch.is_tensor(S)
+        else (rows, lambda G, S=S: torch.einsum("ckm,kmn->ckn", S[0], S[1] @ G.double().T))
+        for rows, S in blocks
+    ]
 
 
 def _check_stability(opt: dict, top: float, record: dict) -> None:
