@@ -53,8 +53,9 @@ class Projector:
     dtype), each drawn in float32 from its own generator seeded by (seed, block) and then cast
     to ``dtype``, so it is a function of (seed, num_params, k, kind) only: the same whether it
     is held in memory (when it fits in ``budget`` bytes, by default :func:`holding_budget`)
-    or regenerated block by block at every use, and the same in float32 and float64 up to float32 rounding (Rademacher
-    entries: exactly, when 1/√k is exact). ``k=None`` is the identity (no projection).
+    or regenerated block by block at every use, and the same in float32 and float64 up to
+    float32 rounding (Rademacher entries: exactly, when 1/√k is exact). ``k=None`` is the
+    identity (no projection).
 
     >>> Projector(10, 4, seed=0).project(torch.ones(2, 10)).shape
     torch.Size([2, 4])
