@@ -339,3 +339,67 @@ def test_hessian_samples_fit_the_kernel_on_exactly_that_subset(proj_dim):
         hessian_seed=seed,
     )
     np.testing.assert_allclose(only.values, part.values[:, outside], rtol=1e-9, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, DT])
+def test_rademacher_blocks_are_the_int64_draws_of_the_seeded_generator(dtype):
+    # the matrix for a seed must not change when its drawing is made faster: each block is
+    # the generator seeded by SeedSequence([seed, block]) drawing int64 {0, 1} → ±1 / √k
+    proj = Projector(70_000, 64, seed=9, dtype=dtype, budget=0)
+    assert proj.num_blocks == 2  # 65,536 rows per block at k = 64
+    for b in range(proj.num_blocks):
+        state = np.random.SeedSequence([9, b]).generate_state(2)
+        gen = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+        rows = min(proj.rows, 70_000 - b * proj.rows)
+        signs = torch.randint(0, 2, (rows, 64), generator=gen).double() * 2 - 1
+        expected = (signs.to(torch.float32).to(dtype) / 8.0).double()
+        assert torch.equal(proj.block(b).double(), expected)
+
+
+def test_dense_trak_scores_are_the_same_with_p_held_or_regenerated(monkeypatch):
+    import fimo.methods.projection as projection_module
+
+    task = trained_mlp(n=80, steps=30)
+    held = trak(task, [0, 1, 2], range(80), proj_dim=24, seed=4, chunk_size=9)
+    assert Projector(task.num_params, 24, seed=4, dtype=DT).matrix is not None
+    # nothing may be held: every chunk of instances regenerates P block by block
+    monkeypatch.setattr(projection_module, "holding_budget", lambda: 0)
+    streamed_proj = Projector(task.num_params, 24, seed=4, dtype=DT)
+    assert streamed_proj.matrix is None
+    streamed = trak(task, [0, 1, 2], range(80), proj_dim=24, seed=4, chunk_size=9)
+    np.testing.assert_allclose(streamed.values, held.values, rtol=1e-9, atol=1e-12)
+    # and both are TRAK's formula with that matrix, φ_tᵀ(ΦᵀΦ)⁻¹φ_i (1 − p_i)(1 − p_t)
+    P = torch.cat([streamed_proj.block(b) for b in range(streamed_proj.num_blocks)])
+    x, y = task.train.inputs, task.train.targets
+
+    def margin(params, xi, yi):
+        logits = task.outputs(params, xi[None])[0]
+        return (logits[1] - logits[0]) * (2 * yi - 1)  # two classes: log(p_y / (1 − p_y))
+
+    grads = vmap(torch.func.grad(margin), in_dims=(None, 0, 0))
+    phi = flatten(grads(task.params(), x, y)) @ P
+    xt, yt = task.test.inputs[:3], task.test.targets[:3]
+    phi_t = flatten(grads(task.params(), xt, yt)) @ P
+    with torch.no_grad():
+        q = 1 - torch.softmax(task.model(x), -1)[torch.arange(80), y]
+        q_t = 1 - torch.softmax(task.model(xt), -1)[torch.arange(3), yt]
+    tau = phi_t @ torch.linalg.solve(phi.T @ phi, phi.T) * q[None] * q_t[:, None]
+    np.testing.assert_allclose(held.values, tau.numpy(), rtol=1e-6, atol=1e-10)
+
+
+def test_holding_budget_is_half_the_room_left_and_never_below_the_default(monkeypatch):
+    import fimo.methods.projection as projection_module
+    from fimo.methods.gradients import DEFAULT_BUDGET
+
+    inf = projection_module.resource.RLIM_INFINITY
+    monkeypatch.setattr(projection_module, "available_memory", lambda: 10 * 2**30)
+    monkeypatch.setattr(projection_module.resource, "getrlimit", lambda which: (inf, inf))
+    assert projection_module.holding_budget() == 5 * 2**30
+    monkeypatch.setattr(projection_module.resource, "getrlimit", lambda which: (6 * 2**30, inf))
+    assert projection_module.holding_budget() == 3 * 2**30  # the address-space limit's half
+    monkeypatch.setattr(projection_module, "available_memory", lambda: None)
+    assert projection_module.holding_budget() == 3 * 2**30
+    monkeypatch.setattr(projection_module.resource, "getrlimit", lambda which: (inf, inf))
+    assert projection_module.holding_budget() == DEFAULT_BUDGET  # nothing known: as before
+    monkeypatch.setattr(projection_module, "available_memory", lambda: 2**20)
+    assert projection_module.holding_budget() == DEFAULT_BUDGET

@@ -5,16 +5,22 @@ A projection P (num_params × k) with entries ±1/√k (Rademacher) or N(0, 1/k)
 products in expectation, E[(Pᵀa)·(Pᵀb)] = a·b (Johnson-Lindenstrauss), so a method can work
 with k numbers per instance instead of P. The projected training gradients are formed chunk
 by chunk (each chunk of per-instance gradients times P), never as an n × P matrix; P itself is
-held in memory when it fits in the budget and regenerated block by block otherwise.
+held in memory when it fits in :func:`holding_budget` and regenerated block by block otherwise.
+Holding is worth much memory: drawing the entries costs about 10 times the product of a chunk
+of gradients with them (1.16 M × 512 entries: 5-8 s to draw, 0.8 s to multiply by a chunk of 57
+gradients), so regenerating P for each chunk made TRAK's dense path at 1.16 M parameters
+spend 90 % of its time drawing the same matrix again (docs/benchmarks.md).
 """
 
 from __future__ import annotations
+
+import resource
 
 import numpy as np
 import torch
 
 from fimo.errors import InputError, check_choice
-from fimo.methods.gradients import DEFAULT_BUDGET
+from fimo.methods.gradients import DEFAULT_BUDGET, available_memory
 
 PROJECTIONS = ("rademacher", "gaussian")
 #: Bytes one generated block of the projection matrix may take, counted in float32 whatever the
@@ -46,9 +52,10 @@ class Projector:
     P is made of row blocks of a fixed number of rows (``BLOCK_BUDGET`` / (4k), whatever the
     dtype), each drawn in float32 from its own generator seeded by (seed, block) and then cast
     to ``dtype``, so it is a function of (seed, num_params, k, kind) only: the same whether it
-    is held in memory (when it fits in ``budget`` bytes) or regenerated block by block at
-    every use, and the same in float32 and float64 up to float32 rounding (Rademacher
-    entries: exactly, when 1/√k is exact). ``k=None`` is the identity (no projection).
+    is held in memory (when it fits in ``budget`` bytes, by default :func:`holding_budget`)
+    or regenerated block by block at every use, and the same in float32 and float64 up to
+    float32 rounding (Rademacher entries: exactly, when 1/√k is exact). ``k=None`` is the
+    identity (no projection).
 
     >>> Projector(10, 4, seed=0).project(torch.ones(2, 10)).shape
     torch.Size([2, 4])
@@ -61,7 +68,7 @@ class Projector:
         seed: int = 0,
         kind: str = "rademacher",
         dtype: torch.dtype = torch.float32,
-        budget: int = DEFAULT_BUDGET,
+        budget: float | None = None,
     ):
         check_choice("projection", kind, PROJECTIONS)
         self.num_params, self.k, self.seed, self.kind, self.dtype = num_params, k, seed, kind, dtype
@@ -70,8 +77,11 @@ class Projector:
         if k is not None:
             self.rows = int(max(1, min(num_params, BLOCK_BUDGET // (k * draw_size))))
         self.matrix = None
+        budget = holding_budget() if budget is None else budget
         if k is not None and num_params * k * itemsize <= budget:
-            self.matrix = torch.cat([self.block(b) for b in range(self.num_blocks)])
+            self.matrix = torch.empty(num_params, k, dtype=dtype)
+            for b in range(self.num_blocks):  # filled in place: no second copy while held
+                self.matrix[b * self.rows : (b + 1) * self.rows] = self.block(b)
 
     @property
     def dim(self) -> int:
@@ -102,9 +112,9 @@ class Projector:
         shape = (min(self.rows, self.num_params - b * self.rows), self.k)
         if self.kind == "gaussian":
             values = torch.randn(shape, generator=gen, dtype=DRAW_DTYPE)
-        else:
-            values = torch.randint(0, 2, shape, generator=gen).to(DRAW_DTYPE) * 2 - 1
-        return values.to(self.dtype) / self.k**0.5
+        else:  # drawn straight in float32 (the same bits as int64 draws), ±1 in place
+            values = torch.randint(0, 2, shape, generator=gen, dtype=DRAW_DTYPE).mul_(2).sub_(1)
+        return values.to(self.dtype).div_(self.k**0.5)
 
     def project(self, g: torch.Tensor) -> torch.Tensor:
         """G (m, num_params) → G P (m, k).
@@ -121,6 +131,26 @@ class Projector:
         for b in range(self.num_blocks):
             out += g[:, b * self.rows : (b + 1) * self.rows] @ self.block(b)
         return out
+
+
+def holding_budget() -> int:
+    """Bytes a projection matrix may take and still be held in memory: half of what the
+    machine can still give (:func:`fimo.methods.gradients.available_memory`) and half of the
+    process's address-space limit when one is set, but never less than ``DEFAULT_BUDGET``
+    (what was always held). Regenerating instead costs a full draw of P per chunk of
+    instances (see the module's docstring).
+
+    >>> holding_budget() >= DEFAULT_BUDGET
+    True
+    """
+    room = []
+    available = available_memory()
+    if available is not None:
+        room.append(available // 2)
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit != resource.RLIM_INFINITY:
+        room.append(limit // 2)
+    return max(DEFAULT_BUDGET, min(room, default=DEFAULT_BUDGET))
 
 
 def gradient_projector(
