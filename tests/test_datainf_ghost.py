@@ -174,6 +174,11 @@ def test_projection_takes_formed_gradients():
     task = make_task(mlp(5, 2, hidden=(7,), seed=7))
     auto = datainf(task, [0], [1, 2], proj_dim=4, ghost="auto")
     assert auto.settings["gradients"] == "per-instance" and auto.settings["projected_dim"] < 63
+    # a proj_dim of at least every block's size projects nothing: the path of no projection
+    whole = datainf(task, [0], [1, 2], proj_dim=task.num_params, ghost="auto")
+    unprojected = datainf(task, [0], [1, 2])
+    assert whole.settings["gradients"] == unprojected.settings["gradients"]
+    assert np.array_equal(whole.values, unprojected.values)
     with pytest.raises(InputError, match="datainf ghost: 'always' works on unprojected"):
         datainf(task, [0], [1, 2], proj_dim=4, ghost="always")
     with pytest.raises(InputError, match="datainf ghost"):

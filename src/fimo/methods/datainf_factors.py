@@ -75,10 +75,10 @@ def block_parts(task: Task, layers: list[GhostLayer], groups) -> list[list[Ghost
 def factor_plan(task: Task, groups, ghost: str, proj_dim, k: int, m: int, n: int):
     """``(layers, parts)`` when DataInf is to be computed from layer factors, else None.
 
-    ``ghost="never"`` or a projection (``proj_dim``): None. Otherwise the trainable
-    parameters must all be weights and biases of ``nn.Linear`` layers met once per instance
-    (:func:`fimo.methods.ghost.dense_ghost_plan`), each block made of whole ones; ``"auto"``
-    then takes the factors when :func:`factors_are_cheaper` says so for k test instances, m
+    ``ghost="never"`` or a projection (``proj_dim`` below some block's size): None.
+    Otherwise the trainable parameters must all be weights and biases of ``nn.Linear``
+    layers met once per instance (:func:`fimo.methods.ghost.dense_ghost_plan`), each block
+    made of whole ones; ``"auto"`` then takes the factors when :func:`factors_are_cheaper` says so for k test instances, m
     Hessian instances and n scored ones, ``"always"`` always, and on a model it cannot treat
     raises InputError with the reason.
 
@@ -94,7 +94,8 @@ def factor_plan(task: Task, groups, ghost: str, proj_dim, k: int, m: int, n: int
     >>> factor_plan(task, groups, "never", None, 2, 4, 4) is None
     True
     """
-    if ghost == "never" or proj_dim is not None or 0 in (k, m, n):
+    projected = proj_dim is not None and any(len(cols) > proj_dim for _, cols in groups)
+    if ghost == "never" or projected or 0 in (k, m, n):
         return None
     layers = dense_ghost_plan(task)
     parts = None if layers is None else block_parts(task, layers, groups)
