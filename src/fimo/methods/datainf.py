@@ -174,8 +174,8 @@ def datainf(
 
     ``ghost``: unprojected scores of a model whose trainable parameters are all ``nn.Linear``
     weights and biases (an MLP) are computed from layer factors, every term a per-block dot
-    product of two instances' gradients, when that takes fewer multiply-adds (``"auto"``,
-    :func:`fimo.methods.datainf_factors.factors_are_cheaper`), always (``"always"``: an
+    product of two instances' gradients, when its multiply-add count says it is the cheaper
+    path (``"auto"``, :func:`fimo.methods.datainf_factors.factors_are_cheaper`), always (``"always"``: an
     InputError on another model or with ``proj_dim``) or never (``"never"``); the same
     scores to float rounding. ``settings["gradients"]`` says which path ran.
 
