@@ -11,6 +11,10 @@ average replaced by the average of the inverses, each exact by Sherman-Morrison:
 The sum over i runs over all n training instances (or a seeded subsample of m). The score
 estimates g(z_t) without z_j minus with it, so positive = helpful. The DataInf authors' engine
 returns the negative of this (upweighting convention, without 1/n); the paper negated it.
+
+Every term is a per-block dot product of per-instance gradients, so for an MLP the scores
+can come from each Linear layer's inputs and output gradients without forming any gradient
+(:mod:`fimo.methods.datainf_factors`, the ``ghost`` setting).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from fimo.methods.common import (
     test_and_train,
 )
 from fimo.methods.cost import CostProbe
+from fimo.methods.datainf_factors import datainf_from_factors, factor_plan
+from fimo.methods.ghost import check_ghost
 from fimo.methods.gradients import DEFAULT_BUDGET, grad_chunk_size, per_instance_grads
 from fimo.methods.gradients import gradient_matrix as _gradient_matrix
 from fimo.methods.projection import block_seed, check_proj_dim, gradient_projector
@@ -148,6 +154,7 @@ def datainf(
     proj_dim: int | None = None,
     projection: str = "rademacher",
     proj_seed: int = 0,
+    ghost: str = "auto",
 ) -> Scores:
     """DataInf scores (1/n)·Σ_l g_jlᵀ Ĥ_l⁻¹ ∇g_l(z_t) (Sherman-Morrison per instance),
     positive = helpful.
@@ -165,6 +172,13 @@ def datainf(
     projected blocks. λ_l keeps its unprojected meaning: mean_i ‖φ_il‖² / (p_l ·
     ``lambda_const``), since E‖φ_il‖² = ‖g_il‖².
 
+    ``ghost``: unprojected scores of a model whose trainable parameters are all ``nn.Linear``
+    weights and biases (an MLP) are computed from layer factors, every term a per-block dot
+    product of two instances' gradients, when its multiply-add count says it is the cheaper
+    path (``"auto"``, :func:`fimo.methods.datainf_factors.factors_are_cheaper`), always (``"always"``: an
+    InputError on another model or with ``proj_dim``) or never (``"never"``); the same
+    scores to float rounding. ``settings["gradients"]`` says which path ran.
+
     >>> from fimo.data.base import ArrayDataset
     >>> data = ArrayDataset(torch.randn(20, 3, dtype=torch.float64), torch.randint(0, 2, (20,)))
     >>> task = Task(torch.nn.Linear(3, 2).double(), data, data)
@@ -173,15 +187,64 @@ def datainf(
     ((4, 20), ['<root>'])
     """
     test, train = test_and_train(task, test, train, "datainf")
-    _check_settings(lambda_const, damping, proj_dim)
+    _check_settings(lambda_const, damping, proj_dim, ghost)
     n = len(task.train)
     hessian_seed = seed_value("hessian_seed", hessian_seed)
     proj_seed = seed_value("proj_seed", proj_seed)
     sample = hessian_subset(n, hessian_samples, hessian_seed)
 
     groups = parameter_blocks(task, blocks)
+    plan = factor_plan(task, groups, ghost, proj_dim, len(test), len(sample), len(train))
+    if plan is not None:
+        layers, parts = plan
+
+        def rule(mean_square):
+            return _damping_from(mean_square, lambda_const, damping)
+
+        sizes = [len(cols) for _, cols in groups]
+        out, lam = datainf_from_factors(
+            task, layers, parts, sizes, test, train, sample, rule, chunk_size, progress
+        )
+        width, gradients = task.num_params, "ghost (layer factors)"
+    else:
+        out, lam, width = _from_gradients(
+            task,
+            groups,
+            test,
+            train,
+            sample,
+            lambda_const,
+            damping,
+            chunk_size,
+            progress,
+            (proj_dim, proj_seed, projection),
+        )
+        gradients = "per-instance"
+    settings = {
+        **_damping_record(lambda_const, damping, groups, lam),
+        "blocks": blocks,
+        **subset_record(n, hessian_samples, hessian_seed, sample),
+        "n_hessian": len(sample),
+        "chunk_size": chunk_size,
+        "proj_dim": proj_dim,
+        "projection": projection if width < task.num_params else "identity",
+        "proj_seed": proj_seed,
+        "projected_dim": width,
+        "ghost": ghost,
+        "gradients": gradients,
+    }
+    return Scores(out, test, train, "datainf", settings, units="test-loss change (1/n scale)")
+
+
+def _from_gradients(
+    task, groups, test, train, sample, lambda_const, damping, chunk_size, progress, projection
+) -> tuple[np.ndarray, torch.Tensor, int]:
+    """The scores, each block's λ_l and the projected width, from formed (and projected)
+    per-instance gradients: three passes over them (λ, the preconditioned test side, the
+    scores). ``projection``: (proj_dim, proj_seed, kind)."""
+    proj_dim, proj_seed, kind = projection
     dtype = next(iter(task.params().values())).dtype
-    layout = _BlockProjection(groups, proj_dim, proj_seed, projection, dtype)
+    layout = _BlockProjection(groups, proj_dim, proj_seed, kind, dtype)
     grads = _TrainGradients(task, layout, chunk_size)
     v = layout(_gradient_matrix(task, task.test, test, measure=True, chunk_size=chunk_size))
     probe = CostProbe(
@@ -193,22 +256,11 @@ def datainf(
     pre = _preconditioned(grads, sample, layout, v, lam, probe)
     # pass 3: the scores, (1/n) Σ_l ⟨Ĥ_l⁻¹ ∇g_l(z_t), g_jl⟩
     out = score_matrix(task, train, pre, progress=progress, chunks=grads.chunks(train))
-    settings = {
-        **_damping_record(lambda_const, damping, groups, lam),
-        "blocks": blocks,
-        **subset_record(n, hessian_samples, hessian_seed, sample),
-        "n_hessian": len(sample),
-        "chunk_size": chunk_size,
-        "proj_dim": proj_dim,
-        "projection": projection if layout.width < task.num_params else "identity",
-        "proj_seed": proj_seed,
-        "projected_dim": layout.width,
-    }
-    return Scores(out, test, train, "datainf", settings, units="test-loss change (1/n scale)")
+    return out, lam, layout.width
 
 
-def _check_settings(lambda_const, damping, proj_dim) -> None:
-    """InputError for a λ rule or projection DataInf cannot use.
+def _check_settings(lambda_const, damping, proj_dim, ghost="auto") -> None:
+    """InputError for a λ rule, projection or ``ghost`` choice DataInf cannot use.
 
     >>> _check_settings(10.0, -1.0, None)
     Traceback (most recent call last):
@@ -220,6 +272,7 @@ def _check_settings(lambda_const, damping, proj_dim) -> None:
     if damping is not None and not (isinstance(damping, int | float) and damping > 0):
         raise InputError(f"datainf damping: got {damping!r}; must be a number > 0 (or None)")
     check_proj_dim("datainf", proj_dim)
+    check_ghost("datainf", ghost, proj_dim)
 
 
 def _layer_damping(grads, sample, layout, lambda_const, damping, probe) -> torch.Tensor:
@@ -233,7 +286,12 @@ def _layer_damping(grads, sample, layout, lambda_const, damping, probe) -> torch
         squares += torch.stack([g[:, s].pow(2).sum() for s in spans])
         probe.tick(len(g))
     counts = torch.as_tensor([len(sample) * size for size in layout.sizes], dtype=dtype)
-    mean_square = squares / counts
+    return _damping_from(squares / counts, lambda_const, damping)
+
+
+def _damping_from(mean_square: torch.Tensor, lambda_const, damping) -> torch.Tensor:
+    """λ_l from each block's mean squared gradient entry: divided by ``lambda_const``, or the
+    given ``damping`` for every block."""
     if damping is None:
         return mean_square / lambda_const
     return torch.full_like(mean_square, float(damping))
