@@ -497,8 +497,8 @@ def _workers(r: _Run, task: Task, plan: ShardPlan, todo) -> int:
     """The local worker processes: ``run.workers``, or with 0 one per free core when the
     shards to compute are long enough to repay starting them (:func:`auto_workers`); said
     when it is more than one."""
-    if r.config.run.workers > 0:
-        return r.config.run.workers
+    if r.config.run.workers > 0 or r.config.run.executor != "local":  # Ray: its own cluster
+        return max(1, r.config.run.workers)
     flop = further_flop(
         [sh.stop - sh.start + 1 for sh in todo],
         plan.steps_per_shard,

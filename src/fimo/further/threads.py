@@ -68,7 +68,8 @@ WORKERS_WORTH_FLOP = 3e12
 def further_flop(runs_per_shard, steps_per_shard: int, batch_size: int, num_params: int) -> float:
     """The floating-point operations of further training, about: 6 per parameter and instance
     of every batch of every run (forward and backward). An upper bound where runs share
-    their first steps (``drop`` and ``mask`` skip those).
+    their first steps (``drop`` and ``mask`` skip those); an undercount for convolutions,
+    whose weights meet each instance at many positions.
 
     >>> further_flop([3, 3], steps_per_shard=10, batch_size=4, num_params=100)
     144000.0
@@ -84,9 +85,10 @@ def memory_available() -> int | None:
     True
     """
     try:
-        for line in open("/proc/meminfo", encoding="ascii"):
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
+        with open("/proc/meminfo", encoding="ascii") as lines:
+            for line in lines:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
     except (OSError, ValueError):
         return None
     return None
