@@ -105,10 +105,17 @@ def test_one_worker_and_two_give_the_same_gold_standard_and_record_the_threads(t
 
 # -- run.workers = 0: chosen from the free cores and the work -----------------------------------
 def test_auto_workers_counts_the_work_and_caps_by_cores_shards_and_memory():
-    from fimo.further.threads import WORKERS_WORTH_FLOP, auto_workers, further_flop
+    from fimo.further.threads import WORKERS_WORTH_FLOP, auto_workers, further_flop, instance_flop
 
-    # 6 multiply-adds... per parameter and instance of each run's batches, by hand
-    assert further_flop([5, 5, 3], 7, 32, 1000) == 6 * 13 * 7 * 32 * 1000
+    # every instance of every batch of every run, by hand
+    assert further_flop([5, 5, 3], 7, 32, 6000.0) == 13 * 7 * 32 * 6000
+    # a step per instance: 3 forward passes; 2 per multiply-add; a convolution at every position
+    data = ArrayDataset(torch.randn(4, 1, 6, 6), torch.randint(0, 2, (4,)))
+    conv = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 2, 3, bias=False), torch.nn.Flatten(), torch.nn.Linear(32, 2, bias=False)
+    )
+    assert instance_flop(Task(conv, data, data)) == 3 * 2 * (2 * 9 * 16 + 32 * 2)
+    assert instance_flop(Task(conv, data, data)) > 6 * sum(p.numel() for p in conv.parameters())
     long, short = 2 * WORKERS_WORTH_FLOP, WORKERS_WORTH_FLOP / 2
     assert auto_workers(4, 10, short) == 1
     assert [auto_workers(c, 10, long) for c in (1, 2, 4)] == [1, 2, 4]

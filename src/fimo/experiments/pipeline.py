@@ -40,6 +40,7 @@ from fimo.further.threads import (
     THREADS_PER_WORKER,
     auto_workers,
     further_flop,
+    instance_flop,
     memory_available,
     torch_threads,
 )
@@ -480,7 +481,7 @@ def _gold_record(r: _Run, gold: GoldStandard, seeds: list[int], plan: ShardPlan)
         "shards": len(plan.shards),
         "executor": r.config.run.executor,
         "workers": r.workers,
-        "workers_chosen_by": "run.workers" if r.config.run.workers else "free cores and work",
+        "workers_chosen_by": _workers_chosen_by(r.config),
         "threads_per_worker": THREADS_PER_WORKER,  # the results depend on it, bit for bit
     }
     if r.groups is not None:  # the members are in gold.npz; here what they are
@@ -493,6 +494,19 @@ def _gold_record(r: _Run, gold: GoldStandard, seeds: list[int], plan: ShardPlan)
     return record
 
 
+def _workers_chosen_by(config: Config) -> str:
+    """What set the worker count the manifest records.
+
+    >>> from fimo.experiments.config import RunConfig
+    >>> [_workers_chosen_by(Config(run=RunConfig(workers=w, executor=e)))
+    ...  for w, e in ((2, "local"), (0, "local"), (0, "ray"))]
+    ['run.workers', 'free cores and work', 'not used: Ray schedules the shards']
+    """
+    if config.run.executor != "local":
+        return "not used: Ray schedules the shards"
+    return "run.workers" if config.run.workers else "free cores and work"
+
+
 def _workers(r: _Run, task: Task, plan: ShardPlan, todo) -> int:
     """The local worker processes: ``run.workers``, or with 0 one per free core when the
     shards to compute are long enough to repay starting them (:func:`auto_workers`); said
@@ -503,7 +517,7 @@ def _workers(r: _Run, task: Task, plan: ShardPlan, todo) -> int:
         [sh.stop - sh.start + 1 for sh in todo],
         plan.steps_per_shard,
         r.config.further.batch_size,
-        task.num_params,
+        instance_flop(task),
     )
     choice = r.threads or choose_threads()
     free = threads_for(choice.cores, choice.load_of_others)

@@ -65,17 +65,37 @@ def available_cores() -> int:
 WORKERS_WORTH_FLOP = 3e12
 
 
-def further_flop(runs_per_shard, steps_per_shard: int, batch_size: int, num_params: int) -> float:
-    """The floating-point operations of further training, about: 6 per parameter and instance
-    of every batch of every run (forward and backward). An upper bound where runs share
-    their first steps (``drop`` and ``mask`` skip those); an undercount for convolutions,
-    whose weights meet each instance at many positions.
+def further_flop(runs_per_shard, steps_per_shard: int, batch_size: int, instance_flop: float):
+    """The floating-point operations of further training, about: ``instance_flop`` (a training
+    step's, per instance: :func:`instance_flop`) for every instance of every batch of every
+    run. An upper bound where runs share their first steps (``drop`` and ``mask`` skip them).
 
-    >>> further_flop([3, 3], steps_per_shard=10, batch_size=4, num_params=100)
+    >>> further_flop([3, 3], steps_per_shard=10, batch_size=4, instance_flop=600.0)
     144000.0
     """
-    runs = sum(runs_per_shard)
-    return 6.0 * runs * steps_per_shard * batch_size * num_params
+    return float(sum(runs_per_shard)) * steps_per_shard * batch_size * instance_flop
+
+
+def instance_flop(task) -> float:
+    """A training step's floating-point operations per instance, about: three times the
+    forward pass on one training instance as torch's ``FlopCounterMode`` counts it (matrix
+    products and convolutions, so a convolution or a sequence counts every position), or 6
+    per parameter where the forward pass cannot be counted.
+
+    >>> from fimo import ArrayDataset, Task
+    >>> data = ArrayDataset(torch.randn(4, 3), torch.randint(0, 2, (4,)))
+    >>> instance_flop(Task(torch.nn.Linear(3, 2, bias=False), data, data))  # 3 x 2 x 3 x 2
+    36.0
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            task.forward(task.train[[0]].inputs)
+        forward = float(counter.get_total_flops())
+    except Exception:  # a model the counter cannot follow: the parameter count instead
+        forward = 0.0
+    return 3.0 * forward if forward > 0 else 6.0 * task.num_params
 
 
 def memory_available() -> int | None:
