@@ -34,6 +34,17 @@ TINY = {
 }
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a whole module (``pytest.mark.usefixtures``): tiny models gain
+    nothing from a second, and two threads slow down badly when other processes share the
+    cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def config_path(tmp_path_factory):
     """TINY as a TOML file (modules may override it with their own)."""

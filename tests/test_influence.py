@@ -25,9 +25,10 @@ from fimo.models import mlp
 from fimo.task import Task
 
 # torch loads its forward-mode decompositions with torch.jit.script on first use of jvp
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
-)
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 ALPHA = 0.05  # L2 penalty, part of every per-instance loss
 D = 5
@@ -124,15 +125,6 @@ def logistic_task(X, y, Xt, yt):
     )
     set_theta(task, newton(torch.zeros(D + 1, dtype=DT), X, y))
     return task
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one thread is fastest, and immune to other jobs on the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -11,21 +11,14 @@ import fimo.methods.unrolled_quadratic as uq_module
 from fimo.methods.unrolled_quadratic import unrolled_quadratic
 from test_unrolled_quadratic import reference_scores, regression_task, rel
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
-)
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 LR = 0.5  # lr × the largest eigenvalue 1.56: every Lanczos vector counts
 FEW = [3, 10]  # 2 checkpoints, Lanczos exact at 10 steps: scored through F_c(H) v
 MANY = list(range(1, 41))  # 40 checkpoints, at most P = 21 Lanczos steps: through the bases
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def spied(monkeypatch):
