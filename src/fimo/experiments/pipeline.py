@@ -41,12 +41,12 @@ from fimo.further.threads import (
     auto_workers,
     further_flop,
     instance_flop,
-    memory_available,
     torch_threads,
 )
 from fimo.io import fingerprint, non_default, write_json
 from fimo.methods import get_method
 from fimo.methods.cost import announcements
+from fimo.methods.gradients import available_memory
 from fimo.scores import Scores
 from fimo.task import Task
 from fimo.threads import ThreadChoice, applied, choose_threads, final_training_threads, threads_for
@@ -522,7 +522,7 @@ def _workers(r: _Run, task: Task, plan: ShardPlan, todo) -> int:
     choice = r.threads or choose_threads()
     free = threads_for(choice.cores, choice.load_of_others)
     budget = r.config.gold.memory_budget_mb * 2**20
-    count = auto_workers(free, len(todo), flop, budget, memory_available())
+    count = auto_workers(free, len(todo), flop, budget, available_memory())
     if count > 1 and not r.quiet:
         r.say(
             f"further training: {count} worker processes ({free} free cores, {len(todo)} "

@@ -98,22 +98,6 @@ def instance_flop(task) -> float:
     return 3.0 * forward if forward > 0 else 6.0 * task.num_params
 
 
-def memory_available() -> int | None:
-    """The bytes the kernel reports available (``MemAvailable``; None where it does not say).
-
-    >>> memory_available() is None or memory_available() > 0
-    True
-    """
-    try:
-        with open("/proc/meminfo", encoding="ascii") as lines:
-            for line in lines:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        return None
-    return None
-
-
 def auto_workers(
     free_cores: int,
     shards: int,
