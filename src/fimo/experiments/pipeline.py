@@ -519,8 +519,7 @@ def _workers(r: _Run, task: Task, plan: ShardPlan, todo) -> int:
         r.config.further.batch_size,
         instance_flop(task),
     )
-    choice = r.threads or choose_threads()
-    free = threads_for(choice.cores, choice.load_of_others)
+    free = threads_for(r.threads.cores, r.threads.load_of_others)  # chosen by _prepare
     budget = r.config.gold.memory_budget_mb * 2**20
     count = auto_workers(free, len(todo), flop, budget, available_memory())
     if count > 1 and not r.quiet:

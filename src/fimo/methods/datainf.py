@@ -19,6 +19,7 @@ can come from each Linear layer's inputs and output gradients without forming an
 
 from __future__ import annotations
 
+import functools
 from itertools import pairwise
 
 import numpy as np
@@ -195,30 +196,13 @@ def datainf(
 
     groups = parameter_blocks(task, blocks)
     plan = factor_plan(task, groups, ghost, proj_dim, len(test), len(sample), len(train))
+    rule = functools.partial(_damping_from, lambda_const=lambda_const, damping=damping)
+    common = (task, groups, test, train, sample, rule, chunk_size, progress)
     if plan is not None:
-        layers, parts = plan
-
-        def rule(mean_square):
-            return _damping_from(mean_square, lambda_const, damping)
-
-        sizes = [len(cols) for _, cols in groups]
-        out, lam = datainf_from_factors(
-            task, layers, parts, sizes, test, train, sample, rule, chunk_size, progress
-        )
+        out, lam = _from_factors(*common, plan)
         width, gradients = task.num_params, "ghost (layer factors)"
     else:
-        out, lam, width = _from_gradients(
-            task,
-            groups,
-            test,
-            train,
-            sample,
-            lambda_const,
-            damping,
-            chunk_size,
-            progress,
-            (proj_dim, proj_seed, projection),
-        )
+        out, lam, width = _from_gradients(*common, (proj_dim, proj_seed, projection))
         gradients = "per-instance"
     settings = {
         **_damping_record(lambda_const, damping, groups, lam),
@@ -236,12 +220,25 @@ def datainf(
     return Scores(out, test, train, "datainf", settings, units="test-loss change (1/n scale)")
 
 
+def _from_factors(
+    task, groups, test, train, sample, rule, chunk_size, progress, plan
+) -> tuple[np.ndarray, torch.Tensor]:
+    """The scores and each block's λ_l from layer factors (``plan``: the layers and each
+    block's parts, :func:`fimo.methods.datainf_factors.factor_plan`)."""
+    layers, parts = plan
+    sizes = [len(cols) for _, cols in groups]
+    return datainf_from_factors(
+        task, layers, parts, sizes, test, train, sample, rule, chunk_size, progress
+    )
+
+
 def _from_gradients(
-    task, groups, test, train, sample, lambda_const, damping, chunk_size, progress, projection
+    task, groups, test, train, sample, rule, chunk_size, progress, projection
 ) -> tuple[np.ndarray, torch.Tensor, int]:
-    """The scores, each block's λ_l and the projected width, from formed (and projected)
-    per-instance gradients: three passes over them (λ, the preconditioned test side, the
-    scores). ``projection``: (proj_dim, proj_seed, kind)."""
+    """The scores, each block's λ_l (``rule`` of the mean squared gradient entry) and the
+    projected width, from formed (and projected) per-instance gradients: three passes over
+    them (λ, the preconditioned test side, the scores). ``projection``: (proj_dim, proj_seed,
+    kind)."""
     proj_dim, proj_seed, kind = projection
     dtype = next(iter(task.params().values())).dtype
     layout = _BlockProjection(groups, proj_dim, proj_seed, kind, dtype)
@@ -252,7 +249,7 @@ def _from_gradients(
         2 * len(sample),
         "lower hessian_samples or proj_dim",
     )
-    lam = _layer_damping(grads, sample, layout, lambda_const, damping, probe)
+    lam = _layer_damping(grads, sample, layout, rule, probe)
     pre = _preconditioned(grads, sample, layout, v, lam, probe)
     # pass 3: the scores, (1/n) Σ_l ⟨Ĥ_l⁻¹ ∇g_l(z_t), g_jl⟩
     out = score_matrix(task, train, pre, progress=progress, chunks=grads.chunks(train))
@@ -275,10 +272,10 @@ def _check_settings(lambda_const, damping, proj_dim, ghost="auto") -> None:
     check_ghost("datainf", ghost, proj_dim)
 
 
-def _layer_damping(grads, sample, layout, lambda_const, damping, probe) -> torch.Tensor:
-    """Pass 1: λ_l per block, the mean squared gradient entry over the Hessian sample divided
-    by ``lambda_const`` (the unprojected entry count p_l, since E‖φ_il‖² = ‖g_il‖²), or the
-    given ``damping`` for every block."""
+def _layer_damping(grads, sample, layout, rule, probe) -> torch.Tensor:
+    """Pass 1: λ_l per block, ``rule`` (:func:`_damping_from`) of the mean squared gradient
+    entry over the Hessian sample (over the unprojected entry count p_l, since E‖φ_il‖² =
+    ‖g_il‖²)."""
     spans = layout.projected_spans
     dtype = grads.dtype
     squares = torch.zeros(len(spans), dtype=dtype)
@@ -286,7 +283,7 @@ def _layer_damping(grads, sample, layout, lambda_const, damping, probe) -> torch
         squares += torch.stack([g[:, s].pow(2).sum() for s in spans])
         probe.tick(len(g))
     counts = torch.as_tensor([len(sample) * size for size in layout.sizes], dtype=dtype)
-    return _damping_from(squares / counts, lambda_const, damping)
+    return rule(squares / counts)
 
 
 def _damping_from(mean_square: torch.Tensor, lambda_const, damping) -> torch.Tensor:
