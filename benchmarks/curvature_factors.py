@@ -22,6 +22,14 @@ the old check and whether ``factors()`` holds the factors after the fix.
     .venv/bin/python benchmarks/curvature_factors.py --preset adult [--methods cg lissa]
         [--time-limit 900] [--depth 100] [--max-iter 20] [--step-repeats 5]
 
+``--held-steps N,O,P`` times one LiSSA step over held factors of that shape (random numbers,
+``--k`` vectors, minibatches of ``--batch`` rows drawn with replacement): the rows' factors
+gathered (fimo before 2026-12-02) against every held factor weighted by its draw count (fimo
+since, for a minibatch of at least half the instances), interleaved, the least of
+``--step-repeats``; the mnist preset's shape is ``180,9,38058`` with 50 vectors.
+
+    .venv/bin/python benchmarks/curvature_factors.py --held-steps 180,9,38058 --k 50
+
 Each call runs in a forked child process (wall and CPU seconds of the call alone; both paths
 start from the same state). ``--time-limit`` kills a call after that many seconds and prints
 "> limit" (a lower bound; the ratio then too). ``--depth`` (LiSSA) and ``--max-iter`` (CG, the
@@ -230,6 +238,33 @@ def preset_comparison(name: str, final_epochs: int, methods: list[str], args) ->
                   f"after {a * 1e3:.1f} ms, {b / a:.2f}x (least of {args.step_repeats})")  # fmt: skip
 
 
+def held_steps(shape: str, k: int, batch: int, repeats: int) -> None:
+    """Interleaved timings of a held-factor minibatch product: gathered against weighted."""
+    n, outputs, size = (int(v) for v in shape.split(","))
+    g = torch.Generator().manual_seed(0)
+    held = torch.randn(n, outputs, size, generator=g)
+    V = torch.randn(k, size, generator=g)
+
+    def gathered(rows):
+        return curvature._factor_apply(held[rows].reshape(-1, size), V) / len(rows)
+
+    def weighted(rows):
+        return curvature._held_product(held, V, rows)
+
+    times = {"gathered": [], "weighted": []}
+    for _ in range(max(1, repeats)):
+        rows = torch.randint(n, (batch,), generator=g)
+        for name, product in (("gathered", gathered), ("weighted", weighted)):
+            start = time.perf_counter()
+            out = product(rows)
+            times[name].append(time.perf_counter() - start)
+        assert torch.allclose(out, gathered(rows), rtol=1e-4, atol=1e-4 * float(out.abs().max()))
+    best = {name: min(t) for name, t in times.items()}
+    print(f"held factors {n} x {outputs} x {size}, {k} vectors, minibatch {batch}: gathered "
+          f"{best['gathered'] * 1e3:.1f} ms, weighted {best['weighted'] * 1e3:.1f} ms, "
+          f"{best['gathered'] / best['weighted']:.2f}x (least of {repeats})")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=["adult", "credit", "mnist"])
@@ -244,9 +279,14 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, help="with --preset: seconds per call")
     parser.add_argument("--step-repeats", type=int, default=5, help="with --preset (0: skip)")
     parser.add_argument("--rank", type=int, default=30)
+    parser.add_argument("--held-steps", metavar="N,O,P", help="time a held-factor minibatch")
+    parser.add_argument("--batch", type=int, default=128, help="with --held-steps")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.held_steps:
+        held_steps(args.held_steps, args.k, args.batch, args.step_repeats)
+        return
     if args.preset:
         preset_comparison(args.preset, args.final_epochs, args.methods, args)
         return

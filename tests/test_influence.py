@@ -741,9 +741,13 @@ def test_gauss_newton_products_through_factors_equal_the_dense_matrix_for_any_ro
     assert plain.factors() is None
     rows = [3, 3, 17, 0, 39]  # a minibatch drawn with replacement
     G_rows = dense_gauss_newton_ce(task, X[rows], y[rows])
+    # half or more of the instances, with repeats: the held factors weighted by draw counts
+    many = [*range(0, 40, 2), 3, 3, 3, 7]
+    G_many = dense_gauss_newton_ce(task, X[many], y[many])
     for op in (cached, plain):
         torch.testing.assert_close(op.matmat(V), V @ dense_gauss_newton_ce(task, X, y))
         torch.testing.assert_close(op.matmat(V, rows=rows), V @ G_rows, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(op.matmat(V, rows=many), V @ G_many, rtol=1e-10, atol=1e-12)
         for k in (1, FACTOR_VECTORS):  # through the model, through the batch's factors
             got = op.matmat(V[:k], X[rows], y[rows])
             torch.testing.assert_close(got, V[:k] @ G_rows, rtol=1e-10, atol=1e-12)

@@ -367,8 +367,7 @@ class CurvatureOperator:
         if inputs is None and held is None and len(V) >= FACTOR_VECTORS:
             held = self.factors()  # built by the first product of many vectors
         if inputs is None and held is not None:
-            A = held if rows is None else held[torch.as_tensor(rows)]
-            return _factor_apply(A.reshape(-1, self.size), V) / len(A)
+            return _held_product(held, V, rows)
         if rows is not None:
             sel = torch.as_tensor(rows)
             inputs, targets = self.inputs[sel], self.targets[sel]
@@ -720,6 +719,34 @@ def curvature(task: Task, kind: str, **kw) -> CurvatureOperator:
 def _factor_apply(A: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
     """Rows of (AᵀA) Vᵀ: (V Aᵀ) A, A (m, P), V (k, P)."""
     return (V @ A.mT) @ A
+
+
+def _held_product(held: torch.Tensor, V: torch.Tensor, rows=None) -> torch.Tensor:
+    """Rows of the mean Gauss-Newton product over held per-instance factors ``held`` (n, O,
+    P): over all n instances, or over ``rows`` (positions, repeats allowed).
+
+    A minibatch of at least half the instances is weighted by its draw counts rather than
+    gathered: copying its factors cost more than the product over all of them (LiSSA on the
+    mnist preset: 128 rows of 180 took 472 ms gathered, the product over all 180 288 ms).
+
+    >>> held = torch.tensor([[[1.0, 0.0]], [[0.0, 2.0]]])  # two instances, one output each
+    >>> V = torch.eye(2)
+    >>> _held_product(held, V).tolist()  # (AᵀA)/2
+    [[0.5, 0.0], [0.0, 2.0]]
+    >>> _held_product(held, V, rows=[1, 1, 0]).tolist()  # (2·a₁a₁ᵀ + a₀a₀ᵀ)/3, by weights
+    [[0.3333333432674408, 0.0], [0.0, 2.6666667461395264]]
+    >>> _held_product(held, V, rows=[1]).tolist()  # one of two: gathered
+    [[0.0, 0.0], [0.0, 4.0]]
+    """
+    size = held.shape[-1]
+    if rows is None:
+        return _factor_apply(held.reshape(-1, size), V) / len(held)
+    idx = torch.as_tensor(rows, device=held.device)
+    if 2 * len(idx) < len(held):
+        return _factor_apply(held[idx].reshape(-1, size), V) / len(idx)
+    draws = torch.bincount(idx, minlength=len(held)).to(V.dtype)
+    A = held.reshape(-1, size)
+    return ((V @ A.mT) * draws.repeat_interleave(held.shape[1])) @ A / len(idx)
 
 
 def _apply_rows(fn, V: torch.Tensor, in_flight: int, looped: bool = False) -> torch.Tensor:
