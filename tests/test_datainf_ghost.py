@@ -209,3 +209,22 @@ def test_auto_switches_where_the_documented_rule_says():
         assert got.settings["gradients"] == expected[m - 1]
         loop = loop_datainf(task, test, train, list(_sample(40, m, 1)), "tensor")
         assert relative(got.values, loop) < 1e-10
+
+
+def test_factors_that_do_not_fit_stream_formed_gradients_or_are_refused(monkeypatch):
+    """What the factor path holds (held_bytes: (k + m)·W factors and per block k·m weights
+    and m norms) is checked against the memory that may be held: above it ``"auto"`` takes
+    the formed gradients, which stream the Hessian sample, and ``"always"`` says why not."""
+    from fimo.methods import datainf_factors
+
+    task = make_task(mlp(5, 2, hidden=(8,), seed=8))  # W = (5 + 8) + (8 + 2) in 2 blocks
+    test, train, m = [0, 3], list(range(40)), 6
+    need = 8 * ((2 + m) * 23 + 2 * (2 * m + m))  # float64
+    loop = loop_datainf(task, test, train, list(_sample(40, m, 1)))
+    for room, path in ((need, "ghost (layer factors)"), (need - 1, "per-instance")):
+        monkeypatch.setattr(datainf_factors, "holding_budget", lambda room=room: room)
+        got = datainf(task, test, train, hessian_samples=m, hessian_seed=1)
+        assert got.settings["gradients"] == path
+        assert relative(got.values, loop) < 1e-10
+    with pytest.raises(InputError, match=r"2 test and 6 Hessian .*lower hessian_samples"):
+        datainf(task, test, train, hessian_samples=m, hessian_seed=1, ghost="always")

@@ -36,6 +36,7 @@ from fimo.methods.ghost import (
     layer_slices,
 )
 from fimo.methods.gradients import DEFAULT_BUDGET, fit_count
+from fimo.methods.projection import holding_budget
 from fimo.task import Task
 
 
@@ -78,9 +79,11 @@ def factor_plan(task: Task, groups, ghost: str, proj_dim, k: int, m: int, n: int
     ``ghost="never"`` or a projection (``proj_dim`` below some block's size): None.
     Otherwise the trainable parameters must all be weights and biases of ``nn.Linear``
     layers met once per instance (:func:`fimo.methods.ghost.dense_ghost_plan`), each block
-    made of whole ones; ``"auto"`` then takes the factors when :func:`factors_are_cheaper` says so for k test instances, m
-    Hessian instances and n scored ones, ``"always"`` always, and on a model it cannot treat
-    raises InputError with the reason.
+    made of whole ones; ``"auto"`` then takes the factors when :func:`factors_are_cheaper`
+    says so for k test instances, m Hessian instances and n scored ones, and what they hold
+    (:func:`held_bytes`) fits in :func:`fimo.methods.projection.holding_budget`; ``"always"``
+    always, and on a model it cannot treat, or whose factors do not fit, raises InputError
+    with the reason.
 
     >>> from fimo.data.base import ArrayDataset
     >>> from fimo.methods.datainf import parameter_blocks
@@ -108,7 +111,45 @@ def factor_plan(task: Task, groups, ghost: str, proj_dim, k: int, m: int, n: int
         return None
     if ghost == "auto" and not factors_are_cheaper(task, parts, k, m, n):
         return None
+    need, room = held_bytes(task, parts, k, m), holding_budget()
+    if need > room:
+        if ghost == "always":
+            raise InputError(
+                f"datainf ghost: the layer factors of {k:,} test and {m:,} Hessian instances "
+                f"take {need / 2**30:.2f} GiB, more than the {room / 2**30:.2f} GiB that may "
+                "be held now; lower hessian_samples, score fewer test instances at a time, "
+                "or use ghost='auto' (formed gradients, streamed)"
+            )
+        return None
     return layers, parts
+
+
+def held_bytes(task: Task, parts: list[list[GhostLayer]], k: int, m: int) -> int:
+    """Bytes the factor path holds for k test and m Hessian instances: the captured layer
+    factors of both, and per block the k × m weights c_til/(m λ_l) with the m squared
+    norms; the scoring chunks come on top, within the memory budget.
+
+    >>> from fimo.data.base import ArrayDataset
+    >>> from fimo.methods.datainf import parameter_blocks
+    >>> data = ArrayDataset(torch.randn(4, 3), torch.randint(0, 2, (4,)))
+    >>> task = Task(torch.nn.Linear(3, 2), data, data)  # factors of 3 + 2 numbers
+    >>> parts = block_parts(task, dense_ghost_plan(task), parameter_blocks(task))
+    >>> held_bytes(task, parts, k=10, m=100) == 4 * ((10 + 100) * 5 + 10 * 100 + 100)
+    True
+    """
+    itemsize = next(iter(task.params().values())).element_size()
+    return itemsize * ((k + m) * _factor_width(task, parts) + len(parts) * (k * m + m))
+
+
+def _factor_width(task: Task, parts: list[list[GhostLayer]]) -> int:
+    """Σ over the blocks' layers of in_l (when the block holds the weight) + out_l: the
+    numbers one instance's factors take."""
+    modules = dict(task.model.named_modules())
+    return sum(
+        (modules[p.module].in_features if p.weight else 0) + modules[p.module].out_features
+        for block in parts
+        for p in block
+    )
 
 
 def factors_are_cheaper(task: Task, parts: list[list[GhostLayer]], k: int, m: int, n: int):
@@ -133,12 +174,7 @@ def factors_are_cheaper(task: Task, parts: list[list[GhostLayer]], k: int, m: in
     >>> factors_are_cheaper(task, parts, 10, 100, 100), factors_are_cheaper(task, parts, 10, 10**5, 10**5)
     (True, False)
     """
-    modules = dict(task.model.named_modules())
-    width = sum(
-        (modules[p.module].in_features if p.weight else 0) + modules[p.module].out_features
-        for block in parts
-        for p in block
-    )
+    width = _factor_width(task, parts)
     through_factors = m * (k + n) * width + k * n * width + k * m * n * len(parts)
     through_gradients = (k + 1) * (2 * m + n) * task.num_params
     return through_factors <= 2 * through_gradients
