@@ -46,6 +46,39 @@ def test_damaged_shards_are_reported_and_never_used(tmp_path, damage):
         store._checksum_path(shard).unlink()
     with pytest.warns(RuntimeWarning, match="damaged or incomplete"):
         assert store.load(shard) is None
+    with pytest.warns(RuntimeWarning, match="damaged or incomplete"):  # a resumed run's check
+        assert ShardStore(tmp_path, "abc", {}).check(shard) is False
+
+
+@pytest.mark.parametrize("read", ["load", "check"])
+def test_a_shard_made_under_another_fingerprint_is_refused(tmp_path, read):
+    store = ShardStore(tmp_path, "abc", {})
+    store.fingerprint = "xyz"  # the shard's own record disagrees with the folder's stamp
+    store.save(Shard(0, 0, 2), result(0, 2))
+    with pytest.raises(InputError, match="made under fingerprint xyz, not abc; pass --overwrite"):
+        getattr(ShardStore(tmp_path, "abc", {}), read)(Shard(0, 0, 2))
+
+
+def test_a_resumed_gold_standard_reads_each_shard_once(tmp_path, monkeypatch):
+    import torch
+
+    from fimo import ArrayDataset, FurtherSettings, Task
+    from fimo.further.runner import gold_standard
+
+    x = torch.linspace(-1, 1, 24).reshape(12, 2)
+    task = Task(torch.nn.Linear(2, 1), ArrayDataset(x, x.sum(1)), ArrayDataset(x, x.sum(1)),
+                loss="mse")  # fmt: skip
+    settings = FurtherSettings(lr=0.1, batch_size=4)
+    args = (task, settings, [0, 1], [0, 3, 5, 7], [1, 2])
+    first = gold_standard(*args, store=ShardStore(tmp_path, "abc", {}), left_out_per_shard=2)
+    (tmp_path / "gold.npz").unlink()  # assembled anew from the four shards
+    reads = []
+    real = ShardStore.load
+    monkeypatch.setattr(ShardStore, "load", lambda self, sh: reads.append(sh) or real(self, sh))
+    again = gold_standard(*args, store=ShardStore(tmp_path, "abc", {}), left_out_per_shard=2)
+    assert sorted(sh.name for sh in reads) == sorted(p.stem for p in tmp_path.glob("shards/*.npz"))
+    assert len(reads) == 4
+    np.testing.assert_array_equal(again.loss_without, first.loss_without)
 
 
 def test_foreign_shards_are_refused_unless_overwritten(tmp_path):

@@ -490,12 +490,12 @@ def gold_standard(
             for shard in shards if on_shard is not None else ():
                 on_shard(shard, True)
             return gold
-    # a shard on disk is read when the gold standard is assembled (None until then), and a
-    # computed one too once it is written: only the assembled arrays are held whole
+    # a shard on disk is checked now and read when the gold standard is assembled (None until
+    # then), and a computed one too once it is written: only the assembled arrays are held whole
     results: dict[Shard, SeedResult | None] = {}
     todo = []
     for shard in shards:
-        if store is None or store.load(shard) is None:
+        if store is None or not store.check(shard):
             todo.append(shard)
         else:
             results[shard] = None

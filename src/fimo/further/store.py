@@ -259,6 +259,48 @@ class ShardStore:
     def _checksum_path(self, shard: Shard) -> Path:
         return checksum_path(self.path(shard))
 
+    def check(self, shard: Shard) -> bool:
+        """Whether ``shard`` is on disk, whole and made under this store's fingerprint, as
+        :meth:`load` judges it (a damaged shard is reported and counts as not made; another
+        fingerprint raises InputError), reading only its fingerprint: a resumed run checks
+        every shard first and reads their arrays once, when it assembles them.
+
+        >>> import tempfile
+        >>> from fimo.further.engine import SeedResult
+        >>> result = SeedResult(np.zeros((1, 1)), np.zeros((1, 1, 2)), np.array([5]), np.ones(1))
+        >>> store = ShardStore(Path(tempfile.mkdtemp()), fingerprint="abc", description={})
+        >>> store.check(Shard(0, 0, 2)), store.check(store.save(Shard(0, 0, 2), result)
+        ...                                            and Shard(0, 0, 2))
+        (False, True)
+        """
+        path = self.path(shard)
+        if not path.exists():
+            return False
+        if not self.finished(shard):
+            warnings.warn(
+                f"{path} is damaged or incomplete (its checksum does not match); recomputing it",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return False
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                made_under = str(data["fingerprint"]) if "fingerprint" in data.files else None
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            warnings.warn(f"{path} cannot be read ({exc}); recomputing it", RuntimeWarning, 2)
+            self._finished.discard(shard)
+            return False
+        self._check_fingerprint(shard, path, made_under)
+        return True
+
+    def _check_fingerprint(self, shard: Shard, path: Path, made_under) -> None:
+        """InputError when the shard at ``path`` was made under another fingerprint."""
+        if str(made_under) != self.fingerprint_of(shard):
+            raise InputError(
+                f"{path} was made under fingerprint {made_under}, not "
+                f"{self.fingerprint_of(shard)}; pass --overwrite to start afresh"
+            )
+
     def load(self, shard: Shard) -> SeedResult | None:
         """The finished shard, or None if there is none, or it is damaged.
 
@@ -300,11 +342,7 @@ class ShardStore:
         except DamagedFileError as exc:  # unreadable despite its checksum: recompute, never use
             warnings.warn(f"{exc}; recomputing it", RuntimeWarning, stacklevel=2)
             return None
-        if str(data.get("fingerprint")) != self.fingerprint_of(shard):
-            raise InputError(
-                f"{path} was made under fingerprint {data.get('fingerprint')}, not "
-                f"{self.fingerprint_of(shard)}; pass --overwrite to start afresh"
-            )
+        self._check_fingerprint(shard, path, data.get("fingerprint"))
         group = data.get("loss_without_group")
         seconds = None
         if "wall_seconds" in data:  # shards written before they recorded it have none
