@@ -176,9 +176,11 @@ def datainf(
     ``ghost``: unprojected scores of a model whose trainable parameters are all ``nn.Linear``
     weights and biases (an MLP) are computed from layer factors, every term a per-block dot
     product of two instances' gradients, when its multiply-add count says it is the cheaper
-    path (``"auto"``, :func:`fimo.methods.datainf_factors.factors_are_cheaper`), always (``"always"``: an
-    InputError on another model or with ``proj_dim``) or never (``"never"``); the same
-    scores to float rounding. ``settings["gradients"]`` says which path ran.
+    path and what it holds fits in memory (``"auto"``,
+    :func:`fimo.methods.datainf_factors.factor_plan`), always (``"always"``: an InputError on
+    another model, with ``proj_dim``, or when the factors do not fit) or never
+    (``"never"``); the same scores to float rounding. ``settings["gradients"]`` says which
+    path ran.
 
     >>> from fimo.data.base import ArrayDataset
     >>> data = ArrayDataset(torch.randn(20, 3, dtype=torch.float64), torch.randint(0, 2, (20,)))
