@@ -80,13 +80,22 @@ def test_skip_is_bit_identical_on_mlps(monkeypatch, case, scheme, engine_name, d
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("scheme", ["drop", "mask"])
 def test_skip_is_bit_identical_on_a_cnn_with_dropout(monkeypatch, scheme, dtype):
+    """Bit for bit in float64. In float32 a vmap'd convolution's rounding can depend on the
+    stack's size on some CPUs (an AMD EPYC: the last bit of 11 of 18 test losses), so there
+    the two agree to float32 rounding (docs/gold-standard.md, *Never a single row*)."""
     settings = FurtherSettings(
         optimizer="adam", lr=0.01, epochs=1, batch_size=4, scheme=scheme, record_steps=[1, 3]
     )
     task = image_task(n=18, dtype=dtype)
     fast, slow = both_ways(monkeypatch, task, settings, 2, np.array([1, 8, 12, 17]))
-    assert_identical(fast, slow)
+    if dtype == torch.float64:
+        assert_identical(fast, slow)
+    else:
+        np.testing.assert_array_equal(fast.steps, slow.steps)
+        for got, want in ((fast.loss_full, slow.loss_full), (fast.loss_without, slow.loss_without)):
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)
     assert fast.steps.tolist() == [1, 3, 5]
+    assert np.abs(fast.loss_without - fast.loss_full[..., None]).max() > 1e-4  # runs moved
 
 
 def first_batches(n, batch_size, seed, left_out):

@@ -420,4 +420,8 @@ def test_ekfac_on_gpt2_conv1d_equals_ekfac_on_the_same_layers_as_linear():
     assert len(scores["conv1d"].settings["layers"]) == 8
     values = scores["linear"].values
     assert np.abs(values).max() > 0
-    np.testing.assert_allclose(scores["conv1d"].values, values, rtol=1e-9, atol=1e-12)
+    # float64; the two layouts' products take other BLAS kernels on some CPUs (an AMD EPYC),
+    # and the factors' eigendecompositions turn their last-bit differences into ~1e-9
+    np.testing.assert_allclose(
+        scores["conv1d"].values, values, rtol=1e-6, atol=1e-7 * np.abs(values).max()
+    )

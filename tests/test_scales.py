@@ -81,13 +81,19 @@ def test_presets_shows_a_measured_paper_time_beside_the_estimate(monkeypatch, ca
 
     def about(name):
         out = dict(original(name))
-        if name == "diabetes":
+        if name == "credit":  # a measured time without a word on how
             out["paper_hours_measured"] = 1.7
+            out.pop("paper_measured_on", None)
         return out
 
     monkeypatch.setattr(config, "preset_about", about)
+    monkeypatch.setenv("COLUMNS", "600")  # wide enough that no cell wraps
     assert main(["presets"]) == 0
     shown = " ".join(capsys.readouterr().out.split())
-    estimate = original("diabetes")["paper_hours"]
-    assert f"1.7 h measured (estimate {estimate:g} h)" in shown
-    assert f"≈ {original('credit')['paper_hours']:g} h estimated" in shown
+    credit, diabetes = original("credit"), original("diabetes")
+    assert f"1.7 h measured (estimate {credit['paper_hours']:g} h)" in shown
+    assert (
+        f"{diabetes['paper_hours_measured']:g} h measured (estimate "
+        f"{diabetes['paper_hours']:g} h; {diabetes['paper_measured_on']})"
+    ) in shown
+    assert f"≈ {original('adult')['paper_hours']:g} h estimated" in shown

@@ -743,6 +743,7 @@ ABOUT_KEYS = (
     "quick_minutes",
     "paper_hours",
     "paper_hours_measured",
+    "paper_measured_on",
 )
 
 
