@@ -90,6 +90,18 @@ def test_additivity_equals_a_plain_computation_with_jackknife_errors():
     assert 0.5 < rows[-1]["slope"] < 1.0 and rows[-1]["cosine"] > 0.8
 
 
+def test_additivity_is_the_same_computed_a_checkpoint_at_a_time(monkeypatch):
+    """The single differences are summed a block of checkpoints at a time (never the whole
+    (S, C, T, L) array); blocks of one checkpoint give the same rows."""
+    from fimo.further import gold as gold_module
+
+    gold = _gold()
+    whole = additivity(gold)
+    monkeypatch.setattr(gold_module, "BLOCK_BYTES", 1)  # one checkpoint a block
+    assert [p.steps.tolist() for p in gold.blocks()] == [[s] for s in gold.steps.tolist()]
+    assert additivity(gold) == whole
+
+
 def test_noise_gap_is_the_seed_spread_of_the_difference():
     gold = _gold(seeds=4)
     position = {int(i): k for k, i in enumerate(gold.left_out)}

@@ -239,9 +239,15 @@ def _nested_effects(gold: GoldStandard) -> tuple[list[int], np.ndarray, np.ndarr
             "draw the groups from them ([groups] kind = 'nested')"
         )
     position = {int(i): k for k, i in enumerate(gold.left_out)}
-    singles = gold.adjusted()  # (S, C, T, L)
     members = [[position[int(i)] for i in gold.groups[g]] for g in kept]
-    summed = np.stack([singles[..., m].sum(axis=-1) for m in members], axis=-1)
+    # a block of checkpoints at a time: the (S, C, T, L) single differences are never whole
+    summed = np.concatenate(
+        [
+            np.stack([part.adjusted()[..., m].sum(axis=-1) for m in members], axis=-1)
+            for part in gold.blocks()
+        ],
+        axis=1,
+    )
     return kept, gold.adjusted_group()[..., kept], summed
 
 
