@@ -1,8 +1,8 @@
 """fimo's attribution methods against the libraries people use, on the same model and data.
 
 Times fimo and the peer libraries (dattri, captum, kronfluence, traker) for the methods they
-share (Grad-Dot, explicit influence, CG, LiSSA, Arnoldi, EK-FAC, DataInf, TRAK with one model), brings
-every peer's matrix into fimo's contract (rows = test instances, columns = training
+share (Grad-Dot, explicit influence, CG, LiSSA, Arnoldi, EK-FAC, DataInf, TRAK with one
+model), brings every peer's matrix into fimo's contract (rows = test instances, columns = training
 instances, positive = helpful, influence on the 1/n scale of the mean training loss) and
 checks that the scores agree (cosine of the whole matrices). Prints one table: method,
 library, seconds, fimo's seconds, ratio (peer / fimo: above 1 means fimo is faster), cosine
