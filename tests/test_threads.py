@@ -104,6 +104,10 @@ def test_one_worker_and_two_give_the_same_gold_standard_and_record_the_threads(t
 
 
 # -- run.workers = 0: chosen from the free cores and the work -----------------------------------
+def _three():
+    return ArrayDataset(torch.randn(4, 3), torch.randint(0, 2, (4,)))
+
+
 def test_auto_workers_counts_the_work_and_caps_by_cores_shards_and_memory():
     from fimo.further.threads import WORKERS_WORTH_FLOP, auto_workers, further_flop, instance_flop
 
@@ -116,6 +120,15 @@ def test_auto_workers_counts_the_work_and_caps_by_cores_shards_and_memory():
     )
     assert instance_flop(Task(conv, data, data)) == 3 * 2 * (2 * 9 * 16 + 32 * 2)
     assert instance_flop(Task(conv, data, data)) > 6 * sum(p.numel() for p in conv.parameters())
+
+    # a forward pass the counter cannot follow: 6 per parameter instead
+    uncountable = Task(torch.nn.Linear(3, 2), _three(), _three())
+
+    def fails(inputs):
+        raise RuntimeError("not under a FLOP counter")
+
+    uncountable.forward = fails
+    assert instance_flop(uncountable) == 6 * (3 * 2 + 2)
     long, short = 2 * WORKERS_WORTH_FLOP, WORKERS_WORTH_FLOP / 2
     assert auto_workers(4, 10, short) == 1
     assert [auto_workers(c, 10, long) for c in (1, 2, 4)] == [1, 2, 4]

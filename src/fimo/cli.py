@@ -421,10 +421,8 @@ def presets_command() -> None:
             cells[0] += f"\n[bold]≈ {quick_time:g} min[/bold] on 2 cores"
         measured = about.get("paper_hours_measured")
         if measured:
-            on = about.get("paper_measured_on")
-            cells[1] += f"\n[bold]{measured:g} h[/bold] measured (estimate {paper_time:g} h" + (
-                f"; {on})" if on else ")"
-            )
+            how = f"; {about['paper_measured_on']}" if about.get("paper_measured_on") else ""
+            cells[1] += f"\n[bold]{measured:g} h[/bold] measured (estimate {paper_time:g} h{how})"
         elif paper_time:
             cells[1] += f"\n[bold]≈ {paper_time:g} h[/bold] estimated"
         data = (

@@ -513,6 +513,8 @@ def _workers(r: _Run, task: Task, plan: ShardPlan, todo) -> int:
     when it is more than one."""
     if r.config.run.workers > 0 or r.config.run.executor != "local":  # Ray: its own cluster
         return max(1, r.config.run.workers)
+    if not todo:  # every shard on disk: nothing to count (the count loads torch's dynamo)
+        return 1
     flop = further_flop(
         [sh.stop - sh.start + 1 for sh in todo],
         plan.steps_per_shard,

@@ -277,11 +277,7 @@ class ShardStore:
         if not path.exists():
             return False
         if not self.finished(shard):
-            warnings.warn(
-                f"{path} is damaged or incomplete (its checksum does not match); recomputing it",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+            _report_damaged(path)
             return False
         try:
             with np.load(path, allow_pickle=False) as data:
@@ -331,11 +327,7 @@ class ShardStore:
         if not path.exists():
             return None
         if not self._checksum_matches(shard, path):
-            warnings.warn(
-                f"{path} is damaged or incomplete (its checksum does not match); recomputing it",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+            _report_damaged(path)
             return None
         try:
             data = read_npz(path, verify_checksum=False)
@@ -563,3 +555,12 @@ def _index_arrays(path: Path) -> dict:
             return {k: data[k] for k in _INDEX if k in data.files}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
         return {}
+
+
+def _report_damaged(path: Path) -> None:
+    """Warn that the shard at ``path`` fails its checksum and will be recomputed."""
+    warnings.warn(
+        f"{path} is damaged or incomplete (its checksum does not match); recomputing it",
+        RuntimeWarning,
+        stacklevel=3,
+    )
