@@ -16,9 +16,9 @@ metric tables (the report's figures), so that anyone with the run can check them
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -180,13 +180,20 @@ def plots(run: Path, out: Path) -> list[Path]:
     return written
 
 
-if __name__ == "__main__":
-    args = sys.argv[1:]
-    plot_dir = None
-    if args[:1] == ["--plots"]:
-        plot_dir, args = Path(args[1]), args[2:]
-    for arg in args:
-        print(table(Path(arg)))
-        if plot_dir is not None:
-            for path in plots(Path(arg), plot_dir):
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", type=Path, nargs="+", help="finished run directories")
+    parser.add_argument("--plots", type=Path, metavar="DIR", help="also write the figures here")
+    args = parser.parse_args()
+    for run in args.runs:
+        if not (run / "manifest.json").is_file():
+            parser.error(f"{run} is not a finished run (no manifest.json); give a run directory")
+    for run in args.runs:
+        print(table(run))
+        if args.plots is not None:
+            for path in plots(run, args.plots):
                 print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
