@@ -104,7 +104,9 @@ def test_one_worker_and_two_give_the_same_gold_standard_and_record_the_threads(t
 
 
 # -- run.workers = 0: chosen from the free cores and the work -----------------------------------
-def _three():
+def _four_instances():
+    """Four random instances of three features and binary labels: data for a task that is
+    only counted, never trained."""
     return ArrayDataset(torch.randn(4, 3), torch.randint(0, 2, (4,)))
 
 
@@ -122,7 +124,7 @@ def test_auto_workers_counts_the_work_and_caps_by_cores_shards_and_memory():
     assert instance_flop(Task(conv, data, data)) > 6 * sum(p.numel() for p in conv.parameters())
 
     # a forward pass the counter cannot follow: 6 per parameter instead
-    uncountable = Task(torch.nn.Linear(3, 2), _three(), _three())
+    uncountable = Task(torch.nn.Linear(3, 2), _four_instances(), _four_instances())
 
     def fails(inputs):
         raise RuntimeError("not under a FLOP counter")
