@@ -12,7 +12,12 @@ import numpy as np
 import pytest
 
 from fimo.evaluate.narrative import metric_table, seed_table, summary
-from fimo.evaluate.plots import figure_bytes, plot_agreement, plot_agreement_grid
+from fimo.evaluate.plots import (
+    figure_bytes,
+    plot_agreement,
+    plot_agreement_grid,
+    plot_seed_count,
+)
 
 METHODS = [f"method_{j:02d}" for j in range(13)]
 
@@ -173,3 +178,22 @@ def test_grid_legend_rows_fit_below_the_panels():
         assert fig.bbox.y0 <= legend.y0 and legend.y1 <= lowest
         assert fig.bbox.x0 <= legend.x0 and legend.x1 <= fig.bbox.x1
         assert len(fig.legends[0].get_texts()) == len(methods) + 1
+
+
+@pytest.mark.parametrize("n_methods", [1, 10, 13])
+def test_seed_count_legend_sits_below_both_panels(n_methods):
+    """Ten methods' legend inside an axes covered the curves of docs/img/*-seeds.png."""
+    methods = METHODS[:n_methods]
+    rows = [
+        {"method": m, "k": k, "metric": "cosine", "centred": c, "best": True,
+         "mean": 0.3 + 0.05 * j + 0.02 * math.log(k), "sem": 0.01}
+        for j, m in enumerate(methods) for k in (1, 2, 5, 10, 20, 50, 100) for c in (True, False)
+    ]  # fmt: skip
+    fig = plot_seed_count(rows)
+    renderer = drawn(fig)
+    assert len(fig.axes) == 2 and all(ax.get_legend() is None for ax in fig.axes)
+    legend = fig.legends[0].get_window_extent(renderer)
+    lowest = min(ax.get_tightbbox(renderer).y0 for ax in fig.axes)  # with the x label
+    assert fig.bbox.y0 <= legend.y0 and legend.y1 <= lowest  # below the panels, not cut off
+    assert fig.bbox.x0 <= legend.x0 and legend.x1 <= fig.bbox.x1
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == methods

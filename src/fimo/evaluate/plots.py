@@ -265,7 +265,9 @@ def plot_agreement_grid(rows, centred: bool = True, noise: Sequence | None = Non
 
 def plot_seed_count(seed_rows, metric: str = "cosine"):
     """Agreement at the best checkpoint against the number of seeds averaged (log scale),
-    one panel per gold-standard view, one line per method with ±1 SEM error bars.
+    one panel per gold-standard view, one line per method with ±1 SEM error bars, and one
+    legend below the panels, where it covers no line (with ten methods a legend inside an
+    axes sits on the curves).
 
     >>> seeds = [{"method": "a", "k": k, "metric": "cosine", "centred": True, "best": True,
     ...           "mean": m, "sem": 0.01} for k, m in ((1, 0.5), (2, 0.6), (4, 0.65))]
@@ -276,8 +278,9 @@ def plot_seed_count(seed_rows, metric: str = "cosine"):
     if not rows:
         raise InputError(f"plot_seed_count: no best-checkpoint rows for metric={metric!r}")
     flags = sorted({bool(r["centred"]) for r in rows}, reverse=True)
-    fig = _figure(4.6 * len(flags) + 0.4, 4.0)
     methods = _methods(rows)
+    legend_cols = min(len(methods), 5)
+    fig = _figure(4.6 * len(flags) + 0.4, 4.0 + 0.25 * math.ceil(len(methods) / legend_cols))
     colors = _colors(methods)
     ks = sorted({int(r["k"]) for r in rows})
     for j, flag in enumerate(flags):
@@ -309,7 +312,8 @@ def plot_seed_count(seed_rows, metric: str = "cosine"):
         ax.set_ylabel(f"{label(metric)}, best checkpoint")
         ax.set_title(f"{gold_name(flag)} gold standard", fontsize="medium")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small", loc="best")
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=legend_cols, fontsize="small")
     return fig
 
 
