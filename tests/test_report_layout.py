@@ -197,3 +197,9 @@ def test_seed_count_legend_sits_below_both_panels(n_methods):
     assert fig.bbox.y0 <= legend.y0 and legend.y1 <= lowest  # below the panels, not cut off
     assert fig.bbox.x0 <= legend.x0 and legend.x1 <= fig.bbox.x1
     assert [t.get_text() for t in fig.legends[0].get_texts()] == methods
+    lines = [c.lines[0] for c in fig.axes[0].containers]  # each error bar's data line
+    styles = {(line.get_color(), line.get_marker(), line.get_linestyle()) for line in lines}
+    assert len(lines) == n_methods and len(styles) == n_methods  # no two methods drawn alike
+    # past the ten colours a method shares its colour: it is told apart by its line too
+    dashed = [line.get_linestyle() == "-." for line in lines]
+    assert dashed == [j >= 10 for j in range(n_methods)]

@@ -265,9 +265,9 @@ def plot_agreement_grid(rows, centred: bool = True, noise: Sequence | None = Non
 
 def plot_seed_count(seed_rows, metric: str = "cosine"):
     """Agreement at the best checkpoint against the number of seeds averaged (log scale),
-    one panel per gold-standard view, one line per method with ±1 SEM error bars, and one
-    legend below the panels, where it covers no line (with ten methods a legend inside an
-    axes sits on the curves).
+    one panel per gold-standard view, one line per method with ±1 SEM error bars (dash-dotted
+    past the ten colours of the cycle), and one legend below the panels, where it covers no
+    line (with ten methods a legend inside an axes sits on the curves).
 
     >>> seeds = [{"method": "a", "k": k, "metric": "cosine", "centred": True, "best": True,
     ...           "mean": m, "sem": 0.01} for k, m in ((1, 0.5), (2, 0.6), (4, 0.65))]
@@ -300,6 +300,7 @@ def plot_seed_count(seed_rows, metric: str = "cosine"):
                 marker=MARKERS[m_i % len(MARKERS)],
                 markersize=4,
                 capsize=3,
+                linestyle="-" if m_i < 10 else "-.",  # past the ten colours, as in the agreement
                 color=colors[method],
                 label=method,
             )
