@@ -83,9 +83,21 @@ def _grid(n: int, panel_w: float, panel_h: float, top: float, bottom: float, col
     return fig, rows, cols
 
 
+#: matplotlib's default colour cycle, C0 to C9
+N_COLOURS = 10
+
+
 def _colors(methods: Sequence[str]) -> dict[str, str]:
-    cycle = [f"C{j}" for j in range(10)]
-    return {m: cycle[j % len(cycle)] for j, m in enumerate(methods)}
+    return {m: f"C{j % N_COLOURS}" for j, m in enumerate(methods)}
+
+
+def _linestyle(j: int) -> str:
+    """Solid for the first ten methods, dash-dotted for those that share a colour with them.
+
+    >>> _linestyle(9), _linestyle(10)
+    ('-', '-.')
+    """
+    return "-" if j < N_COLOURS else "-."
 
 
 def _methods(rows: Iterable[Mapping], key: str = "method") -> list[str]:
@@ -138,7 +150,7 @@ def _draw_agreement(ax, groups, colors, ceiling=None, legend=True) -> None:
             marker=MARKERS[k % len(MARKERS)],
             markersize=4,
             markevery=0.08 if dense else None,
-            linestyle="-" if k < 10 else "-.",
+            linestyle=_linestyle(k),
             linewidth=1.2 if dense else 1.5,
             label=method,
             color=colors[method],
@@ -300,7 +312,7 @@ def plot_seed_count(seed_rows, metric: str = "cosine"):
                 marker=MARKERS[m_i % len(MARKERS)],
                 markersize=4,
                 capsize=3,
-                linestyle="-" if m_i < 10 else "-.",  # past the ten colours, as in the agreement
+                linestyle=_linestyle(m_i),
                 color=colors[method],
                 label=method,
             )
